@@ -1,0 +1,176 @@
+"""Shared benchmark plumbing: timing, peak memory, device ceilings, JSON + PNG output.
+
+Every ``bench/<name>.py`` compares providers (eager, torch.compile of the eager code, triton)
+over a size sweep and writes ``bench/results/<name>-<device>.json`` plus a PNG. ``--smoke`` runs a
+tiny sweep on whatever device is present (CPU included) so the script is known to work end to end;
+smoke numbers are not performance numbers and are written under a ``-smoke`` name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Timing:
+    """Milliseconds: median and the 20% / 80% quantiles."""
+
+    median: float
+    p20: float
+    p80: float
+
+
+@dataclass
+class Ceilings:
+    """Measured in the same run: dense bf16 (fp32 on CPU) matmul TFLOP/s and copy GB/s (read + write)."""
+
+    matmul_tflops: float
+    copy_gbps: float
+
+
+@dataclass
+class Record:
+    provider: str
+    case: dict
+    fwd: Timing | None = None
+    bwd: Timing | None = None
+    total: Timing | None = None
+    peak_mem_mib: float | None = None
+    extra: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny sweep that runs anywhere (CPU too); not a measurement")
+    p.add_argument("--providers", default="eager,compile,triton", help="comma-separated subset to run")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    if extra is not None:
+        extra(p)
+    return p.parse_args()
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu-{platform.machine()}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], *, smoke: bool = False) -> Timing:
+    """Time ``fn`` with device events (``triton.testing.do_bench``) on CUDA, a host clock on CPU."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100 if not smoke else 10, quantiles=[0.5, 0.2, 0.8])
+        return Timing(med, p20, p80)
+    fn()  # warm-up (compilation, allocator)
+    samples = []
+    for _ in range(3 if smoke else 10):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    q = lambda f: samples[min(len(samples) - 1, int(f * len(samples)))]  # noqa: E731
+    return Timing(q(0.5), q(0.2), q(0.8))
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> float | None:
+    """Peak device memory allocated by ``fn`` above what was allocated before it (CUDA only)."""
+    if not torch.cuda.is_available():
+        return None
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure_ceilings(*, smoke: bool = False) -> Ceilings:
+    """A large matmul and a large copy on this device, timed like the kernels under test."""
+    dev = device()
+    n = 1024 if smoke else 8192
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    t_mm = time_fn(lambda: a @ b, smoke=smoke).median
+    numel = (1 << 20 if smoke else 1 << 28)
+    src = torch.randn(numel, device=dev, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t_cp = time_fn(lambda: dst.copy_(src), smoke=smoke).median
+    return Ceilings(matmul_tflops=2 * n**3 / t_mm / 1e9, copy_gbps=2 * 4 * numel / t_cp / 1e6)
+
+
+def write_results(name: str, records: list[Record], ceilings: Ceilings, args: argparse.Namespace, meta: dict | None = None) -> Path:
+    """Write ``<out>/<name>-<device>[-smoke].json``; returns its path."""
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-smoke" if args.smoke else ""
+    path = args.out_dir / f"{name}-{_slug(device_name())}{suffix}.json"
+    doc = {
+        "benchmark": name,
+        "device": device_name(),
+        "torch": torch.__version__,
+        "smoke": bool(args.smoke),
+        "ceilings": asdict(ceilings),
+        "meta": meta or {},
+        "records": [asdict(r) for r in records],
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def plot(path_json: Path, panels: list[tuple[str, Callable[[Record], float | None], str]], x_key: str, series_key: Callable[[dict], str]) -> Path:
+    """One PNG beside the JSON: a panel per (title, value-of-record, y label), log-log over ``x_key``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(path_json.read_text())
+    records = [Record(**{**r, **{k: Timing(**r[k]) if r[k] else None for k in ("fwd", "bwd", "total")}}) for r in doc["records"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (title, value, ylabel) in zip(axes[0], panels):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in records:
+            v = value(r)
+            if v is not None and r.error is None:
+                series.setdefault(series_key(r.case) + f" [{r.provider}]", []).append((r.case[x_key], v))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{doc['benchmark']} on {doc['device']}" + (" (smoke, not a measurement)" if doc["smoke"] else ""))
+    fig.tight_layout()
+    out = path_json.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

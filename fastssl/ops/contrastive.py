@@ -1,0 +1,155 @@
+"""Contrastive losses: SimCLR's NT-Xent, DCL/DCLW and MoCo-v3-style InfoNCE.
+
+Every op takes raw projector outputs (L2-normalised here), returns a scalar mean and is
+differentiable w.r.t. every input that requires grad. Each one reduces to
+``contrastive_rows(rows, cols, pos_idx, excl_idx, ...)`` (see ``fastssl.ops.reference``): local
+anchor rows against (optionally all-gathered) candidate columns, so the same core serves one GPU
+and many, the eager reference and the Triton kernel.
+
+Normalisation stays a separate eager pass: it is O(N·D), a rounding error next to the O(N²·D)
+similarity work, and autograd gets its backward right for free.
+
+``gather_distributed=True``: negatives come from every rank; each rank's value is the mean over its
+local anchors, so the engine's gradient averaging reproduces the single-process global-batch
+gradient (see ``fastssl.ops.distributed``).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from fastssl.ops import reference
+from fastssl.ops.distributed import gather_rows
+
+Backend = Literal["auto", "reference", "triton"]
+
+
+def _core(backend: Backend, device: torch.device):
+    """Pick the implementation of ``contrastive_rows``: Triton on CUDA under ``auto``."""
+    if backend not in ("auto", "reference", "triton"):
+        raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
+    use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda")
+    if use_triton:
+        try:
+            from fastssl.kernels.contrastive import contrastive_rows as triton_rows
+        except ImportError as err:  # the kernel family is optional until it lands
+            if backend == "triton":
+                raise NotImplementedError("the Triton contrastive kernel is not available") from err
+            return reference.contrastive_rows
+        return triton_rows
+    return reference.contrastive_rows
+
+
+def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be [N, D] with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={z1.shape[0]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _two_view_rows(z1, z2, gather_distributed):
+    """Local rows [2n, D], gathered cols [2N, D] and the index arrays of the two-view losses.
+
+    Row a < n is view 1 of local sample i = a (global g = offset + i): positive col N + g, self col g.
+    Row a >= n is view 2 of local sample i = a - n: positive col g, self col N + g.
+    """
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    n = z1.shape[0]
+    if gather_distributed:
+        g1, offset = gather_rows(z1)
+        g2, _ = gather_rows(z2)
+    else:
+        g1, g2, offset = z1, z2, 0
+    total = g1.shape[0]
+    rows = torch.cat([z1, z2], dim=0)
+    cols = torch.cat([g1, g2], dim=0)
+    g = offset + torch.arange(n, device=z1.device)
+    pos_idx = torch.cat([total + g, g])
+    self_idx = torch.cat([g, total + g])
+    return rows, cols, pos_idx, self_idx, (g1, g2, offset)
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    *,
+    gather_distributed: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """SimCLR's NT-Xent over 2N anchors (DCL paper eq. 1, averaged instead of summed).
+
+    z1, z2: [N, D] projector outputs of the two views. Anchor z1[i] has positive z2[i] and the other
+    2N-2 embeddings as negatives (itself excluded); likewise for z2[i]. Returns a scalar.
+    """
+    _check_pair(z1, z2, temperature)
+    rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed)
+    return _core(backend, z1.device)(rows, cols, pos_idx, self_idx, temperature).mean()
+
+
+def dcl(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    *,
+    weight_sigma: float | None = None,
+    gather_distributed: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Decoupled contrastive loss (DCL eq. 5), mean over 2N anchors; DCLW (eq. 6) with ``weight_sigma``.
+
+    The positive is removed from the denominator: loss = -<z_i^1, z_i^2>/τ + log Σ_{l, j≠i} exp(<z_i^k, z_j^l>/τ).
+    DCLW scales the positive term by w_i = 2 - N·softmax_i(<z_i^1, z_i^2>/σ) (so E[w] = 1), computed
+    over the (global) batch and carrying no gradient; the paper uses σ = 0.5.
+    """
+    _check_pair(z1, z2, temperature)
+    rows, cols, pos_idx, self_idx, (g1, g2, offset) = _two_view_rows(z1, z2, gather_distributed)
+    pos_weight = None
+    if weight_sigma is not None:
+        if not weight_sigma > 0:
+            raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
+        with torch.no_grad():
+            cos = (g1.float() * g2.float()).sum(dim=1)  # global positives, [N]
+            w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
+            local = w[offset : offset + z1.shape[0]]
+            pos_weight = torch.cat([local, local])
+    core = _core(backend, z1.device)
+    return core(rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True).mean()
+
+
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    temperature: float = 0.2,
+    *,
+    gather_distributed: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """MoCo-v3-style InfoNCE: mean cross-entropy of every query row against the keys.
+
+    q: [N, D] or [n, N, D] (n query chunks per image, as M-MoCo); k: [N, D]. Row i of each chunk
+    has positive k[i] and negatives k[j != i] (from every rank with ``gather_distributed``).
+    MoCo v3's official code multiplies this by 2τ; that scale is the method's choice, not the op's.
+    When k needs no gradient (a momentum encoder's keys) the kernel does no dK work.
+    """
+    if q.ndim == 2:
+        q = q.unsqueeze(0)
+    if q.ndim != 3 or k.ndim != 2 or q.shape[1:] != k.shape:
+        raise ValueError(f"q must be [N, D] or [n, N, D] and k [N, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    chunks, n, d = q.shape
+    if n < 2 and not gather_distributed:
+        raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={n}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rows = F.normalize(q, dim=-1).reshape(chunks * n, d)
+    cols = F.normalize(k, dim=-1)
+    offset = 0
+    if gather_distributed:
+        cols, offset = gather_rows(cols)
+    pos_idx = (offset + torch.arange(n, device=q.device)).repeat(chunks)
+    no_excl = torch.full_like(pos_idx, -1)
+    return _core(backend, q.device)(rows, cols, pos_idx, no_excl, temperature).mean()
