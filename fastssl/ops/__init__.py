@@ -3,5 +3,7 @@
 Every op takes ``backend="auto" | "reference" | "triton"``.
 """
 from fastssl.ops.contrastive import dcl, info_nce, nt_xent
+from fastssl.ops.tokens import gather_tokens, random_masking, scatter_tokens
 
 __all__ = ["nt_xent", "dcl", "info_nce"]
+__all__ += ["random_masking", "gather_tokens", "scatter_tokens"]

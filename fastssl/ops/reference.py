@@ -43,3 +43,50 @@ def contrastive_rows(
     if pos_weight is not None:
         positive = pos_weight.detach().float() * positive
     return lse - positive
+
+
+# --------------------------------------------------------------------------------------------------
+# MAE token ops: references for kernels/tokens.py and kernels/patchify.py.
+# Conventions (MAE's models_mae.py): mask 0 = keep, 1 = removed; a patch vector is ordered
+# (p, q, c) as MAE's patchify (einsum 'nchpwq->nhwpqc'); positional embeddings are [L, D], patch
+# positions only (the CLS slot is the caller's business).
+# --------------------------------------------------------------------------------------------------
+
+
+def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+    """Kept tokens plus their positional embeddings, as MAE's ``forward_encoder`` computes them.
+
+    x [B, L, D], ids_keep int [B, K], pos_embed [L, D] or None -> [B, K, D]:
+        out[b, k] = x[b, ids_keep[b, k]] + pos_embed[ids_keep[b, k]]
+    MAE adds the embedding to all L tokens and then gathers; the result (and its autograd) is the
+    same, only the traffic differs. Output dtype follows torch's promotion of x and pos_embed.
+    """
+    if pos_embed is not None:
+        x = x + pos_embed.unsqueeze(0)
+    return torch.gather(x, 1, ids_keep.long().unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def scatter_tokens(
+    x: torch.Tensor,
+    ids_keep: torch.Tensor,
+    num_patches: int,
+    mask_token: torch.Tensor,
+    pos_embed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Kept tokens back at their positions, the mask token elsewhere, plus positional embeddings.
+
+    x [B, K, D], ids_keep int [B, K], mask_token [D] (any shape with D elements), pos_embed [L, D]
+    or None -> [B, L, D] with L = num_patches:
+        out[b, l] = (x[b, k] if ids_keep[b, k] == l else mask_token) + pos_embed[l]
+    Same values as MAE's ``forward_decoder`` (append mask tokens, unshuffle with ids_restore, add
+    the embedding); written with a scatter because the op takes ids_keep.
+    """
+    b, k, d = x.shape
+    dtype = torch.promote_types(x.dtype, mask_token.dtype)
+    if pos_embed is not None:
+        dtype = torch.promote_types(dtype, pos_embed.dtype)
+    base = mask_token.reshape(1, 1, d).to(dtype).expand(b, num_patches, d)
+    out = base.scatter(1, ids_keep.long().unsqueeze(-1).expand(-1, -1, d), x.to(dtype))
+    if pos_embed is not None:
+        out = out + pos_embed.unsqueeze(0)
+    return out
