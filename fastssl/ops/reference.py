@@ -90,3 +90,48 @@ def scatter_tokens(
     if pos_embed is not None:
         out = out + pos_embed.unsqueeze(0)
     return out
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """MAE's patchify: [B, C, H, W] -> [B, L, p·p·C], L = (H/p)·(W/p) row-major over the patch grid.
+
+    out[b, i·w + j, (u·p + v)·C + c] = imgs[b, c, i·p + u, j·p + v] (einsum 'nchpwq->nhwpqc').
+    """
+    b, c, h, w = imgs.shape
+    p = patch_size
+    x = imgs.reshape(b, c, h // p, p, w // p, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's norm_pix_loss target: per patch (last dim), (t − mean) / sqrt(unbiased var + eps)."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + eps) ** 0.5
+
+
+def patchify_noise(
+    imgs: torch.Tensor,
+    patch_size: int,
+    sigma: torch.Tensor,
+    ids_keep: torch.Tensor | None = None,
+    norm_target: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CAN's noisy encoder input and MAE's target in eager torch: (inputs, target, noise).
+
+    imgs [B, C, H, W], sigma fp32 [B], ids_keep [B, K] or None. patches = patchify(imgs);
+    kept = patches[b, ids_keep[b]] (all patches without ids_keep); noise = σ_b·ε, ε ~ N(0, I) drawn
+    in fp32 from ``generator`` (torch's RNG, not the kernel's Philox stream);
+    inputs = kept + noise; target = patches, normalised per patch when ``norm_target``.
+    The noise arithmetic is fp32; outputs are stored in imgs.dtype.
+    """
+    patches = patchify(imgs, patch_size)
+    kept = patches if ids_keep is None else torch.gather(patches, 1, ids_keep.long().unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+    gen_device = generator.device if generator is not None else imgs.device
+    eps = torch.randn(kept.shape, generator=generator, device=gen_device, dtype=torch.float32).to(imgs.device)
+    noise = sigma.float().reshape(-1, 1, 1) * eps
+    inputs = (kept.float() + noise).to(imgs.dtype)
+    target = normalize_patches(patches.float()).to(imgs.dtype) if norm_target else patches
+    return inputs, target, noise.to(imgs.dtype)
