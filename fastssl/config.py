@@ -1,0 +1,153 @@
+"""The training config: YAML (+ ``dotted.key=value`` overrides) → a typed, validated ``TrainConfig``.
+
+Each layer owns the model of its section (``fastssl.data.config.DataConfig`` for ``data:``, the
+method configs in ``fastssl.methods``); this file composes them and checks what only the whole can
+check (e.g. the patch size must divide the image size). Every field has a documented default, so a
+config only states what differs. Unknown keys are errors, not silently ignored typos.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from fastssl.config_base import Section
+from fastssl.data.config import DataConfig
+from fastssl.methods.simclr import SimCLRConfig
+
+
+class RunConfig(Section):
+    output_dir: Path = Field(Path("runs/default"), description="Checkpoints, logs, metrics, exported encoder and resolved configs go here.")
+    seed: int = Field(0, description="Seed of model init, data order and augmentation (offset by rank where it must differ).")
+    resume: Union[Literal["auto", "never"], Path] = Field(
+        "auto", description="auto: continue from the latest checkpoint in output_dir if any; never: start fresh; or a checkpoint folder."
+    )
+
+
+class ModelConfig(Section):
+    arch: str = Field("vit_tiny_patch16_224", description="timm model name (vit_tiny_patch16_224 ... vit_large_patch16_224).")
+    img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
+    patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name).")
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
+
+
+class OptimConfig(Section):
+    epochs: int = Field(100, ge=1, description="Training epochs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (schedules are laid out over this many). None: epochs × steps per epoch.")
+    batch_size: int = Field(256, ge=1, description="Micro-batch per rank (images, each giving two views).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    base_lr: float = Field(1e-3, gt=0, description="Learning rate for a global batch of 256; actual lr = base_lr × global_batch / 256.")
+    min_lr_ratio: float = Field(1e-3, ge=0, le=1, description="Cosine decay ends at min_lr_ratio × lr.")
+    warmup_epochs: float = Field(10.0, ge=0, description="Linear warm-up, per iteration, over this many epochs.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay; norms, biases, cls/pos tokens get none.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    clip_grad: float | None = Field(3.0, gt=0, description="Global gradient-norm clipping; None disables.")
+
+
+class EngineConfig(Section):
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    log_every_steps: int = Field(10, ge=1, description="Metrics to TensorBoard / metrics.jsonl every N optimizer steps.")
+    ckpt_every_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and always at the end and on SIGTERM).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
+    progress: bool = Field(True, description="Show a progress bar (rank 0).")
+
+
+class KnnPoint(Section):
+    k: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+
+
+class EvalConfig(Section):
+    knn_every_epochs: int = Field(0, ge=0, description="kNN every N epochs (0: only at the end).")
+    knn_at_init: bool = Field(True, description="Also evaluate the randomly initialised encoder before training.")
+    knn_k: int = Field(200, ge=1, description="kNN neighbours (the headline number).")
+    knn_temperature: float = Field(0.1, gt=0, description="kNN vote temperature.")
+    knn_extra: list[KnnPoint] = Field(default_factory=lambda: [KnnPoint(k=20, temperature=0.07)], description="Further (k, T) pairs reported.")
+    train_samples: int | None = Field(None, ge=1, description="kNN memory bank: a fixed subset of the train split (None: all).")
+    test_samples: int | None = Field(None, ge=1, description="kNN queries: a fixed subset of the test split (None: all).")
+    batch_size: int = Field(256, ge=1, description="Per-rank batch size for feature extraction.")
+
+
+MethodConfig = Annotated[Union[SimCLRConfig], Field(discriminator="name")]
+
+
+class TrainConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=SimCLRConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description="Extra DeepSpeed config keys, merged over the derived ones.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        img = self.model.img_size or self.data.image_size
+        if img % self.model.patch_size:
+            raise ValueError(f"model.patch_size={self.model.patch_size} must divide the image size {img}")
+        if self.engine.precision == "fp16" and self.engine.zero_stage == 0:
+            # DeepSpeed's fp16 path needs its loss-scaling optimizer wrapper, which ZeRO provides.
+            raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
+        if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
+            raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
+        return self
+
+
+class ConfigError(Exception):
+    """A bad config: the message is one line naming the key or path."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or first["type"] == "extra_forbidden" or got is None else f" (got {got!r})"
+    extra = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}: {msg}{shown}{extra}" if where else f"{msg}{extra}"
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read YAML, apply ``a.b.c=value`` overrides (values parsed as YAML), validate.
+
+    Raises ConfigError with a single line naming the offending key, override or path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The fully resolved config as YAML (every default spelled out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

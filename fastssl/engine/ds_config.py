@@ -1,0 +1,65 @@
+"""The DeepSpeed JSON config, derived from the training config (plus the user's ``deepspeed:`` block)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from fastssl.engine.schedule import StepPlan
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
+    """micro-batch, accumulation, precision, ZeRO stage, clipping, AdamW and the warm-up + cosine LR.
+
+    The optimizer is torch's AdamW (``torch_adam``): DeepSpeed's fused Adam would JIT-compile a CUDA/C++
+    extension on first use, which a CPU machine cannot and a GPU machine need not pay for.
+    The LR schedule is DeepSpeed's WarmupCosineLR, stepped per optimizer step: linear warm-up from 0,
+    then cosine to ``min_lr_ratio``.
+    """
+    o, e = cfg.optim, cfg.engine
+    precision = resolve_precision(e.precision)
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": o.batch_size,
+        "gradient_accumulation_steps": o.grad_accum,
+        "train_batch_size": o.batch_size * o.grad_accum * world_size,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_optimization": {"stage": e.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": plan.peak_lr, "betas": list(o.betas), "eps": 1e-8, "weight_decay": o.weight_decay, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": plan.total_steps,
+                "warmup_num_steps": max(plan.warmup_steps, 1),
+                "warmup_type": "linear",
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": o.min_lr_ratio,
+            },
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if o.clip_grad is not None:
+        ds["gradient_clipping"] = o.clip_grad
+    return _merge(ds, cfg.deepspeed)

@@ -1,0 +1,38 @@
+"""Rank-0 metric sinks: TensorBoard and an append-only ``metrics.jsonl``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsLog:
+    """Writes scalars by step. On resume, records past the resumed step (written after the checkpoint
+    by the interrupted run) are dropped first, so the file always describes one consistent run."""
+
+    def __init__(self, output_dir: Path, *, enabled: bool, resume_step: int):
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, step: int, values: dict[str, float], *, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "kind": kind, **clean}) + "\n")
+        for key, value in values.items():
+            self._tb.add_scalar(f"{kind}/{key}", float(value), step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,1 @@
+"""Evaluation: weighted kNN on frozen features, encoder export."""
