@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fastssl.config_base import Section
 from fastssl.data.config import DataConfig
@@ -31,6 +31,16 @@ class ModelConfig(Section):
     img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
     patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_to_timm(cls, arch: str) -> str:
+        import fastssl  # noqa: F401  (torchvision shim before timm)
+        import timm
+
+        if not arch.startswith("vit_") or arch not in timm.list_models(arch):
+            raise ValueError(f"{arch!r} is not a timm ViT (e.g. vit_tiny_patch16_224 ... vit_large_patch16_224)")
+        return arch
 
 
 class OptimConfig(Section):
@@ -84,6 +94,14 @@ class TrainConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="Extra DeepSpeed config keys, merged over the derived ones.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method_name(cls, data: Any) -> Any:
+        # The method section picks its schema by ``name``; simclr is the documented default.
+        if isinstance(data, dict) and isinstance(data.get("method"), dict):
+            data = {**data, "method": {"name": "simclr", **data["method"]}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         img = self.model.img_size or self.data.image_size
@@ -113,7 +131,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    if len(loc) > 2 and loc[0] == "method":
+        del loc[1]  # the discriminator's tag (e.g. "simclr") is not a key the user wrote
+    where = ".".join(loc)
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
