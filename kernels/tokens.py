@@ -130,8 +130,11 @@ def gather_fwd(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None) -> 
     return out
 
 
-def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bool):
-    """g [B, K, D] -> (dx [B, L, D] or None, dpos [L, D] or None)."""
+def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bool, rows_per_program: int | None = None):
+    """g [B, K, D] -> (dx [B, L, D] or None, dpos [L, D] or None).
+
+    ``rows_per_program`` overrides the batch chunking heuristic (tests use it to cover the loop).
+    """
     b, l, d = x_shape
     k = ids.shape[1]
     g = g.contiguous()
@@ -139,7 +142,8 @@ def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bo
     block_d = _block_d(d)
     block_r, warps = _row_tile(block_d)
     n_d = triton.cdiv(d, block_d)
-    rpp = _rows_per_program(b, l, n_d, block_r)
+    rpp = rows_per_program or _rows_per_program(b, l, n_d, block_r)
+    rpp = triton.cdiv(rpp, block_r) * block_r  # whole tiles: a chunk must not spill into the next
     chunks = triton.cdiv(b, rpp)
     dx = torch.empty(x_shape, dtype=x_dtype, device=g.device) if need_dx else None
     part = torch.empty(chunks, l, d, dtype=torch.float32, device=g.device) if need_dpos else None
@@ -260,14 +264,18 @@ def scatter_fwd(x, ids, num_patches, mt, pos):
     return out, slot
 
 
-def scatter_bwd(g, slot, k, x_dtype, need_dx, need_dmt, need_dpos):
-    """g [B, L, D] -> (dx [B, K, D] or None, dmt fp32 [D] or None, dpos fp32 [L, D] or None)."""
+def scatter_bwd(g, slot, k, x_dtype, need_dx, need_dmt, need_dpos, rows_per_program: int | None = None):
+    """g [B, L, D] -> (dx [B, K, D] or None, dmt fp32 [D] or None, dpos fp32 [L, D] or None).
+
+    ``rows_per_program`` overrides the batch chunking heuristic (tests use it to cover the loop).
+    """
     b, l, d = g.shape
     g = g.contiguous()
     block_d = _block_d(d)
     block_r, warps = _row_tile(block_d)
     n_d = triton.cdiv(d, block_d)
-    rpp = _rows_per_program(b, l, n_d, block_r)
+    rpp = rows_per_program or _rows_per_program(b, l, n_d, block_r)
+    rpp = triton.cdiv(rpp, block_r) * block_r  # whole tiles: a chunk must not spill into the next
     chunks = triton.cdiv(b, rpp)
     dx = torch.empty(b, k, d, dtype=x_dtype, device=g.device) if need_dx else None
     part_pos = torch.empty(chunks, l, d, dtype=torch.float32, device=g.device) if need_dpos else None
