@@ -1,0 +1,119 @@
+"""Where every sequence sits in a packed (batch-free) token tensor, as attention needs it.
+
+A packed tensor holds S sequences back to back along one token axis, ``[T, ...]`` with
+``T = Σ lengths``; nothing is padded. Attention only needs, for queries and keys separately,
+the per-sequence lengths and their prefix sums. Self-attention has the same layout for both;
+the class-attention blocks of M-MoCo have one query (the CLS) per sequence and the whole
+sequence as keys, hence separate ``q_lens`` / ``k_lens``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class Run:
+    """``count`` consecutive sequences, each with ``q_len`` queries and ``k_len`` keys, starting at
+    token ``q_start`` (queries) / ``k_start`` (keys). A run is a dense ``[count, len, ...]`` block
+    of the packed tensor: one batched attention call covers it without gathering or padding."""
+
+    q_start: int
+    k_start: int
+    count: int
+    q_len: int
+    k_len: int
+
+
+@dataclass(frozen=True, eq=False)
+class AttnLayout:
+    """Host-side lengths (no device sync is ever needed to read them) plus their device prefix sums.
+
+    ``q_lens``/``k_lens``: S ints each. ``cu_q``/``cu_k``: ``[S+1]`` int32 on the tokens' device,
+    ``cu[0] = 0``, ``cu[i+1] - cu[i] = len[i]`` (flash-attention's varlen convention).
+    """
+
+    q_lens: tuple[int, ...]
+    k_lens: tuple[int, ...]
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    runs: tuple[Run, ...] = field(repr=False)
+
+    @staticmethod
+    def build(q_lens: tuple[int, ...], k_lens: tuple[int, ...] | None, device: torch.device) -> "AttnLayout":
+        """Layout for queries of lengths ``q_lens`` attending to keys of lengths ``k_lens``
+        (``None``: self-attention, the same lengths)."""
+        q_lens = tuple(int(n) for n in q_lens)
+        k_lens = q_lens if k_lens is None else tuple(int(n) for n in k_lens)
+        if len(q_lens) != len(k_lens) or not q_lens:
+            raise ValueError(f"need as many query as key sequences (>0), got {len(q_lens)} and {len(k_lens)}")
+        if min(q_lens) < 1 or min(k_lens) < 1:
+            raise ValueError("every sequence needs at least one query and one key")
+        cu_q = _prefix(q_lens, device)
+        cu_k = cu_q if k_lens is q_lens else _prefix(k_lens, device)
+        return AttnLayout(q_lens, k_lens, cu_q, cu_k, _runs(q_lens, k_lens))
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.q_lens)
+
+    @property
+    def total_q(self) -> int:
+        return sum(self.q_lens)
+
+    @property
+    def total_k(self) -> int:
+        return sum(self.k_lens)
+
+    @property
+    def max_q(self) -> int:
+        return max(self.q_lens)
+
+    @property
+    def max_k(self) -> int:
+        return max(self.k_lens)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cu_q.device
+
+    @cached_property
+    def block_mask(self) -> torch.Tensor:
+        """``[Tq, Tk]`` bool, True where query i and key j belong to the same sequence.
+        O(T²) memory: only for the CPU path and for tests."""
+        dev = self.device
+        sq = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), torch.tensor(self.q_lens, device=dev))
+        sk = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), torch.tensor(self.k_lens, device=dev))
+        return sq[:, None] == sk[None, :]
+
+    @cached_property
+    def xformers_bias(self):
+        """xformers ``BlockDiagonalMask`` for this layout (built once per layout; imports xformers)."""
+        from xformers.ops.fmha.attn_bias import BlockDiagonalMask
+
+        kv = None if self.k_lens is self.q_lens else list(self.k_lens)
+        return BlockDiagonalMask.from_seqlens(list(self.q_lens), kv, device=self.device)
+
+
+def _prefix(lens: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32, device=device)
+
+
+def _runs(q_lens: tuple[int, ...], k_lens: tuple[int, ...]) -> tuple[Run, ...]:
+    """Maximal stretches of consecutive sequences with equal (q_len, k_len)."""
+    runs: list[Run] = []
+    qs = ks = 0
+    for lq, lk in zip(q_lens, k_lens):
+        last = runs[-1] if runs else None
+        if last is not None and last.q_len == lq and last.k_len == lk:
+            runs[-1] = Run(last.q_start, last.k_start, last.count + 1, lq, lk)
+        else:
+            runs.append(Run(qs, ks, 1, lq, lk))
+        qs += lq
+        ks += lk
+    return tuple(runs)
