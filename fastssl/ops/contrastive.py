@@ -27,25 +27,24 @@ Backend = Literal["auto", "reference", "triton"]
 
 
 def _core(backend: Backend, device: torch.device):
-    """Pick the implementation of ``contrastive_rows``: Triton on CUDA under ``auto``."""
+    """Pick the implementation of ``contrastive_rows``: Triton on CUDA under ``auto``, else the reference.
+
+    The kernel module is imported only when chosen, so CPU-only use never needs Triton to import;
+    an import failure under ``auto`` on CUDA is raised, not hidden behind a silent fallback.
+    """
     if backend not in ("auto", "reference", "triton"):
         raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
-    use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda")
-    if use_triton:
-        try:
-            from fastssl.kernels.contrastive import contrastive_rows as triton_rows
-        except ImportError as err:  # the kernel family is optional until it lands
-            if backend == "triton":
-                raise NotImplementedError("the Triton contrastive kernel is not available") from err
-            return reference.contrastive_rows
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        from fastssl.kernels.contrastive import contrastive_rows as triton_rows
+
         return triton_rows
     return reference.contrastive_rows
 
 
-def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
+def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_distributed: bool) -> None:
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be [N, D] with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 2:
+    if z1.shape[0] < (1 if gather_distributed else 2):  # the global count is checked after the gather
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={z1.shape[0]}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -65,8 +64,12 @@ def _two_view_rows(z1, z2, gather_distributed):
     else:
         g1, g2, offset = z1, z2, 0
     total = g1.shape[0]
+    if total < 2:
+        raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got N={total}")
     rows = torch.cat([z1, z2], dim=0)
-    cols = torch.cat([g1, g2], dim=0)
+    # Single process: rows and cols hold the same vectors; pass one tensor twice (autograd adds the
+    # two gradients) instead of concatenating a second copy.
+    cols = torch.cat([g1, g2], dim=0) if gather_distributed else rows
     g = offset + torch.arange(n, device=z1.device)
     pos_idx = torch.cat([total + g, g])
     self_idx = torch.cat([g, total + g])
@@ -86,7 +89,7 @@ def nt_xent(
     z1, z2: [N, D] projector outputs of the two views. Anchor z1[i] has positive z2[i] and the other
     2N-2 embeddings as negatives (itself excluded); likewise for z2[i]. Returns a scalar.
     """
-    _check_pair(z1, z2, temperature)
+    _check_pair(z1, z2, temperature, gather_distributed)
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed)
     return _core(backend, z1.device)(rows, cols, pos_idx, self_idx, temperature).mean()
 
@@ -106,7 +109,7 @@ def dcl(
     DCLW scales the positive term by w_i = 2 - N·softmax_i(<z_i^1, z_i^2>/σ) (so E[w] = 1), computed
     over the (global) batch and carrying no gradient; the paper uses σ = 0.5.
     """
-    _check_pair(z1, z2, temperature)
+    _check_pair(z1, z2, temperature, gather_distributed)
     rows, cols, pos_idx, self_idx, (g1, g2, offset) = _two_view_rows(z1, z2, gather_distributed)
     pos_weight = None
     if weight_sigma is not None:
@@ -141,7 +144,7 @@ def info_nce(
     if q.ndim != 3 or k.ndim != 2 or q.shape[1:] != k.shape:
         raise ValueError(f"q must be [N, D] or [n, N, D] and k [N, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     chunks, n, d = q.shape
-    if n < 2 and not gather_distributed:
+    if n < (1 if gather_distributed else 2):
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={n}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -150,6 +153,23 @@ def info_nce(
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)
+        if cols.shape[0] < 2:
+            raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
     pos_idx = (offset + torch.arange(n, device=q.device)).repeat(chunks)
     no_excl = torch.full_like(pos_idx, -1)
     return _core(backend, q.device)(rows, cols, pos_idx, no_excl, temperature).mean()
+
+
+def spherical_mean(keys: torch.Tensor) -> torch.Tensor:
+    """M-MoCo's target-masking key (masked_moco_byol §3.3, eq. 4): the spherical mean of m chunk keys.
+
+    keys: [m, N, D], key features of the m target chunks of each of N images. Returns [N, D] unit
+    vectors k̂ = Σ_j k_j / ||Σ_j k_j||, where the k_j are unit vectors: the paper normalises q and k
+    before they enter the loss (§3.1), so each chunk key is L2-normalised first and no chunk can
+    outweigh another by its norm. Summing or averaging is the same after the final normalisation.
+    Computed in fp32, returned in the keys' dtype; differentiable (MoCo's keys carry no grad anyway).
+    """
+    if keys.ndim != 3:
+        raise ValueError(f"keys must be [m, N, D] (m chunk keys per image), got {tuple(keys.shape)}")
+    unit = F.normalize(keys.float(), dim=-1)
+    return F.normalize(unit.sum(dim=0), dim=-1).to(keys.dtype)

@@ -32,7 +32,6 @@ def contrastive_rows(
     logits = (rows @ cols.t()).float() / temperature  # [M, C]
     arange = torch.arange(rows.shape[0], device=rows.device)
     positive = logits[arange, pos_idx]
-    masked = logits
     drop = torch.zeros_like(logits, dtype=torch.bool)
     has_excl = excl_idx >= 0
     drop[arange[has_excl], excl_idx[has_excl]] = True

@@ -1,0 +1,406 @@
+"""Fused contrastive rows (NT-Xent, DCL/DCLW, InfoNCE) without materialising the M×C logits.
+
+The core every contrastive op in ``fastssl.ops.contrastive`` reduces to (eager twin:
+``fastssl.ops.reference.contrastive_rows``):
+
+    s[a, c]  = <rows[a], cols[c]> / τ                       rows [M, D], cols [C, D]
+    loss[a]  = -w[a] · s[a, pos[a]] + LSE[a],   LSE[a] = log Σ_{c ∈ A(a)} exp(s[a, c])
+    A(a)     = {0..C-1} minus excl[a] (when >= 0) minus pos[a] (when ``exclude_pos``, DCL)
+    w        = pos_weight (a constant, DCLW) or 1
+
+FlashAttention-2 layout. Everything is computed in base 2 (exp2/log2 are the native
+instructions): t = s·log2(e), so ``qk_scale = log2(e)/τ`` and LSE = LSE₂·ln 2.
+
+Forward (``_contrastive_fwd_kernel``, one program per BLOCK_M rows): stream the columns in
+BLOCK_N tiles, keep per row a running max m, a running sum l = Σ exp2(t - m) (rescaled by
+exp2(m_old - m_new) when the max grows) and the positive logit, picked out of whichever tile
+holds column pos[a]. Stores loss [M] and LSE₂ [M] (fp32), nothing of size M×C: O(M) extra memory.
+
+Backward, with g[a] = dloss[a] the per-row upstream gradient:
+    P[a, c]  = exp2(t[a, c] - LSE₂[a]) for c ∈ A(a), else 0      (softmax, recomputed per tile)
+    dS[a, c] = ∂(Σ g·loss)/∂s[a, c] = g[a] · (P[a, c] - w[a]·[c = pos[a]])
+    dRows[a] = (1/τ) Σ_c dS[a, c] · cols[c]        (``_contrastive_bwd_rows_kernel``, row-parallel)
+    dCols[c] = (1/τ) Σ_a dS[a, c] · rows[a]        (``_contrastive_bwd_cols_kernel``, column-parallel)
+There is no "delta" term (FlashAttention's rowsum(dO·O)) because the loss is the LSE itself.
+dCols gets its own column-parallel pass that recomputes P from the saved LSE instead of atomics
+into dCols from the row pass: deterministic, idempotent under autotuning, and skipped entirely
+when cols needs no grad (MoCo's momentum keys: no dK work).
+
+D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
+(``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
+and kept in registers for the whole column/row loop, as FlashAttention keeps Q. For D > 256 the
+logits are accumulated over a loop of D-blocks, and the backward grids get a second axis over
+D-blocks of the output, each output block recomputing the full logits: compute grows from 4 to
+2 + 2·ceil(D/256) matmul-equivalents in the backward, which is the price of an fp32 accumulator
+that fits in registers for any D (tested up to D = 1024).
+
+Precision: products accumulate in fp32; bf16/fp16 tiles go to the tensor cores as they are and
+dS is cast to the input dtype for the second matmul of each backward pass (as FlashAttention does
+with P and dS); fp32 inputs use "tf32x3" (three TF32 passes, close to fp32 accuracy, still on
+tensor cores). Under ``TRITON_INTERPRET=1`` (CPU tests) every tile is upcast to fp32 after the
+load, because the interpreter's bf16 arithmetic is not faithful; outputs are cast on store.
+Index arithmetic is int32: M·D and C·D must stay below 2³¹ elements.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Read once, like ``triton.jit`` itself: TRITON_INTERPRET must be set before this import.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_LN2 = math.log(2.0)
+_LOG2E = 1.0 / _LN2
+_MAX_BLOCK_D = 256
+
+
+def _configs() -> list[triton.Config]:
+    """Autotune space on a GPU; one config in the interpreter (multi-config autotune needs a GPU)."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    shapes = [  # (BLOCK_M, BLOCK_N, warps, stages); too-big ones are skipped by the autotuner (OutOfResources)
+        (128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+        (64, 128, 4, 3), (64, 32, 4, 4), (128, 32, 4, 3), (64, 64, 8, 2),
+    ]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+# --------------------------------------------------------------------------------------------
+# Tile helpers
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _load_tile(ptr, offs, ok, stride, stride_d, d0, D, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """x[offs, d0:d0+BLOCK_D] as a [len(offs), BLOCK_D] tile, zero outside (rows past the end, D tail)."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    x = tl.load(ptr + offs[:, None] * stride + offs_d[None, :] * stride_d,
+                mask=ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _load_tile_t(ptr, offs, ok, stride, stride_d, d0, D, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """The same tile transposed, [BLOCK_D, len(offs)], loaded straight through the pointers."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    x = tl.load(ptr + offs[None, :] * stride + offs_d[:, None] * stride_d,
+                mask=ok[None, :] & (offs_d < D)[:, None], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, stride_b, stride_bd, D,
+              BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """<a[offs_a], b[offs_b]> as an fp32 [BLOCK_A, BLOCK_B] tile, accumulated over D-blocks (D > BLOCK_D)."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        a = _load_tile(a_ptr, offs_a, a_ok, stride_a, stride_ad, d0, D, BLOCK_D, UPCAST)
+        bt = _load_tile_t(b_ptr, offs_b, b_ok, stride_b, stride_bd, d0, D, BLOCK_D, UPCAST)
+        acc = tl.dot(a, bt, acc, input_precision=PRECISION)
+    return acc
+
+
+# --------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------
+@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@triton.jit
+def _contrastive_fwd_kernel(
+    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr,
+    M, C, D,
+    stride_rm, stride_rd, stride_cm, stride_cd,
+    qk_scale,  # log2(e) / τ
+    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
+    excl = tl.load(excl_ptr + offs_m, mask=row_ok, other=-1)
+    if EXCLUDE_POS:
+        excl_b = pos
+    else:
+        excl_b = excl
+    if ONE_D:
+        r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of t = s·log2(e)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ exp2(t - m_i)
+    t_pos = tl.zeros([BLOCK_M], dtype=tl.float32)  # t[a, pos[a]]
+    for start_n in range(0, C, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < C
+        if ONE_D:
+            ct = _load_tile_t(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
+            t = tl.dot(r, ct, input_precision=PRECISION)
+        else:
+            t = _dot_loop(rows_ptr, cols_ptr, offs_m, offs_n, row_ok, col_ok, stride_rm, stride_rd,
+                          stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
+        t = t * qk_scale
+        c = offs_n[None, :]
+        t_pos += tl.sum(tl.where(c == pos[:, None], t, 0.0), axis=1)
+        allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
+        t = tl.where(allowed, t, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(t, axis=1))
+        # A row whose columns so far are all excluded keeps m = -inf; shift by 0 then, not -inf (NaN).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t - m_safe[:, None]), axis=1)
+        m_i = m_new
+
+    lse2 = m_i + tl.log2(l_i)  # -inf only for a row with no allowed column at all
+    if HAS_W:
+        w = tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
+        t_pos = w * t_pos
+    tl.store(lse_ptr + offs_m, lse2, mask=row_ok)
+    tl.store(loss_ptr + offs_m, (lse2 - t_pos) * 0.6931471805599453, mask=row_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: row-parallel dRows
+# --------------------------------------------------------------------------------------------
+@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@triton.jit
+def _contrastive_bwd_rows_kernel(
+    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
+    M, C, D,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gm, stride_gd,
+    qk_scale, inv_temp,
+    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block]; grid (row blocks, output D-blocks)."""
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
+    excl = tl.load(excl_ptr + offs_m, mask=row_ok, other=-1)
+    if EXCLUDE_POS:
+        excl_b = pos
+    else:
+        excl_b = excl
+    lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
+    g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)  # upstream gradient per row
+    gw = g
+    if HAS_W:
+        gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
+    d0_out = pid_d * BLOCK_D
+    if ONE_D:
+        r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, C, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < C
+        ct = _load_tile_t(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, d0_out, D, BLOCK_D, UPCAST)
+        if ONE_D:
+            t = tl.dot(r, ct, input_precision=PRECISION)
+        else:
+            t = _dot_loop(rows_ptr, cols_ptr, offs_m, offs_n, row_ok, col_ok, stride_rm, stride_rd,
+                          stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
+        t = t * qk_scale
+        c = offs_n[None, :]
+        allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
+        p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
+        ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
+        acc = tl.dot(ds.to(ct.dtype), tl.trans(ct), acc, input_precision=PRECISION)
+
+    offs_d = d0_out + tl.arange(0, BLOCK_D)
+    tl.store(drows_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+             (acc * inv_temp).to(drows_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d < D)[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: column-parallel dCols (deterministic, no atomics)
+# --------------------------------------------------------------------------------------------
+@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@triton.jit
+def _contrastive_bwd_cols_kernel(
+    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, dcols_ptr,
+    M, C, D,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gm, stride_gd,
+    qk_scale, inv_temp,
+    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dCols[c, d-block] = (1/τ) Σ_a dS[a, c] rows[a, d-block]; grid (column blocks, output D-blocks).
+
+    Works on the transposed tile tᵀ[c, a] so that the per-row quantities (LSE, g, pos, excl)
+    broadcast along axis 0 and the second matmul needs no transpose of dS.
+    """
+    pid_n = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < C
+    d0_out = pid_d * BLOCK_D
+    if ONE_D:
+        cb = _load_tile(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
+
+    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for start_m in range(0, M, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < M
+        pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
+        excl = tl.load(excl_ptr + offs_m, mask=row_ok, other=-1)
+        if EXCLUDE_POS:
+            excl_b = pos
+        else:
+            excl_b = excl
+        lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
+        g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)
+        gw = g
+        if HAS_W:
+            gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
+        rt = _load_tile_t(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, d0_out, D, BLOCK_D, UPCAST)
+        if ONE_D:
+            tt = tl.dot(cb, rt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        else:
+            tt = _dot_loop(cols_ptr, rows_ptr, offs_n, offs_m, col_ok, row_ok, stride_cm, stride_cd,
+                           stride_rm, stride_rd, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PRECISION)
+        tt = tt * qk_scale
+        c = offs_n[:, None]
+        allowed = col_ok[:, None] & (c != excl[None, :]) & (c != excl_b[None, :])
+        pt = tl.where(allowed, tl.exp2(tt - lse2[None, :]), 0.0)
+        dst = g[None, :] * pt - tl.where(c == pos[None, :], gw[None, :], 0.0)
+        acc = tl.dot(dst.to(rt.dtype), tl.trans(rt), acc, input_precision=PRECISION)
+
+    offs_d = d0_out + tl.arange(0, BLOCK_D)
+    tl.store(dcols_ptr + offs_n[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+             (acc * inv_temp).to(dcols_ptr.dtype.element_ty),
+             mask=col_ok[:, None] & (offs_d < D)[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+def _block_d(d: int) -> int:
+    """D-block: the whole (padded) D up to 256, tl.dot needs K >= 16."""
+    return max(16, min(_MAX_BLOCK_D, triton.next_power_of_2(d)))
+
+
+def _flags(rows: torch.Tensor, d: int, has_w: bool, exclude_pos: bool) -> dict:
+    block_d = _block_d(d)
+    return dict(
+        HAS_W=has_w, EXCLUDE_POS=bool(exclude_pos), ONE_D=d <= block_d, UPCAST=_INTERPRET,
+        PRECISION="tf32x3" if rows.dtype == torch.float32 else "tf32", BLOCK_D=block_d,
+    )
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos):
+    m, d = rows.shape
+    c = cols.shape[0]
+    loss = torch.empty(m, device=rows.device, dtype=torch.float32)
+    lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+    with _device_guard(rows):
+        _contrastive_fwd_kernel[grid](
+            rows, cols, pos_idx, excl_idx, w if w is not None else loss, loss, lse2,
+            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            _LOG2E / temperature, **_flags(rows, d, w is not None, exclude_pos),
+        )
+    return loss, lse2
+
+
+def _bwd_rows(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos):
+    m, d = rows.shape
+    c = cols.shape[0]
+    flags = _flags(rows, d, w is not None, exclude_pos)
+    drows = torch.empty((m, d), device=rows.device, dtype=rows.dtype)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    with _device_guard(rows):
+        _contrastive_bwd_rows_kernel[grid](
+            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, drows,
+            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            drows.stride(0), drows.stride(1), _LOG2E / temperature, 1.0 / temperature, **flags,
+        )
+    return drows
+
+
+def _bwd_cols(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos):
+    m, d = rows.shape
+    c = cols.shape[0]
+    flags = _flags(rows, d, w is not None, exclude_pos)
+    dcols = torch.empty((c, d), device=cols.device, dtype=cols.dtype)
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    with _device_guard(rows):
+        _contrastive_bwd_cols_kernel[grid](
+            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dcols,
+            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            dcols.stride(0), dcols.stride(1), _LOG2E / temperature, 1.0 / temperature, **flags,
+        )
+    return dcols
+
+
+class ContrastiveRows(torch.autograd.Function):
+    """loss [M] fp32 = contrastive_rows(rows, cols, ...); saves rows, cols, the indices and LSE₂ [M]."""
+
+    @staticmethod
+    def forward(ctx, rows, cols, pos_idx, excl_idx, temperature, pos_weight, exclude_pos):
+        loss, lse2 = _fwd(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
+        ctx.save_for_backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2)
+        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+        return loss
+
+    @staticmethod
+    def backward(ctx, dloss):
+        rows, cols, pos_idx, excl_idx, w, lse2 = ctx.saved_tensors
+        # The gradient of .mean() arrives as an expanded (stride-0) view: make it a real [M] fp32 array.
+        dloss = dloss.float().contiguous()
+        args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos)
+        drows = _bwd_rows(*args) if ctx.needs_input_grad[0] else None
+        dcols = _bwd_cols(*args) if ctx.needs_input_grad[1] else None  # no dK work for momentum keys
+        return drows, dcols, None, None, None, None, None
+
+
+def contrastive_rows(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    temperature: float,
+    pos_weight: torch.Tensor | None = None,
+    exclude_pos: bool = False,
+) -> torch.Tensor:
+    """Triton twin of ``fastssl.ops.reference.contrastive_rows`` (same contract, same maths).
+
+    rows [M, D], cols [C, D]: same dtype (fp32, bf16 or fp16) and device, any strides.
+    pos_idx, excl_idx: int [M] (excl -1 = none; indices are trusted, not range-checked, to avoid
+    a device sync). pos_weight: [M] or None, treated as a constant. Returns loss [M] fp32.
+    """
+    if rows.ndim != 2 or cols.ndim != 2 or rows.shape[1] != cols.shape[1]:
+        raise ValueError(f"rows must be [M, D] and cols [C, D], got {tuple(rows.shape)} and {tuple(cols.shape)}")
+    if rows.shape[0] == 0 or cols.shape[0] == 0 or rows.shape[1] == 0:
+        raise ValueError(f"empty input: rows {tuple(rows.shape)}, cols {tuple(cols.shape)}")
+    if rows.dtype != cols.dtype or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"rows and cols must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {cols.dtype}")
+    if rows.device != cols.device:
+        raise ValueError(f"rows and cols are on different devices: {rows.device} and {cols.device}")
+    if not (rows.is_cuda or _INTERPRET):
+        raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
+                         "fastssl.kernels, or use backend='reference')")
+    m = rows.shape[0]
+    if pos_idx.shape != (m,) or excl_idx.shape != (m,):
+        raise ValueError(f"pos_idx and excl_idx must be [{m}], got {tuple(pos_idx.shape)} and {tuple(excl_idx.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int64).contiguous()
+    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int64).contiguous()
+    if pos_weight is not None:
+        pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
+    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos))
