@@ -1,0 +1,125 @@
+"""gather_distributed=True on 2 gloo ranks equals the single-process run on the global batch.
+
+Both ranks hold the same tiny linear projector and half of the global batch each. For every op
+and backend we check the DDP convention of ``fastssl.ops.distributed``:
+(a) the mean of the two ranks' losses equals the single-process loss on the global batch;
+(b) each rank's gradient w.r.t. its own op inputs equals world_size × the single-process gradient
+    w.r.t. those rows (its loss is a mean over half as many anchors);
+(c) the rank-averaged projector gradient (what DDP's all-reduce computes) equals the
+    single-process projector gradient.
+The ranks run once per module (one spawn: starting processes is the slow part) and save their
+results; the single-process runs happen here, in the test process.
+"""
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from _contrastive_loop_ref import check_fp32
+
+from fastssl.ops import dcl, info_nce, nt_xent
+
+WORLD = 2
+N, D_IN, D, CHUNKS, TAU = 6, 12, 16, 2, 0.1  # 3 samples per rank: odd local sizes
+BACKENDS = ["reference", "triton"]
+# info_nce_frozen_k: momentum-encoder keys without grad (the gather without autograd path).
+CASES = ["nt_xent", "dcl", "dclw", "info_nce", "info_nce_frozen_k"]
+
+
+def _device(backend: str) -> torch.device:
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
+def _run_case(case: str, backend: str, data: dict, lo: int, hi: int, gather: bool) -> dict:
+    """Loss and gradients for global samples [lo, hi) through the shared projector."""
+    dev = _device(backend)
+    proj = torch.nn.Linear(D_IN, D).to(dev)
+    with torch.no_grad():
+        proj.weight.copy_(data["weight"])
+        proj.bias.copy_(data["bias"])
+    if case.startswith("info_nce"):
+        a = proj(data["xq"][:, lo:hi].to(dev))  # q [CHUNKS, n, D]
+        if case == "info_nce_frozen_k":
+            with torch.no_grad():
+                b = proj(data["xk"][lo:hi].to(dev))
+        else:
+            b = proj(data["xk"][lo:hi].to(dev))
+    else:
+        a, b = proj(data["x1"][lo:hi].to(dev)), proj(data["x2"][lo:hi].to(dev))
+    for t in (a, b):
+        if t.requires_grad:
+            t.retain_grad()
+    if case == "nt_xent":
+        loss = nt_xent(a, b, TAU, gather_distributed=gather, backend=backend)
+    elif case == "dcl":
+        loss = dcl(a, b, TAU, gather_distributed=gather, backend=backend)
+    elif case == "dclw":
+        loss = dcl(a, b, TAU, weight_sigma=0.5, gather_distributed=gather, backend=backend)
+    else:
+        loss = info_nce(a, b, TAU, gather_distributed=gather, backend=backend)
+    loss.backward()
+    grab = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+    return {"loss": grab(loss), "ga": grab(a.grad), "gb": grab(b.grad),
+            "gw": grab(proj.weight.grad), "gbias": grab(proj.bias.grad)}
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    data = torch.load(f"{folder}/data.pt")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        n = N // WORLD
+        res = {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
+        torch.save(res, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh per run, shared by both ranks
+    data = {
+        "x1": torch.randn(N, D_IN, generator=g), "x2": torch.randn(N, D_IN, generator=g),
+        "xq": torch.randn(CHUNKS, N, D_IN, generator=g), "xk": torch.randn(N, D_IN, generator=g),
+        "weight": torch.randn(D, D_IN, generator=g) / D_IN**0.5, "bias": torch.randn(D, generator=g) * 0.1,
+    }
+    folder = tmp_path_factory.mktemp("contrastive_dist")
+    torch.save(data, folder / "data.pt")
+    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
+    ranks = [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
+    return data, ranks
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_two_ranks_match_single_process(runs, case, backend):
+    data, ranks = runs
+    single = _run_case(case, backend, data, 0, N, gather=False)
+    per_rank = [r[(case, backend)] for r in ranks]
+    name = f"{case}/{backend}"
+    n = N // WORLD
+    # (a) loss
+    check_fp32(f"{name} loss", sum(r["loss"] for r in per_rank) / WORLD, single["loss"].double())
+    # (b) gradients w.r.t. each rank's op inputs: world_size × the single-process rows
+    for rank, r in enumerate(per_rank):
+        lo, hi = rank * n, (rank + 1) * n
+        if case.startswith("info_nce"):
+            check_fp32(f"{name} dq rank{rank}", r["ga"], WORLD * single["ga"][:, lo:hi].double())
+        else:
+            check_fp32(f"{name} dz1 rank{rank}", r["ga"], WORLD * single["ga"][lo:hi].double())
+        if case == "info_nce_frozen_k":
+            assert r["gb"] is None and single["gb"] is None
+        else:
+            check_fp32(f"{name} d{'k' if 'info' in case else 'z2'} rank{rank}", r["gb"], WORLD * single["gb"][lo:hi].double())
+    # (c) the rank-averaged projector gradient (DDP's all-reduce mean) is the single-process one
+    for key in ("gw", "gbias"):
+        check_fp32(f"{name} {key}", sum(r[key] for r in per_rank) / WORLD, single[key].double())
