@@ -9,10 +9,12 @@ writes every pixel of the image gradient exactly once, no accumulation.
 patchify_noise, one read of the image for three outputs (a program per tile of patch rows):
     target[b, l] = x[b, l]                      or  (x − mean) / sqrt(var_unbiased + 1e-6)  (norm_target)
     slot[b, l] = k if ids_keep[b, k] == l else −1   (every l is kept when ids_keep is None: slot = l)
-    ε[b, l, e] = Philox normal (tl.randn) at (seed, offset = (b·L + l)·P + e)
+    ε[b, l, e] = Philox normal (tl.randn4x: 4 normals per counter) at (seed, counter = (b·L + l)·P4 + e // 4)
     noise[b, slot] = σ_b·ε;   inputs[b, slot] = x[b, l] + σ_b·ε      (kept patches only)
 The noise of a pixel depends only on the seed and its position in the image, not on K or on the
-order of ids_keep, so a seed fixes the noise field. The seed comes from torch's RNG (see
+order of ids_keep, so a seed fixes the noise field. P4 = next_pow2(P) / 4 counters per patch.
+Philox is real work (10 rounds of 32-bit multiplies per counter): 4 normals per counter and no
+noise for removed patches keep it under the memory time. The seed comes from torch's RNG (see
 ``fastssl.ops.patchify``), hence ``torch.manual_seed`` makes a run reproducible and each call
 draws a fresh one. Arithmetic is fp32 (bf16 loads cast up), outputs are cast on store.
 """
@@ -36,10 +38,10 @@ def _patch_src(rows, e, L, H, W, w, PATCH: tl.constexpr, C: tl.constexpr):
     return ((b[:, None] * C + c[None, :]) * H + (i * PATCH)[:, None] + u[None, :]) * W + (j * PATCH)[:, None] + v[None, :]
 
 
-def _tile(p_elems: int) -> tuple[int, int]:
-    """(BLOCK_R patch rows, BLOCK_P) with ~2K elements per tile."""
-    block_p = triton.next_power_of_2(p_elems)
-    return max(1, 2048 // block_p), block_p
+def _tile(p_elems: int, max_rows: int = 2048) -> tuple[int, int]:
+    """(BLOCK_R patch rows, BLOCK_P): ~2K elements per tile, BLOCK_P >= 16 (randn4x needs /4)."""
+    block_p = max(16, triton.next_power_of_2(p_elems))
+    return max(1, min(max_rows, 2048 // block_p)), block_p
 
 
 @triton.jit
@@ -99,13 +101,20 @@ def _patchify_noise_kernel(
     else:
         s = rows
         dst = rows
-    sigma = tl.load(sigma_ptr + b, mask=rmask, other=0.0).to(tl.float32)
-    eps = tl.randn(seed, rows[:, None] * P + e[None, :])
-    n = sigma[:, None] * eps
-    mk = m & (s >= 0)[:, None]
-    out = dst[:, None] * P + e[None, :]
-    tl.store(noise_ptr + out, n.to(noise_ptr.dtype.element_ty), mask=mk)
-    tl.store(inputs_ptr + out, (x + n).to(inputs_ptr.dtype.element_ty), mask=mk)
+    # Removed patches need no noise: skip the Philox work when the whole tile is removed (with
+    # one patch per program, as for ViT-sized patches, that is every removed patch).
+    if tl.max(s, axis=0) >= 0:
+        sigma = tl.load(sigma_ptr + b, mask=rmask, other=0.0).to(tl.float32)
+        # One Philox call gives 4 normals (randn4x): counter (row, q) feeds elements e = 4q..4q+3.
+        Q: tl.constexpr = BLOCK_P // 4
+        ctr = rows[:, None] * Q + tl.arange(0, Q)[None, :]
+        n1, n2, n3, n4 = tl.randn4x(seed, ctr)
+        eps = tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, BLOCK_P))
+        n = sigma[:, None] * eps
+        mk = m & (s >= 0)[:, None]
+        out = dst[:, None] * P + e[None, :]
+        tl.store(noise_ptr + out, n.to(noise_ptr.dtype.element_ty), mask=mk)
+        tl.store(inputs_ptr + out, (x + n).to(inputs_ptr.dtype.element_ty), mask=mk)
 
 
 def _geometry(shape, p):
@@ -170,7 +179,8 @@ def patchify_noise(
     inputs = torch.empty(b, k, P, dtype=imgs.dtype, device=imgs.device)
     noise = torch.empty_like(inputs)
     target = torch.empty(b, L, P, dtype=imgs.dtype, device=imgs.device)
-    block_r, block_p = _tile(P)
+    # ViT patches (P >= 512) get a program each, so removed patches skip the noise work entirely.
+    block_r, block_p = _tile(P, max_rows=1 if P >= 512 else 2048)
     _patchify_noise_kernel[(triton.cdiv(b * L, block_r),)](
         imgs, slot, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
         P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,

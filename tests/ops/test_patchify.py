@@ -87,6 +87,10 @@ def test_noise_statistics(backend):
         assert abs(within - 0.6827) < 5 * math.sqrt(0.6827 * 0.3173 / m)
     assert torch.equal(n[3], torch.zeros_like(n[3]))
     assert torch.equal(out.inputs[3], _gather_rows(patchify_loop(imgs, p), ids_keep)[3])
+    # neighbouring values are uncorrelated (the kernel packs 4 normals per Philox counter)
+    for lag in (1, 2, 3, 4, 48):
+        c = torch.corrcoef(torch.stack([n[0, :-lag], n[0, lag:]]))[0, 1].item()
+        assert abs(c) < 5 / math.sqrt(m), (lag, c)
     # images get independent noise: the standardised fields of two images are uncorrelated
     corr = torch.corrcoef(torch.stack([n[0] / 0.05, n[1] / 0.01]))[0, 1].item()
     assert abs(corr) < 5 / math.sqrt(m)
