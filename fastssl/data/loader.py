@@ -85,6 +85,9 @@ class TrainLoader:
     ``steps_per_epoch`` is given, the same on every rank. The underlying stream never drops data:
     the samples that do not fill a last batch start the next epoch (see ``pipeline``'s docstring).
 
+    Iteration: each ``for`` loop yields the rest of the current epoch and then counts it done
+    (``self.epoch`` += 1); ``self.step`` counts the batches yielded in the current epoch.
+
     Resuming: ``state_dict()`` (at a step boundary, i.e. between two batches) captures the DALI
     pipeline state (reader positions, RNG states; prefetched batches are accounted for by DALI) and
     the epoch/step counters; ``load_state_dict()`` on a fresh loader built with the same arguments
@@ -154,8 +157,8 @@ class TrainLoader:
         return TwoViewBatch(_to_torch(v1, dev), _to_torch(v2, dev), labels.to(dev, non_blocking=True), idx.to(dev, non_blocking=True))
 
     def __iter__(self):
-        if self.step >= self.steps_per_epoch:  # the previous loop stopped right after its last batch
-            self.epoch, self.step = self.epoch + 1, 0
+        """The rest of the current epoch: all of it normally, fewer batches after a resume or an
+        interrupted loop, none if the last state was taken after the epoch's last batch."""
         while self.step < self.steps_per_epoch:
             batch = self._next_batch()
             self.step += 1  # counted before yielding: a state saved now is "after this batch"

@@ -88,7 +88,22 @@ def test_train_batch_contract(tiny_folder):
         assert b.labels.tolist() == [int(loader.files[i].split("/")[-2][1:]) for i in b.index.tolist()]
         # the two views of every image differ
         assert ((b.view1 - b.view2).flatten(1).abs().amax(1) > 0.1).all()
-    assert n == len(loader) and loader.epoch == 1
+    assert n == len(loader) and (loader.epoch, loader.step) == (1, 0)
+
+
+def test_epoch_counting_and_interrupted_loops(tiny_folder):
+    loader = TrainLoader(_cfg(tiny_folder), batch_size=8, seed=0)  # 5 steps per epoch
+    for k, _ in enumerate(loader):
+        if k == 1:
+            break
+    assert (loader.epoch, loader.step) == (0, 2)
+    assert len(list(loader)) == 3 and (loader.epoch, loader.step) == (1, 0)  # the rest of epoch 0
+    for k, _ in enumerate(loader):
+        if k == 4:
+            break  # stopped right after the last batch, before the loop could close the epoch
+    assert (loader.epoch, loader.step) == (1, 5)
+    assert list(loader) == [] and (loader.epoch, loader.step) == (2, 0)
+    assert len(list(loader)) == 5
 
 
 def test_views_differ_across_epochs_and_are_seeded(tiny_folder):
@@ -240,18 +255,19 @@ def test_brightness_jitter_is_a_per_image_factor_in_range(tiny_folder):
 # resume
 
 
-@pytest.mark.parametrize("taken,prefetch", [(0, 2), (3, 1), (3, 3), (7, 2)])
+@pytest.mark.parametrize("taken,prefetch", [(0, 2), (3, 1), (3, 3), (6, 2), (7, 2)])
 def test_checkpoint_resume_is_bit_identical(tiny_folder, tmp_path, taken, prefetch):
     cfg = _cfg(tiny_folder, image_size=24).model_copy(update={"prefetch": prefetch})
-    run = TrainLoader(cfg, batch_size=6, seed=9)  # 6 steps per epoch; 7 crosses the epoch boundary
+    run = TrainLoader(cfg, batch_size=6, seed=9)  # 6 steps per epoch: 6 saves after an epoch's last batch, 7 after it
     stream = _stream(run)
     for _ in range(taken):
         next(stream)
+    saved_at = (run.epoch, run.step)
     torch.save(run.state_dict(), tmp_path / "loader.pt")
     expected = [next(stream) for _ in range(8)]
     resumed = TrainLoader(cfg, batch_size=6, seed=9)
     resumed.load_state_dict(torch.load(tmp_path / "loader.pt", weights_only=True))
-    assert (resumed.epoch, resumed.step) == divmod(taken, len(run))
+    assert (resumed.epoch, resumed.step) == saved_at
     got = _take(resumed, 8)
     for e, g in zip(expected, got):
         for name in ("view1", "view2", "labels", "index"):
