@@ -106,8 +106,7 @@ def _patchify_noise_kernel(
     if tl.max(s, axis=0) >= 0:
         sigma = tl.load(sigma_ptr + b, mask=rmask, other=0.0).to(tl.float32)
         # One Philox call gives 4 normals (randn4x): counter (row, q) feeds elements e = 4q..4q+3.
-        Q: tl.constexpr = BLOCK_P // 4
-        ctr = rows[:, None] * Q + tl.arange(0, Q)[None, :]
+        ctr = rows[:, None] * (BLOCK_P // 4) + tl.arange(0, BLOCK_P // 4)[None, :]
         n1, n2, n3, n4 = tl.randn4x(seed, ctr)
         eps = tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, BLOCK_P))
         n = sigma[:, None] * eps
