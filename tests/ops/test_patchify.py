@@ -16,11 +16,25 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _token_loops import mae_norm_pix, mae_patchify, patchify_loop  # noqa: E402
 
-from fastssl.ops import patchify, patchify_noise, random_masking  # noqa: E402
+from fastssl.ops import PatchNoise, patchify, patchify_noise, random_masking  # noqa: E402
 
 BACKENDS = ["reference", "triton"]
 # (B, C, H, W, p): H != W, C = 1 and 3, B = 1, odd L (9, 15), patch vectors of odd length (27, 75)
 SHAPES = [(2, 3, 8, 12, 4), (1, 1, 9, 9, 3), (3, 3, 15, 25, 5), (2, 1, 16, 16, 4), (1, 3, 6, 10, 2)]
+
+
+def _device(backend: str) -> torch.device:
+    """The Triton backend runs on the GPU when there is one, else in the interpreter on CPU."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
+def _run_noise(imgs, p, sigma, *, backend, ids_keep=None, **kw) -> PatchNoise:
+    """patchify_noise on the backend's device, outputs back on CPU."""
+    dev = _device(backend)
+    sigma = sigma.to(dev) if torch.is_tensor(sigma) else sigma
+    ids = ids_keep.to(dev) if ids_keep is not None else None
+    out = patchify_noise(imgs.to(dev), p, sigma, ids_keep=ids, backend=backend, **kw)
+    return PatchNoise(*(t.cpu() for t in out))
 
 
 def _gather_rows(t, ids):
@@ -31,19 +45,20 @@ def _gather_rows(t, ids):
 @pytest.mark.parametrize("b,c,h,w,p", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_patchify_forward_and_grad(backend, b, c, h, w, p, dtype):
-    imgs = torch.randn(b, c, h, w, dtype=dtype, requires_grad=True)
+    imgs0 = torch.randn(b, c, h, w, dtype=dtype)
+    imgs = imgs0.to(_device(backend)).requires_grad_()
     out = patchify(imgs, p, backend=backend)
-    ref = patchify_loop(imgs.detach(), p)
+    ref = patchify_loop(imgs0, p)
     assert out.dtype == dtype and out.shape == ref.shape
-    assert torch.equal(out, ref)  # a permutation: bit exact in any dtype
-    assert torch.equal(out, mae_patchify(imgs.detach(), p))
-    g = torch.randn_like(out)
-    out.backward(g)
+    assert torch.equal(out.cpu(), ref)  # a permutation: bit exact in any dtype
+    assert torch.equal(out.cpu(), mae_patchify(imgs0, p))
+    g = torch.randn(out.shape, dtype=dtype)
+    out.backward(g.to(imgs.device))
     # d imgs is g placed back: the loop reference's permutation applied to the pixel grid
-    idx = patchify_loop(torch.arange(imgs.numel(), dtype=torch.float64).reshape(imgs.shape), p).long()
+    idx = patchify_loop(torch.arange(imgs0.numel(), dtype=torch.float64).reshape(imgs0.shape), p).long()
     dimg = torch.zeros(imgs.numel(), dtype=dtype)
     dimg[idx.reshape(-1)] = g.reshape(-1)
-    assert torch.equal(imgs.grad, dimg.reshape(imgs.shape))
+    assert torch.equal(imgs.grad.cpu(), dimg.reshape(imgs.shape))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -55,7 +70,7 @@ def test_patchify_noise_fp32(backend, b, c, h, w, p, masked, norm_target):
     L = (h // p) * (w // p)
     ids_keep = random_masking(b, L, 0.5)[0] if masked else None
     sigma = torch.rand(b) * 0.05 + 0.01
-    out = patchify_noise(imgs, p, sigma, ids_keep=ids_keep, norm_target=norm_target, backend=backend)
+    out = _run_noise(imgs, p, sigma, ids_keep=ids_keep, norm_target=norm_target, backend=backend)
     patches = patchify_loop(imgs, p)
     kept = _gather_rows(patches, ids_keep) if masked else patches
     assert out.inputs.shape == out.noise.shape == kept.shape and out.target.shape == patches.shape
@@ -76,7 +91,7 @@ def test_noise_statistics(backend):
     imgs = torch.rand(b, c, h, w)
     ids_keep = random_masking(b, 64, 0.5)[0]
     sigma = torch.tensor([0.05, 0.01, 0.5, 0.0])
-    out = patchify_noise(imgs, p, sigma, ids_keep=ids_keep, backend=backend)
+    out = _run_noise(imgs, p, sigma, ids_keep=ids_keep, backend=backend)
     n = out.noise.reshape(b, -1).double()  # 32 patches · 48 values = 1536 samples per image
     m = n.shape[1]
     for i in range(3):
@@ -102,15 +117,15 @@ def test_noise_reproducible_and_fresh(backend):
     ids_keep = random_masking(2, 6, 0.5)[0]
     sigma = torch.tensor([0.05, 0.02])
     torch.manual_seed(3)
-    a = patchify_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
-    b = patchify_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
+    a = _run_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
+    b = _run_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
     torch.manual_seed(3)
-    a2 = patchify_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
+    a2 = _run_noise(imgs, 4, sigma, ids_keep=ids_keep, backend=backend)
     assert torch.equal(a.noise, a2.noise) and torch.equal(a.inputs, a2.inputs)
     assert not torch.equal(a.noise, b.noise)
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    c1 = patchify_noise(imgs, 4, sigma, ids_keep=ids_keep, generator=g1, backend=backend)
-    c2 = patchify_noise(imgs, 4, sigma, ids_keep=ids_keep, generator=g2, backend=backend)
+    c1 = _run_noise(imgs, 4, sigma, ids_keep=ids_keep, generator=g1, backend=backend)
+    c2 = _run_noise(imgs, 4, sigma, ids_keep=ids_keep, generator=g2, backend=backend)
     assert torch.equal(c1.noise, c2.noise)
 
 
@@ -120,8 +135,8 @@ def test_triton_noise_field_independent_of_masking():
     ids_keep = random_masking(3, 15, 0.6)[0]
     sigma = torch.tensor([0.1, 0.2, 0.3])
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    full = patchify_noise(imgs, 3, sigma, generator=g1, backend="triton")
-    part = patchify_noise(imgs, 3, sigma, ids_keep=ids_keep, generator=g2, backend="triton")
+    full = _run_noise(imgs, 3, sigma, generator=g1, backend="triton")
+    part = _run_noise(imgs, 3, sigma, ids_keep=ids_keep, generator=g2, backend="triton")
     assert torch.equal(part.noise, _gather_rows(full.noise, ids_keep))
 
 
@@ -142,7 +157,7 @@ def test_bf16_rule():
     ids_keep = random_masking(b, 6, 0.5)[0]
     sigma = torch.tensor([0.05, 0.03, 0.01])
     patches64 = patchify_loop(imgs, p).double()
-    outs = {be: patchify_noise(imgs, p, sigma, ids_keep=ids_keep, norm_target=True, backend=be) for be in BACKENDS}
+    outs = {be: _run_noise(imgs, p, sigma, ids_keep=ids_keep, norm_target=True, backend=be) for be in BACKENDS}
     k, e = outs["triton"], outs["reference"]
     ref = mae_norm_pix(patches64)
     bad = (k.target.double() - ref).abs() > 2 * (e.target.double() - ref).abs() + _ulp(ref, torch.bfloat16)
@@ -169,5 +184,5 @@ def test_rejects_bad_inputs():
 
 def test_float_sigma_broadcasts():
     imgs = torch.randn(2, 1, 4, 4)
-    out = patchify_noise(imgs, 2, 0.0, backend="triton")
+    out = _run_noise(imgs, 2, 0.0, backend="triton")
     assert torch.equal(out.inputs, patchify_loop(imgs, 2)) and torch.equal(out.noise, torch.zeros_like(out.noise))

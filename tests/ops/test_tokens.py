@@ -36,6 +36,15 @@ def _ids(b, l, ratio):
     return ids_keep, ids_restore
 
 
+def _device(backend: str) -> torch.device:
+    """The Triton backend runs on the GPU when there is one, else in the interpreter on CPU."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
+def _leaf(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    return t.detach().to(dev).requires_grad_()
+
+
 # ------------------------------------------------------------------------------------ masking
 
 
@@ -105,28 +114,31 @@ def test_masking_rejects_bad_ratio():
 @pytest.mark.parametrize("b,l,d,ratio", SHAPES)
 @pytest.mark.parametrize("with_pos", [True, False])
 def test_gather_fp32_exact_forward_and_grads(backend, b, l, d, ratio, with_pos):
+    dev = _device(backend)
     ids_keep, _ = _ids(b, l, ratio)
-    x = torch.randn(b, l, d, requires_grad=True)
-    pos = torch.randn(l, d, requires_grad=True) if with_pos else None
-    out = gather_tokens(x, ids_keep, pos, backend=backend)
-    ref = gather_loop(x.detach(), ids_keep, pos.detach() if with_pos else None)
+    x0, pos0 = torch.randn(b, l, d), torch.randn(l, d)
+    x = _leaf(x0, dev)
+    pos = _leaf(pos0, dev) if with_pos else None
+    out = gather_tokens(x, ids_keep.to(dev), pos, backend=backend)
+    ref = gather_loop(x0, ids_keep, pos0 if with_pos else None)
     assert out.dtype == torch.float32 and out.shape == (b, ids_keep.shape[1], d)
     # one fp32 addition (or none) per element: correctly rounded, so equal to the rounded fp64 value
-    assert torch.equal(out, ref.float())
-    g = torch.randn_like(out)
-    out.backward(g)
+    assert torch.equal(out.cpu(), ref.float())
+    g = torch.randn(out.shape)
+    out.backward(g.to(dev))
     dx_ref, dpos_ref = gather_grads_loop(g, ids_keep, l)
-    assert torch.equal(x.grad, dx_ref.float())  # a pure copy, zeros at removed positions
+    assert torch.equal(x.grad.cpu(), dx_ref.float())  # a pure copy, zeros at removed positions
     if with_pos:
-        torch.testing.assert_close(pos.grad.double(), dpos_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pos.grad.cpu().double(), dpos_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gather_matches_mae_encoder(backend):
-    b, l, d = 3, 49, 24
+    b, l, d, dev = 3, 49, 24, _device(backend)
     ids_keep, _ = _ids(b, l, 0.75)
     x, pos = torch.randn(b, l, d), torch.randn(l, d)
-    torch.testing.assert_close(gather_tokens(x, ids_keep, pos, backend=backend).double(), mae_encoder_tokens(x, ids_keep, pos))
+    out = gather_tokens(x.to(dev), ids_keep.to(dev), pos.to(dev), backend=backend)
+    torch.testing.assert_close(out.cpu().double(), mae_encoder_tokens(x, ids_keep, pos))
 
 
 def test_gather_triton_batch_loop_and_chunks():
@@ -137,10 +149,11 @@ def test_gather_triton_batch_loop_and_chunks():
     ids_keep, _ = _ids(b, l, 0.5)
     g = torch.randn(b, ids_keep.shape[1], d)
     dx_ref, dpos_ref = gather_grads_loop(g, ids_keep, l)
+    dev = _device("triton")
     for rpp in (1, 64, 100):
-        dx, dpos = gather_bwd(g, ids_keep, (b, l, d), torch.float32, torch.float32, True, True, rows_per_program=rpp)
-        assert torch.equal(dx, dx_ref.float())
-        torch.testing.assert_close(dpos.double(), dpos_ref, rtol=1e-5, atol=1e-5)
+        dx, dpos = gather_bwd(g.to(dev), ids_keep.to(dev), (b, l, d), torch.float32, torch.float32, True, True, rows_per_program=rpp)
+        assert torch.equal(dx.cpu(), dx_ref.float())
+        torch.testing.assert_close(dpos.cpu().double(), dpos_ref, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ scatter
@@ -150,32 +163,34 @@ def test_gather_triton_batch_loop_and_chunks():
 @pytest.mark.parametrize("b,l,d,ratio", SHAPES)
 @pytest.mark.parametrize("with_pos", [True, False])
 def test_scatter_fp32_exact_forward_and_grads(backend, b, l, d, ratio, with_pos):
+    dev = _device(backend)
     ids_keep, _ = _ids(b, l, ratio)
     k = ids_keep.shape[1]
-    x = torch.randn(b, k, d, requires_grad=True)
-    mt = torch.randn(d, requires_grad=True)
-    pos = torch.randn(l, d, requires_grad=True) if with_pos else None
-    out = scatter_tokens(x, ids_keep, l, mt, pos, backend=backend)
-    ref = scatter_loop(x.detach(), ids_keep, l, mt.detach(), pos.detach() if with_pos else None)
+    x0, mt0, pos0 = torch.randn(b, k, d), torch.randn(d), torch.randn(l, d)
+    x, mt = _leaf(x0, dev), _leaf(mt0, dev)
+    pos = _leaf(pos0, dev) if with_pos else None
+    out = scatter_tokens(x, ids_keep.to(dev), l, mt, pos, backend=backend)
+    ref = scatter_loop(x0, ids_keep, l, mt0, pos0 if with_pos else None)
     assert out.dtype == torch.float32 and out.shape == (b, l, d)
-    assert torch.equal(out, ref.float())
-    g = torch.randn_like(out)
-    out.backward(g)
+    assert torch.equal(out.cpu(), ref.float())
+    g = torch.randn(out.shape)
+    out.backward(g.to(dev))
     dx_ref, dmt_ref, dpos_ref = scatter_grads_loop(g, ids_keep)
-    assert torch.equal(x.grad, dx_ref.float())
-    torch.testing.assert_close(mt.grad.double(), dmt_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(x.grad.cpu(), dx_ref.float())
+    torch.testing.assert_close(mt.grad.cpu().double(), dmt_ref, rtol=1e-5, atol=1e-5)
     if with_pos:
-        torch.testing.assert_close(pos.grad.double(), dpos_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pos.grad.cpu().double(), dpos_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scatter_matches_mae_decoder(backend):
     """Same values as MAE's append-mask-tokens + unshuffle(ids_restore); MAE's [1, 1, D] token."""
-    b, l, d = 3, 49, 24
+    b, l, d, dev = 3, 49, 24, _device(backend)
     ids_keep, ids_restore = _ids(b, l, 0.75)
-    x, mt, pos = torch.randn(b, ids_keep.shape[1], d), torch.randn(1, 1, d, requires_grad=True), torch.randn(l, d)
-    out = scatter_tokens(x, ids_keep, l, mt, pos, backend=backend)
-    torch.testing.assert_close(out.double(), mae_decoder_tokens(x, ids_restore, mt.detach(), pos))
+    x, mt0, pos = torch.randn(b, ids_keep.shape[1], d), torch.randn(1, 1, d), torch.randn(l, d)
+    mt = _leaf(mt0, dev)
+    out = scatter_tokens(x.to(dev), ids_keep.to(dev), l, mt, pos.to(dev), backend=backend)
+    torch.testing.assert_close(out.cpu().double(), mae_decoder_tokens(x, ids_restore, mt0, pos))
     out.sum().backward()
     assert mt.grad.shape == (1, 1, d)
 
@@ -187,23 +202,26 @@ def test_scatter_triton_batch_loop_and_chunks():
     ids_keep, _ = _ids(b, l, 0.5)
     g = torch.randn(b, l, d)
     dx_ref, dmt_ref, dpos_ref = scatter_grads_loop(g, ids_keep)
+    dev = _device("triton")
     for rpp in (1, 64, 100):
-        dx, dmt, dpos = scatter_bwd(g, _slots(ids_keep, l), ids_keep.shape[1], torch.float32, True, True, True, rows_per_program=rpp)
-        assert torch.equal(dx, dx_ref.float())
-        torch.testing.assert_close(dmt.double(), dmt_ref, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(dpos.double(), dpos_ref, rtol=1e-5, atol=1e-5)
+        slot = _slots(ids_keep.to(dev), l)
+        dx, dmt, dpos = scatter_bwd(g.to(dev), slot, ids_keep.shape[1], torch.float32, True, True, True, rows_per_program=rpp)
+        assert torch.equal(dx.cpu(), dx_ref.float())
+        torch.testing.assert_close(dmt.cpu().double(), dmt_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dpos.cpu().double(), dpos_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_round_trip_and_partial_grads(backend):
     """gather then scatter restores kept tokens; grads only for the inputs that ask for them."""
-    b, l, d = 2, 9, 16
+    b, l, d, dev = 2, 9, 16, _device(backend)
     ids_keep, _ = _ids(b, l, 0.5)
-    x = torch.randn(b, l, d)
-    mt = torch.randn(d)
-    pos = torch.randn(l, d, requires_grad=True)
+    x = torch.randn(b, l, d, device=dev)
+    mt = torch.randn(d, device=dev)
+    pos = torch.randn(l, d, device=dev, requires_grad=True)
+    ids_keep = ids_keep.to(dev)
     out = scatter_tokens(gather_tokens(x, ids_keep, backend=backend), ids_keep, l, mt, backend=backend)
-    kept = torch.zeros(b, l, dtype=torch.bool)
+    kept = torch.zeros(b, l, dtype=torch.bool, device=dev)
     kept.scatter_(1, ids_keep, True)
     assert torch.equal(out[kept], x[kept]) and torch.equal(out[~kept], mt.expand(int((~kept).sum()), d))
     y = gather_tokens(x, ids_keep, pos, backend=backend)
@@ -244,14 +262,15 @@ def test_bf16_rule(pos_dtype):
     xs = torch.randn(b, k, d, dtype=torch.bfloat16)
     results = {}
     for backend in BACKENDS:
-        leaves = [t.clone().requires_grad_() for t in (x, pos, mt, xs)]
+        dev = _device(backend)
+        leaves = [_leaf(t, dev) for t in (x, pos, mt, xs)]
         gx, gp, gm, gs = leaves
-        y = gather_tokens(gx, ids_keep, gp, backend=backend)
-        z = scatter_tokens(gs, ids_keep, l, gm, gp, backend=backend)
+        y = gather_tokens(gx, ids_keep.to(dev), gp, backend=backend)
+        z = scatter_tokens(gs, ids_keep.to(dev), l, gm, gp, backend=backend)
         torch.manual_seed(11)  # the same upstream gradients for both backends
-        gy, gz = torch.randn_like(y), torch.randn_like(z)
-        torch.autograd.backward([y, z], [gy, gz])
-        results[backend] = (y, z, gx.grad, gp.grad, gm.grad, gs.grad)
+        gy, gz = torch.randn(y.shape, dtype=y.dtype), torch.randn(z.shape, dtype=z.dtype)
+        torch.autograd.backward([y, z], [gy.to(dev), gz.to(dev)])
+        results[backend] = tuple(t.cpu() for t in (y, z, gx.grad, gp.grad, gm.grad, gs.grad))
     assert results["triton"][0].dtype == torch.promote_types(torch.bfloat16, pos_dtype)
     torch.manual_seed(11)
     gy = torch.randn(b, k, d, dtype=results["triton"][0].dtype)
