@@ -51,8 +51,8 @@ class AttnLayout:
             raise ValueError(f"need as many query as key sequences (>0), got {len(q_lens)} and {len(k_lens)}")
         if min(q_lens) < 1 or min(k_lens) < 1:
             raise ValueError("every sequence needs at least one query and one key")
-        cu_q = _prefix(q_lens, device)
-        cu_k = cu_q if k_lens is q_lens else _prefix(k_lens, device)
+        cu_q = prefix_sums(q_lens, device)
+        cu_k = cu_q if k_lens is q_lens else prefix_sums(k_lens, device)
         return AttnLayout(q_lens, k_lens, cu_q, cu_k, _runs(q_lens, k_lens))
 
     @property
@@ -84,8 +84,8 @@ class AttnLayout:
         """``[Tq, Tk]`` bool, True where query i and key j belong to the same sequence.
         O(T²) memory: only for the CPU path and for tests."""
         dev = self.device
-        sq = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), torch.tensor(self.q_lens, device=dev))
-        sk = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), torch.tensor(self.k_lens, device=dev))
+        sq = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), host_to_device(self.q_lens, torch.int64, dev), output_size=self.total_q)
+        sk = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), host_to_device(self.k_lens, torch.int64, dev), output_size=self.total_k)
         return sq[:, None] == sk[None, :]
 
     @cached_property
@@ -97,11 +97,23 @@ class AttnLayout:
         return BlockDiagonalMask.from_seqlens(list(self.q_lens), kv, device=self.device)
 
 
-def _prefix(lens: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def host_to_device(values: list[int] | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small host ints -> device tensor without stalling the host: a plain ``torch.tensor(...,
+    device="cuda")`` copies from pageable memory, which synchronises the stream (the CPU would wait
+    for all queued GPU work once per forward); a pinned buffer copied with non_blocking does not."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def prefix_sums(lens: list[int] | tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``[0, l0, l0+l1, ...]`` as int32 on ``device`` (varlen's cu_seqlens)."""
     cu = [0]
     for n in lens:
         cu.append(cu[-1] + n)
-    return torch.tensor(cu, dtype=torch.int32, device=device)
+    return host_to_device(cu, torch.int32, device)
+
 
 
 def _runs(q_lens: tuple[int, ...], k_lens: tuple[int, ...]) -> tuple[Run, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastssl.models.layout import prefix_sums
 from fastssl.models.packing import PackInfo, ViewSlot
 
 
@@ -107,15 +108,12 @@ def unpack_view(x: torch.Tensor, slot: ViewSlot) -> Features:
         toks.append(patches.reshape(-1, d))
         lens.extend([s.num_patches] * s.count)
     cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)  # noqa: E731
-    cu = [0]
-    for n in lens:
-        cu.append(cu[-1] + n)
     lead = slot.lead_shape
     return Features(
         cls=cat(cls).view(*lead, d) if cls else None,
         mean=cat(mean).view(*lead, d),
         tokens=cat(toks),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=x.device),
+        cu_seqlens=prefix_sums(lens, x.device),
         seqlens=tuple(lens),
         lead=lead,
     )
