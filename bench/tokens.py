@@ -223,7 +223,7 @@ def main() -> None:
         x_key="B",
         series_key=lambda c: f"{c['op']} r={c['mask_ratio']}",
     )
-    print(f"\n{'op':<15}{'ratio':>6}{'B':>6}  {'provider':<8}{'fwd ms':>9}{'bwd ms':>9}{'tot ms':>9}{'GB/s':>8}{'%copy':>7}{'x eager':>8}")
+    print(f"\n{'op':<15}{'ratio':>6}{'B':>6}  {'provider':<8}{'fwd ms':>9}{'bwd ms':>9}{'tot ms':>9}{'GB/s':>9}{'%copy':>7}{'x eager':>8}")
     for r in records:
         c = r.case
         head = f"{c['op']:<15}{c['mask_ratio']:>6}{c['B']:>6}  {r.provider:<8}"
@@ -232,8 +232,15 @@ def main() -> None:
             continue
         fmt = lambda t: f"{t.median:9.3f}" if t else f"{'-':>9}"  # noqa: E731
         su = r.extra.get("speedup_vs_eager")
-        print(head + fmt(r.fwd) + fmt(r.bwd) + fmt(r.total) + f"{r.extra['gbps_total']:8.3g}{r.extra['pct_copy']:6.0f}%"
+        print(head + fmt(r.fwd) + fmt(r.bwd) + fmt(r.total) + f" {r.extra['gbps_total']:8.3g}{r.extra['pct_copy']:6.0f}%"
               + (f"{su:8.2f}" if su is not None and math.isfinite(su) else f"{'-':>8}"))
+    # the targets (H100): at the largest batch, triton >= 80% of the copy bandwidth and >= 3x eager
+    b_max = max(batches)
+    for r in records:
+        if not args.smoke and r.provider == "triton" and r.case["B"] == b_max and r.error is None:
+            pct, su = r.extra["pct_copy"], r.extra.get("speedup_vs_eager", float("nan"))
+            print(f"target {r.case['op']:<15} r={r.case['mask_ratio']} B={b_max}: {pct:5.1f}% of copy "
+                  f"({'ok' if pct >= 80 else 'MISS'}), {su:.2f}x eager ({'ok' if su >= 3 else 'MISS'})")
     print(f"\nwrote {path} and {png}")
 
 
