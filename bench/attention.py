@@ -12,7 +12,8 @@ Providers:
             the one chosen is recorded in ``extra.backend``)
   padded    the same tokens padded to the longest sequence, timm ``Block``s with a key-padding
             mask (no mask when all lengths are equal: then it is the plain dense batch)
-  separate  one ``encode`` call per view (the usual code: a forward per crop / per view)
+  separate  one ``encode`` call per view (the usual code: a forward per crop / per view; a
+            chunked view is run as n calls, one masked view per chunk)
   compile   ``torch.compile`` of the packed blocks (``forward_packed``), views packed eagerly
 Timed: forward alone (no grad) and forward + backward of a scalar loss on all output tokens,
 with ``bench.common.time_fn`` (``triton.testing.do_bench`` on CUDA), and the peak memory of
@@ -35,6 +36,7 @@ import torch  # noqa: E402
 
 from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, time_fn, write_results  # noqa: E402
 from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT  # noqa: E402
+from fastssl.models.chunks import split_chunks  # noqa: E402
 from fastssl.models.layout import host_to_device  # noqa: E402
 
 PROVIDERS = ("packed", "padded", "separate", "compile")
@@ -59,8 +61,8 @@ def make_views(case: str, batch: int, cfg: dict, dev, dtype) -> list:
     local = max(p, (g * 3 // 7) // p * p)  # 96 px for 224/16 (6×6 patches); 12→ 3×3 at 32/4
     half = g // 2  # DAC resized view: (g/2p)² patches = n/4
     img = lambda s: torch.randn(batch, 3, s, s, device=dev, dtype=dtype)  # noqa: E731
-    if case == "mmoco-chunks":
-        return [ChunkedView(img(g), n_chunks=8, equal=True)]
+    if case == "mmoco-chunks":  # a fixed permutation so that every provider encodes the same chunks
+        return [ChunkedView(img(g), n_chunks=8, equal=True, perm=torch.argsort(torch.rand(batch, n, device=dev), dim=1))]
     if case == "moco-full":
         return [ImageView(img(g))]
     if case == "multicrop":
@@ -79,8 +81,20 @@ def run_packed(vit, views):
     return [vit.encode(views).hidden]
 
 
+def separate_views(views) -> list:
+    """One view per call; a chunked view becomes one masked view per chunk (n independent calls)."""
+    out = []
+    for v in views:
+        if isinstance(v, ChunkedView):
+            for grp in split_chunks(v.perm, v.n_chunks, equal=v.equal):  # [c, B, L]
+                out += [MaskedView(v.images, grp[j]) for j in range(grp.shape[0])]
+        else:
+            out.append(v)
+    return out
+
+
 def run_separate(vit, views):
-    return [vit.encode([v]).hidden for v in views]
+    return [vit.encode([v]).hidden for v in separate_views(views)]
 
 
 class Padded:
@@ -130,8 +144,10 @@ def bench_one(provider: str, fn, views, params, smoke: bool) -> Record:
         loss_of(fn(views)).backward()
 
     fwd_bwd()  # warm-up: compilation, backend probe, allocator
-    return Record(provider=provider, case={}, fwd=time_fn(fwd, smoke=smoke), total=time_fn(fwd_bwd, smoke=smoke),
-                  peak_mem_mib=peak_memory_mib(fwd_bwd))
+    fwd_t, total_t = time_fn(fwd, smoke=smoke), time_fn(fwd_bwd, smoke=smoke)
+    for p in params:  # so that the baseline of the peak-memory measurement holds no gradients
+        p.grad = None
+    return Record(provider=provider, case={}, fwd=fwd_t, total=total_t, peak_mem_mib=peak_memory_mib(fwd_bwd))
 
 
 def main() -> None:
