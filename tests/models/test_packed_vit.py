@@ -10,6 +10,14 @@ from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
+def _close(a, b, dtype, what=""):
+    """TOL with atol scaled by the reference's magnitude: parameter gradients are sums over every
+    token of the pack (hundreds of terms), so their fp32 rounding grows with their size."""
+    tol = TOL[dtype]
+    scale = max(1.0, b.abs().max().item())
+    torch.testing.assert_close(a, b, atol=tol["atol"] * scale, rtol=tol["rtol"], msg=lambda m: f"{what}: {m}")
+
+
 def _ids(b, n, k):
     return torch.stack([torch.randperm(n)[:k] for _ in range(b)])
 
@@ -103,7 +111,7 @@ def test_packed_equals_each_sequence_alone(dtype, backend):
     _loss([r[:3] for r in ref], weights).backward()
     grads = dict(t.named_parameters())
     for name, p in vit.named_parameters():
-        torch.testing.assert_close(p.grad, grads[name].grad, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        _close(p.grad, grads[name].grad, dtype, name)
 
 
 def test_output_shapes_and_lead():
