@@ -12,9 +12,9 @@ FlashAttention-2 layout. Everything is computed in base 2 (exp2/log2 are the nat
 instructions): t = s·log2(e), so ``qk_scale = log2(e)/τ`` and LSE = LSE₂·ln 2.
 
 Forward (``_contrastive_fwd_kernel``, one program per BLOCK_M rows): stream the columns in
-BLOCK_N tiles, keep per row a running max m, a running sum l = Σ exp2(t - m) (rescaled by
-exp2(m_old - m_new) when the max grows) and the positive logit, picked out of whichever tile
-holds column pos[a]. Stores loss [M] and LSE₂ [M] (fp32), nothing of size M×C: O(M) extra memory.
+BLOCK_N tiles, keep per row a running max m and a running sum l = Σ exp2(t - m) (rescaled by
+exp2(m_old - m_new) when the max grows); the positive logit is one row-wise dot with cols[pos[a]].
+Stores loss [M] and LSE₂ [M] (fp32), nothing of size M×C: O(M) extra memory.
 
 Backward, with g[a] = dloss[a] the per-row upstream gradient:
     P[a, c]  = exp2(t[a, c] - LSE₂[a]) for c ∈ A(a), else 0      (softmax, recomputed per tile)
@@ -59,9 +59,17 @@ _MAX_BLOCK_D = 256
 
 
 def _configs() -> list[triton.Config]:
-    """Autotune space on a GPU; one config in the interpreter (multi-config autotune needs a GPU)."""
+    """Autotune space on a GPU; one config in the interpreter (multi-config autotune needs a GPU).
+
+    64×64 tiles in the interpreter: few enough Python-level iterations to keep the CPU tests quick,
+    while the tests' N = 129 (M = 258) still spans several tiles with a ragged last one.
+    ``FASTSSL_TRITON_AUTOTUNE=0`` pins one safe GPU config (e.g. for a quick test run on a GPU,
+    where every new (M, C, D) would otherwise be re-tuned).
+    """
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    if os.environ.get("FASTSSL_TRITON_AUTOTUNE", "1") == "0":
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
     shapes = [  # (BLOCK_M, BLOCK_N, warps, stages); too-big ones are skipped by the autotuner (OutOfResources)
         (128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
         (64, 128, 4, 3), (64, 32, 4, 4), (128, 32, 4, 3), (64, 64, 8, 2),
@@ -130,12 +138,22 @@ def _contrastive_fwd_kernel(
         excl_b = pos
     else:
         excl_b = excl
+    # The positive logit t[a, pos[a]], as an O(BLOCK_M·D) row-wise dot with the gathered cols[pos[a]]
+    # rather than a compare-select-sum over every tile of the main loop.
     if ONE_D:
         r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
+        cp = _load_tile(cols_ptr, pos, row_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
+        t_pos = tl.sum(r.to(tl.float32) * cp.to(tl.float32), axis=1)
+    else:
+        t_pos = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            rd = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, d0, D, BLOCK_D, UPCAST)
+            cp = _load_tile(cols_ptr, pos, row_ok, stride_cm, stride_cd, d0, D, BLOCK_D, UPCAST)
+            t_pos += tl.sum(rd.to(tl.float32) * cp.to(tl.float32), axis=1)
+    t_pos = t_pos * qk_scale
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of t = s·log2(e)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ exp2(t - m_i)
-    t_pos = tl.zeros([BLOCK_M], dtype=tl.float32)  # t[a, pos[a]]
     for start_n in range(0, C, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < C
@@ -147,7 +165,6 @@ def _contrastive_fwd_kernel(
                           stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
         t = t * qk_scale
         c = offs_n[None, :]
-        t_pos += tl.sum(tl.where(c == pos[:, None], t, 0.0), axis=1)
         allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
         t = tl.where(allowed, t, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(t, axis=1))
