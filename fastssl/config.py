@@ -38,7 +38,8 @@ class ModelConfig(Section):
         import fastssl  # noqa: F401  (torchvision shim before timm)
         import timm
 
-        if not arch.startswith("vit_") or arch not in timm.list_models(arch):
+        # test_vit* are timm's tiny ViTs for tests and smoke runs.
+        if not arch.startswith(("vit_", "test_vit")) or arch not in timm.list_models(arch):
             raise ValueError(f"{arch!r} is not a timm ViT (e.g. vit_tiny_patch16_224 ... vit_large_patch16_224)")
         return arch
 

@@ -33,6 +33,11 @@ def init_distributed() -> tuple[int, int, int]:
         # Several CPU ranks on one machine would each start one thread per core and oversubscribe it.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+    if not torch.cuda.is_available():
+        # DeepSpeed would JIT-compile its shared-memory CPU collectives here (about 100 s on 2 cores,
+        # repeated whenever its build flags change). CPU runs are tests and quickstarts whose
+        # collectives are tiny, so gloo alone serves; DeepSpeed documents this dict as editable.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     return torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size()

@@ -26,12 +26,12 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
-    """micro-batch, accumulation, precision, ZeRO stage, clipping, AdamW and the warm-up + cosine LR.
+    """micro-batch, accumulation, precision, ZeRO stage, clipping and AdamW at the peak LR.
 
     The optimizer is torch's AdamW (``torch_adam``): DeepSpeed's fused Adam would JIT-compile a CUDA/C++
     extension on first use, which a CPU machine cannot and a GPU machine need not pay for.
-    The LR schedule is DeepSpeed's WarmupCosineLR, stepped per optimizer step: linear warm-up from 0,
-    then cosine to ``min_lr_ratio``.
+    The LR schedule is ours (``fastssl.engine.schedule.lr_scheduler``, handed to ``deepspeed.initialize``):
+    DeepSpeed's WarmupCosineLR spends its first two steps at LR 0.
     """
     o, e = cfg.optim, cfg.engine
     precision = resolve_precision(e.precision)
@@ -46,16 +46,6 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": plan.peak_lr, "betas": list(o.betas), "eps": 1e-8, "weight_decay": o.weight_decay, "torch_adam": True},
-        },
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": plan.total_steps,
-                "warmup_num_steps": max(plan.warmup_steps, 1),
-                "warmup_type": "linear",
-                "warmup_min_ratio": 0.0,
-                "cos_min_ratio": o.min_lr_ratio,
-            },
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

@@ -22,7 +22,7 @@ from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
 from fastssl.engine.metrics_log import MetricsLog
 from fastssl.engine.params import param_groups
-from fastssl.engine.schedule import plan_steps
+from fastssl.engine.schedule import lr_scheduler, plan_steps
 from fastssl.eval.export import encoder_state_dict, save_encoder
 from fastssl.eval.run_knn import KnnEvaluator, KnnScore
 from fastssl.methods.build import build_method
@@ -129,7 +129,10 @@ def run(cfg: TrainConfig) -> RunSummary:
     if is_main:
         (out / "config.yaml").write_text(dump_config(cfg))
         _write_json(out / "deepspeed.json", ds_cfg)
-    engine, _, _, scheduler = deepspeed.initialize(model=method, model_parameters=param_groups(method, cfg.optim.weight_decay), config=ds_cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=method, model_parameters=param_groups(method, cfg.optim.weight_decay), config=ds_cfg,
+        lr_scheduler=lr_scheduler(plan, cfg.optim.min_lr_ratio),
+    )
     precision = resolve_precision(cfg.engine.precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     ev = cfg.eval
@@ -187,6 +190,7 @@ def run(cfg: TrainConfig) -> RunSummary:
                         f"last good checkpoint: {last_good or 'none'}"
                     )
                 boundary = engine.is_gradient_accumulation_boundary()
+                lr = engine.get_lr()[0]  # the LR this optimizer step uses
                 engine.backward(loss)
                 engine.step()
                 if not boundary:
@@ -201,7 +205,7 @@ def run(cfg: TrainConfig) -> RunSummary:
                 tick = now
                 if state.global_step % cfg.engine.log_every_steps == 0 or state.global_step == plan.total_steps:
                     values = _mean_over_ranks({"loss": loss.detach(), **out_step.metrics}, device)
-                    values["lr"] = scheduler.get_last_lr()[0] if scheduler is not None else float("nan")
+                    values["lr"] = lr
                     values["images_per_s"] = images_per_step * seen_steps / max(seen_time, 1e-9)
                     values["epoch"] = state.epoch + state.step_in_epoch / plan.steps_per_epoch
                     metrics_log.write(state.global_step, values)

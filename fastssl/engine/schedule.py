@@ -1,8 +1,10 @@
-"""Schedules laid out in optimizer steps: the LR one is handed to DeepSpeed, the momentum one is ours."""
+"""Schedules laid out in optimizer steps: warm-up + cosine learning rate, and the EMA momentum."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,30 @@ def plan_steps(*, images_per_epoch: int, micro_batch: int, grad_accum: int, worl
     total = max_steps if max_steps is not None else epochs * steps_per_epoch
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), max(total - 1, 0))
     return StepPlan(steps_per_epoch, total, warmup, global_batch, base_lr * global_batch / 256)
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR for optimizer step ``step`` (0-based).
+
+    Per-iteration linear warm-up (step s < W uses (s + 1) / W, so no step is wasted at LR 0), then
+    a half cosine from 1 down to ``min_ratio`` at the last step.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(1, total_steps - warmup_steps - 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(plan: StepPlan, min_ratio: float):
+    """A callable DeepSpeed turns into the client LR scheduler (stepped once per optimizer step and
+    saved in its checkpoints)."""
+
+    def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=min_ratio)
+        )
+
+    return build
 
 
 def cosine_momentum(base: float, progress: float) -> float:

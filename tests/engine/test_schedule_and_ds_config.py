@@ -8,7 +8,7 @@ from torch import nn
 from fastssl.config import TrainConfig
 from fastssl.engine.ds_config import deepspeed_config
 from fastssl.engine.params import param_groups
-from fastssl.engine.schedule import cosine_momentum, plan_steps
+from fastssl.engine.schedule import cosine_momentum, lr_factor, lr_scheduler, plan_steps
 
 
 def test_plan_scales_lr_linearly_and_counts_steps():
@@ -47,26 +47,27 @@ def test_deepspeed_config_is_derived_and_merged():
     assert ds["gradient_clipping"] == 1.5 and ds["steps_per_print"] == 7
     assert ds["optimizer"]["params"]["lr"] == pytest.approx(plan.peak_lr)
     assert ds["optimizer"]["params"]["weight_decay"] == 0.1
-    sched = ds["scheduler"]["params"]
-    assert sched["total_num_steps"] == plan.total_steps and sched["warmup_num_steps"] == plan.warmup_steps
-    assert sched["warmup_type"] == "linear"
 
 
-def test_deepspeed_lr_schedule_is_linear_warmup_then_cosine():
-    """The scheduler DeepSpeed builds from our JSON follows warm-up + cosine, checked against the formula."""
-    from deepspeed.runtime.lr_schedules import WarmupCosineLR
-
-    opt = torch.optim.SGD([nn.Parameter(torch.randn(2))], lr=0.5)
-    sched = WarmupCosineLR(opt, total_num_steps=100, warmup_num_steps=10, warmup_type="linear", warmup_min_ratio=0.0, cos_min_ratio=0.01)
-    lrs = []
-    for _ in range(100):
+def test_lr_schedule_is_linear_warmup_then_cosine():
+    """The scheduler handed to DeepSpeed, stepped like DeepSpeed steps it, against the formula written out."""
+    plan = plan_steps(images_per_epoch=1000, micro_batch=10, grad_accum=1, world_size=1, epochs=1, max_steps=None, warmup_epochs=0.1, base_lr=0.128)
+    assert plan.total_steps == 100 and plan.warmup_steps == 10
+    opt = torch.optim.SGD([nn.Parameter(torch.randn(2))], lr=plan.peak_lr)
+    sched = lr_scheduler(plan, min_ratio=0.01)(opt)
+    used = []
+    for _ in range(plan.total_steps):
+        used.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[4] == pytest.approx(0.5 * 5 / 10, rel=1e-6)  # after 5 steps of warm-up
-    assert max(lrs) == pytest.approx(0.5, rel=1e-6)
-    assert lrs[-1] == pytest.approx(0.5 * 0.01, rel=0.05)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    peak = 0.128 * 10 / 256
+    for s in range(10):
+        assert used[s] == pytest.approx(peak * (s + 1) / 10)
+    for s in range(10, 100):
+        cos = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - 10) / 89))
+        assert used[s] == pytest.approx(peak * cos)
+    assert used[-1] == pytest.approx(peak * 0.01)
+    assert lr_factor(0, warmup_steps=0, total_steps=5, min_ratio=0.0) == pytest.approx(1.0)
 
 
 def test_param_groups_exclude_norms_biases_tokens():

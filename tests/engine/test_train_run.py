@@ -50,7 +50,7 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
         "run": {"output_dir": str(tmp_path / "run"), "seed": 1},
         "data": {"dataset": "folder", "root": str(data_root), "image_size": 16, "num_threads": 1,
                  "augment": {"crop_scale": [0.5, 1.0]}},
-        "model": {"arch": "vit_tiny_patch16_224", "patch_size": 4},
+        "model": {"arch": "test_vit", "patch_size": 4},  # timm's tiny test ViT: 6 blocks of width 64
         "method": {"name": "simclr", "loss": "dcl", "head": {"hidden_dim": 64, "out_dim": 32}},
         "optim": {"epochs": 30, "batch_size": 16, "base_lr": 5e-3, "warmup_epochs": 1, "clip_grad": 3.0},
         "engine": {"log_every_steps": 1, "ckpt_every_steps": 4, "progress": False},
@@ -103,7 +103,7 @@ def test_short_run_learns_and_exports(tmp_path, tiny_folder):
     import fastssl  # noqa: F401
     import timm
 
-    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=0)
+    model = timm.create_model("test_vit", img_size=16, patch_size=4, num_classes=0)
     model.load_state_dict(torch.load(run / "encoder.pt"), strict=True)
 
 
