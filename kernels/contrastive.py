@@ -26,6 +26,13 @@ dCols gets its own column-parallel pass that recomputes P from the saved LSE ins
 into dCols from the row pass: deterministic, idempotent under autotuning, and skipped entirely
 when cols needs no grad (MoCo's momentum keys: no dK work).
 
+Occupancy: one contrastive matrix has no batch/head axis to spread over the SMs, so each kernel
+may also split its reduction loop (columns for the forward and dRows, rows for dCols) into
+``splits`` chunks, a third grid axis, when there are fewer than ~2 programs per SM (``_splits``).
+The forward's partial (max, sum) pairs are merged by ``_contrastive_lse_merge_kernel``; the
+backward's fp32 partial gradients by a fixed-order sum. Extra memory stays O(M) in the forward
+and O(splits·M·D) in the backward, only at sizes small enough to need it.
+
 D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
 (``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
 and kept in registers for the whole column/row loop, as FlashAttention keeps Q. For D > 256 the
@@ -44,6 +51,7 @@ Index arithmetic is int32: M·D and C·D must stay below 2³¹ elements.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 
@@ -56,6 +64,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 _MAX_BLOCK_D = 256
+_SPLIT_GRAIN = 128  # reduction-axis splits are multiples of this (and of every BLOCK_M / BLOCK_N)
+_MAX_SPLITS = 8
 
 
 def _configs() -> list[triton.Config]:
@@ -121,15 +131,22 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 @triton.autotune(configs=_configs(), key=["M", "C", "D"])
 @triton.jit
 def _contrastive_fwd_kernel(
-    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr,
-    M, C, D,
+    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr, part_ptr,
+    M, C, D, chunk, n_splits,
     stride_rm, stride_rd, stride_cm, stride_cd,
     qk_scale,  # log2(e) / τ
-    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
+    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr, SPLIT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Grid (row blocks, column splits). Program (i, s) covers columns [s·chunk, (s+1)·chunk).
+
+    One split: stores loss and LSE₂. Several (``SPLIT``): stores its partial (m, l) in
+    part[0, s], part[1, s] and, from split 0, the weighted positive w·t_pos in loss_ptr; the
+    launcher merges them (LSE₂ = max_s m_s + log2 Σ_s l_s·2^(m_s - max)).
+    """
     pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
     pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
@@ -154,9 +171,11 @@ def _contrastive_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of t = s·log2(e)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ exp2(t - m_i)
-    for start_n in range(0, C, BLOCK_N):
+    c_lo = pid_s * chunk
+    c_hi = tl.minimum(C, c_lo + chunk)
+    for start_n in range(c_lo, c_hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < C
+        col_ok = offs_n < c_hi
         if ONE_D:
             ct = _load_tile_t(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
             t = tl.dot(r, ct, input_precision=PRECISION)
@@ -173,12 +192,40 @@ def _contrastive_fwd_kernel(
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t - m_safe[:, None]), axis=1)
         m_i = m_new
 
-    lse2 = m_i + tl.log2(l_i)  # -inf only for a row with no allowed column at all
     if HAS_W:
         w = tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
         t_pos = w * t_pos
-    tl.store(lse_ptr + offs_m, lse2, mask=row_ok)
-    tl.store(loss_ptr + offs_m, (lse2 - t_pos) * 0.6931471805599453, mask=row_ok)
+    if SPLIT:
+        tl.store(part_ptr + pid_s * M + offs_m, m_i, mask=row_ok)
+        tl.store(part_ptr + (n_splits + pid_s) * M + offs_m, l_i, mask=row_ok)
+        tl.store(loss_ptr + offs_m, t_pos, mask=row_ok & (pid_s == 0))
+    else:
+        lse2 = m_i + tl.log2(l_i)  # -inf only for a row with no allowed column at all
+        tl.store(lse_ptr + offs_m, lse2, mask=row_ok)
+        tl.store(loss_ptr + offs_m, (lse2 - t_pos) * 0.6931471805599453, mask=row_ok)
+
+
+@triton.jit
+def _contrastive_lse_merge_kernel(part_ptr, loss_ptr, lse_ptr, M, n_splits, BLOCK: tl.constexpr):
+    """Merge the forward's split partials: LSE₂ = max_s m_s + log2 Σ_s l_s·2^(m_s - max).
+
+    loss_ptr holds w·t_pos on entry and the loss on exit. One launch instead of a chain of eager ops.
+    """
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < M
+    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    for sp in range(0, n_splits):
+        m_s = tl.load(part_ptr + sp * M + offs, mask=ok, other=0.0)  # rows past M: a harmless (0, 1)
+        l_s = tl.load(part_ptr + (n_splits + sp) * M + offs, mask=ok, other=1.0)
+        m_new = tl.maximum(m_i, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no NaN
+        l_i = l_i * tl.exp2(m_i - m_safe) + l_s * tl.exp2(m_s - m_safe)
+        m_i = m_new
+    lse2 = m_i + tl.log2(l_i)
+    t_pos = tl.load(loss_ptr + offs, mask=ok, other=0.0)
+    tl.store(lse_ptr + offs, lse2, mask=ok)
+    tl.store(loss_ptr + offs, (lse2 - t_pos) * 0.6931471805599453, mask=ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,16 +235,21 @@ def _contrastive_fwd_kernel(
 @triton.jit
 def _contrastive_bwd_rows_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
-    M, C, D,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gm, stride_gd,
+    M, C, D, chunk,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block]; grid (row blocks, output D-blocks)."""
+    """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block].
+
+    Grid (row blocks, output D-blocks, column splits); split s sums columns [s·chunk, (s+1)·chunk)
+    into drows[s] (fp32 partials summed by the launcher when there are several splits).
+    """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
     pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
@@ -216,9 +268,11 @@ def _contrastive_bwd_rows_kernel(
         r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, C, BLOCK_N):
+    c_lo = pid_s * chunk
+    c_hi = tl.minimum(C, c_lo + chunk)
+    for start_n in range(c_lo, c_hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < C
+        col_ok = offs_n < c_hi
         ct = _load_tile_t(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, d0_out, D, BLOCK_D, UPCAST)
         if ONE_D:
             t = tl.dot(r, ct, input_precision=PRECISION)
@@ -233,7 +287,7 @@ def _contrastive_bwd_rows_kernel(
         acc = tl.dot(ds.to(ct.dtype), tl.trans(ct), acc, input_precision=PRECISION)
 
     offs_d = d0_out + tl.arange(0, BLOCK_D)
-    tl.store(drows_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+    tl.store(drows_ptr + pid_s * stride_gs + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
              (acc * inv_temp).to(drows_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
 
@@ -245,20 +299,22 @@ def _contrastive_bwd_rows_kernel(
 @triton.jit
 def _contrastive_bwd_cols_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, dcols_ptr,
-    M, C, D,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gm, stride_gd,
+    M, C, D, chunk,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dCols[c, d-block] = (1/τ) Σ_a dS[a, c] rows[a, d-block]; grid (column blocks, output D-blocks).
+    """dCols[c, d-block] = (1/τ) Σ_a dS[a, c] rows[a, d-block].
 
-    Works on the transposed tile tᵀ[c, a] so that the per-row quantities (LSE, g, pos, excl)
-    broadcast along axis 0 and the second matmul needs no transpose of dS.
+    Grid (column blocks, output D-blocks, row splits); split s sums rows [s·chunk, (s+1)·chunk)
+    into dcols[s]. Works on the transposed tile tᵀ[c, a] so that the per-row quantities (LSE, g,
+    pos, excl) broadcast along axis 0 and the second matmul needs no transpose of dS.
     """
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < C
     d0_out = pid_d * BLOCK_D
@@ -266,9 +322,11 @@ def _contrastive_bwd_cols_kernel(
         cb = _load_tile(cols_ptr, offs_n, col_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start_m in range(0, M, BLOCK_M):
+    a_lo = pid_s * chunk
+    a_hi = tl.minimum(M, a_lo + chunk)
+    for start_m in range(a_lo, a_hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < M
+        row_ok = offs_m < a_hi
         pos = tl.load(pos_ptr + offs_m, mask=row_ok, other=-1)
         excl = tl.load(excl_ptr + offs_m, mask=row_ok, other=-1)
         if EXCLUDE_POS:
@@ -294,7 +352,7 @@ def _contrastive_bwd_cols_kernel(
         acc = tl.dot(dst.to(rt.dtype), tl.trans(rt), acc, input_precision=PRECISION)
 
     offs_d = d0_out + tl.arange(0, BLOCK_D)
-    tl.store(dcols_ptr + offs_n[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+    tl.store(dcols_ptr + pid_s * stride_gs + offs_n[:, None] * stride_gm + offs_d[None, :] * stride_gd,
              (acc * inv_temp).to(dcols_ptr.dtype.element_ty),
              mask=col_ok[:, None] & (offs_d < D)[None, :])
 
@@ -319,49 +377,78 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _splits(device: torch.device, programs: int, length: int) -> tuple[int, int]:
+    """(splits, chunk) of a reduction axis of ``length`` over which ``programs`` programs would loop.
+
+    A single contrastive matrix has no batch or head axis to fill the GPU with: at 2N = 8192 and
+    64-row tiles that is 128 programs for 132 SMs, each looping over every column. Splitting the
+    loop into chunks (merged by the launcher: LSE partials in the forward, fp32 gradient partials
+    in the backward, a fixed-order sum, so still deterministic) aims at ~2 programs per SM. Chunks
+    are multiples of 128, so every BLOCK_N/BLOCK_M of the autotune space tiles them exactly. The
+    interpreter splits whenever there are two chunks, so the CPU tests exercise the merge.
+    """
+    grains = triton.cdiv(length, _SPLIT_GRAIN)
+    if _INTERPRET or device.type != "cuda":
+        want = 2
+    else:
+        want = max(1, (2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
+    splits = max(1, min(_MAX_SPLITS, grains, want))
+    chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
+    return triton.cdiv(length, chunk), chunk
+
+
 def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos):
+    """loss [M] fp32 and LSE₂ [M] fp32."""
     m, d = rows.shape
     c = cols.shape[0]
-    loss = torch.empty(m, device=rows.device, dtype=torch.float32)
+    flags = _flags(rows, d, w is not None, exclude_pos)
+    splits, chunk = _splits(rows.device, triton.cdiv(m, 64), c)
+    loss = torch.empty(m, device=rows.device, dtype=torch.float32)  # holds w·t_pos when split
     lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+    part = torch.empty((2, splits, m) if splits > 1 else (1,), device=rows.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
     with _device_guard(rows):
         _contrastive_fwd_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else loss, loss, lse2,
-            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            _LOG2E / temperature, **_flags(rows, d, w is not None, exclude_pos),
+            rows, cols, pos_idx, excl_idx, w if w is not None else loss, loss, lse2, part,
+            m, c, d, chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            _LOG2E / temperature, SPLIT=splits > 1, **flags,
         )
+        if splits > 1:
+            _contrastive_lse_merge_kernel[(triton.cdiv(m, 1024),)](part, loss, lse2, m, splits, BLOCK=1024)
     return loss, lse2
 
 
-def _bwd_rows(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos):
+def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *, for_cols: bool):
+    """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype."""
     m, d = rows.shape
     c = cols.shape[0]
     flags = _flags(rows, d, w is not None, exclude_pos)
-    drows = torch.empty((m, d), device=rows.device, dtype=rows.dtype)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    out_rows, loop_len, block = (c, m, "BLOCK_N") if for_cols else (m, c, "BLOCK_M")
+    d_blocks = triton.cdiv(d, flags["BLOCK_D"])
+    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len)
+    dtype = (cols if for_cols else rows).dtype
+    out = torch.empty((splits, out_rows, d), device=rows.device, dtype=dtype if splits == 1 else torch.float32)
+    grid = lambda meta: (triton.cdiv(out_rows, meta[block]), d_blocks, splits)  # noqa: E731
     with _device_guard(rows):
-        _contrastive_bwd_rows_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, drows,
-            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            drows.stride(0), drows.stride(1), _LOG2E / temperature, 1.0 / temperature, **flags,
+        kernel[grid](
+            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, out,
+            m, c, d, chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            out.stride(0), out.stride(1), out.stride(2), _LOG2E / temperature, 1.0 / temperature, **flags,
         )
-    return drows
+    return out[0] if splits == 1 else out.sum(dim=0).to(dtype)
 
 
-def _bwd_cols(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos):
-    m, d = rows.shape
-    c = cols.shape[0]
-    flags = _flags(rows, d, w is not None, exclude_pos)
-    dcols = torch.empty((c, d), device=cols.device, dtype=cols.dtype)
-    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    with _device_guard(rows):
-        _contrastive_bwd_cols_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dcols,
-            m, c, d, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            dcols.stride(0), dcols.stride(1), _LOG2E / temperature, 1.0 / temperature, **flags,
-        )
-    return dcols
+def _bwd_rows(*args):
+    return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False)
+
+
+def _bwd_cols(*args):
+    return _bwd(_contrastive_bwd_cols_kernel, *args, for_cols=True)
 
 
 class ContrastiveRows(torch.autograd.Function):

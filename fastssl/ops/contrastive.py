@@ -7,7 +7,9 @@ anchor rows against (optionally all-gathered) candidate columns, so the same cor
 and many, the eager reference and the Triton kernel.
 
 Normalisation stays a separate eager pass: it is O(N·D), a rounding error next to the O(N²·D)
-similarity work, and autograd gets its backward right for free.
+similarity work, and autograd gets its backward right for free. It runs in fp32 and casts the unit
+vectors back to the input dtype (``_unit``): the backward of a normalisation subtracts the radial
+component, a cancellation that bf16 would turn into percent-level gradient error.
 
 ``gather_distributed=True``: negatives come from every rank; each rank's value is the mean over its
 local anchors, so the engine's gradient averaging reproduces the single-process global-batch
@@ -41,6 +43,11 @@ def _core(backend: Backend, device: torch.device):
     return reference.contrastive_rows
 
 
+def _unit(z: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dim in fp32 (forward and backward), return in z's dtype."""
+    return F.normalize(z.float(), dim=-1).to(z.dtype)
+
+
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_distributed: bool) -> None:
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be [N, D] with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -56,7 +63,7 @@ def _two_view_rows(z1, z2, gather_distributed):
     Row a < n is view 1 of local sample i = a (global g = offset + i): positive col N + g, self col g.
     Row a >= n is view 2 of local sample i = a - n: positive col g, self col N + g.
     """
-    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    z1, z2 = _unit(z1), _unit(z2)
     n = z1.shape[0]
     if gather_distributed:
         g1, offset = gather_rows(z1)
@@ -148,8 +155,8 @@ def info_nce(
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={n}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = F.normalize(q, dim=-1).reshape(chunks * n, d)
-    cols = F.normalize(k, dim=-1)
+    rows = _unit(q).reshape(chunks * n, d)
+    cols = _unit(k)
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)

@@ -171,11 +171,12 @@ def check_lowp(name: str, got: torch.Tensor, eager: torch.Tensor, ref: torch.Ten
 
     Per element (and for a scalar loss), the rounding errors of two differently ordered bf16
     computations are independent draws whose ratio is heavy-tailed, so the factor 2 alone fails at
-    random; atol = half a bf16 ulp (2^-9) of the larger of max|ref| and ``scale``, the size of the
-    terms that cancel in the result (see ``check_fp32``), is the floor that keeps it stable.
+    random; atol = one bf16 ulp (2^-8) of the larger of max|ref| and ``scale``, the size of the
+    terms that cancel in the result (see ``check_fp32``), is the floor that keeps it stable: the
+    bf16 inputs and outputs of any pipeline (eager included) carry errors of that order.
     """
     ref = ref.double()
-    atol = 2.0**-9 * max(ref.abs().max().item(), scale)
+    atol = 2.0**-8 * max(ref.abs().max().item(), scale)
     err_got = (got.double() - ref).abs().max().item()
     err_eager = (eager.double() - ref).abs().max().item()
     assert err_got <= 2 * err_eager + atol, (
