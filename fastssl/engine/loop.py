@@ -140,6 +140,7 @@ def run(cfg: TrainConfig) -> RunSummary:
         ev,
         EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
         EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
+        progress=is_main and cfg.engine.progress,
     )
 
     # ---- resume ---------------------------------------------------------------------------------

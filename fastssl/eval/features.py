@@ -23,14 +23,20 @@ def _gather_varlen(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(encoder: nn.Module, loader, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(encoder: nn.Module, loader, dtype: torch.dtype, *, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``encoder`` over ``loader`` ((images, labels) batches) in eval mode → (features fp32, labels),
-    gathered from all ranks. The encoder's train/eval mode is restored afterwards."""
+    gathered from all ranks. The encoder's train/eval mode is restored afterwards.
+    ``desc``: show a progress bar with that title (pass it on rank 0 only)."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
+    batches = loader
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     try:
-        for images, y in loader:
+        for images, y in batches:
             feats.append(encoder(images.to(dtype)).float())
             labels.append(y.long().view(-1))
     finally:

@@ -24,14 +24,15 @@ class KnnScore:
 class KnnEvaluator:
     """Holds the two evaluation loaders (train split = memory bank, test split = queries)."""
 
-    def __init__(self, eval_cfg, train_loader, test_loader):
+    def __init__(self, eval_cfg, train_loader, test_loader, *, progress: bool = False):
         self.cfg = eval_cfg
         self.train_loader = train_loader
         self.test_loader = test_loader
+        self.progress = progress
 
     def __call__(self, encoder: nn.Module, dtype: torch.dtype) -> list[KnnScore]:
-        bank, bank_y = extract(encoder, self.train_loader, dtype)
-        queries, query_y = extract(encoder, self.test_loader, dtype)
+        bank, bank_y = extract(encoder, self.train_loader, dtype, desc="kNN bank (train)" if self.progress else None)
+        queries, query_y = extract(encoder, self.test_loader, dtype, desc="kNN queries (test)" if self.progress else None)
         num_classes = int(max(bank_y.max().item(), query_y.max().item())) + 1
         points = [(self.cfg.knn_k, self.cfg.knn_temperature)] + [(p.k, p.temperature) for p in self.cfg.knn_extra]
         return [
