@@ -33,9 +33,9 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.method.weight_sigma == 0.5 and cfg.eval.knn_k == 200 and cfg.eval.knn_temperature == 0.1
 
 
-def test_shipped_configs_validate():
+def test_shipped_configs_validate(folder_data):
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        load_config(path)
+        load_config(path, [f"data.root={folder_data}"] if "dataset: folder" in path.read_text() else [])
 
 
 @pytest.mark.parametrize(
