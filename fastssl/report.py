@@ -12,3 +12,34 @@ def print_summary(summary) -> None:
         print(f"{f'k={s.k}, T={s.temperature:g}':<28}{before:>12}{f'{100 * s.accuracy:.2f}%':>10}")
     if summary.encoder_path is not None:
         print(f"encoder weights (timm state_dict): {summary.encoder_path}")
+
+
+def plot_curves(metrics_jsonl, out_png) -> None:
+    """Loss, learning rate and kNN accuracy against the step, from ``metrics.jsonl``, as one PNG."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
+    axes[0].set_title("training loss")
+    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
+    axes[1].set_title("learning rate")
+    for key in sorted({k for r in evals for k in r if k.startswith("knn_")}):
+        pts = [(r["step"], 100 * r[key]) for r in evals if key in r]
+        axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    axes[2].set_title("kNN top-1 (%)")
+    if evals:
+        axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

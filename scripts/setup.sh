@@ -27,9 +27,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip as configured on some machines warns once per missing local index entry; keep the log readable.
+pip_install() { "$VPY" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 if ! "$VPY" -c 'import torch' 2>/dev/null; then
   echo "[setup] installing torch 2.13.0 (CPU build)"
-  "$VPY" -m pip install -q "torch==2.13.0"
+  pip_install "torch==2.13.0"
 fi
 
 # 3. Constraints: pin torch, and torch's paired torchvision/triton, to what is (or will be) there.
@@ -47,6 +49,6 @@ for pkg, default in pairs.get(".".join(torch_v.split(".")[:2]), {}).items():
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PYEOF
 echo "[setup] installing fastssl and its dependencies (constraints: $(tr '\n' ' ' < "$CONS"))"
-"$VPY" -m pip install -q -c "$CONS" -e ".[test]"
+pip_install -c "$CONS" -e ".[test]"
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $VENV"

@@ -157,18 +157,24 @@ def run(cfg: TrainConfig) -> RunSummary:
         rank_state = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
         return ckpt.save(engine, ckpt_root, state, rank_state, keep=cfg.engine.keep_checkpoints, rank=rank)
 
+    # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.
+    metrics_log = MetricsLog(out, enabled=is_main, resume_step=state.global_step if folder is not None else -1)
     init_file = out / "knn_init.json"
+    if folder is None and is_main:
+        init_file.unlink(missing_ok=True)
+    if dist.is_initialized():
+        dist.barrier()  # no rank may read a stale knn_init.json
     knn_init: list[KnnScore] = []
     if init_file.exists():
         knn_init = [KnnScore(**d) for d in json.loads(init_file.read_text())]
     elif ev.knn_at_init and state.global_step == 0:
         knn_init = evaluator(engine.module.encoder, dtype)
+        metrics_log.write(0, {s.label: s.accuracy for s in knn_init}, kind="eval")  # step 0 of the curves
         if is_main:
             _write_json(init_file, [asdict(s) for s in knn_init])
             log.info("kNN at random init: %s", ", ".join(f"{s.label}={100 * s.accuracy:.2f}%" for s in knn_init))
 
     # ---- train ----------------------------------------------------------------------------------
-    metrics_log = MetricsLog(out, enabled=is_main, resume_step=state.global_step)
     sigterm = _SigtermFlag()
     bar = None
     if is_main and cfg.engine.progress:
@@ -240,6 +246,10 @@ def run(cfg: TrainConfig) -> RunSummary:
     knn_final = evaluator(engine.module.encoder, dtype)
     metrics_log.write(state.global_step, {s.label: s.accuracy for s in knn_final}, kind="eval")
     metrics_log.close()
+    if is_main:
+        from fastssl.report import plot_curves
+
+        plot_curves(metrics_log.path, out / "curves.png")
     sd = encoder_state_dict(engine.module.encoder)
     encoder_path = save_encoder(sd, out / "encoder.pt") if is_main else None
     summary = RunSummary(state.global_step, images_per_step * seen_steps / max(seen_time, 1e-9), knn_init, knn_final, encoder_path)

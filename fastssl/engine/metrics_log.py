@@ -8,7 +8,8 @@ from pathlib import Path
 
 class MetricsLog:
     """Writes scalars by step. On resume, records past the resumed step (written after the checkpoint
-    by the interrupted run) are dropped first, so the file always describes one consistent run."""
+    by the interrupted run) are dropped first, so the file always describes one consistent run;
+    ``resume_step=-1`` (a fresh start) drops them all."""
 
     def __init__(self, output_dir: Path, *, enabled: bool, resume_step: int):
         self.enabled = enabled
@@ -21,7 +22,7 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self._tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step >= 0 else 0)
 
     def write(self, step: int, values: dict[str, float], *, kind: str = "train") -> None:
         if not self.enabled:

@@ -94,7 +94,7 @@ def test_short_run_learns_and_exports(tmp_path, tiny_folder):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["knn_final"] and summary["knn_init"]
     # What was written alongside: resolved config, DeepSpeed JSON, TensorBoard events, checkpoints.
-    assert (run / "config.yaml").is_file()
+    assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 0
     ds = json.loads((run / "deepspeed.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 16
     assert any((run / "tensorboard").iterdir())
