@@ -79,12 +79,16 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], object], *, smoke: bool = False) -> Timing:
-    """Time ``fn`` with device events (``triton.testing.do_bench``) on CUDA, a host clock on CPU."""
+def time_fn(fn: Callable[[], object], *, smoke: bool = False, rep_ms: float = 100) -> Timing:
+    """Time ``fn`` with device events (``triton.testing.do_bench``) on CUDA, a host clock on CPU.
+
+    ``rep_ms``: CUDA timing budget; do_bench repeats ``fn`` about rep_ms / (its time) times, so a
+    function that takes ~100 ms (a whole training step) needs a larger budget for real quantiles.
+    """
     if torch.cuda.is_available():
         import triton.testing
 
-        med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100 if not smoke else 10, quantiles=[0.5, 0.2, 0.8])
+        med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep_ms if not smoke else 10, quantiles=[0.5, 0.2, 0.8])
         return Timing(med, p20, p80)
     fn()  # warm-up (compilation, allocator)
     samples = []

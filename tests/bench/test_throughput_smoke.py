@@ -1,0 +1,66 @@
+"""bench/throughput.py runs end to end in smoke mode and writes finite numbers (not a measurement).
+
+Providers eager and triton only: a cold torch.compile of the training step takes about two minutes
+on this CPU (and the compiled Triton loss does not trace in the interpreter); the benchmark itself
+runs all four (``python bench/throughput.py --smoke``). Also checks the benchmark's FLOP formula
+(its MFU numerator) against torch's FlopCounterMode on a real SimCLR step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_throughput_bench_smoke(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--smoke", "--providers", "eager,triton",
+         "--out-dir", str(tmp_path)],
+        check=True, cwd=ROOT, env=env, timeout=300,
+    )
+    jsons = list(tmp_path.glob("throughput-*-smoke.json"))
+    assert len(jsons) == 1 and jsons[0].with_suffix(".png").is_file()
+    doc = json.loads(jsons[0].read_text())
+    assert doc["smoke"] is True and doc["ceilings"]["matmul_tflops"] > 0
+    seen = set()
+    for r in doc["records"]:
+        assert r["error"] is None, r
+        seen.add(r["provider"])
+        assert all(math.isfinite(r["total"][q]) and r["total"][q] > 0 for q in ("median", "p20", "p80")), r
+        for key in ("images_per_s", "tflops", "mfu_pct", "flops_per_step", "speedup_vs_eager"):
+            assert math.isfinite(r["extra"][key]) and r["extra"][key] > 0, (key, r)
+        # images/s is the batch over the median step time (B images per step, each seen as two views)
+        assert math.isclose(r["extra"]["images_per_s"], r["case"]["batch"] / (r["total"]["median"] / 1e3), rel_tol=1e-9)
+        assert math.isfinite(r["extra"]["first_loss"])
+    assert seen == {"eager", "triton"}
+
+
+def test_step_flops_matches_counted_flops():
+    """The analytic count (6·P·T + 12·L·D·T² per view, ×2B) against the matmul FLOPs torch counts.
+
+    SDPA is forced onto its math path so the counter sees the attention bmm's; 32 px / patch 4 gives
+    T = 65 tokens on a width-64 model, where attention is ~15 % of the total (a wrong coefficient shows).
+    The formula counts biases and norms as if they were weights, hence a tolerance of a few percent.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    from bench.throughput import build, step_flops
+
+    batch = 16
+    model, _ = build("test_vit", 32, 4, "dcl", "reference", torch.device("cpu"))
+    views = [torch.randn(batch, 3, 32, 32) for _ in range(2)]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(*views).loss.backward()
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    assert counts.get("aten.bmm", 0) > 0.1 * counter.get_total_flops(), counts  # attention was counted
+    assert math.isclose(step_flops(model, batch), counter.get_total_flops(), rel_tol=0.04), (step_flops(model, batch), counts)
