@@ -41,6 +41,9 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         "train_batch_size": o.batch_size * o.grad_accum * world_size,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
+        # DeepSpeed casts parameters to bf16/fp16 but keeps buffers fp32 by default; BatchNorm needs
+        # its running statistics in its weight's dtype, so buffers follow the parameters.
+        "data_types": {"buffer_dtype": precision} if precision in ("bf16", "fp16") else {},
         "zero_optimization": {"stage": e.zero_stage},
         "zero_allow_untested_optimizer": True,
         "optimizer": {

@@ -48,7 +48,7 @@ class SimCLR(nn.Module):
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> StepOutput:
         """view1, view2: [B,3,H,W] (any float dtype; cast to the parameters' dtype here)."""
-        dtype = self.projector.net[0].weight.dtype
+        dtype = self.projector.net.fc0.weight.dtype  # bf16/fp16 under DeepSpeed mixed precision
         z = self.projector(self.encoder(torch.cat([view1, view2]).to(dtype)))
         z1, z2 = z.chunk(2)
         loss = self.loss(z1, z2)

@@ -1,6 +1,7 @@
 """Projection / prediction MLP heads shared by the methods."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Literal
 
 import torch
@@ -32,20 +33,26 @@ class MLPHead(nn.Module):
     """[B, in_dim] → [B, out_dim]: (Linear → Norm → ReLU) × (num_layers − 1) → Linear [→ Norm].
 
     Linear layers followed by a norm carry no bias (the norm's shift makes it redundant).
+    Layers are named ``fc<i>`` / ``norm<i>`` / ``act<i>``.
     """
 
     def __init__(self, in_dim: int, cfg: HeadConfig):
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[tuple[str, nn.Module]] = []
         dim = in_dim
         with_norm = cfg.norm != "none"
-        for _ in range(cfg.num_layers - 1):
-            layers += [nn.Linear(dim, cfg.hidden_dim, bias=not with_norm), _norm(cfg.norm, cfg.hidden_dim), nn.ReLU(inplace=True)]
+        for i in range(cfg.num_layers - 1):
+            layers += [
+                (f"fc{i}", nn.Linear(dim, cfg.hidden_dim, bias=not with_norm)),
+                (f"norm{i}", _norm(cfg.norm, cfg.hidden_dim)),
+                (f"act{i}", nn.ReLU(inplace=True)),
+            ]
             dim = cfg.hidden_dim
-        layers.append(nn.Linear(dim, cfg.out_dim, bias=not (with_norm and cfg.last_norm)))
+        last = cfg.num_layers - 1
+        layers.append((f"fc{last}", nn.Linear(dim, cfg.out_dim, bias=not (with_norm and cfg.last_norm))))
         if cfg.last_norm:
-            layers.append(_norm(cfg.norm, cfg.out_dim, affine=False))
-        self.net = nn.Sequential(*layers)
+            layers.append((f"norm{last}", _norm(cfg.norm, cfg.out_dim, affine=False)))
+        self.net = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

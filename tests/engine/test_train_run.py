@@ -82,7 +82,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_short_run_learns_and_exports(tmp_path, tiny_folder):
-    cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 30})
+    cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 30}, eval={"knn_every_epochs": 2})
     proc = train(cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
@@ -91,6 +91,9 @@ def test_short_run_learns_and_exports(tmp_path, tiny_folder):
     assert len(values) == 30 and all(np.isfinite(values))
     assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.05, values
     assert "kNN top-1" in proc.stdout and "random init" in proc.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    eval_steps = [r["step"] for r in rows if r["kind"] == "eval"]
+    assert eval_steps == [0, 12, 24, 30]  # init, every 2 epochs of 6 steps, end
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["knn_final"] and summary["knn_init"]
     # What was written alongside: resolved config, DeepSpeed JSON, TensorBoard events, checkpoints.
@@ -169,17 +172,19 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_fold
     assert all(np.isfinite(v) for v in losses(tmp_path / "run").values())
 
 
-@pytest.mark.parametrize("zero_stage", [0, 3])
-def test_deepspeed_launcher_two_cpu_ranks(tmp_path, tiny_folder, zero_stage):
-    """`deepspeed --num_gpus 2 fastssl/train.py ...` runs two gloo ranks (ZeRO 0 and 3) and resumes."""
+@pytest.mark.parametrize("zero_stage, precision", [(0, "fp32"), (1, "fp32"), (2, "bf16"), (3, "fp32")])
+def test_deepspeed_launcher_two_cpu_ranks(tmp_path, tiny_folder, zero_stage, precision):
+    """`deepspeed --num_gpus 2 fastssl/train.py ...` runs two gloo ranks, every ZeRO stage, fp32 and bf16."""
     cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 6, "batch_size": 8},
-                      engine={"zero_stage": zero_stage, "ckpt_every_steps": 3}, eval={"knn_at_init": False})
+                      engine={"zero_stage": zero_stage, "ckpt_every_steps": 3, "precision": precision},
+                      eval={"knn_at_init": False})
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29500 + zero_stage + os.getpid() % 500),
            str(TRAIN), "--config", str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run = tmp_path / "run"
-    assert json.loads((run / "deepspeed.json").read_text())["train_batch_size"] == 16
+    ds = json.loads((run / "deepspeed.json").read_text())
+    assert ds["train_batch_size"] == 16 and ds["bf16"]["enabled"] == (precision == "bf16")
     assert sorted(losses(run)) == list(range(1, 7))
     for rank in (0, 1):
         assert (run / "checkpoints" / "step6" / f"rank{rank}.pt").is_file()
