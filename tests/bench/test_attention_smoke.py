@@ -5,35 +5,23 @@ shared CPU; the benchmark itself also runs "compile" (``python bench/attention.p
 """
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
-from pathlib import Path
+from _bench_smoke import positive_timing, run_smoke
 
-ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("packed", "padded", "separate")
 
 
 def test_attention_bench_smoke(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "attention.py"), "--smoke", "--providers", ",".join(PROVIDERS), "--out-dir", str(tmp_path)],
-        check=True, cwd=ROOT, timeout=300, capture_output=True, text=True,
-    )
-    jsons = list(tmp_path.glob("attention-*-smoke.json"))
-    assert len(jsons) == 1 and jsons[0].with_suffix(".png").is_file()
-    doc = json.loads(jsons[0].read_text())
-    assert doc["smoke"] is True and doc["meta"]["attn_backend"] == "sdpa_mask"
+    doc, stdout = run_smoke("attention", tmp_path, PROVIDERS)
+    assert doc["meta"]["attn_backend"] == "sdpa_mask"
     seen = set()
     for r in doc["records"]:
-        assert r["error"] is None, r
         seen.add((r["case"]["case"], r["provider"]))
         for t in (r["fwd"], r["total"]):
-            assert all(math.isfinite(t[k]) and t[k] > 0 for k in ("median", "p20", "p80"))
+            assert positive_timing(t)
         assert r["case"]["tokens"] > 0 and r["extra"]["padded_tokens"] >= r["case"]["tokens"]
     cases = ("mmoco-chunks", "moco-full", "multicrop", "dac")
     assert seen == {(c, p) for c in cases for p in PROVIDERS}
     # the token counts are the ones the cases promise (tiny ViT: 64 patches, local crops 3×3, DAC 16+16)
     tokens = {r["case"]["case"]: r["case"]["tokens"] for r in doc["records"]}
     assert tokens == {"mmoco-chunks": 2 * 8 * 9, "moco-full": 2 * 65, "multicrop": 2 * (2 * 65 + 6 * 10), "dac": 2 * (17 + 17)}
-    assert "vs separate" in proc.stdout
+    assert "vs separate" in stdout
