@@ -78,6 +78,18 @@ def _check_shard(rank: int, world_size: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
+def _build_pipeline(loader, *, views: int, **extra):
+    """The DALI pipeline of a TrainLoader (views=2) or EvalLoader (views=0), from its fields."""
+    from fastssl.data.pipeline import make_pipeline
+
+    c = loader.cfg
+    return make_pipeline(
+        loader.files, views=views, image_size=c.image_size, mean=c.mean, std=c.std, aug=c.augment,
+        batch_size=loader.batch_size, shard_id=loader.rank, num_shards=loader.world_size,
+        device_id=loader._device_id, decode=loader._decode, num_threads=c.num_threads, prefetch=c.prefetch, **extra,
+    )
+
+
 class TrainLoader:
     """Two-view training batches of ``batch_size`` images per rank (the per-rank micro-batch).
 
@@ -138,15 +150,7 @@ class TrainLoader:
 
     def _pipeline(self):
         if self._pipe is None:
-            from fastssl.data.pipeline import make_pipeline
-
-            c = self.cfg
-            self._pipe = make_pipeline(
-                self.files, views=2, image_size=c.image_size, mean=c.mean, std=c.std, aug=c.augment,
-                batch_size=self.batch_size, shard_id=self.rank, num_shards=self.world_size,
-                device_id=self._device_id, decode=self._decode, num_threads=c.num_threads, prefetch=c.prefetch,
-                seed=self.seed, checkpoint=self._checkpoint,
-            )
+            self._pipe = _build_pipeline(self, views=2, seed=self.seed, checkpoint=self._checkpoint)
         return self._pipe
 
     def _next_batch(self) -> TwoViewBatch:
@@ -259,14 +263,7 @@ class EvalLoader:
 
     def _pipeline(self):
         if self._pipe is None:
-            from fastssl.data.pipeline import make_pipeline
-
-            c = self.cfg
-            self._pipe = make_pipeline(
-                self.files, views=0, image_size=c.image_size, mean=c.mean, std=c.std, aug=c.augment,
-                batch_size=self.batch_size, shard_id=self.rank, num_shards=self.world_size,
-                device_id=self._device_id, decode=self._decode, num_threads=c.num_threads, prefetch=c.prefetch,
-            )
+            self._pipe = _build_pipeline(self, views=0)
         return self._pipe
 
     def __iter__(self):
