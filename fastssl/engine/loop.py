@@ -94,7 +94,7 @@ def _resume_folder(cfg: TrainConfig, root: Path) -> Path | None:
         found = ckpt.checkpoints(root)
         return found[-1][1] if found else None
     folder = Path(cfg.run.resume)
-    if not (folder / f"rank0.pt").is_file():
+    if not (folder / "rank0.pt").is_file():
         raise TrainingStopped(f"run.resume: {folder} is not a fastssl checkpoint folder")
     return folder
 
@@ -110,6 +110,7 @@ def run(cfg: TrainConfig) -> RunSummary:
     is_main = rank == 0
     out = Path(cfg.run.output_dir)
     ckpt_root = out / "checkpoints"
+    folder = _resume_folder(cfg, ckpt_root)  # a bad run.resume path fails before any work
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         ensure_dataset(cfg.data)
@@ -145,7 +146,6 @@ def run(cfg: TrainConfig) -> RunSummary:
 
     # ---- resume ---------------------------------------------------------------------------------
     state = ckpt.TrainState()
-    folder = _resume_folder(cfg, ckpt_root)
     if folder is not None:
         state, rank_state = ckpt.load(engine, folder, rank)
         loader.load_state_dict(rank_state["loader"])
