@@ -51,6 +51,18 @@ def _rows_per_program(b: int, l: int, n_dblocks: int, block_r: int) -> int:
     return max(rows, block_r)
 
 
+def _reduction_plan(b: int, l: int, d: int, rows_per_program: int | None):
+    """Tiling of the backward kernels that sum over the batch: (BLOCK_D, BLOCK_R, warps, D-blocks,
+    batch rows per program, batch chunks). Rows per program is a whole number of row tiles, so a
+    chunk never spills into the next."""
+    block_d = _block_d(d)
+    block_r, warps = _row_tile(block_d)
+    n_d = triton.cdiv(d, block_d)
+    rpp = rows_per_program or _rows_per_program(b, l, n_d, block_r)
+    rpp = triton.cdiv(rpp, block_r) * block_r
+    return block_d, block_r, warps, n_d, rpp, triton.cdiv(b, rpp)
+
+
 def _slots(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     """slot[b, l] = k where ids[b, k] == l, else -1 (int32 [B, L])."""
     b, k = ids.shape
@@ -139,12 +151,7 @@ def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bo
     k = ids.shape[1]
     g = g.contiguous()
     slot = _slots(ids, l)
-    block_d = _block_d(d)
-    block_r, warps = _row_tile(block_d)
-    n_d = triton.cdiv(d, block_d)
-    rpp = rows_per_program or _rows_per_program(b, l, n_d, block_r)
-    rpp = triton.cdiv(rpp, block_r) * block_r  # whole tiles: a chunk must not spill into the next
-    chunks = triton.cdiv(b, rpp)
+    block_d, block_r, warps, n_d, rpp, chunks = _reduction_plan(b, l, d, rows_per_program)
     dx = torch.empty(x_shape, dtype=x_dtype, device=g.device) if need_dx else None
     part = torch.empty(chunks, l, d, dtype=torch.float32, device=g.device) if need_dpos else None
     _gather_bwd_kernel[(l, n_d, chunks)](
@@ -271,12 +278,7 @@ def scatter_bwd(g, slot, k, x_dtype, need_dx, need_dmt, need_dpos, rows_per_prog
     """
     b, l, d = g.shape
     g = g.contiguous()
-    block_d = _block_d(d)
-    block_r, warps = _row_tile(block_d)
-    n_d = triton.cdiv(d, block_d)
-    rpp = rows_per_program or _rows_per_program(b, l, n_d, block_r)
-    rpp = triton.cdiv(rpp, block_r) * block_r  # whole tiles: a chunk must not spill into the next
-    chunks = triton.cdiv(b, rpp)
+    block_d, block_r, warps, n_d, rpp, chunks = _reduction_plan(b, l, d, rows_per_program)
     dx = torch.empty(b, k, d, dtype=x_dtype, device=g.device) if need_dx else None
     part_pos = torch.empty(chunks, l, d, dtype=torch.float32, device=g.device) if need_dpos else None
     part_mt = torch.empty(chunks, l, d, dtype=torch.float32, device=g.device) if need_dmt else None
