@@ -1,6 +1,6 @@
-"""The iterators the trainer consumes: a checkpointable two-view train stream and sharded eval passes.
+"""The iterators the trainer consumes: a checkpointable train stream of per-method crops and sharded eval passes.
 
-``TrainLoader`` yields ``TwoViewBatch`` objects, ``len(loader)`` of them per ``for`` loop (one
+``TrainLoader`` yields ``Batch`` objects (every crop the method declared, by name), ``len(loader)`` of them per ``for`` loop (one
 epoch); an interrupted loop resumes where it stopped. ``EvalLoader`` yields ``(images, labels)``
 covering its rank's shard of the split exactly once per ``for`` loop.
 
@@ -12,34 +12,19 @@ memory, so they are not used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from fastssl.data.batch import Batch
 from fastssl.data.config import DataConfig
+from fastssl.data.crops import TWO_VIEWS, CropSpec, check_crops
 from fastssl.data.files import ImageList, scan_image_folder
 from fastssl.data.prepare import prepare_fashion_mnist
 
-_STATE_VERSION = 1
-
-
-@dataclass
-class TwoViewBatch:
-    """Two augmented views of the same ``B`` images, on the loader's device.
-
-    view1, view2: [B, 3, S, S] float32, normalised; labels: [B] int64 class ids (for monitoring
-    only); index: [B] int64 position of each image in the scanned train list (instance id).
-    """
-
-    view1: torch.Tensor
-    view2: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> TwoViewBatch:
-        return TwoViewBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.view1, self.view2, self.labels, self.index)))
+_STATE_VERSION = 2
 
 
 def resolve_placement(decode: str, device: torch.device) -> tuple[int | None, str]:
@@ -63,6 +48,22 @@ def _to_torch(dali_out, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
 
+def _stack_to_torch(dali_outs, device: torch.device) -> torch.Tensor:
+    """Copy ``n`` DALI output batches of one shape into one new ``[n, B, ...]`` tensor on ``device``
+    (each copied straight into its slice: one copy, no stack)."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    tensors = [o.as_tensor() for o in dali_outs]
+    on_gpu = hasattr(tensors[0], "device_id")  # TensorGPU
+    if on_gpu != (device.type == "cuda"):  # placement differs from the target: copy, then move
+        return torch.stack([_to_torch(o, device) for o in dali_outs])
+    dest = torch.empty((len(tensors), *tensors[0].shape()), dtype=torch.float32, device=device)
+    stream = torch.cuda.current_stream(device) if on_gpu else None
+    for i, t in enumerate(tensors):
+        feed_ndarray(t, dest[i], cuda_stream=stream)
+    return dest
+
+
 def _split_list(cfg: DataConfig, split: str, rank: int) -> ImageList:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -78,20 +79,21 @@ def _check_shard(rank: int, world_size: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _build_pipeline(loader, *, views: int, **extra):
-    """The DALI pipeline of a TrainLoader (views=2) or EvalLoader (views=0), from its fields."""
+def _build_pipeline(loader, *, crops: tuple[CropSpec, ...] | None, **extra):
+    """The DALI pipeline of a TrainLoader (its crops) or EvalLoader (crops=None), from its fields."""
     from fastssl.data.pipeline import make_pipeline
 
     c = loader.cfg
     return make_pipeline(
-        loader.files, views=views, image_size=c.image_size, mean=c.mean, std=c.std, aug=c.augment,
+        loader.files, crops=crops, image_size=c.image_size, mean=c.mean, std=c.std, aug=c.augment,
         batch_size=loader.batch_size, shard_id=loader.rank, num_shards=loader.world_size,
         device_id=loader._device_id, decode=loader._decode, num_threads=c.num_threads, prefetch=c.prefetch, **extra,
     )
 
 
 class TrainLoader:
-    """Two-view training batches of ``batch_size`` images per rank (the per-rank micro-batch).
+    """Training batches of ``batch_size`` images per rank (the per-rank micro-batch), each image
+    augmented into the ``crops`` a method declared (default: two full-size views).
 
     Epoch: ``len(self)`` steps, ``floor(floor(N / world_size) / batch_size)`` unless
     ``steps_per_epoch`` is given, the same on every rank. The underlying stream never drops data:
@@ -117,9 +119,11 @@ class TrainLoader:
         device: torch.device | str = "cpu",
         seed: int = 0,
         steps_per_epoch: int | None = None,
+        crops: Sequence[CropSpec] = TWO_VIEWS,
     ):
         _check_shard(rank, world_size, batch_size)
         self.cfg = cfg
+        self.crops = check_crops(crops)
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
@@ -150,15 +154,19 @@ class TrainLoader:
 
     def _pipeline(self):
         if self._pipe is None:
-            self._pipe = _build_pipeline(self, views=2, seed=self.seed, checkpoint=self._checkpoint)
+            self._pipe = _build_pipeline(self, crops=self.crops, seed=self.seed, checkpoint=self._checkpoint)
         return self._pipe
 
-    def _next_batch(self) -> TwoViewBatch:
-        v1, v2, index = self._pipeline().run()
+    def _next_batch(self) -> Batch:
+        *outs, index = self._pipeline().run()
         idx = _to_torch(index, torch.device("cpu")).view(-1).long()
         labels = self._labels[idx]
         dev = self.device
-        return TwoViewBatch(_to_torch(v1, dev), _to_torch(v2, dev), labels.to(dev, non_blocking=True), idx.to(dev, non_blocking=True))
+        crops, at = {}, 0
+        for spec in self.crops:
+            crops[spec.name] = _stack_to_torch(outs[at:at + spec.count], dev)  # [count, B, 3, S, S]
+            at += spec.count
+        return Batch(crops, labels.to(dev, non_blocking=True), idx.to(dev, non_blocking=True))
 
     def __iter__(self):
         """The rest of the current epoch: all of it normally, fewer batches after a resume or an
@@ -173,7 +181,7 @@ class TrainLoader:
         return {
             "num_files": len(self.files), "batch_size": self.batch_size, "rank": self.rank,
             "world_size": self.world_size, "seed": self.seed, "image_size": self.cfg.image_size,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "crops": [repr(c) for c in self.crops],
         }
 
     def state_dict(self) -> dict:
@@ -263,7 +271,7 @@ class EvalLoader:
 
     def _pipeline(self):
         if self._pipe is None:
-            self._pipe = _build_pipeline(self, views=0)
+            self._pipe = _build_pipeline(self, crops=None)
         return self._pipe
 
     def __iter__(self):

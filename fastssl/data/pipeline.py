@@ -1,4 +1,4 @@
-"""The one DALI pipeline of fastssl: file reader → decode → two augmented views, or an eval view.
+"""The one DALI pipeline of fastssl: file reader → decode → the crops a method asks for, or an eval view.
 
 Placement: with ``device_id=None`` every op runs on the CPU; with a GPU ``device_id`` images are
 decoded by the ``mixed`` decoder (or on the CPU and then moved, ``decode="cpu"``) and augmented on
@@ -6,11 +6,12 @@ the GPU. The per-sample random parameters are always drawn on the CPU (DALI argu
 be CPU tensors); the few that enter image arithmetic are moved with ``.gpu()``.
 
 Outputs (per sample; the loader stacks a batch):
-  views=2: view1 [3, S, S] float32, view2 [3, S, S] float32, index [1] int32
-  views=0: image [3, S, S] float32, index [1] int32
+  training (``crops`` given): one [3, S_c, S_c] float32 per copy of every crop (``crops.py``), in
+      crop order, then index [1] int32
+  evaluation (``crops=None``): image [3, S, S] float32, index [1] int32
 ``index`` is the sample's position in the ``files`` list (the loader maps it to the class label).
 
-Training augmentation per view (SimCLR appendix A / BYOL table 6), in torchvision's order:
+Training augmentation per crop copy ("strong" recipe; "light" is crop + flip only) (SimCLR appendix A / BYOL table 6), in torchvision's order:
 random resized crop → flip → colour jitter (p) → grayscale (p) → Gaussian blur (p) → solarize (p)
 → normalise. Differences from torchvision, all documented in notes/data.md:
   * jitter applies brightness, contrast, saturation, hue in one fixed-order ``color_twist`` (a
@@ -42,6 +43,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from fastssl.data.config import AugmentConfig
+from fastssl.data.crops import CropSpec, check_crops
 
 READER = "reader"
 TINY_SIGMA = 1e-6  # exp(-1 / (2 * TINY_SIGMA**2)) underflows to 0: the blur kernel becomes [0, 1, 0]
@@ -79,13 +81,23 @@ def _uniform(lo: float, hi: float, seeds: Iterator[int]):
     return fn.random.uniform(range=[lo, hi], seed=seed)
 
 
-def augment_view(img, aug: AugmentConfig, view: int, image_size: int, seeds: Iterator[int], mean, std):
-    """One SimCLR/BYOL view of HWC uint8 ``img`` → CHW float32, normalised. ``view`` is 0 or 1."""
-    s = image_size
+def augment_crop(img, aug: AugmentConfig, spec: CropSpec, copy: int, image_size: int, seeds: Iterator[int]):
+    """Copy ``copy`` of crop ``spec`` of HWC uint8 ``img`` → (HWC uint8 pixels, flip coin).
+
+    The flip is returned, not applied: ``normalise`` applies it, so a ``resize_of`` crop can reuse
+    these pixels with the same flip."""
+    s = spec.size or image_size
     x = fn.random_resized_crop(
-        img, size=[s, s], random_area=list(aug.crop_scale), random_aspect_ratio=list(aug.crop_ratio),
+        img, size=[s, s], random_area=list(spec.scale or aug.crop_scale), random_aspect_ratio=list(aug.crop_ratio),
         antialias=True, seed=next(seeds),
     )
+    if spec.recipe == "strong":
+        x = _colour_blur_solarize(x, aug, spec, copy, s, seeds)
+    mirror = fn.random.coin_flip(probability=aug.flip_p, seed=next(seeds))
+    return x, mirror
+
+
+def _colour_blur_solarize(x, aug: AugmentConfig, spec: CropSpec, copy: int, s: int, seeds: Iterator[int]):
     if aug.jitter_p > 0 or aug.grayscale_p > 0:
         on = fn.cast(_coin(aug.jitter_p, seeds), dtype=types.FLOAT)  # 1 → jitter this sample
         # factor = 1 + on·u, u ~ U[-b, b]  (torchvision draws the factor from [1 - b, 1 + b])
@@ -96,14 +108,14 @@ def augment_view(img, aug: AugmentConfig, view: int, image_size: int, seeds: Ite
         grey = fn.cast(_coin(aug.grayscale_p, seeds), dtype=types.FLOAT)
         sat = sat * (1.0 - grey)  # saturation 0 = BT.601 luma in all three channels
         x = fn.color_twist(x, brightness=bright, contrast=contrast, saturation=sat, hue=hue)
-    blur_p = aug.blur_p[view]
+    blur_p = aug.blur_p[copy % 2] if spec.blur_p is None else spec.blur_p
     if blur_p > 0:
         sigma = _uniform(aug.blur_sigma[0], aug.blur_sigma[1], seeds)
         if blur_p < 1:
             on = fn.cast(_coin(blur_p, seeds), dtype=types.FLOAT)
             sigma = sigma * on + TINY_SIGMA * (1.0 - on)
         x = fn.gaussian_blur(x, window_size=blur_window(s, aug.blur_kernel_frac), sigma=sigma)
-    sol_p = aug.solarize_p[view]
+    sol_p = aug.solarize_p[copy % 2] if spec.solarize_p is None else spec.solarize_p
     if sol_p > 0:
         t = aug.solarize_threshold
         solar = fn.lookup_table(
@@ -116,10 +128,31 @@ def augment_view(img, aug: AugmentConfig, view: int, image_size: int, seeds: Ite
             x = fn.cast(solar * _on_device_of(on, x) + x * _on_device_of(off, x), dtype=types.UINT8)
         else:
             x = solar
-    mirror = fn.random.coin_flip(probability=aug.flip_p, seed=next(seeds))
-    return fn.crop_mirror_normalize(
-        x, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, mirror=mirror
-    )
+    return x
+
+
+def normalise(x, mirror, mean, std):
+    """HWC uint8 → CHW float32, normalised, mirrored where the coin says so."""
+    return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, mirror=mirror)
+
+
+def train_crops(img, crops: Sequence[CropSpec], aug: AugmentConfig, image_size: int, seeds: Iterator[int], mean, std) -> list:
+    """Every copy of every crop, crop after crop: ``sum(c.count for c in crops)`` CHW float32 outputs."""
+    raw: dict[str, list] = {}
+    outs = []
+    for spec in crops:
+        pieces = []
+        for i in range(spec.count):
+            if spec.resize_of is None:
+                x, mirror = augment_crop(img, aug, spec, i, image_size, seeds)
+            else:
+                src, mirror = raw[spec.resize_of][i]
+                s = spec.size or image_size
+                x = fn.resize(src, size=[s, s], antialias=True)
+            pieces.append((x, mirror))
+            outs.append(normalise(x, mirror, mean, std))
+        raw[spec.name] = pieces
+    return outs
 
 
 def eval_view(img, image_size: int, mean, std):
@@ -134,7 +167,7 @@ def eval_view(img, image_size: int, mean, std):
 def ssl_pipeline(
     files: Sequence[str],
     *,
-    views: int,
+    crops: tuple[CropSpec, ...] | None,
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
@@ -148,34 +181,30 @@ def ssl_pipeline(
     """Graph of the fastssl pipeline; build it with ``make_pipeline``.
 
     ``files``: the validated file list; the reader's "label" is the index into it.
-    ``views``: 2 → two augmented views (training); 0 → one deterministic view (evaluation).
+    ``crops``: the method's crops (training); None → one deterministic view (evaluation).
     """
     common = dict(files=list(files), labels=list(range(len(files))), name=READER, shard_id=shard_id, num_shards=num_shards)
-    if views == 2:
+    if crops is not None:
         # Same shuffle seed on every rank: the permutation is global, each rank reads its part.
         shuffle_seed = next(seed_stream(base_seed, 0, "shuffle"))
         encoded, index = fn.readers.file(**common, shuffle_after_epoch=True, shuffle_after_epoch_seed=shuffle_seed)
-    elif views == 0:
-        encoded, index = fn.readers.file(**common, random_shuffle=False, stick_to_shard=True, pad_last_batch=True)
     else:
-        raise ValueError(f"views must be 0 (eval) or 2 (two-view training), got {views}")
+        encoded, index = fn.readers.file(**common, random_shuffle=False, stick_to_shard=True, pad_last_batch=True)
     img = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
     if aug_on_gpu and decode_device == "cpu":
         img = img.gpu()
     mean255 = [255.0 * m for m in mean]
     std255 = [255.0 * s for s in std]
-    if views == 0:
+    if crops is None:
         return eval_view(img, image_size, mean255, std255), index
     seeds = seed_stream(base_seed, shard_id, "augment")
-    v1 = augment_view(img, aug, 0, image_size, seeds, mean255, std255)
-    v2 = augment_view(img, aug, 1, image_size, seeds, mean255, std255)
-    return v1, v2, index
+    return (*train_crops(img, crops, aug, image_size, seeds, mean255, std255), index)
 
 
 def make_pipeline(
     files: Sequence[str],
     *,
-    views: int,
+    crops: Sequence[CropSpec] | None,
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
@@ -192,7 +221,7 @@ def make_pipeline(
 ):
     """Build (not run) the pipeline. ``device_id=None`` → CPU only; ``decode`` is "cpu" or "mixed".
 
-    Checkpointing is enabled for training (``views=2``); ``checkpoint`` restores a state saved
+    Checkpointing is enabled for training (``crops`` given); ``checkpoint`` restores a state saved
     with ``Pipeline.checkpoint()`` from a pipeline built with the same arguments.
     """
     if decode not in ("cpu", "mixed"):
@@ -201,10 +230,12 @@ def make_pipeline(
         raise ValueError("decode='mixed' needs a GPU (device_id)")
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id {shard_id} out of range for {num_shards} shards")
-    training = views == 2
+    training = crops is not None
+    if training:
+        crops = check_crops(crops)
     pipe = ssl_pipeline(
         files,
-        views=views,
+        crops=crops,
         image_size=image_size,
         mean=mean,
         std=std,

@@ -27,7 +27,7 @@ def _rate(batches, warmup: int, steps: int) -> tuple[float, int]:
     start = time.perf_counter()
     for _ in range(steps):
         b = next(it)
-        images += (b.view1 if hasattr(b, "view1") else b[0]).shape[0]
+        images += (b.index if hasattr(b, "index") else b[0]).shape[0]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return images / (time.perf_counter() - start), images

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from fastssl.data import AugmentConfig, DataConfig
-from fastssl.data.loader import EvalLoader, TrainLoader, TwoViewBatch
+from fastssl.data.batch import Batch
+from fastssl.data.crops import TWO_VIEWS, CropSpec
+from fastssl.data.loader import EvalLoader, TrainLoader
 from fastssl.data.pipeline import blur_window
 
 from _data_tiny import N_TEST, N_TRAIN, SIDE
@@ -59,7 +61,7 @@ def _all_views(loader, epochs=1):
     for _ in range(epochs):
         for b in loader:
             for j in range(b.index.numel()):
-                out[int(b.index[j])] = (b.view1[j], b.view2[j])
+                out[int(b.index[j])] = (b["views"][0][j], b["views"][1][j])
     return out
 
 
@@ -77,8 +79,8 @@ def test_train_batch_contract(tiny_folder):
     n = 0
     for b in loader:
         n += 1
-        assert isinstance(b, TwoViewBatch)
-        for v in (b.view1, b.view2):
+        assert isinstance(b, Batch)
+        for v in (b["views"][0], b["views"][1]):
             assert v.shape == (8, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
             assert torch.isfinite(v).all()
             for c in range(3):
@@ -87,7 +89,7 @@ def test_train_batch_contract(tiny_folder):
         assert b.labels.tolist() == [loader._labels[i].item() for i in b.index.tolist()]
         assert b.labels.tolist() == [int(loader.files[i].split("/")[-2][1:]) for i in b.index.tolist()]
         # the two views of every image differ
-        assert ((b.view1 - b.view2).flatten(1).abs().amax(1) > 0.1).all()
+        assert ((b["views"][0] - b["views"][1]).flatten(1).abs().amax(1) > 0.1).all()
     assert n == len(loader) and (loader.epoch, loader.step) == (1, 0)
 
 
@@ -118,8 +120,8 @@ def test_views_differ_across_epochs_and_are_seeded(tiny_folder):
     ref = _take(TrainLoader(cfg, batch_size=5, seed=11), 9)
     other = _take(TrainLoader(cfg, batch_size=5, seed=12), 9)
     for x, y, z in zip(same, ref, other):
-        assert torch.equal(x.view1, y.view1) and torch.equal(x.view2, y.view2) and torch.equal(x.index, y.index)
-    assert any(not torch.equal(x.view1, z.view1) for x, z in zip(same, other))
+        assert torch.equal(x["views"][0], y["views"][0]) and torch.equal(x["views"][1], y["views"][1]) and torch.equal(x.index, y.index)
+    assert any(not torch.equal(x["views"][0], z["views"][0]) for x, z in zip(same, other))
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -144,7 +146,7 @@ def _views_by_index(loader):
     out = {}
     for b in loader:
         for j, i in enumerate(b.index.tolist()):
-            out[i] = (b.view1[j], b.view2[j])
+            out[i] = (b["views"][0][j], b["views"][1][j])
     return out
 
 
@@ -270,7 +272,8 @@ def test_checkpoint_resume_is_bit_identical(tiny_folder, tmp_path, taken, prefet
     assert (resumed.epoch, resumed.step) == saved_at
     got = _take(resumed, 8)
     for e, g in zip(expected, got):
-        for name in ("view1", "view2", "labels", "index"):
+        assert torch.equal(e["views"], g["views"])
+        for name in ("labels", "index"):
             assert torch.equal(getattr(e, name), getattr(g, name)), name
     assert (resumed.epoch, resumed.step) == (run.epoch, run.step)
 
@@ -350,8 +353,12 @@ def test_mixed_decode_needs_a_gpu(tiny_folder):
         TrainLoader(cfg, batch_size=4)
 
 
-@pytest.mark.parametrize("views,decode", [(2, "mixed"), (2, "cpu"), (0, "mixed")])
-def test_gpu_graph_traces_with_consistent_placement(tiny_folder, views, decode):
+_MULTI = (CropSpec("full", count=2), CropSpec("local", count=2, size=16, scale=(0.05, 0.3)),
+          CropSpec("light", recipe="light"), CropSpec("small", count=2, size=16, resize_of="full"))
+
+
+@pytest.mark.parametrize("crops,decode", [(TWO_VIEWS, "mixed"), (TWO_VIEWS, "cpu"), (_MULTI, "mixed"), (None, "mixed")])
+def test_gpu_graph_traces_with_consistent_placement(tiny_folder, crops, decode):
     """No GPU here: trace the GPU variant of the graph (no build) and check where its outputs live.
 
     Uses DALI's private ``_build_graph``: graph definition is where DALI rejects misplaced inputs
@@ -363,10 +370,11 @@ def test_gpu_graph_traces_with_consistent_placement(tiny_folder, views, decode):
     files = scan_image_folder(tiny_folder / "train").files
     aug = AugmentConfig(blur_p=(1.0, 0.1), solarize_p=(0.3, 0.2))
     pipe = ssl_pipeline(
-        files, views=views, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, aug=aug, shard_id=0, num_shards=1,
+        files, crops=crops, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, aug=aug, shard_id=0, num_shards=1,
         decode_device=decode, aug_on_gpu=True, base_seed=0, batch_size=4, num_threads=1, device_id=0, seed=1,
-        enable_checkpointing=views == 2,
+        enable_checkpointing=crops is not None,
     )
     pipe._build_graph()
     devices = [node.device for node in pipe._graph_out]
-    assert devices == ["gpu"] * max(views, 1) + ["cpu"]  # images on the GPU, the index on the CPU
+    n_images = 1 if crops is None else sum(c.count for c in crops)
+    assert devices == ["gpu"] * n_images + ["cpu"]  # images on the GPU, the index on the CPU
