@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fastssl.config_base import Section
 from fastssl.data.config import DataConfig
+from fastssl.methods.registry import method_config_union, method_names
 from fastssl.methods.simclr import SimCLRConfig
 
 
@@ -31,6 +32,9 @@ class ModelConfig(Section):
     img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
     patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
+    attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask"] = Field(
+        "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
+    )
 
     @field_validator("arch")
     @classmethod
@@ -80,9 +84,11 @@ class EvalConfig(Section):
     train_samples: int | None = Field(None, ge=1, description="kNN memory bank: a fixed subset of the train split (None: all).")
     test_samples: int | None = Field(None, ge=1, description="kNN queries: a fixed subset of the test split (None: all).")
     batch_size: int = Field(256, ge=1, description="Per-rank batch size for feature extraction.")
+    linear_probe: bool = Field(True, description="Also fit a linear probe (L-BFGS logistic regression) on the cached features.")
+    probe_weight_decay: float = Field(1e-4, ge=0, description="L2 penalty of the linear probe (on standardised features).")
 
 
-MethodConfig = Annotated[Union[SimCLRConfig], Field(discriminator="name")]
+MethodConfig = method_config_union()
 
 
 class TrainConfig(Section):
@@ -100,7 +106,10 @@ class TrainConfig(Section):
     def _default_method_name(cls, data: Any) -> Any:
         # The method section picks its schema by ``name``; simclr is the documented default.
         if isinstance(data, dict) and isinstance(data.get("method"), dict):
-            data = {**data, "method": {"name": "simclr", **data["method"]}}
+            method = {"name": "simclr", **data["method"]}
+            if method["name"] not in method_names():
+                raise ValueError(f"method.name: unknown method {method['name']!r} (one of {', '.join(method_names())})")
+            data = {**data, "method": method}
         return data
 
     @model_validator(mode="after")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 
 def print_summary(summary) -> None:
-    init = {s.label: s.accuracy for s in summary.knn_init}
+    init = {s.label: s.accuracy for s in summary.eval_init}
     print()
     print(f"fastssl: {summary.steps} steps, {summary.images_per_second:.1f} images/s")
-    print(f"{'kNN top-1 (test split)':<28}{'random init':>12}{'trained':>10}")
-    for s in summary.knn_final:
+    print(f"{'top-1 (test split)':<28}{'random init':>12}{'trained':>10}")
+    for s in summary.eval_final:
         before = f"{100 * init[s.label]:.2f}%" if s.label in init else "-"
-        print(f"{f'k={s.k}, T={s.temperature:g}':<28}{before:>12}{f'{100 * s.accuracy:.2f}%':>10}")
+        name = f"kNN k={s.k}, T={s.temperature:g}" if hasattr(s, "k") else "linear probe"
+        print(f"{name:<28}{before:>12}{f'{100 * s.accuracy:.2f}%':>10}")
     if summary.encoder_path is not None:
         print(f"encoder weights (timm state_dict): {summary.encoder_path}")
 
@@ -31,10 +32,10 @@ def plot_curves(metrics_jsonl, out_png) -> None:
     axes[0].set_title("training loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
     axes[1].set_title("learning rate")
-    for key in sorted({k for r in evals for k in r if k.startswith("knn_")}):
+    for key in sorted({k for r in evals for k in r if k.startswith(("knn_", "linear_"))}):
         pts = [(r["step"], 100 * r[key]) for r in evals if key in r]
         axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
-    axes[2].set_title("kNN top-1 (%)")
+    axes[2].set_title("kNN / linear-probe top-1 (%)")
     if evals:
         axes[2].legend(fontsize=8)
     for ax in axes:

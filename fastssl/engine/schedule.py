@@ -42,14 +42,30 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_scheduler(plan: StepPlan, min_ratio: float):
+def group_lr(plan: StepPlan, min_ratio: float, lr_scale=None, fixed_lr: bool = False):
+    """LR multiplier of one optimizer group at optimizer step ``s``: the warm-up + cosine factor
+    (or 1 for a fixed-LR group) times the group's ``lr_scale(epoch)``. A plain function: LambdaLR
+    leaves functions out of its state_dict (they are rebuilt from the config on resume), whereas
+    it would try to pickle a callable object's attributes."""
+
+    def factor(s: int) -> float:
+        f = 1.0 if fixed_lr else lr_factor(s, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=min_ratio)
+        return f * (1.0 if lr_scale is None else float(lr_scale(s / plan.steps_per_epoch)))
+
+    return factor
+
+
+def lr_scheduler(plan: StepPlan, min_ratio: float, groups=None):
     """A callable DeepSpeed turns into the client LR scheduler (stepped once per optimizer step and
-    saved in its checkpoints)."""
+    saved in its checkpoints). ``groups``: the ``ParamGroup`` of every optimizer group, in order
+    (``engine.params.optimizer_groups``); None: one schedule for all."""
 
     def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=min_ratio)
-        )
+        if groups is None:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr(plan, min_ratio))
+        if len(groups) != len(optimizer.param_groups):
+            raise ValueError(f"{len(groups)} schedules for {len(optimizer.param_groups)} optimizer groups")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_lr(plan, min_ratio, g.lr_scale, g.fixed_lr) for g in groups])
 
     return build
 

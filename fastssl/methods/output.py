@@ -1,4 +1,17 @@
-"""What a method's forward returns to the engine, and what the engine may call on a method."""
+"""The contract between the engine and a method: what a method returns and what the engine may call.
+
+A method is an ``nn.Module`` with
+
+    Config                                   its pydantic section (``name: Literal["..."]``)
+    __init__(cfg, encoder)                   builds its heads around the given encoder
+    encoder                                  what kNN, the linear probe and export use
+    crops() -> tuple[CropSpec, ...]          what the data pipeline makes for it
+    forward(batch, ctx) -> StepOutput        loss + detached metrics
+    param_groups() -> list[ParamGroup]       per-group LR scale / fixed LR (``param_groups.py``)
+    after_step(ctx)                          optional: EMA targets, after every optimizer step
+
+The engine never names a method; it talks to this protocol only.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,14 +30,18 @@ class StepOutput:
 
 
 @runtime_checkable
-class HasEncoder(Protocol):
-    """Methods expose the encoder that kNN evaluates and that is exported for downstream use."""
-
+class Method(Protocol):
     encoder: nn.Module
+
+    def crops(self) -> tuple: ...
+
+    def param_groups(self) -> list: ...
+
+    def forward(self, batch, ctx) -> StepOutput: ...
 
 
 @runtime_checkable
 class AfterStep(Protocol):
-    """Optional hook, called after every optimizer step with progress in [0, 1] (EMA/momentum updates)."""
+    """Optional hook, called after every optimizer step with that step's context (EMA/momentum updates)."""
 
-    def after_optimizer_step(self, progress: float) -> None: ...
+    def after_step(self, ctx) -> None: ...

@@ -1,23 +1,26 @@
 """SimCLR with the NT-Xent, DCL or DCLW loss (dcl.txt).
 
 Both views go through the encoder and projector in one call, so the projector's BatchNorm sees the
-2B embeddings together, as in SimCLR's reference implementation. On several CUDA ranks the norms
-become SyncBatchNorm (SimCLR's "global BN"); on CPU they stay local because SyncBatchNorm has no
-CPU implementation.
+2B embeddings together, as in SimCLR's reference implementation. On several CUDA ranks the engine
+turns the norms into SyncBatchNorm (SimCLR's "global BN").
 """
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from fastssl import ops
 from fastssl.config_base import Section
-from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.data.batch import Batch
+from fastssl.data.crops import TWO_VIEWS, CropSpec
+from fastssl.methods.context import StepContext
 from fastssl.methods.output import StepOutput
+from fastssl.methods.param_groups import ParamGroup, one_group
+from fastssl.methods.parts import encode_views, pair_metrics
+from fastssl.models.heads import HeadConfig, MLPHead
 
 
 class SimCLRConfig(Section):
@@ -33,11 +36,19 @@ class SimCLRConfig(Section):
 class SimCLR(nn.Module):
     """encoder [B,3,H,W] → [B,E]; projector [B,E] → [B,out_dim]; loss on the two views' projections."""
 
-    def __init__(self, encoder: nn.Module, cfg: SimCLRConfig):
+    Config = SimCLRConfig
+
+    def __init__(self, cfg: SimCLRConfig, encoder: nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
         self.projector = MLPHead(encoder.num_features, cfg.head)
+
+    def crops(self) -> tuple[CropSpec, ...]:
+        return TWO_VIEWS
+
+    def param_groups(self) -> list[ParamGroup]:
+        return one_group(self)
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -46,17 +57,7 @@ class SimCLR(nn.Module):
         sigma = c.weight_sigma if c.loss == "dclw" else None
         return ops.dcl(z1, z2, c.temperature, weight_sigma=sigma, gather_distributed=c.gather_distributed, backend=c.backend)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> StepOutput:
-        """view1, view2: [B,3,H,W] (any float dtype; cast to the parameters' dtype here)."""
-        dtype = self.projector.net.fc0.weight.dtype  # bf16/fp16 under DeepSpeed mixed precision
-        z = self.projector(self.encoder(torch.cat([view1, view2]).to(dtype)))
-        z1, z2 = z.chunk(2)
-        loss = self.loss(z1, z2)
-        with torch.no_grad():
-            n1, n2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
-            metrics = {
-                "pos_cosine": (n1 * n2).sum(1).mean(),
-                # Collapse monitor: per-dimension std of normalised embeddings; 1/sqrt(D) when spread out, 0 when collapsed.
-                "z_std": n1.std(dim=0).mean(),
-            }
-        return StepOutput(loss=loss, metrics=metrics)
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """batch["views"]: [2, B, 3, S, S]."""
+        z1, z2 = self.projector(encode_views(self.encoder, batch["views"])).chunk(2)
+        return StepOutput(loss=self.loss(z1, z2), metrics=pair_metrics(z1, z2))

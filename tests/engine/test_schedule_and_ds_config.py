@@ -7,7 +7,8 @@ from torch import nn
 
 from fastssl.config import TrainConfig
 from fastssl.engine.ds_config import deepspeed_config
-from fastssl.engine.params import param_groups
+from fastssl.engine.params import optimizer_groups
+from fastssl.methods.param_groups import ParamGroup, one_group, trainable
 from fastssl.engine.schedule import cosine_momentum, lr_factor, lr_scheduler, plan_steps
 
 
@@ -80,7 +81,31 @@ def test_param_groups_exclude_norms_biases_tokens():
             self.norm = nn.LayerNorm(4)
 
     m = Tiny()
-    groups = param_groups(m, 0.05)
+    groups, origin = optimizer_groups(one_group(m), 0.05)
     decayed = {id(p) for p in groups[0]["params"]}
     assert decayed == {id(m.fc.weight)}
     assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 5
+    assert [g.name for g in origin] == ["all", "all"]
+
+
+def test_group_schedules_fixed_lr_and_lr_scale():
+    """Three method groups: the global schedule, a fixed LR (SimSiam's predictor), and a scale that is 0
+    in the first epoch (SwAV's prototypes). Each optimizer group must follow its own formula."""
+    a, b, c = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+    freeze_first_epoch = lambda epoch: 0.0 if epoch < 1 else 1.0  # noqa: E731
+    groups = [ParamGroup("a", trainable(a)), ParamGroup("b", trainable(b, "b."), fixed_lr=True),
+              ParamGroup("c", trainable(c, "c."), lr_scale=freeze_first_epoch)]
+    torch_groups, origin = optimizer_groups(groups, 0.1)
+    assert len(torch_groups) == 6 and [g.name for g in origin] == ["a", "a", "b", "b", "c", "c"]
+    plan = plan_steps(images_per_epoch=40, micro_batch=10, grad_accum=1, world_size=1, epochs=5, max_steps=None,
+                      warmup_epochs=1, base_lr=0.256)
+    opt = torch.optim.SGD(torch_groups, lr=plan.peak_lr)
+    sched = lr_scheduler(plan, 0.0, origin)(opt)
+    for s in range(plan.total_steps):
+        f = lr_factor(s, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=0.0)
+        want = [plan.peak_lr * f] * 2 + [plan.peak_lr] * 2 + [plan.peak_lr * f * (0.0 if s < 4 else 1.0)] * 2
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(want), s
+        opt.step()
+        sched.step()
+    with pytest.raises(ValueError, match="more than one"):
+        optimizer_groups([ParamGroup("x", trainable(a)), ParamGroup("y", trainable(a))], 0.1)

@@ -95,7 +95,7 @@ def test_short_run_learns_and_exports(tmp_path, tiny_folder):
     eval_steps = [r["step"] for r in rows if r["kind"] == "eval"]
     assert eval_steps == [0, 12, 24, 30]  # init, every 2 epochs of 6 steps, end
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 30 and summary["knn_final"] and summary["knn_init"]
+    assert summary["steps"] == 30 and summary["eval_final"] and summary["eval_init"]
     # What was written alongside: resolved config, DeepSpeed JSON, TensorBoard events, checkpoints.
     assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 0
     ds = json.loads((run / "deepspeed.json").read_text())

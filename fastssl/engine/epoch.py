@@ -1,0 +1,80 @@
+"""One epoch of training (or the rest of it after a resume): forward, backward, step, hooks, logs,
+checkpoints. Returns early when the step budget is used up or a stop is requested."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from fastssl.engine.session import Session, TrainingStopped
+from fastssl.methods.output import AfterStep
+
+
+class Terminated(Exception):
+    """SIGTERM was received; a checkpoint was saved."""
+
+
+def _agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Logical OR of per-rank flags across ranks (one tiny all-reduce), so every rank stops together."""
+    t = torch.tensor([float(f) for f in flags], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.stack([values[k].detach().float().to(device) for k in keys])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def train_one_epoch(s: Session, stop, bar=None) -> bool:
+    """Train until the loader's epoch ends or ``s.plan.total_steps`` is reached.
+
+    ``stop.raised`` (a SIGTERM flag) is checked at every step. Returns True when the epoch's data
+    was used up (the caller counts the epoch), False when training ended inside it.
+    """
+    engine, state, plan, cfg = s.engine, s.state, s.plan, s.cfg
+    after_step = s.method.after_step if isinstance(s.method, AfterStep) else None
+    micro = 0
+    s.speed.restart()
+    for batch in s.loader:
+        ctx = s.context(micro)
+        out = engine(batch, ctx)
+        loss = out.loss
+        nonfinite, terminate = _agree([not torch.isfinite(loss.detach()).item(), stop.raised], s.device)
+        if nonfinite:
+            raise TrainingStopped(f"non-finite loss ({loss.item()}) at step {state.global_step + 1}: training stopped; "
+                                  f"last good checkpoint: {s.last_checkpoint or 'none'}")
+        boundary = engine.is_gradient_accumulation_boundary()
+        lr = engine.get_lr()[0]  # the LR this optimizer step uses (first group)
+        engine.backward(loss)
+        engine.step()
+        if not boundary:
+            micro += 1
+            continue
+        micro = 0
+        if after_step is not None:
+            after_step(ctx)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        s.speed.step_done()
+        if state.global_step % cfg.engine.log_every_steps == 0 or state.global_step == plan.total_steps:
+            values = _mean_over_ranks({"loss": loss.detach(), **out.metrics}, s.device)
+            values.update(lr=lr, images_per_s=s.speed.images_per_second, epoch=ctx.epoch + 1 / plan.steps_per_epoch)
+            s.metrics.write(state.global_step, values)
+            if bar is not None:
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{values['images_per_s']:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if terminate:
+            raise Terminated(f"SIGTERM: checkpoint saved at {s.save()}; re-run the same command to resume")
+        if state.global_step % cfg.engine.ckpt_every_steps == 0:
+            s.save()
+        if state.global_step >= plan.total_steps:
+            return False
+    state.epoch += 1
+    state.step_in_epoch = 0
+    return True

@@ -1,0 +1,179 @@
+"""Everything a training run holds, built once: data, method, DeepSpeed engine, evaluation, state.
+
+``setup(cfg)`` reads top to bottom in the order things are built; a resume (``run.resume``) is
+applied at its end, so what follows never cares whether the run is fresh.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fastssl.config import TrainConfig, dump_config
+from fastssl.engine import checkpoint as ckpt
+from fastssl.engine.distributed import device_for, init_distributed
+from fastssl.engine.ds_config import deepspeed_config, resolve_precision
+from fastssl.engine.metrics_log import MetricsLog
+from fastssl.engine.params import optimizer_groups
+from fastssl.engine.schedule import StepPlan, lr_scheduler, plan_steps
+from fastssl.eval.run_knn import Evaluator
+from fastssl.methods.context import StepContext
+from fastssl.methods.registry import build_method
+
+log = logging.getLogger("fastssl")
+
+
+class TrainingStopped(Exception):
+    """Training cannot continue (e.g. a non-finite loss); the message says why and what was kept."""
+
+
+@dataclass
+class Throughput:
+    """Images/s over the optimizer steps timed so far (evaluation pauses excluded)."""
+
+    images_per_step: int
+    seconds: float = 0.0
+    steps: int = 0
+    _tick: float = field(default_factory=time.perf_counter)
+
+    def restart(self) -> None:
+        self._tick = time.perf_counter()
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._tick
+        self.steps += 1
+        self._tick = now
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_per_step * self.steps / max(self.seconds, 1e-9)
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    plan: StepPlan
+    loader: object  # fastssl.data.loader.TrainLoader
+    engine: object  # deepspeed.DeepSpeedEngine; engine.module is the method
+    evaluator: Evaluator
+    metrics: MetricsLog
+    state: ckpt.TrainState
+    dtype: torch.dtype
+    resumed_from: Path | None
+    last_checkpoint: Path | None
+    speed: Throughput
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def method(self):
+        return self.engine.module
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def context(self, micro_step: int = 0) -> StepContext:
+        """The context of the optimizer step about to be taken."""
+        p = self.plan
+        return StepContext(self.state.global_step, p.steps_per_epoch, p.total_steps, self.cfg.run.seed, micro_step)
+
+    def save(self) -> Path:
+        """Checkpoint now (all ranks); remembers it as the last good one."""
+        rank_state = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        self.last_checkpoint = ckpt.save(self.engine, self.ckpt_root, self.state, rank_state,
+                                         keep=self.cfg.engine.keep_checkpoints, rank=self.rank)
+        return self.last_checkpoint
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _resume_folder(cfg: TrainConfig, root: Path) -> Path | None:
+    if cfg.run.resume == "never":
+        return None
+    if cfg.run.resume == "auto":
+        found = ckpt.checkpoints(root)
+        return found[-1][1] if found else None
+    folder = Path(cfg.run.resume)
+    if not (folder / "rank0.pt").is_file():
+        raise TrainingStopped(f"run.resume: {folder} is not a fastssl checkpoint folder")
+    return folder
+
+
+def setup(cfg: TrainConfig) -> Session:
+    import deepspeed
+
+    from fastssl.data.loader import EvalLoader, TrainLoader
+    from fastssl.data.prepare import ensure_dataset
+
+    rank, local_rank, world = init_distributed()
+    device = device_for(local_rank)
+    out = Path(cfg.run.output_dir)
+    folder = _resume_folder(cfg, out / "checkpoints")  # a bad run.resume path fails before any work
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        ensure_dataset(cfg.data)
+    if dist.is_initialized():
+        dist.barrier()
+
+    # ---- method, data, plan ----------------------------------------------------------------------
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    method = build_method(cfg)
+    o = cfg.optim
+    loader = TrainLoader(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
+                         seed=cfg.run.seed, crops=method.crops())
+    plan = plan_steps(images_per_epoch=len(loader) * o.batch_size * world, micro_batch=o.batch_size, grad_accum=o.grad_accum,
+                      world_size=world, epochs=o.epochs, max_steps=o.max_steps, warmup_epochs=o.warmup_epochs, base_lr=o.base_lr)
+
+    # ---- DeepSpeed engine --------------------------------------------------------------------------
+    ds_cfg = deepspeed_config(cfg, plan, world)
+    if rank == 0:
+        (out / "config.yaml").write_text(dump_config(cfg))
+        write_json(out / "deepspeed.json", ds_cfg)
+    groups, origin = optimizer_groups(method.param_groups(), o.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
+                                           lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
+    precision = resolve_precision(cfg.engine.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    ev = cfg.eval
+    evaluator = Evaluator(
+        ev,
+        EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
+        EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
+        progress=rank == 0 and cfg.engine.progress,
+    )
+
+    # ---- resume ------------------------------------------------------------------------------------
+    state = ckpt.TrainState()
+    if folder is not None:
+        state, rank_state = ckpt.load(engine, folder, rank)
+        loader.load_state_dict(rank_state["loader"])
+        ckpt.set_rng_state(rank_state["rng"])
+        if rank == 0:
+            log.info("resumed from %s (step %d, epoch %d)", folder, state.global_step, state.epoch)
+    # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.
+    metrics = MetricsLog(out, enabled=rank == 0, resume_step=state.global_step if folder is not None else -1)
+    return Session(cfg, rank, world, device, out, plan, loader, engine, evaluator, metrics, state, dtype,
+                   resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch))

@@ -1,0 +1,83 @@
+"""MoCo v3 (Chen, Xie & He 2021): a momentum encoder's keys, a predictor, symmetric InfoNCE.
+
+L = 2τ·[ctr(q₁, k₂) + ctr(q₂, k₁)], ctr = InfoNCE over the keys of the global batch (gathered
+from every rank; row i's positive is its own key). The 2τ factor is not in the paper's text; the
+official ``moco/builder.py`` multiplies the cross-entropy by 2τ and we follow it. τ = 0.2 for ViT.
+Keys come from the EMA copy of encoder + projector (momentum 0.99 → 1, cosine). Heads: projector
+3 layers (BN, output BN without affine), predictor 2 layers (BN, plain linear output), hidden 4096, output 256.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fastssl import ops
+from fastssl.config_base import Section
+from fastssl.data.batch import Batch
+from fastssl.data.crops import TWO_VIEWS, CropSpec
+from fastssl.engine.schedule import cosine_momentum
+from fastssl.methods.context import StepContext
+from fastssl.methods.output import StepOutput
+from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.parts import encode_views, pair_metrics, per_view
+from fastssl.models.ema import EmaTarget
+from fastssl.models.heads import HeadConfig, MLPHead
+
+
+def _projector() -> HeadConfig:
+    return HeadConfig(hidden_dim=4096, out_dim=256, num_layers=3, norm="batchnorm", last_norm=True)
+
+
+def _predictor() -> HeadConfig:
+    return HeadConfig(hidden_dim=4096, out_dim=256, num_layers=2, norm="batchnorm", last_norm=False)
+
+
+class MoCoV3Config(Section):
+    name: Literal["mocov3"] = "mocov3"
+    temperature: float = Field(0.2, gt=0, description="τ of InfoNCE (0.2 for ViT in the paper).")
+    base_momentum: float = Field(0.99, ge=0.0, le=1.0, description="Momentum-encoder m at step 0, cosine → 1.")
+    gather_distributed: bool = Field(True, description="Keys from all ranks (the global batch).")
+    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    projector: HeadConfig = Field(default_factory=_projector)
+    predictor: HeadConfig = Field(default_factory=_predictor, description="Its input width is projector.out_dim.")
+
+
+class MoCoV3(nn.Module):
+    Config = MoCoV3Config
+
+    def __init__(self, cfg: MoCoV3Config, encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.num_features, cfg.projector)
+        self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
+        self.target = EmaTarget(self.encoder, self.projector)
+
+    def crops(self) -> tuple[CropSpec, ...]:
+        return TWO_VIEWS
+
+    def param_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("online", trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")),
+                ParamGroup("predictor", trainable(self.predictor, "predictor."))]
+
+    def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """q: ``[2B, D]`` predictions, k: ``[2B, D]`` keys (no gradient), view-major."""
+        c = self.cfg
+        q1, q2 = q.chunk(2)
+        k1, k2 = k.detach().chunk(2)
+        ctr = lambda a, b: ops.info_nce(a, b, c.temperature, gather_distributed=c.gather_distributed, backend=c.backend)  # noqa: E731
+        return 2.0 * c.temperature * (ctr(q1, k2) + ctr(q2, k1))
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        views = batch["views"]
+        q = per_view(self.predictor, per_view(self.projector, encode_views(self.encoder, views), 2), 2)
+        with torch.no_grad():
+            k = per_view(self.target.net[1], encode_views(self.target.net[0], views), 2)
+        q1, q2 = q.chunk(2)
+        return StepOutput(loss=self.loss(q, k), metrics=pair_metrics(q1, q2))
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.target.update_(self.encoder, self.projector, momentum=cosine_momentum(self.cfg.base_momentum, ctx.progress))

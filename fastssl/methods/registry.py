@@ -1,0 +1,40 @@
+"""The one list of methods. Adding a method touches its file, this list and its configs.
+
+The config's ``method:`` union and ``build_method`` come from ``METHODS``; the engine never names
+a method.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+from torch import nn
+
+from fastssl.methods.byol import BYOL
+from fastssl.methods.mocov3 import MoCoV3
+from fastssl.methods.simclr import SimCLR
+from fastssl.methods.simsiam import SimSiam
+
+METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3)
+
+
+def method_names() -> list[str]:
+    return [m.Config.model_fields["name"].default for m in METHODS]
+
+
+def method_config_union():
+    """``Annotated[Union[...], discriminator="name"]`` of every registered method's config."""
+    return Annotated[Union[tuple(m.Config for m in METHODS)], Field(discriminator="name")]
+
+
+def build_method(cfg) -> nn.Module:
+    """The configured method around a ``PackedViT`` built from ``cfg.model`` (a ``TrainConfig``)."""
+    from fastssl.models.encoder import build_vit
+
+    m = cfg.model
+    encoder = build_vit(m.arch, img_size=m.img_size or cfg.data.image_size, patch_size=m.patch_size,
+                        drop_path_rate=m.drop_path_rate, attn_backend=m.attn_backend)
+    for method in METHODS:
+        if isinstance(cfg.method, method.Config):
+            return method(cfg.method, encoder)
+    raise TypeError(f"no registered method takes {type(cfg.method).__name__}")
