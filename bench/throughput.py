@@ -3,8 +3,8 @@
 One step is what the trainer does per batch, minus DeepSpeed and DALI: both views [B,3,H,W] through
 the encoder + projector in one call (``SimCLR.forward``), the contrastive loss, backward, AdamW step,
 zero_grad. Inputs are random tensors already on the device, so this isolates model + loss +
-optimizer. The model is built as ``fastssl.methods.build`` builds it (``create_vit`` wrapped in
-``SimCLR``); the optimizer is torch's AdamW over ``fastssl.engine.params.param_groups`` (fused on
+optimizer. The model is built as ``fastssl.methods.registry`` builds it (``build_vit`` wrapped in
+``SimCLR``); the optimizer is torch's AdamW over ``fastssl.engine.params.optimizer_groups`` (fused on
 CUDA). Precision: bf16 autocast over fp32 weights on CUDA (the trainer's DeepSpeed bf16 mode keeps
 bf16 weights with fp32 master copies instead; the matmuls run in bf16 either way), fp32 on CPU.
 
@@ -50,9 +50,11 @@ if not torch.cuda.is_available():  # the Triton loss runs in the interpreter on 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
-from fastssl.engine.params import param_groups  # noqa: E402
+from fastssl.data.batch import Batch  # noqa: E402
+from fastssl.engine.params import optimizer_groups  # noqa: E402
+from fastssl.methods.context import StepContext  # noqa: E402
 from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
-from fastssl.models.backbone import create_vit  # noqa: E402
+from fastssl.models.encoder import build_vit  # noqa: E402
 
 ALL_PROVIDERS = "eager,triton,compile,compile+triton"
 PROVIDERS = {  # name -> (loss backend, torch.compile the model?)
@@ -83,16 +85,16 @@ CPU_QUICKSTART = Sweep([("vit_tiny_patch16_224", 28, 7)], [128], ["dcl"], amp=Fa
 def build(arch: str, img: int, patch: int, loss: str, backend: str, dev: torch.device):
     """The trainer's model (same seed -> same weights for every provider) and its AdamW."""
     torch.manual_seed(0)
-    encoder = create_vit(arch, img_size=img, patch_size=patch)
-    model = SimCLR(encoder, SimCLRConfig(loss=loss, backend=backend, gather_distributed=False)).to(dev).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=dev.type == "cuda")
+    encoder = build_vit(arch, img_size=img, patch_size=patch)
+    model = SimCLR(SimCLRConfig(loss=loss, backend=backend, gather_distributed=False), encoder).to(dev).train()
+    opt = torch.optim.AdamW(optimizer_groups(model.param_groups(), 0.05)[0], lr=1e-4, fused=dev.type == "cuda")
     return model, opt
 
 
 def step_flops(model: SimCLR, batch: int) -> float:
     """Model FLOPs of one fwd+bwd step (see the module docstring for the terms)."""
     enc = model.encoder
-    tokens = enc.patch_embed.num_patches + enc.num_prefix_tokens
+    tokens = enc.grid[0] * enc.grid[1] + 1  # patches + CLS
     p_enc = sum(p.numel() for n, p in enc.named_parameters() if n not in ("pos_embed", "cls_token"))
     p_proj = sum(p.numel() for p in model.projector.parameters())
     per_view = 6 * p_enc * tokens + 12 * len(enc.blocks) * enc.embed_dim * tokens**2 + 6 * p_proj
@@ -100,9 +102,14 @@ def step_flops(model: SimCLR, batch: int) -> float:
 
 
 def make_step(fwd, opt, v1: torch.Tensor, v2: torch.Tensor, amp: bool):
+    b = v1.shape[0]
+    index = torch.arange(b, device=v1.device)
+    batch = Batch({"views": torch.stack([v1, v2])}, index, index)
+    ctx = StepContext(step=0, steps_per_epoch=1, total_steps=1, seed=0)
+
     def step() -> torch.Tensor:
         with torch.autocast(v1.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = fwd(v1, v2).loss
+            loss = fwd(batch, ctx).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -32,7 +32,7 @@ class ModelConfig(Section):
     img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
     patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
-    attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask"] = Field(
+    attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
         "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
     )
 

@@ -15,12 +15,14 @@ Backends
   on CUDA. Packs built from views have a handful of runs (a view's sequences are contiguous and
   mostly of one length), so this is a few calls, and it runs anywhere, in any dtype.
 - ``sdpa_mask``: a single SDPA call over the whole pack with a ``[Tq, Tk]`` boolean block-diagonal
-  mask. O(T²) memory, but it is exact, simple, runs forward and backward on CPU (flex_attention's
-  backward and ``varlen_attn`` do not) and is the CPU default.
+  mask. O(T²) memory and work, but exact and simple; it runs forward and backward on CPU
+  (flex_attention's backward and ``varlen_attn`` do not).
+- ``sdpa_cpu``: the CPU default, chosen per pack: ``sdpa_grouped`` when the pack has at most
+  ``_CPU_MAX_RUNS`` runs (every pack of full, masked or multi-crop views), ``sdpa_mask`` otherwise.
 
 Choice: ``"auto"`` resolves once per (device type, dtype), logs the result, and caches it:
 CUDA → xformers if it imports and a tiny forward+backward probe runs, else varlen if present and
-the dtype is fp16/bf16 (probed the same way), else sdpa_grouped; CPU → sdpa_mask. Any backend can
+the dtype is fp16/bf16 (probed the same way), else sdpa_grouped; CPU → sdpa_cpu. Any backend can
 be forced by name (``AttentionDispatch("sdpa_grouped")`` / the ViT's ``attn_backend=`` keyword).
 Padding is never chosen: packing does the same work minus the padded tokens (see bench/attention.py).
 """
@@ -36,8 +38,8 @@ from fastssl.models.layout import AttnLayout
 
 log = logging.getLogger(__name__)
 
-BackendName = Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask"]
-BACKENDS: tuple[str, ...] = ("xformers", "varlen", "sdpa_grouped", "sdpa_mask")
+BackendName = Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"]
+BACKENDS: tuple[str, ...] = ("xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -64,6 +66,20 @@ def attend_sdpa_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+# With this many runs or fewer, one SDPA call per run beats one masked call over the whole pack.
+# Measured on 2 CPU cores, ViT-tiny fwd+bwd, 256 images of 16+1 tokens (one run): grouped 30-35
+# images/s, masked 9-14, timm 27-36 (machine shared; notes/vit.md). The mask only wins when a pack
+# is many short runs (per-call overhead), e.g. chunks of many lengths.
+_CPU_MAX_RUNS = 8
+
+
+def attend_sdpa_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout) -> torch.Tensor:
+    """CPU default: dense per-run SDPA (no O(T²) mask) unless the pack is many short runs."""
+    if len(layout.runs) <= _CPU_MAX_RUNS:
+        return attend_sdpa_grouped(q, k, v, layout)
+    return attend_sdpa_mask(q, k, v, layout)
+
+
 def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout) -> torch.Tensor:
     """torch's flash varlen kernel. Positional arguments only: the keyword tail differs between
     torch 2.10/2.11 and 2.13, the first seven parameters do not."""
@@ -85,6 +101,7 @@ _IMPLS = {
     "varlen": attend_varlen,
     "sdpa_grouped": attend_sdpa_grouped,
     "sdpa_mask": attend_sdpa_mask,
+    "sdpa_cpu": attend_sdpa_cpu,
 }
 
 
@@ -111,7 +128,7 @@ def _has_varlen() -> bool:
 
 def _auto(device: torch.device, dtype: torch.dtype) -> str:
     if device.type != "cuda":
-        return "sdpa_mask"
+        return "sdpa_cpu"
     try:
         import xformers.ops  # noqa: F401
 

@@ -42,11 +42,15 @@ def test_step_flops_matches_counted_flops():
     sys.path.insert(0, str(ROOT))
     from bench.throughput import build, step_flops
 
+    from fastssl.data.batch import Batch
+    from fastssl.methods.context import StepContext
+
     batch = 16
     model, _ = build("test_vit", 32, 4, "dcl", "reference", torch.device("cpu"))
-    views = [torch.randn(batch, 3, 32, 32) for _ in range(2)]
+    index = torch.arange(batch)
+    views = Batch({"views": torch.randn(2, batch, 3, 32, 32)}, index, index)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(*views).loss.backward()
+        model(views, StepContext(0, 1, 1, 0)).loss.backward()
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     assert counts.get("aten.bmm", 0) > 0.1 * counter.get_total_flops(), counts  # attention was counted
     assert math.isclose(step_flops(model, batch), counter.get_total_flops(), rel_tol=0.04), (step_flops(model, batch), counts)

@@ -3,11 +3,11 @@ import timm
 import torch
 
 from fastssl.eval.export import encoder_state_dict, save_encoder
-from fastssl.models.backbone import create_vit
+from fastssl.models.encoder import build_vit
 
 
 def test_timm_round_trip(tmp_path):
-    enc = create_vit("vit_tiny_patch16_224", img_size=28, patch_size=7)
+    enc = build_vit("vit_tiny_patch16_224", img_size=28, patch_size=7)  # the trainer's PackedViT
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(torch.randn_like(p) * 0.01)  # not the init: make sure real weights travel

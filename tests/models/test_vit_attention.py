@@ -10,7 +10,7 @@ from _vit_ref import loop_attention
 from fastssl.models.attention import AttentionDispatch
 from fastssl.models.layout import AttnLayout
 
-CPU_BACKENDS = ["sdpa_mask", "sdpa_grouped"]
+CPU_BACKENDS = ["sdpa_mask", "sdpa_grouped", "sdpa_cpu"]
 # (q_lens, k_lens or None for self-attention): the mixes the methods produce, odd ones included
 CASES = [
     ((9, 50, 17, 17, 17, 37), None),  # masked 1+8, resized 1+49, three chunks 1+16, 37 without CLS
@@ -53,12 +53,25 @@ def test_runs_cover_layout():
     assert layout.cu_k is layout.cu_q
 
 
-def test_auto_on_cpu_is_masked_sdpa_and_logged_once(caplog):
+def test_auto_on_cpu_is_per_pack_sdpa_and_logged_once(caplog):
     d = AttentionDispatch("auto")
     with caplog.at_level(logging.INFO, logger="fastssl.models.attention"):
-        assert d.resolve(torch.device("cpu"), torch.float32) == "sdpa_mask"
-        assert d.resolve(torch.device("cpu"), torch.float32) == "sdpa_mask"
+        assert d.resolve(torch.device("cpu"), torch.float32) == "sdpa_cpu"
+        assert d.resolve(torch.device("cpu"), torch.float32) == "sdpa_cpu"
     assert sum("attention backend" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_cpu_default_takes_dense_runs_for_few_runs_and_the_mask_for_many(monkeypatch):
+    from fastssl.models import attention as A
+
+    calls = []
+    monkeypatch.setattr(A, "attend_sdpa_grouped", lambda *a: calls.append("grouped"))
+    monkeypatch.setattr(A, "attend_sdpa_mask", lambda *a: calls.append("mask"))
+    few = AttnLayout.build((17,) * 256, None, torch.device("cpu"))  # two 256-image views: one run
+    many = AttnLayout.build(tuple(3 + i for i in range(A._CPU_MAX_RUNS + 1)), None, torch.device("cpu"))
+    A.attend_sdpa_cpu(None, None, None, few)
+    A.attend_sdpa_cpu(None, None, None, many)
+    assert calls == ["grouped", "mask"]
 
 
 def test_override_and_validation():
