@@ -90,7 +90,7 @@ def test_short_run_learns_and_exports(tmp_path, tiny_folder):
     values = [loss[s] for s in sorted(loss)]
     assert len(values) == 30 and all(np.isfinite(values))
     assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.05, values
-    assert "kNN top-1" in proc.stdout and "random init" in proc.stdout
+    assert "kNN k=10" in proc.stdout and "linear probe" in proc.stdout and "random init" in proc.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     eval_steps = [r["step"] for r in rows if r["kind"] == "eval"]
     assert eval_steps == [0, 12, 24, 30]  # init, every 2 epochs of 6 steps, end
