@@ -25,7 +25,11 @@ HEADS = {
 
 
 def method_config(tmp_path: Path, data_root: Path, name: str, **sections):
-    return tiny_config(tmp_path, data_root, method={"name": name, **HEADS[name]}, **sections)
+    path = tiny_config(tmp_path, data_root, **sections)
+    cfg = json.loads(path.read_text())
+    cfg["method"] = {"name": name, **HEADS[name]}  # replace, not merge: the sections differ per method
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 def test_every_registered_method_has_configs():
