@@ -1,0 +1,181 @@
+"""Method comparison on Fashion-MNIST: every registered method for the same budget, kNN + linear probe.
+
+    python bench/quality.py                      # every method with its configs/fmnist/<name>.yaml (CPU)
+    python bench/quality.py --methods simclr,byol --steps 300
+    python bench/quality.py --long simclr:600    # add a longer row (also configs/fmnist/<name>.yaml)
+    python bench/quality.py --smoke              # tiny: 2 steps of timm's test ViT per method (the test suite)
+
+Each method trains as a user would start it (``fastssl/train.py`` in a subprocess, one process),
+with the same steps, batch, model and evaluation subset; the rows are read from each run's
+``summary.json``. Two reference rows need no training: **random init** (the encoder every run
+starts from — the same seed builds the same encoder before any head) and **raw pixels** (the
+normalised 28×28×3 pixels as features, through the same kNN and probe). Writes
+``bench/results/quality-<device>.json``, ``.png`` and ``.md`` (``-smoke`` for smoke runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+TRAIN = ROOT / "fastssl" / "train.py"
+SMOKE_OVERRIDES = ["model.arch=test_vit", "optim.max_steps=2", "optim.batch_size=32", "eval.train_samples=300",
+                   "eval.test_samples=100", "eval.knn_extra=[]", "eval.knn_k=20"]
+
+
+def _smoke_heads(name: str) -> list[str]:
+    """Narrow heads so smoke runs stay seconds (keys differ per method)."""
+    from fastssl.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "fmnist" / f"{name}.yaml").method
+    out = []
+    for head in ("head", "projector", "predictor"):
+        if hasattr(cfg, head):
+            out += [f"method.{head}.hidden_dim=32"]
+    if hasattr(cfg, "predictor"):  # predictor output = projector output (SimSiam requires it)
+        out += ["method.projector.out_dim=16", "method.predictor.out_dim=16"]
+    return out
+
+
+def train_method(name: str, out_dir: Path, steps: int | None, extra: list[str], label: str) -> dict:
+    """One CLI run; returns its row (scores, wall time, images/s)."""
+    cmd = [sys.executable, str(TRAIN), "--config", str(ROOT / "configs" / "fmnist" / f"{name}.yaml"),
+           f"run.output_dir={out_dir}", "run.resume=never", "engine.progress=false", *extra]
+    if steps is not None:
+        cmd.append(f"optim.max_steps={steps}")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    scores = {_label(s): s["accuracy"] for s in summary["eval_final"]}
+    init = {_label(s): s["accuracy"] for s in summary["eval_init"]}
+    return {"row": label, "method": name, "steps": summary["steps"], "wall_s": round(wall, 1),
+            "images_per_s": round(summary["images_per_second"], 1), "scores": scores, "init": init,
+            "overrides": [c for c in cmd[5:] if "=" in c]}
+
+
+def _label(score: dict) -> str:
+    return f"knn_top1@k{score['k']}_T{score['temperature']:g}" if "k" in score else "linear_top1"
+
+
+def raw_pixels_row(cfg_path: Path, overrides: list[str]) -> dict:
+    """kNN and linear probe on the normalised pixels themselves (no model)."""
+    import torch
+
+    from fastssl.config import load_config
+    from fastssl.data.loader import EvalLoader
+    from fastssl.data.prepare import ensure_dataset
+    from fastssl.eval.knn import knn_accuracy
+    from fastssl.eval.linear_probe import linear_probe_accuracy
+
+    cfg = load_config(cfg_path, overrides)
+    ensure_dataset(cfg.data)
+    ev = cfg.eval
+
+    def pixels(split, n):
+        loader = EvalLoader(cfg.data, split, batch_size=256, max_samples=n)
+        xs, ys = zip(*[(x.flatten(1), y) for x, y in loader])
+        return torch.cat(xs), torch.cat(ys)
+
+    bank, bank_y = pixels("train", ev.train_samples)
+    q, q_y = pixels("test", ev.test_samples)
+    classes = int(bank_y.max()) + 1
+    scores = {f"knn_top1@k{k}_T{t:g}": knn_accuracy(bank, bank_y, q, q_y, k=k, temperature=t, num_classes=classes)
+              for k, t in [(ev.knn_k, ev.knn_temperature)] + [(p.k, p.temperature) for p in ev.knn_extra]}
+    scores["linear_top1"] = linear_probe_accuracy(bank, bank_y, q, q_y, num_classes=classes, weight_decay=ev.probe_weight_decay)
+    return {"row": "raw pixels", "method": None, "scores": scores}
+
+
+def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    cols = list(dict.fromkeys(c for r in rows for c in r["scores"]))  # every score, first-seen order
+    head = "| row | " + " | ".join(cols) + " | steps | wall (s) | images/s |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    for r in rows:
+        cells = [f"{100 * r['scores'][c]:.2f}%" if c in r["scores"] else "-" for c in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |")
+    note = f"\n\n{meta['device']}; {meta['budget']}; evaluation on {meta['eval']}.\n"
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + note)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+    width = 0.8 / max(len(cols), 1)
+    for j, c in enumerate(cols):
+        ax.bar([i + j * width for i in range(len(rows))], [100 * r["scores"].get(c, 0) for r in rows], width, label=c)
+    ax.set_xticks([i + width * (len(cols) - 1) / 2 for i in range(len(rows))], [r["row"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("top-1 on the test subset (%)")
+    ax.set_title(f"Fashion-MNIST, {meta['budget']}")
+    lo = min(100 * v for r in rows for v in r["scores"].values())
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from fastssl.methods.registry import method_names
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(method_names()), help="comma-separated method names")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: each config's)")
+    p.add_argument("--long", action="append", default=[], metavar="NAME:STEPS", help="an extra, longer row")
+    p.add_argument("--smoke", action="store_true", help="2 steps of a tiny ViT per method; not a measurement")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument("--set", action="append", default=[], help="extra config override for every run, e.g. optim.batch_size=64")
+    args = p.parse_args(argv)
+
+    names = [n for n in args.methods.split(",") if n]
+    unknown = set(names) - set(method_names())
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)} (registered: {', '.join(method_names())})")
+    runs_dir = args.runs_dir / ("smoke" if args.smoke else "")
+    rows: list[dict] = []
+    for name in names:
+        extra = [*SMOKE_OVERRIDES, *_smoke_heads(name)] if args.smoke else []
+        rows.append(train_method(name, runs_dir / name, args.steps, extra + args.set, name))
+        print(f"[quality] {name}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
+    for spec in args.long:
+        name, _, steps = spec.partition(":")
+        rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)"))
+        print(f"[quality] {spec}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
+    ref_cfg = ROOT / "configs" / "fmnist" / f"{names[0]}.yaml"
+    reference = [{"row": "random init", "method": None, "scores": rows[0]["init"]},
+                 raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
+    rows = reference + rows
+    first = rows[2]
+    meta = {
+        "device": "CPU (smoke)" if args.smoke else f"CPU, {os.cpu_count()} cores",
+        "budget": f"{first['steps']} steps × {_batch(ref_cfg, args)} images, ViT config of configs/fmnist/<name>.yaml",
+        "eval": "kNN bank = fixed train subset, queries = fixed test subset (eval.train_samples / test_samples)",
+        "python": sys.version.split()[0],
+    }
+    write_outputs(rows, meta, "quality-smoke" if args.smoke else "quality-cpu")
+    print((RESULTS / ("quality-smoke.md" if args.smoke else "quality-cpu.md")).read_text())
+    return rows
+
+
+def _batch(cfg_path: Path, args) -> int:
+    from fastssl.config import load_config
+
+    overrides = (SMOKE_OVERRIDES if args.smoke else []) + args.set
+    return load_config(cfg_path, overrides).optim.batch_size
+
+
+if __name__ == "__main__":
+    main()
