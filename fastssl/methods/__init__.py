@@ -1,1 +1,1 @@
-"""One file per method; each builds its backbone and heads and returns a StepOutput from forward."""
+"""One file per method (config + module), registered in ``registry.py``; the contract is in ``output.py``."""

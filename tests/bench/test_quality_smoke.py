@@ -1,0 +1,25 @@
+"""bench/quality.py --smoke: every registered method trains 2 steps from the CLI, the reference rows
+are computed, and the JSON / Markdown / PNG are written."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quality_smoke(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import bench.quality as q
+    from fastssl.methods.registry import method_names
+
+    monkeypatch.setattr(q, "RESULTS", tmp_path)
+    rows = q.main(["--smoke", "--runs-dir", str(tmp_path / "runs")])
+    assert [r["row"] for r in rows] == ["random init", "raw pixels", *method_names()]
+    for r in rows:
+        assert r["scores"] and all(0.0 <= v <= 1.0 for v in r["scores"].values()), r
+    for r in rows[2:]:
+        assert r["steps"] == 2 and r["images_per_s"] > 0
+    saved = json.loads((tmp_path / "quality-smoke.json").read_text())
+    assert len(saved["rows"]) == len(rows)
+    assert (tmp_path / "quality-smoke.png").stat().st_size > 0
+    assert "| raw pixels |" in (tmp_path / "quality-smoke.md").read_text()
