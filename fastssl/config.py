@@ -26,6 +26,15 @@ class RunConfig(Section):
         "auto", description="auto: continue from the latest checkpoint in output_dir if any; never: start fresh; or a checkpoint folder."
     )
 
+    @model_validator(mode="after")
+    def _usable_paths(self) -> "RunConfig":
+        from fastssl.engine.run_paths import output_dir_problem, resume_problem
+
+        problem = output_dir_problem(self.output_dir) or resume_problem(self.resume)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class ModelConfig(Section):
     arch: str = Field("vit_tiny_patch16_224", description="timm model name (vit_tiny_patch16_224 ... vit_large_patch16_224).")
@@ -59,6 +68,23 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay; norms, biases, cls/pos tokens get none.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     clip_grad: float | None = Field(3.0, gt=0, description="Global gradient-norm clipping; None disables.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdamW betas must each be in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}")
+        return betas
+
+    @model_validator(mode="after")
+    def _representable_lr(self) -> "OptimConfig":
+        # The peak LR (base_lr × global batch / 256, global batch >= batch_size × grad_accum) lives in
+        # float32 optimizer state; beyond float32's range every update is inf.
+        peak = self.base_lr * self.batch_size * self.grad_accum / 256
+        if not (self.base_lr < 3.4e38 and peak < 3.4e38):
+            raise ValueError(f"base_lr={self.base_lr:g} gives a peak learning rate beyond float32's range; "
+                             "typical values are 1e-4 ... 1e-2")
+        return self
 
 
 class EngineConfig(Section):
@@ -122,6 +148,11 @@ class TrainConfig(Section):
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
+        if self.deepspeed:
+            from fastssl.engine import ds_keys
+
+            ds_keys.check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
+            ds_keys.warn_unknown(self.deepspeed)
         return self
 
 
@@ -172,7 +203,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                              "quote it or fix the brackets") from None
+        _set_dotted(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:

@@ -4,6 +4,8 @@
     python fastssl/train.py --config configs/<name>.yaml [dotted.key=value ...]   # one process
 
 Config mistakes end before any work with one line naming the key or path and exit code 2.
+Exit codes: 0 done (or already finished), 2 config error, 3 non-finite loss, 4 disk full,
+130 Ctrl-C, 143 SIGTERM or the launcher gone (a checkpoint is saved for 130 and 143).
 """
 from __future__ import annotations
 
@@ -45,16 +47,35 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="[fastssl] %(message)s")
-    from fastssl.engine.loop import EXIT_SIGTERM, Terminated, TrainingStopped, run
+    from fastssl.engine.disk import DiskFull
+    from fastssl.engine.loop import TrainingStopped, run
+    from fastssl.engine.run_dir import RunFinished
+    from fastssl.engine.signals import EXIT_SIGINT, Interrupted
+
+    def say(message: str) -> None:  # rank 0 speaks for all: every rank gets the same outcome
+        if rank == 0:
+            print(f"fastssl: {message}", file=sys.stderr, flush=True)
 
     try:
         summary = run(cfg)
-    except Terminated as err:
-        print(f"fastssl: {err}", file=sys.stderr)
-        return EXIT_SIGTERM
+    except ConfigError as err:  # found at set-up: output directory, data set, batch arithmetic
+        say(f"config error: {err}")
+        return EXIT_CONFIG
+    except RunFinished as err:
+        say(str(err))
+        return 0
+    except Interrupted as err:
+        say(str(err))
+        return err.exit_code
+    except DiskFull as err:
+        print(f"fastssl: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     except TrainingStopped as err:
         print(f"fastssl: {err}", file=sys.stderr)
         return EXIT_STOPPED
+    except KeyboardInterrupt:  # Ctrl-C outside the train loop (set-up or final evaluation)
+        say("interrupted (Ctrl-C); complete checkpoints are kept: re-run the same command to continue")
+        return EXIT_SIGINT
     if rank == 0:
         from fastssl.report import print_summary
 

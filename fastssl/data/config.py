@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fastssl.config_base import Section
+from fastssl.data.folder_checks import foreign_entry, split_problem
 from fastssl.data.sources import DEBIAN_SOURCE, INSTALL_HINT, is_prepared, missing_source_files
 
 # Fashion-MNIST pixel statistics over the 60k training images (grey, so the same for R, G, B).
@@ -119,7 +120,17 @@ class DataConfig(Section):
             for split in ("train", "test"):
                 if not (root / split).is_dir():
                     raise ValueError(f"data.root {root} has no {split}/ sub-folder (dataset: folder)")
+            for split in ("train", "test"):
+                problem = split_problem(root / split)
+                if problem:
+                    raise ValueError(f"data.root: {problem} (dataset: folder)")
         elif not is_prepared(self.root):
+            foreign = foreign_entry(self.root)
+            if foreign is not None:
+                raise ValueError(
+                    f"data.root {self.root} is not a fastssl Fashion-MNIST folder (it holds {foreign}); "
+                    "use data.dataset=folder to train on it as it is, or another data.root"
+                )
             # Fail at config time, not after the model is built, when the source cannot be found.
             missing = missing_source_files(self.source)
             if missing:

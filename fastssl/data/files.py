@@ -1,14 +1,20 @@
 """Scan an image folder (``<split>/<class>/*.png|jpg``) into a validated file list.
 
 DALI's decoders abort the whole pipeline on one undecodable file, so every file is checked before
-the list reaches DALI. The checks are cheap (no pixel decode): non-empty, PNG / JPEG magic bytes,
-the file's end marker present (catches truncated copies), and PIL parses the header. Rejected files
-are skipped and reported in one logging warning with their count and a few examples.
+the list reaches DALI: non-empty, PNG / JPEG magic bytes, the end marker present (catches truncated
+copies), PIL parses the header, and then PIL decodes the pixels. The full decode is what catches a
+PNG with a valid header and ``IEND`` but corrupt compressed data, or a JPEG with corrupt scan data
+(checked: DALI aborts on the former; PIL rejects both). JPEGs are decoded at 1/8 scale
+(``Image.draft``), which still reads every entropy-coded byte. Files are checked in a thread pool
+(PIL releases the GIL while decoding). Rejected files are skipped and reported in one warning per
+process and split with their count and a few examples; the full list is in the manifest.
 
 The validated list is cached in a small JSON manifest next to the split folder
 (``<root>/.<split>.fastssl-manifest.json``), keyed by the number of candidate files, their total
 size, the newest mtime and a digest of their names, so a second scan of an unchanged folder only
-lists and stats the files (70k files: well under a second) instead of opening each one.
+lists and stats the files (70k files: well under a second) instead of decoding each one. A
+read-only data folder gets its manifest in the user cache instead
+(``$XDG_CACHE_HOME/fastssl/manifests/``, default ``~/.cache``).
 """
 from __future__ import annotations
 
@@ -16,13 +22,14 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: full decode (a version-1 manifest may list files with corrupt pixel data)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every complete PNG
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -48,8 +55,7 @@ class ImageList:
 def check_image_file(path: Path | str, size: int | None = None) -> str | None:
     """Why ``path`` would crash an image decoder, or None when it looks decodable.
 
-    Reads the first and last bytes and lets PIL parse the header (``Image.open`` is lazy: it does
-    not decode pixels).
+    Reads the first and last bytes, lets PIL parse the header, then decodes the pixels.
     """
     from PIL import Image
 
@@ -81,6 +87,13 @@ def check_image_file(path: Path | str, size: int | None = None) -> str | None:
                     return f"bad image size {w}x{h}"
     except Exception as err:  # any parse failure means the file must not reach DALI
         return f"unreadable header ({type(err).__name__}: {err})"
+    try:
+        with Image.open(path) as im:
+            if expected == "JPEG":
+                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except Exception as err:  # the compressed pixel data is corrupt
+        return f"corrupt image data ({type(err).__name__}: {err})"
     return None
 
 
@@ -116,22 +129,63 @@ def manifest_path(split_dir: Path) -> Path:
     return split_dir.parent / f".{split_dir.name}.fastssl-manifest.json"
 
 
+def fallback_manifest_path(split_dir: Path) -> Path:
+    """Where the manifest of a read-only data folder is cached: the user cache, keyed by the split's path."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastssl" / "manifests"
+    digest = hashlib.sha1(str(Path(split_dir).resolve()).encode()).hexdigest()[:16]
+    return base / f"{Path(split_dir).name}-{digest}.json"
+
+
 def _read_manifest(path: Path, key: dict) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if data.get("key") == key else None
+    return data if isinstance(data, dict) and data.get("key") == key else None
 
 
-def _write_manifest(path: Path, data: dict) -> None:
+def _try_write(path: Path, text: str) -> bool:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
         os.replace(tmp, path)  # atomic: a reader sees the old manifest or the new one
-    except OSError as err:  # read-only data folder: validate again next time
+        return True
+    except OSError as err:
         log.debug("could not write the manifest %s: %s", path, err)
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses the unlink too; there is nothing to remove then
+            pass
+        return False
+
+
+def _write_manifest(split_dir: Path, data: dict) -> Path | None:
+    """Next to the split if the folder is writable, else in the user cache; None if neither is."""
+    text = json.dumps(data)
+    for path in (manifest_path(split_dir), fallback_manifest_path(split_dir)):
+        if _try_write(path, text):
+            return path
+    return None
+
+
+def _validate(split_dir: Path, entries: list[tuple[str, int, int]]) -> tuple[list[str], list[str]]:
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(lambda e: check_image_file(split_dir / e[0], e[1]), entries, chunksize=64))
+    valid, skipped = [], []
+    for (rel, _, _), reason in zip(entries, reasons):
+        if reason is None:
+            valid.append(rel)
+        else:
+            skipped.append(rel)
+            log.debug("skipping %s: %s", split_dir / rel, reason)
+    return valid, skipped
+
+
+#: (split folder, cache key) already reported by this process: the train split is scanned by the
+#: train loader and again by the kNN bank loader, and the report must appear once.
+_reported: set[tuple[str, str]] = set()
 
 
 def scan_image_folder(split_dir: Path | str, *, use_cache: bool = True, warn: bool = True) -> ImageList:
@@ -148,27 +202,31 @@ def scan_image_folder(split_dir: Path | str, *, use_cache: bool = True, warn: bo
     if not classes:
         raise ValueError(f"{split_dir} has no class sub-folders (expected {split_dir}/<class>/*.png|jpg)")
     key = _cache_key(classes, entries)
-    mpath = manifest_path(split_dir)
-    cached = _read_manifest(mpath, key) if use_cache else None
+    cached = None
+    where = None
+    if use_cache:
+        for candidate in (manifest_path(split_dir), fallback_manifest_path(split_dir)):
+            cached = _read_manifest(candidate, key)
+            if cached is not None:
+                where = candidate
+                break
     if cached is not None:
         valid, skipped = cached["valid"], cached["skipped"]
     else:
-        valid, skipped = [], []
-        for rel, size, _ in entries:
-            reason = check_image_file(split_dir / rel, size)
-            if reason is None:
-                valid.append(rel)
-            else:
-                skipped.append(rel)
-                log.debug("skipping %s: %s", split_dir / rel, reason)
+        valid, skipped = _validate(split_dir, entries)
         if use_cache:
-            _write_manifest(mpath, {"key": key, "valid": valid, "skipped": skipped})
+            where = _write_manifest(split_dir, {"key": key, "valid": valid, "skipped": skipped})
+    report = (str(split_dir.resolve()), key["names_sha1"] + str(key["newest_mtime_ns"]))
     if skipped:
+        level = logging.WARNING if warn and report not in _reported else logging.DEBUG
         log.log(
-            logging.WARNING if warn else logging.DEBUG,
-            "%s: skipped %d of %d image files that cannot be decoded (empty, truncated or corrupt), e.g. %s",
+            level,
+            "%s: skipped %d of %d image files that cannot be decoded (empty, truncated or corrupt), e.g. %s%s",
             split_dir, len(skipped), len(entries), ", ".join(skipped[:_EXAMPLES]),
+            f" (all listed in {where})" if where is not None and len(skipped) > _EXAMPLES else "",
         )
+        if level == logging.WARNING:
+            _reported.add(report)
     if not valid:
         raise ValueError(f"{split_dir} holds no decodable .png/.jpg images ({len(skipped)} rejected)")
     label_of = {name: k for k, name in enumerate(classes)}

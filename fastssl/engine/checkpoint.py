@@ -8,6 +8,7 @@ Assumes ``output_dir`` is on a file system every rank sees (as DeepSpeed's own r
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -16,6 +17,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fastssl.engine import disk
+
+SHAPE_FILE = "shape.json"
 _STEP_DIR = re.compile(r"^step(\d+)$")
 
 
@@ -50,10 +54,26 @@ def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, 
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     _barrier()
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"train_state": asdict(state)}, save_latest=False)
-    torch.save(rank_state, root / tmp_tag / f"rank{rank}.pt")
-    _barrier()
     final = root / tag
+    failed: BaseException | None = None
+    try:
+        engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"train_state": asdict(state)}, save_latest=False)
+        torch.save(rank_state, root / tmp_tag / f"rank{rank}.pt")
+        _write_shape(root / tmp_tag, rank, state, engine)
+    except Exception as err:  # noqa: BLE001  (decided below, after every rank reports)
+        failed = err
+    if _any_rank(failed is not None):
+        # Nothing of this checkpoint may survive: the .tmp folder goes, the last complete one stays.
+        if rank == 0 or failed is not None:
+            disk.remove_quietly(root / tmp_tag)
+        previous = checkpoints(root)
+        last = previous[-1][1] if previous else None
+        if failed is not None and disk.is_disk_full(failed, root):
+            raise disk.DiskFull(final, last) from None
+        if failed is not None:
+            raise failed
+        raise RuntimeError(f"another rank failed while writing {final}; the last complete checkpoint is {last or 'none'}")
+    _barrier()
     if rank == 0:
         if final.exists():  # the same step saved twice (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
@@ -64,14 +84,48 @@ def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, 
     return final
 
 
-def load(engine, folder: Path, rank: int) -> tuple[TrainState, dict]:
-    """Load a checkpoint folder written by ``save`` into ``engine``; returns (state, this rank's state)."""
+def _any_rank(flag: bool) -> bool:
+    """OR over ranks, so that a rank whose write failed does not leave the others waiting in a barrier."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _write_shape(folder: Path, rank: int, state: TrainState, engine) -> None:
+    """Rank 0 records the rank count and global batch that wrote the checkpoint (read by ``world_change``)."""
+    if rank != 0:
+        return
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    shape = {"world_size": world, "global_batch": int(engine.train_batch_size()), "global_step": state.global_step,
+             "zero_stage": int(engine.zero_optimization_stage())}
+    (folder / SHAPE_FILE).write_text(json.dumps(shape))
+
+
+def saved_shape(folder: Path) -> dict:
+    """``shape.json`` of a checkpoint; for checkpoints written before it existed, the rank count from the files."""
+    try:
+        return json.loads((Path(folder) / SHAPE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"world_size": len(list(Path(folder).glob("rank*.pt")))}
+
+
+def load(engine, folder: Path, rank: int) -> tuple[TrainState, dict | None]:
+    """Load a checkpoint folder written by ``save`` into ``engine``; returns (state, this rank's state).
+
+    This rank's state (data position, RNG) is None when the checkpoint was written by another number
+    of ranks: the per-rank data streams do not carry over, ``world_change.skip_to`` takes their place.
+    """
     _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True)
     if client is None:
         raise RuntimeError(f"could not load the DeepSpeed checkpoint in {folder}")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if saved_shape(folder).get("world_size") != world:
+        return TrainState(**client["train_state"]), None
     rank_file = folder / f"rank{rank}.pt"
     if not rank_file.is_file():
-        raise RuntimeError(f"{rank_file} is missing: was this checkpoint written with a different number of ranks?")
+        raise RuntimeError(f"{rank_file} is missing: the checkpoint is incomplete; resume from an earlier one with run.resume=<folder>")
     return TrainState(**client["train_state"]), torch.load(rank_file, weights_only=False)
 
 

@@ -33,7 +33,7 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], device: torch.device) -> d
 def train_one_epoch(s: Session, stop, bar=None) -> bool:
     """Train until the loader's epoch ends or ``s.plan.total_steps`` is reached.
 
-    ``stop.raised`` (a SIGTERM flag) is checked at every step. Returns True when the epoch's data
+    ``stop.raised`` (``signals.StopSignals``) is checked at every step. Returns True when the epoch's data
     was used up (the caller counts the epoch), False when training ended inside it.
     """
     engine, state, plan, cfg = s.engine, s.state, s.plan, s.cfg
@@ -70,7 +70,7 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
         if bar is not None:
             bar.update(1)
         if terminate:
-            raise Terminated(f"SIGTERM: checkpoint saved at {s.save()}; re-run the same command to resume")
+            raise stop.stopped(s.save())
         if state.global_step % cfg.engine.ckpt_every_steps == 0:
             s.save()
         if state.global_step >= plan.total_steps:

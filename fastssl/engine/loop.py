@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastssl.config import TrainConfig
+from fastssl.engine import run_dir
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
+from fastssl.engine.signals import StopSignals
 from fastssl.eval.export import encoder_state_dict, save_encoder
 from fastssl.eval.run_knn import Score, score_from_dict
 
@@ -32,21 +33,6 @@ class RunSummary:
     eval_init: list[Score]
     eval_final: list[Score]
     encoder_path: Path | None
-
-
-class _SigtermFlag:
-    """Records SIGTERM instead of dying mid-step; the epoch checks it at step boundaries."""
-
-    def __enter__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 class _ProgressBar:
@@ -94,14 +80,14 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
     """Final checkpoint, evaluation, curves, encoder export and summary."""
     if s.last_checkpoint is None or s.last_checkpoint.name != f"step{s.state.global_step}":
         s.save()
+    sd = encoder_state_dict(s.method.encoder)  # exported before the evaluation, which must not be able to cost it
+    encoder_path = save_encoder(sd, s.out / "encoder.pt") if s.is_main else None
     eval_final = evaluate(s)
     s.metrics.close()
     if s.is_main:
         from fastssl.report import plot_curves
 
         plot_curves(s.metrics.path, s.out / "curves.png")
-    sd = encoder_state_dict(s.method.encoder)
-    encoder_path = save_encoder(sd, s.out / "encoder.pt") if s.is_main else None
     summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path)
     if s.is_main:
         write_json(s.out / "summary.json", asdict(summary))
@@ -112,9 +98,12 @@ def run(cfg: TrainConfig) -> RunSummary:
     s = setup(cfg)
     eval_init = evaluate_at_init(s)
     every = cfg.eval.knn_every_epochs
-    with _SigtermFlag() as stop, _ProgressBar(s) as bar:
+    with StopSignals() as stop, _ProgressBar(s) as bar:  # SIGTERM, Ctrl-C, launcher gone: save at the step boundary
         while s.state.global_step < s.plan.total_steps:
             epoch_done = train_one_epoch(s, stop, bar)
             if epoch_done and every and s.state.epoch % every == 0 and s.state.global_step < s.plan.total_steps:
                 evaluate(s)
-    return finish(s, eval_init)
+    summary = finish(s, eval_init)
+    if s.is_main:
+        run_dir.mark_finished(cfg, s.state.global_step)  # a re-run of this config now says "finished"
+    return summary

@@ -5,7 +5,6 @@ applied at its end, so what follows never cares whether the run is fresh.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import torch.distributed as dist
 
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
+from fastssl.engine import disk, preflight, run_dir, world_change
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
 from fastssl.engine.metrics_log import MetricsLog
@@ -103,9 +103,8 @@ class Session:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    found = ckpt.checkpoints(path.parent / "checkpoints")  # named if the disk is full
+    disk.atomic_write_json(path, obj, last_complete=found[-1][1] if found else None)
 
 
 def _resume_folder(cfg: TrainConfig, root: Path) -> Path | None:
@@ -124,15 +123,14 @@ def setup(cfg: TrainConfig) -> Session:
     import deepspeed
 
     from fastssl.data.loader import EvalLoader, TrainLoader
-    from fastssl.data.prepare import ensure_dataset
 
     rank, local_rank, world = init_distributed()
     device = device_for(local_rank)
     out = Path(cfg.run.output_dir)
-    folder = _resume_folder(cfg, out / "checkpoints")  # a bad run.resume path fails before any work
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        ensure_dataset(cfg.data)
+    run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); refuse another run's dir; stop if finished
+    folder = _resume_folder(cfg, out / "checkpoints")
+    cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
+    preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
     if dist.is_initialized():
         dist.barrier()
 
@@ -148,7 +146,7 @@ def setup(cfg: TrainConfig) -> Session:
     # ---- DeepSpeed engine --------------------------------------------------------------------------
     ds_cfg = deepspeed_config(cfg, plan, world)
     if rank == 0:
-        (out / "config.yaml").write_text(dump_config(cfg))
+        disk.atomic_write_text(out / "config.yaml", dump_config(cfg), last_complete=folder)
         write_json(out / "deepspeed.json", ds_cfg)
     groups, origin = optimizer_groups(method.param_groups(), o.weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
@@ -169,8 +167,11 @@ def setup(cfg: TrainConfig) -> Session:
     state = ckpt.TrainState()
     if folder is not None:
         state, rank_state = ckpt.load(engine, folder, rank)
-        loader.load_state_dict(rank_state["loader"])
-        ckpt.set_rng_state(rank_state["rng"])
+        if rank_state is not None:
+            loader.load_state_dict(rank_state["loader"])
+            ckpt.set_rng_state(rank_state["rng"])
+        else:  # written by another number of ranks
+            world_change.skip_to(loader, state, o.grad_accum)
         if rank == 0:
             log.info("resumed from %s (step %d, epoch %d)", folder, state.global_step, state.epoch)
     # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.

@@ -1,0 +1,43 @@
+"""Cheap checks of a data folder's layout, run at config time so a wrong folder is one line, not a traceback.
+
+Cheap means: stop at the first image found. The full scan (every file decoded, bad files skipped
+and reported) still happens once in ``files.scan_image_folder``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastssl.data.files import IMAGE_SUFFIXES
+
+#: The class folders ``prepare`` writes (``0_tshirt_top`` ... ``9_ankle_boot``), by their numeric prefix.
+_FMNIST_PREFIXES = tuple(f"{k}_" for k in range(10))
+
+
+def split_problem(split_dir: Path) -> str | None:
+    """Why ``split_dir`` cannot be an image-folder split, or None: it needs class folders holding images."""
+    classes = [e for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
+    if not classes:
+        return f"{split_dir} has no class sub-folders (expected {split_dir}/<class>/*.png|jpg)"
+    for c in classes:
+        with os.scandir(c.path) as it:
+            if any(e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".") for e in it):
+                return None
+    return f"{split_dir} holds no .png/.jpg images in its class folders ({', '.join(sorted(c.name for c in classes)[:3])} ...)"
+
+
+def foreign_entry(root: Path) -> Path | None:
+    """Something in an unprepared Fashion-MNIST ``root`` that fastssl did not write (it must not be overwritten)."""
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        return root
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.name not in ("train", "test") or not entry.is_dir():
+            return entry
+        for c in entry.iterdir():
+            if not (c.is_dir() and c.name.startswith(_FMNIST_PREFIXES)):
+                return c
+    return None

@@ -1,0 +1,77 @@
+"""Set-up checks that need the data or the rank count: one line (exit 2) instead of a traceback later.
+
+``prepare_data`` replaces a bare ``ensure_dataset`` call: rank 0 writes/scans the data set, every
+rank then learns the outcome (so no rank waits in a barrier for a rank that failed), and the batch
+arithmetic is checked against the number of usable training images before any model is built:
+- the per-rank batch must fit in the per-rank share of the training set;
+- ``optim.grad_accum`` must leave at least one optimizer step per epoch;
+- a ``deepspeed.train_batch_size`` must equal batch_size × grad_accum × ranks;
+- a kNN ``k`` larger than the memory bank is used as the bank size, and the log says so.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastssl.config import ConfigError, TrainConfig
+
+log = logging.getLogger("fastssl")
+
+
+def _broadcast_error(message: str | None) -> str | None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return message
+
+
+def check_batches(cfg: TrainConfig, n_train: int, world: int) -> None:
+    """ConfigError when the batch settings leave no step in an epoch for ``n_train`` usable images."""
+    o = cfg.optim
+    train_dir = Path(cfg.data.root) / "train"
+    micro_steps = (n_train // world) // o.batch_size
+    if micro_steps == 0:
+        raise ConfigError(
+            f"optim.batch_size={o.batch_size} on {world} rank(s) needs at least {o.batch_size * world} training images; "
+            f"{train_dir} has {n_train} usable ones; lower optim.batch_size"
+        )
+    if micro_steps < o.grad_accum:
+        raise ConfigError(
+            f"optim.grad_accum={o.grad_accum} leaves no optimizer step in an epoch ({micro_steps} batch(es) of "
+            f"{o.batch_size} per rank per epoch); lower optim.grad_accum to at most {micro_steps}"
+        )
+    from fastssl.engine.ds_keys import check_batch_keys
+
+    check_batch_keys(cfg.deepspeed, micro=o.batch_size, accum=o.grad_accum, world=world)
+
+
+def note_knn_bank(cfg: TrainConfig, n_train: int) -> None:
+    """Warn when a kNN k exceeds the memory bank (the kNN then uses every bank entry)."""
+    bank = min(n_train, cfg.eval.train_samples or n_train)
+    for k in sorted({cfg.eval.knn_k, *(p.k for p in cfg.eval.knn_extra)}):
+        if k > bank:
+            log.warning("eval: k=%d is larger than the kNN memory bank (%d train images): the kNN uses k=%d", k, bank, bank)
+
+
+def prepare_data(cfg: TrainConfig, rank: int, world: int) -> int:
+    """Prepare and scan the data set (rank 0), then check the batch arithmetic; returns the usable train images."""
+    from fastssl.data.files import scan_image_folder
+    from fastssl.data.prepare import ensure_dataset
+
+    error = None
+    if rank == 0:
+        try:
+            ensure_dataset(cfg.data)
+        except (ValueError, FileNotFoundError, FileExistsError) as err:  # the data set is unusable as configured
+            error = f"data.root: {err}"
+    error = _broadcast_error(error)
+    if error:
+        raise ConfigError(error)
+    n_train = len(scan_image_folder(Path(cfg.data.root) / "train", warn=False))  # from the manifest just written
+    check_batches(cfg, n_train, world)
+    if rank == 0:
+        note_knn_bank(cfg, n_train)
+    return n_train
