@@ -43,6 +43,7 @@ def test_every_registered_method_has_configs():
 def test_shipped_configs_validate(name, tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "c").mkdir(parents=True)
+        (tmp_path / split / "c" / "0.png").write_bytes(b"")  # the config checks that each split holds an image file
     fm = load_config(REPO / "configs" / "fmnist" / f"{name}.yaml")
     assert fm.method.name == name and fm.data.dataset == "fashion-mnist"
     gpu = load_config(REPO / "configs" / "imagenet" / f"{name}.yaml", [f"data.root={tmp_path}"])
