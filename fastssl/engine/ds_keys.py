@@ -70,6 +70,8 @@ def unknown_keys(block: dict, prefix: str = "deepspeed") -> list[str]:
 def warn_unknown(block: dict) -> list[str]:
     """Log one warning per unknown key, with the closest known key; returns the unknown names."""
     names = unknown_keys(block)
+    if os.environ.get("RANK", "0") != "0":
+        return names  # every rank validates the config; rank 0 speaks for all
     for name in names:
         close = difflib.get_close_matches(name.rsplit(".", 1)[-1], known_keys(), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -140,7 +140,10 @@ def _prepare_main(cfg: TrainConfig) -> Path | None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"run.output_dir {out} cannot be created ({err.strerror}); choose a writable folder") from None
-    acquire_lock(out)
+    try:
+        acquire_lock(out)
+    except OSError as err:  # e.g. a read-only file system
+        raise ConfigError(f"run.output_dir {out} is not writable ({err.strerror}); choose another run.output_dir") from None
     finished = out / FINISHED_NAME
     if cfg.run.resume == "never":
         return _move_aside(out)

@@ -125,3 +125,13 @@ def test_output_dir_that_cannot_be_created(tmp_path, data):
         make_cfg(tmp_path / "file", data)
     with pytest.raises(Exception, match="cannot be created"):
         make_cfg(tmp_path / "file" / "run", data)
+
+
+def test_an_unwritable_directory_at_start_is_one_line(tmp_path, data, monkeypatch):
+    """The config-time check cannot see everything (e.g. a folder that turns read-only): the lock file is the probe."""
+    def refuse(out):
+        raise PermissionError(13, "Permission denied", str(out / run_dir.LOCK_NAME))
+
+    monkeypatch.setattr(run_dir, "acquire_lock", refuse)
+    with pytest.raises(ConfigError, match="is not writable \\(Permission denied\\); choose another run.output_dir"):
+        run_dir.prepare(make_cfg(tmp_path / "run", data), rank=0)

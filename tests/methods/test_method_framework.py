@@ -25,8 +25,9 @@ SMALL_HEADS = {
 
 
 def tiny_method(name: str, tmp_path):
-    (tmp_path / "train" / "a").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "test" / "a").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / split / "a" / "0.png").touch()  # the config checks that each split holds an image file
     cfg = TrainConfig.model_validate({
         "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
         "model": {"arch": "test_vit", "patch_size": 4},
