@@ -48,7 +48,7 @@ def test_shipped_configs_validate(folder_data):
         ("", ["engine.precision=fp16"], "engine.precision=fp16 needs engine.zero_stage"),
         ("", ["method.loss=infonce"], "method.loss"),
         ("", ["nosection.key=1"], "nosection: unknown key"),
-        ("", ["method.name=foo"], "method: Input tag 'foo'"),
+        ("", ["method.name=foo"], "method.name: unknown method 'foo' (one of simclr"),
         ("", ["model.arch=vit_huge_nonsense"], "model.arch: 'vit_huge_nonsense' is not a timm ViT"),
         ("", ["optim.epochs"], "not of the form"),
         ("optim: [1, 2\n", [], "not valid YAML"),
