@@ -44,17 +44,23 @@ def _smoke_heads(name: str) -> list[str]:
     return out
 
 
-def train_method(name: str, out_dir: Path, steps: int | None, extra: list[str], label: str) -> dict:
-    """One CLI run; returns its row (scores, wall time, images/s)."""
+def train_method(name: str, out_dir: Path, steps: int | None, extra: list[str], label: str, reuse: bool = False) -> dict:
+    """One CLI run; returns its row (scores, wall time, images/s). ``reuse``: take a finished run
+    already in ``out_dir`` (same command) instead of training again."""
     cmd = [sys.executable, str(TRAIN), "--config", str(ROOT / "configs" / "fmnist" / f"{name}.yaml"),
            f"run.output_dir={out_dir}", "run.resume=never", "engine.progress=false", *extra]
     if steps is not None:
         cmd.append(f"optim.max_steps={steps}")
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    timing = out_dir / "quality_wall_s.txt"
+    if reuse and (out_dir / "summary.json").is_file():
+        wall = float(timing.read_text()) if timing.is_file() else float("nan")
+    else:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        timing.write_text(f"{wall:.1f}")
     summary = json.loads((out_dir / "summary.json").read_text())
     scores = {_label(s): s["accuracy"] for s in summary["eval_final"]}
     init = {_label(s): s["accuracy"] for s in summary["eval_init"]}
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--smoke", action="store_true", help="2 steps of a tiny ViT per method; not a measurement")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run, e.g. optim.batch_size=64")
+    p.add_argument("--reuse", action="store_true", help="use finished runs already in --runs-dir instead of training again")
     args = p.parse_args(argv)
 
     names = [n for n in args.methods.split(",") if n]
@@ -148,11 +155,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     for name in names:
         extra = [*SMOKE_OVERRIDES, *_smoke_heads(name)] if args.smoke else []
-        rows.append(train_method(name, runs_dir / name, args.steps, extra + args.set, name))
+        rows.append(train_method(name, runs_dir / name, args.steps, extra + args.set, name, args.reuse))
         print(f"[quality] {name}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
     for spec in args.long:
         name, _, steps = spec.partition(":")
-        rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)"))
+        rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)", args.reuse))
         print(f"[quality] {spec}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
     ref_cfg = ROOT / "configs" / "fmnist" / f"{names[0]}.yaml"
     reference = [{"row": "random init", "method": None, "scores": rows[0]["init"]},
