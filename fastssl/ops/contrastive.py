@@ -17,26 +17,17 @@ gradient (see ``fastssl.ops.distributed``).
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 from fastssl.ops import reference
+from fastssl.ops.dispatch import Backend, use_triton
 from fastssl.ops.distributed import gather_rows
-
-Backend = Literal["auto", "reference", "triton"]
 
 
 def _core(backend: Backend, device: torch.device):
-    """Pick the implementation of ``contrastive_rows``: Triton on CUDA under ``auto``, else the reference.
-
-    The kernel module is imported only when chosen, so CPU-only use never needs Triton to import;
-    an import failure under ``auto`` on CUDA is raised, not hidden behind a silent fallback.
-    """
-    if backend not in ("auto", "reference", "triton"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
-    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+    """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` (``fastssl.ops.dispatch``)."""
+    if use_triton(backend, device):
         from fastssl.kernels.contrastive import contrastive_rows as triton_rows
 
         return triton_rows

@@ -10,13 +10,12 @@ gradient, and the op refuses an image that requires one instead of silently drop
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from fastssl.ops import reference
-
-Backend = Literal["auto", "reference", "triton"]
+from fastssl.ops.dispatch import Backend, use_triton
 
 
 class PatchNoise(NamedTuple):
@@ -32,12 +31,6 @@ class PatchNoise(NamedTuple):
     noise: torch.Tensor
 
 
-def _use_triton(backend: Backend, t: torch.Tensor) -> bool:
-    if backend not in ("auto", "reference", "triton"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
-    return backend == "triton" or (backend == "auto" and t.device.type == "cuda")
-
-
 def _check_imgs(imgs: torch.Tensor, patch_size: int) -> None:
     if imgs.ndim != 4:
         raise ValueError(f"imgs must be [B, C, H, W], got {tuple(imgs.shape)}")
@@ -51,7 +44,7 @@ def patchify(imgs: torch.Tensor, patch_size: int, *, backend: Backend = "auto") 
     out[b, i·(W/p) + j, (u·p + v)·C + c] = imgs[b, c, i·p + u, j·p + v]. Differentiable.
     """
     _check_imgs(imgs, patch_size)
-    if _use_triton(backend, imgs):
+    if use_triton(backend, imgs.device):
         from fastssl.kernels.patchify import patchify as triton_patchify
 
         return triton_patchify(imgs, patch_size)
@@ -110,7 +103,7 @@ def patchify_noise(
     if norm_target and patch_size * patch_size * imgs.shape[1] < 2:
         raise ValueError("norm_target needs at least 2 values per patch (unbiased variance)")
     imgs = imgs.detach()
-    if _use_triton(backend, imgs):
+    if use_triton(backend, imgs.device):
         from fastssl.kernels.patchify import patchify_noise as triton_patchify_noise
 
         seed = _kernel_seed(generator)

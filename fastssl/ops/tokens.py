@@ -9,19 +9,10 @@ force one (the Triton kernels also run on CPU under ``TRITON_INTERPRET=1``, whic
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from fastssl.ops import reference
-
-Backend = Literal["auto", "reference", "triton"]
-
-
-def _use_triton(backend: Backend, t: torch.Tensor) -> bool:
-    if backend not in ("auto", "reference", "triton"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
-    return backend == "triton" or (backend == "auto" and t.device.type == "cuda")
+from fastssl.ops.dispatch import Backend, use_triton
 
 
 def random_masking(
@@ -97,7 +88,7 @@ def gather_tokens(
         raise ValueError(f"x must be [B, L, D], got {tuple(x.shape)}")
     _check_ids(ids_keep, x.shape[0], x.device)
     _check_pos(pos_embed, x.shape[1], x.shape[2])
-    if _use_triton(backend, x):
+    if use_triton(backend, x.device):
         from fastssl.kernels.tokens import gather_tokens as triton_gather
 
         return triton_gather(x, ids_keep, pos_embed)
@@ -129,7 +120,7 @@ def scatter_tokens(
     if mask_token.numel() != x.shape[2]:
         raise ValueError(f"mask_token must hold D={x.shape[2]} values, got shape {tuple(mask_token.shape)}")
     _check_pos(pos_embed, num_patches, x.shape[2])
-    if _use_triton(backend, x):
+    if use_triton(backend, x.device):
         from fastssl.kernels.tokens import scatter_tokens as triton_scatter
 
         return triton_scatter(x, ids_keep, num_patches, mask_token, pos_embed)
