@@ -28,14 +28,24 @@ when cols needs no grad (MoCo's momentum keys: no dK work).
 
 Occupancy: one contrastive matrix has no batch/head axis to spread over the SMs, so each kernel
 may also split its reduction loop (columns for the forward and dRows, rows for dCols) into
-``splits`` chunks, a third grid axis, when there are fewer than ~2 programs per SM (``_splits``).
-The forward's partial (max, sum) pairs are merged by ``_contrastive_lse_merge_kernel``; the
-backward's fp32 partial gradients by a fixed-order sum. Extra memory stays O(M) in the forward
-and O(splits·M·D) in the backward, only at sizes small enough to need it.
+``splits`` chunks, a third grid axis, when there are too few programs (``_splits``: ~2 per SM in
+the forward, ~1 in the backward, whose partials are large). The forward's partial (max, sum) pairs
+are merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed
+in a fixed order and cast by ``_sum_cast_kernel`` (one pass). Extra memory stays O(M) in the
+forward and O(splits·M·D) in the backward, only at sizes small enough to need it.
+
+Bytes: when rows and cols are one tensor (single-process NT-Xent/DCL) dCols is added onto dRows by
+the dCols kernel itself (``ACCUMULATE``) or by the sum-and-cast pass, so the gradient leaves as one
+tensor: no autograd add of two [M, D] gradients, no separate cast.
+
+Tiles: ``fastssl.kernels.contrastive_tiles`` lists the autotune configs and prunes them per
+(dtype, D) at launch to those that fit sm_90's shared memory and do not spill;
+tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
 
 D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
 (``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
-and kept in registers for the whole column/row loop, as FlashAttention keeps Q. For D > 256 the
+and kept on chip for the whole column/row loop (Triton stages it in shared memory for wgmma), as
+FlashAttention keeps Q. For D > 256 the
 logits are accumulated over a loop of D-blocks, and the backward grids get a second axis over
 D-blocks of the output, each output block recomputing the full logits: compute grows from 4 to
 2 + 2·ceil(D/256) matmul-equivalents in the backward, which is the price of an fp32 accumulator
@@ -45,8 +55,10 @@ Precision: products accumulate in fp32; bf16/fp16 tiles go to the tensor cores a
 dS is cast to the input dtype for the second matmul of each backward pass (as FlashAttention does
 with P and dS); fp32 inputs use "tf32x3" (three TF32 passes, close to fp32 accuracy, still on
 tensor cores). Under ``TRITON_INTERPRET=1`` (CPU tests) every tile is upcast to fp32 after the
-load, because the interpreter's bf16 arithmetic is not faithful; outputs are cast on store.
-Index arithmetic is int32: M·D and C·D must stay below 2³¹ elements.
+load, because the interpreter's bf16 arithmetic is not faithful; outputs are cast on store; and
+dS is rounded to the storage dtype explicitly (``_as_operand``, ``ROUND_TILES``) so that the CPU
+tests check the rounding the tensor cores see.
+Index arithmetic is int32 (pos/excl included): M·D and C·D must stay below 2³¹ elements.
 """
 from __future__ import annotations
 
@@ -59,32 +71,32 @@ import torch
 import triton
 import triton.language as tl
 
+from fastssl.kernels import contrastive_tiles as tiles
+
 # Read once, like ``triton.jit`` itself: TRITON_INTERPRET must be set before this import.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
-_MAX_BLOCK_D = 256
 _SPLIT_GRAIN = 128  # reduction-axis splits are multiples of this (and of every BLOCK_M / BLOCK_N)
 _MAX_SPLITS = 8
 
 
-def _configs() -> list[triton.Config]:
-    """Autotune space on a GPU; one config in the interpreter (multi-config autotune needs a GPU).
+def _autotune(kernel: str):
+    """Autotuner of ``kernel``: the configs of ``fastssl.kernels.contrastive_tiles``, pruned per
+    (dtype, D) at launch to those that fit sm_90's shared memory and do not spill.
 
-    64×64 tiles in the interpreter: few enough Python-level iterations to keep the CPU tests quick,
-    while the tests' N = 129 (M = 258) still spans several tiles with a ragged last one.
-    ``FASTSSL_TRITON_AUTOTUNE=0`` pins one safe GPU config (e.g. for a quick test run on a GPU,
-    where every new (M, C, D) would otherwise be re-tuned).
+    One 64×64 config in the interpreter (multi-config autotune needs a GPU): few enough Python-level
+    iterations to keep the CPU tests quick, while the tests' N = 129 (M = 258) still spans several
+    tiles with a ragged last one. ``restore``: arguments the kernel reads and writes (dCols adds onto
+    dRows), put back after each timed trial so that autotuning cannot change the result.
     """
     if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    if os.environ.get("FASTSSL_TRITON_AUTOTUNE", "1") == "0":
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
-    shapes = [  # (BLOCK_M, BLOCK_N, warps, stages); too-big ones are skipped by the autotuner (OutOfResources)
-        (128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-        (64, 128, 4, 3), (64, 32, 4, 4), (128, 32, 4, 3), (64, 64, 8, 2),
-    ]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    else:
+        configs = tiles.all_configs(kernel)
+    restore = ["dcols_ptr"] if kernel == "bwd_cols" else None
+    return triton.autotune(configs=configs, key=["M", "C", "D"], restore_value=restore,
+                           prune_configs_by={"early_config_prune": tiles.pruner(kernel)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +125,27 @@ def _load_tile_t(ptr, offs, ok, stride, stride_d, d0, D, BLOCK_D: tl.constexpr, 
 
 
 @triton.jit
+def _as_operand(x, ELEM: tl.constexpr, UPCAST: tl.constexpr, ROUND: tl.constexpr):
+    """An fp32 tile (dS) as the operand of a second matmul, in the storage dtype ``ELEM``.
+
+    On a GPU: a cast, the rounding the tensor cores see. In the interpreter the tiles were upcast, so
+    the cast would be skipped and the bf16/fp16 rounding of dS never exercised; ``ROUND`` applies
+    it explicitly and keeps fp32 (round-to-nearest-even: the interpreter's own bf16 cast truncates).
+    """
+    if UPCAST:
+        y = x
+        if ROUND:
+            if ELEM == tl.bfloat16:
+                b = x.to(tl.uint32, bitcast=True)
+                y = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+            elif ELEM == tl.float16:
+                y = x.to(tl.float16).to(tl.float32)
+    else:
+        y = x.to(ELEM)
+    return y
+
+
+@triton.jit
 def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, stride_b, stride_bd, D,
               BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
               UPCAST: tl.constexpr, PRECISION: tl.constexpr):
@@ -128,7 +161,7 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@_autotune("fwd")
 @triton.jit
 def _contrastive_fwd_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr, part_ptr,
@@ -231,7 +264,7 @@ def _contrastive_lse_merge_kernel(part_ptr, loss_ptr, lse_ptr, M, n_splits, BLOC
 # --------------------------------------------------------------------------------------------
 # Backward: row-parallel dRows
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@_autotune("bwd_rows")
 @triton.jit
 def _contrastive_bwd_rows_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
@@ -239,7 +272,7 @@ def _contrastive_bwd_rows_kernel(
     stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block].
@@ -284,7 +317,8 @@ def _contrastive_bwd_rows_kernel(
         allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
         p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
         ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
-        acc = tl.dot(ds.to(ct.dtype), tl.trans(ct), acc, input_precision=PRECISION)
+        ds = _as_operand(ds, rows_ptr.dtype.element_ty, UPCAST, ROUND)
+        acc = tl.dot(ds, tl.trans(ct), acc, input_precision=PRECISION)
 
     offs_d = d0_out + tl.arange(0, BLOCK_D)
     tl.store(drows_ptr + pid_s * stride_gs + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
@@ -295,7 +329,7 @@ def _contrastive_bwd_rows_kernel(
 # --------------------------------------------------------------------------------------------
 # Backward: column-parallel dCols (deterministic, no atomics)
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs(), key=["M", "C", "D"])
+@_autotune("bwd_cols")
 @triton.jit
 def _contrastive_bwd_cols_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, dcols_ptr,
@@ -303,13 +337,14 @@ def _contrastive_bwd_cols_kernel(
     stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dCols[c, d-block] = (1/τ) Σ_a dS[a, c] rows[a, d-block].
 
     Grid (column blocks, output D-blocks, row splits); split s sums rows [s·chunk, (s+1)·chunk)
-    into dcols[s]. Works on the transposed tile tᵀ[c, a] so that the per-row quantities (LSE, g,
+    into dcols[s]. ``ACCUMULATE`` (one split, rows and cols the same tensor): add onto what dcols
+    already holds (dRows), so the two gradients leave the GPU as one tensor, without an extra add. Works on the transposed tile tᵀ[c, a] so that the per-row quantities (LSE, g,
     pos, excl) broadcast along axis 0 and the second matmul needs no transpose of dS.
     """
     pid_n = tl.program_id(0)
@@ -349,28 +384,56 @@ def _contrastive_bwd_cols_kernel(
         allowed = col_ok[:, None] & (c != excl[None, :]) & (c != excl_b[None, :])
         pt = tl.where(allowed, tl.exp2(tt - lse2[None, :]), 0.0)
         dst = g[None, :] * pt - tl.where(c == pos[None, :], gw[None, :], 0.0)
-        acc = tl.dot(dst.to(rt.dtype), tl.trans(rt), acc, input_precision=PRECISION)
+        dst = _as_operand(dst, rows_ptr.dtype.element_ty, UPCAST, ROUND)
+        acc = tl.dot(dst, tl.trans(rt), acc, input_precision=PRECISION)
 
     offs_d = d0_out + tl.arange(0, BLOCK_D)
-    tl.store(dcols_ptr + pid_s * stride_gs + offs_n[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-             (acc * inv_temp).to(dcols_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & (offs_d < D)[None, :])
+    out_ptrs = dcols_ptr + pid_s * stride_gs + offs_n[:, None] * stride_gm + offs_d[None, :] * stride_gd
+    out_ok = col_ok[:, None] & (offs_d < D)[None, :]
+    acc = acc * inv_temp
+    if ACCUMULATE:
+        acc += tl.load(out_ptrs, mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptrs, acc.to(dcols_ptr.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _sum_cast_kernel(part_ptr, out_ptr, n, n_splits, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = cast(Σ_s part[s, i] (+ out[i] when ``ACCUMULATE``)), over the flat [splits, n] fp32 partials.
+
+    The backward's split partials summed in a fixed order (deterministic), cast to the gradient's
+    dtype and, for dCols of the tensor that was also the rows, added onto dRows: one read of the
+    partials and one write, where torch needed a sum, a cast and autograd's add (three passes).
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for sp in range(0, n_splits):
+        acc += tl.load(part_ptr + sp * n + offs, mask=ok, other=0.0)
+    if ACCUMULATE:
+        acc += tl.load(out_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-def _block_d(d: int) -> int:
-    """D-block: the whole (padded) D up to 256, tl.dot needs K >= 16."""
-    return max(16, min(_MAX_BLOCK_D, triton.next_power_of_2(d)))
+# Interpreter only: round dS to the storage dtype before the second matmul as the GPU does
+# (``_as_operand``). On by default; FASTSSL_INTERPRET_ROUND=0 turns it off (tests flip this attribute).
+ROUND_TILES = os.environ.get("FASTSSL_INTERPRET_ROUND", "1") != "0"
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
+    """The constexpr flags a launch uses for tiles of ``dtype`` ('fp32'/'bf16'/'fp16') and feature size d."""
+    block_d = tiles.block_d(d)
+    return dict(
+        HAS_W=has_w, EXCLUDE_POS=bool(exclude_pos), ONE_D=d <= block_d, UPCAST=_INTERPRET,
+        PRECISION="tf32x3" if dtype == "fp32" else "tf32", BLOCK_D=block_d,
+    )
 
 
 def _flags(rows: torch.Tensor, d: int, has_w: bool, exclude_pos: bool) -> dict:
-    block_d = _block_d(d)
-    return dict(
-        HAS_W=has_w, EXCLUDE_POS=bool(exclude_pos), ONE_D=d <= block_d, UPCAST=_INTERPRET,
-        PRECISION="tf32x3" if rows.dtype == torch.float32 else "tf32", BLOCK_D=block_d,
-    )
+    return launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=has_w, exclude_pos=exclude_pos)
 
 
 def _device_guard(t: torch.Tensor):
@@ -382,13 +445,15 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(device: torch.device, programs: int, length: int) -> tuple[int, int]:
+def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2) -> tuple[int, int]:
     """(splits, chunk) of a reduction axis of ``length`` over which ``programs`` programs would loop.
 
     A single contrastive matrix has no batch or head axis to fill the GPU with: at 2N = 8192 and
     64-row tiles that is 128 programs for 132 SMs, each looping over every column. Splitting the
     loop into chunks (merged by the launcher: LSE partials in the forward, fp32 gradient partials
-    in the backward, a fixed-order sum, so still deterministic) aims at ~2 programs per SM. Chunks
+    in the backward, a fixed-order sum, so still deterministic) aims at ~``per_sm`` programs per SM:
+    2 in the forward, whose partials are O(M); 1 in the backward, whose fp32 partials are
+    [splits, rows, D], several times the gradient's own bytes (2N = 8192, 64-row tiles: no split). Chunks
     are multiples of 128, so every BLOCK_N/BLOCK_M of the autotune space tiles them exactly. The
     interpreter splits whenever there are two chunks, so the CPU tests exercise the merge.
     """
@@ -396,7 +461,7 @@ def _splits(device: torch.device, programs: int, length: int) -> tuple[int, int]
     if _INTERPRET or device.type != "cuda":
         want = 2
     else:
-        want = max(1, (2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
+        want = max(1, (per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
     splits = max(1, min(_MAX_SPLITS, grains, want))
     chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
     return triton.cdiv(length, chunk), chunk
@@ -423,42 +488,54 @@ def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos):
     return loss, lse2
 
 
-def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *, for_cols: bool):
-    """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype."""
+def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
+         for_cols: bool, onto: torch.Tensor | None = None):
+    """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype.
+
+    ``onto`` (dCols only; rows and cols are one tensor): add dCols onto this dRows in place and
+    return it. One split: the kernel writes (or adds onto) the gradient itself. Several: fp32
+    partials [splits, rows, D], then one ``_sum_cast_kernel`` pass sums, casts (and adds).
+    """
     m, d = rows.shape
     c = cols.shape[0]
     flags = _flags(rows, d, w is not None, exclude_pos)
     out_rows, loop_len, block = (c, m, "BLOCK_N") if for_cols else (m, c, "BLOCK_M")
     d_blocks = triton.cdiv(d, flags["BLOCK_D"])
-    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len)
-    dtype = (cols if for_cols else rows).dtype
-    out = torch.empty((splits, out_rows, d), device=rows.device, dtype=dtype if splits == 1 else torch.float32)
+    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len, per_sm=1)
+    out = onto if onto is not None else torch.empty((out_rows, d), device=rows.device, dtype=(cols if for_cols else rows).dtype)
+    dest = out if splits == 1 else torch.empty((splits, out_rows, d), device=rows.device, dtype=torch.float32)
+    stride_s = dest.stride(0) if splits > 1 else 0
+    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else {}
     grid = lambda meta: (triton.cdiv(out_rows, meta[block]), d_blocks, splits)  # noqa: E731
     with _device_guard(rows):
         kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, out,
+            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
             m, c, d, chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            out.stride(0), out.stride(1), out.stride(2), _LOG2E / temperature, 1.0 / temperature, **flags,
+            stride_s, dest.stride(-2), dest.stride(-1), _LOG2E / temperature, 1.0 / temperature,
+            ROUND=_INTERPRET and ROUND_TILES, **extra, **flags,
         )
-    return out[0] if splits == 1 else out.sum(dim=0).to(dtype)
+        if splits > 1:
+            n = out_rows * d
+            _sum_cast_kernel[(triton.cdiv(n, 1024),)](dest, out, n, splits, ACCUMULATE=onto is not None, BLOCK=1024)
+    return out
 
 
 def _bwd_rows(*args):
     return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False)
 
 
-def _bwd_cols(*args):
-    return _bwd(_contrastive_bwd_cols_kernel, *args, for_cols=True)
+def _bwd_cols(*args, onto=None):
+    return _bwd(_contrastive_bwd_cols_kernel, *args, for_cols=True, onto=onto)
 
 
 class ContrastiveRows(torch.autograd.Function):
     """loss [M] fp32 = contrastive_rows(rows, cols, ...); saves rows, cols, the indices and LSE₂ [M]."""
 
     @staticmethod
-    def forward(ctx, rows, cols, pos_idx, excl_idx, temperature, pos_weight, exclude_pos):
+    def forward(ctx, rows, cols, pos_idx, excl_idx, temperature, pos_weight, exclude_pos, same):
         loss, lse2 = _fwd(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
         ctx.save_for_backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2)
-        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+        ctx.temperature, ctx.exclude_pos, ctx.same = temperature, exclude_pos, same
         return loss
 
     @staticmethod
@@ -467,9 +544,13 @@ class ContrastiveRows(torch.autograd.Function):
         # The gradient of .mean() arrives as an expanded (stride-0) view: make it a real [M] fp32 array.
         dloss = dloss.float().contiguous()
         args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos)
+        if ctx.same and ctx.needs_input_grad[0]:
+            # rows is cols (single-process NT-Xent/DCL): dCols is added onto dRows by the kernel, and
+            # the whole gradient returns through the rows slot (autograd sums the two slots anyway).
+            return _bwd_cols(*args, onto=_bwd_rows(*args)), None, None, None, None, None, None, None
         drows = _bwd_rows(*args) if ctx.needs_input_grad[0] else None
         dcols = _bwd_cols(*args) if ctx.needs_input_grad[1] else None  # no dK work for momentum keys
-        return drows, dcols, None, None, None, None, None
+        return drows, dcols, None, None, None, None, None, None
 
 
 def contrastive_rows(
@@ -503,8 +584,11 @@ def contrastive_rows(
         raise ValueError(f"pos_idx and excl_idx must be [{m}], got {tuple(pos_idx.shape)} and {tuple(excl_idx.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int64).contiguous()
-    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int64).contiguous()
+    # int32: the kernels compare every column index of a tile with these; 64-bit compares cost two
+    # instructions each in the innermost loop (index arithmetic is int32 anyway, see the docstring).
+    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int32).contiguous()
+    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int32).contiguous()
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
-    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos))
+    same = rows is cols  # before the index casts below, which never touch rows/cols
+    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos), same)

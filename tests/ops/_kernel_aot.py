@@ -1,60 +1,245 @@
-"""Compile the token and patchify kernels for a GPU target without a GPU (run as a script).
+"""Compile every kernel variant the launchers can pick for sm_90 without a GPU; report ptxas's numbers.
 
 The Triton interpreter runs the kernels' Python, not their GPU code generation: a kernel can pass
-every interpreter test and still fail to compile (types, layouts, constexpr use). This script
-lowers each kernel, in the variants the launchers use, through Triton's compiler and the bundled
-ptxas for sm_90 (H100). It must run with TRITON_INTERPRET unset, which is why it
-is a separate process (tests/ops/test_tokens.py::test_kernels_compile_for_gpu).
+every interpreter test and still fail to compile, need more shared memory than an H100 block gets
+(227 KB), or spill registers to local memory. This module lowers each variant through Triton's
+compiler for ``GPUTarget("cuda", 90, 32)``; Triton itself runs the bundled ``ptxas -v
+--gpu-name=sm_90a`` on the PTX, and we capture that report (``TRITON_DUMP_PTXAS_LOG``) instead of
+running ptxas a second time. Shared memory is Triton's own figure (``metadata.shared``, the dynamic
+shared memory a launch requests: the number the launch checks against the device limit).
+
+Variants:
+- contrastive (``fastssl.kernels.contrastive``): forward, dRows, dCols × fp32/bf16/fp16 × one D per
+  BLOCK_D class the launcher makes (16 … 256, and D > 256 with the D-block loop) × every config the
+  autotuner keeps for that (kernel, dtype, D) (``launch_configs``), plus the LSE merge kernel;
+- tokens / patchify: every constexpr combination the launchers use, × the three dtypes, at the MAE
+  shapes (ViT-B encoder D = 768, decoder D = 512; 16-pixel RGB patches, and a 4-pixel one).
+
+Launch-time specialisation is mimicked for a contiguous launch of round sizes: pointers and int
+arguments divisible by 16, unit strides folded to constants (what Triton's JIT does).
+
+Run as a script (it must run with TRITON_INTERPRET unset, hence a separate process):
+    python tests/ops/_kernel_aot.py OUT.json [--jobs N] [--only SUBSTRING]
+Each variant is compiled once per run, in a fresh Triton cache (so ptxas always runs and reports),
+on ``--jobs`` processes; the JSON holds one record per variant. tests/ops/test_kernel_aot.py runs
+it once per pytest session and asserts on the records.
 """
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.pop("TRITON_INTERPRET", None)
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KB)
+DTYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+CONTRASTIVE_DS = (16, 32, 64, 128, 256, 512)  # one D per BLOCK_D class; 512: the D-loop path (any D > 256)
+I32, F32, C = "i32", "*fp32", "constexpr"
 
-import fastssl.kernels.patchify as PF  # noqa: E402
-import fastssl.kernels.tokens as T  # noqa: E402
 
-I32, BF, F32, C = "i32", "*bf16", "*fp32", "constexpr"
+def _signature(fn, types: dict, consts: dict, d: int | None = None):
+    """Signature + attrs for ``fn``: ``types`` names the pointer/float args, ints default to i32;
+    unit strides (names ending in ``d``) become constants, every other int and pointer gets
+    divisibility 16 (D only when it is a multiple of 16)."""
+    sig, attrs = {}, {}
+    for i, a in enumerate(fn.arg_names):
+        if i in fn.constexprs:
+            sig[a] = C
+        elif a in types:
+            sig[a] = types[a]
+        elif a.startswith("stride") and a.endswith("d"):
+            sig[a], consts = C, {**consts, a: 1}
+        else:
+            sig[a] = I32
+        if sig[a].startswith("*") or (sig[a] == I32 and (a != "D" or (d or 1) % 16 == 0)):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def _contrastive_variants():
+    import fastssl.kernels.contrastive as K
+    import fastssl.kernels.contrastive_tiles as tiles
+
+    for dt, ptr in DTYPES.items():
+        for d in CONTRASTIVE_DS:
+            for kname in ("fwd", "bwd_rows", "bwd_cols"):
+                fn = getattr(K, f"_contrastive_{kname}_kernel").fn
+                types = {a: ptr for a in ("rows_ptr", "cols_ptr", "drows_ptr", "dcols_ptr")}
+                types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
+                types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
+                for cfg in tiles.launch_configs(kname, dt, d):
+                    consts = {**K.launch_flags(dt, d, has_w=True, exclude_pos=False), **cfg.kwargs}
+                    # the heavier side of each remaining switch: split partials, dCols added onto dRows
+                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True))
+                                   if k in fn.arg_names})
+                    sig, consts, attrs = _signature(fn, types, consts, d)
+                    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+                    own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
+                    need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
+                    yield dict(family="contrastive", kernel=kname, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
+                               smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
+    fn = K._contrastive_lse_merge_kernel
+    sig, consts, attrs = _signature(fn, {"part_ptr": F32, "loss_ptr": F32, "lse_ptr": F32}, {"BLOCK": 1024})
+    yield dict(family="contrastive", kernel="lse_merge", dtype="fp32", D=0, config="1024w4"), fn, sig, consts, attrs, 4, 3
+    fn = K._sum_cast_kernel
+    for dt, ptr in DTYPES.items():
+        for acc in (True, False):
+            sig, consts, attrs = _signature(fn, {"part_ptr": F32, "out_ptr": ptr}, {"ACCUMULATE": acc, "BLOCK": 1024})
+            yield dict(family="contrastive", kernel="sum_cast", dtype=dt, D=0, config="1024w4", flags=f"acc={acc}"), \
+                fn, sig, consts, attrs, 4, 3
+
+
+def _token_variants():
+    import fastssl.kernels.patchify as PF
+    import fastssl.kernels.tokens as T
+
+    for dt, X in DTYPES.items():
+        for d in (768, 512):  # MAE ViT-B encoder width, MAE decoder width
+            block_d = T._block_d(d)
+            block_r, warps = T._row_tile(block_d)
+            tile = {"BLOCK_R": block_r, "BLOCK_D": block_d}
+            jobs = [
+                (T._gather_fwd_kernel, {"x_ptr": X, "ids_ptr": "*i64", "pos_ptr": F32, "out_ptr": X},
+                 [{"HAS_POS": h} for h in (True, False)]),
+                (T._gather_bwd_kernel, {"g_ptr": X, "slot_ptr": "*i32", "dx_ptr": X, "dpos_part_ptr": F32},
+                 [{"NEED_DX": a, "NEED_DPOS": b} for a, b in ((True, True), (True, False), (False, True))]),
+                (T._scatter_fwd_kernel, {"x_ptr": X, "slot_ptr": "*i32", "mt_ptr": X, "pos_ptr": X, "out_ptr": X},
+                 [{"HAS_POS": h} for h in (True, False)]),
+                (T._scatter_bwd_kernel, {"g_ptr": X, "slot_ptr": "*i32", "dx_ptr": X, "dpos_part_ptr": F32, "dmt_part_ptr": F32},
+                 [{"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c} for a, b, c in ((True, True, True), (True, False, False), (False, True, True))]),
+            ]
+            for fn, types, flag_sets in jobs:
+                for flags in flag_sets:
+                    sig, consts, attrs = _signature(fn, types, {**flags, **tile}, d)
+                    name = fn.__name__.strip("_").replace("_kernel", "")
+                    yield dict(family="tokens", kernel=name, dtype=dt, D=d, config=f"{block_r}x{block_d}w{warps}"), \
+                        fn, sig, consts, attrs, warps, 3
+        for patch, chans in ((16, 3), (4, 3)):
+            P = patch * patch * chans
+            geo = {"P": P, "PATCH": patch, "C": chans}
+            block_r, block_p = PF._tile(P)
+            for fn in (PF._patchify_fwd_kernel, PF._patchify_bwd_kernel):
+                types = {"img_ptr": X, "out_ptr": X, "g_ptr": X, "dimg_ptr": X}
+                sig, consts, attrs = _signature(fn, types, {**geo, "BLOCK_R": block_r, "BLOCK_P": block_p})
+                yield dict(family="tokens", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=P,
+                           config=f"{block_r}x{block_p}w4"), fn, sig, consts, attrs, 4, 3
+            block_r, block_p = PF._tile(P, max_rows=1 if P >= 512 else 2048)
+            fn = PF._patchify_noise_kernel
+            types = {"img_ptr": X, "slot_ptr": "*i32", "sigma_ptr": F32, "inputs_ptr": X, "noise_ptr": X, "target_ptr": X}
+            for has_ids in (True, False):
+                for norm in (True, False):
+                    sig, consts, attrs = _signature(fn, types, {**geo, "HAS_IDS": has_ids, "NORM": norm,
+                                                                "BLOCK_R": block_r, "BLOCK_P": block_p})
+                    yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x{block_p}w4",
+                               flags=f"ids={has_ids},norm={norm}"), fn, sig, consts, attrs, 4, 3
 
 
 def variants():
-    tok = {"K": I32, "L": I32, "D": I32}
-    yield "gather_fwd", T._gather_fwd_kernel, {"x_ptr": BF, "ids_ptr": "*i64", "pos_ptr": F32, "out_ptr": BF, "n_rows": I32, **tok,
-                                               "HAS_POS": C, "BLOCK_R": C, "BLOCK_D": C}, [{"HAS_POS": h, "BLOCK_R": 16, "BLOCK_D": 256} for h in (True, False)]
-    red = {"B": I32, **tok, "rows_per_prog": I32}
-    yield "gather_bwd", T._gather_bwd_kernel, {"g_ptr": BF, "slot_ptr": "*i32", "dx_ptr": BF, "dpos_part_ptr": F32, **red,
-                                               "NEED_DX": C, "NEED_DPOS": C, "BLOCK_R": C, "BLOCK_D": C}, [
-        {"NEED_DX": a, "NEED_DPOS": b, "BLOCK_R": 16, "BLOCK_D": 256} for a, b in ((True, True), (True, False), (False, True))]
-    yield "scatter_fwd", T._scatter_fwd_kernel, {"x_ptr": BF, "slot_ptr": "*i32", "mt_ptr": BF, "pos_ptr": BF, "out_ptr": BF, "n_rows": I32, **tok,
-                                                 "HAS_POS": C, "BLOCK_R": C, "BLOCK_D": C}, [{"HAS_POS": h, "BLOCK_R": 8, "BLOCK_D": 512} for h in (True, False)]
-    yield "scatter_bwd", T._scatter_bwd_kernel, {"g_ptr": BF, "slot_ptr": "*i32", "dx_ptr": BF, "dpos_part_ptr": F32, "dmt_part_ptr": F32, **red,
-                                                 "NEED_DX": C, "NEED_DPOS": C, "NEED_DMT": C, "BLOCK_R": C, "BLOCK_D": C}, [
-        {"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c, "BLOCK_R": 8, "BLOCK_D": 512} for a, b, c in ((True, True, True), (True, False, False), (False, True, True))]
-    geo = {"n_rows": I32, "L": I32, "H": I32, "W": I32, "w": I32, "P": C, "PATCH": C, "C": C, "BLOCK_R": C, "BLOCK_P": C}
-    vit = {"P": 768, "PATCH": 16, "C": 3, "BLOCK_R": 2, "BLOCK_P": 1024}
-    yield "patchify_fwd", PF._patchify_fwd_kernel, {"img_ptr": BF, "out_ptr": BF, **geo}, [vit]
-    yield "patchify_bwd", PF._patchify_bwd_kernel, {"g_ptr": BF, "dimg_ptr": BF, **geo}, [vit]
-    sig = {"img_ptr": BF, "slot_ptr": "*i32", "sigma_ptr": F32, "inputs_ptr": BF, "noise_ptr": BF, "target_ptr": BF, "seed": I32,
-           "n_rows": I32, "K": I32, "L": I32, "H": I32, "W": I32, "w": I32, "P": C, "PATCH": C, "C": C, "HAS_IDS": C, "NORM": C,
-           "BLOCK_R": C, "BLOCK_P": C}
-    yield "patchify_noise", PF._patchify_noise_kernel, sig, [
-        {"P": 768, "PATCH": 16, "C": 3, "HAS_IDS": i, "NORM": n, "BLOCK_R": 1, "BLOCK_P": 1024} for i in (True, False) for n in (True, False)
-    ] + [{"P": 48, "PATCH": 4, "C": 3, "HAS_IDS": True, "NORM": True, "BLOCK_R": 32, "BLOCK_P": 64}]
+    """(record, fn, signature, constexprs, attrs, num_warps, num_stages) for every variant."""
+    yield from _contrastive_variants()
+    yield from _token_variants()
 
 
-def main() -> int:
-    n = 0
-    target = GPUTarget("cuda", 90, 32)
-    for name, fn, sig, consts in variants():
-        for const in consts:
-            kernel = triton.compile(ASTSource(fn, sig, const), target=target, options={"num_warps": 4})
-            assert kernel.asm.get("cubin"), (name, const)
-            n += 1
-    print(f"compiled {n} kernel variants for sm_90")
+_PTXAS = {
+    "regs": re.compile(r"Used (\d+) registers"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+}
+
+
+def loop_mix(sass: str) -> dict:
+    """Opcode counts of the largest loop in a SASS listing (``cuobjdump -sass``): per warp, one
+    iteration (one streamed tile) of a kernel's main loop, the input of the roofline estimate."""
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = [(int(b.group(1), 16), a) for a, t in ins if (b := re.search(r"BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", t))
+             and int(b.group(1), 16) < a]
+    if not loops:
+        return {}
+    lo, hi = max(loops, key=lambda p: p[1] - p[0])
+    ops: dict = {}
+    for a, t in ins:
+        if lo <= a <= hi:
+            op = re.sub(r"^@!?U?P\w+\s+", "", t).split()[0]
+            ops[op] = ops.get(op, 0) + 1
+    return ops
+
+
+def _sass(cubin: bytes) -> str:
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        tool = os.path.join(os.path.dirname(knobs.nvidia.ptxas.path), "cuobjdump")
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _compile(index: int, mix: bool = False) -> dict:
+    """Compile variant ``index`` (re-enumerated in the worker: JIT functions do not pickle); with
+    ``mix`` also the opcode counts of its main loop (``loop_mix``)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    rec, fn, sig, consts, attrs, warps, stages = list(variants())[index]
+    knobs.nvidia.dump_ptxas_log = True
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(log):
+            k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": warps, "num_stages": stages})
+    except Exception as err:  # a variant that does not compile is a finding, reported, not a crash
+        return {**rec, "error": f"{type(err).__name__}: {str(err)[-800:]}"}
+    rec = {**rec, "warps": warps, "stages": stages, "seconds": round(time.perf_counter() - t0, 2),
+           "smem": k.metadata.shared, "cubin": bool(k.asm.get("cubin"))}
+    text = log.getvalue()
+    for key, pat in _PTXAS.items():
+        m = pat.search(text)
+        rec[key] = int(m.group(1)) if m else 0
+    if "regs" not in rec or not _PTXAS["regs"].search(text):
+        rec["error"] = "no ptxas report captured"
+    ptx = k.asm["ptx"]
+    rec["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
+    rec["mma_sync"] = len(re.findall(r"\bmma\.sync", ptx))
+    if mix:
+        rec["loop_mix"] = loop_mix(_sass(k.asm["cubin"]))
+    return rec
+
+
+def _init_worker(cache: str) -> None:
+    os.environ["TRITON_CACHE_DIR"] = cache
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", help="JSON file for the records")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--only", default="", help="compile only variants whose name contains this")
+    p.add_argument("--mix", action="store_true", help="also record the SASS opcode counts of each main loop")
+    args = p.parse_args(argv)
+    todo = [i for i, v in enumerate(variants()) if args.only in "/".join(str(x) for x in v[0].values())]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:  # fresh: a cache hit would skip ptxas and its report
+        with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(cache,)) as pool:
+            records = list(pool.map(functools.partial(_compile, mix=args.mix), todo, chunksize=1))
+    with open(args.out, "w") as f:
+        json.dump({"smem_limit": SM90_SMEM_LIMIT, "variants": len(todo), "contrastive_ds": CONTRASTIVE_DS,
+                   "seconds": round(time.perf_counter() - t0, 1), "records": records}, f, indent=1)
+    bad = sum("error" in r for r in records)
+    print(f"compiled {len(records) - bad} of {len(records)} kernel variants for sm_90 in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
