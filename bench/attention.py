@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import math
 import sys
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, time_fn, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Column, Record, device, measure_ceilings, ms, parse_args, peak_memory_mib, plot, run_guarded, time_fn, write_results,
+)
+from bench.common import print_table as print_columns  # noqa: E402  (print_table here adds the target checks)
 from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT  # noqa: E402
 from fastssl.models.chunks import split_chunks  # noqa: E402
 from fastssl.models.layout import host_to_device  # noqa: E402
@@ -184,17 +186,11 @@ def main() -> None:
             del x, pack
             for prov in providers:
                 rec_case = dict(case=case, batch=batch, tokens=tokens)
-                try:
-                    r = bench_one(prov, runners[prov], views, params_padded if prov == "padded" else params, args.smoke)
-                    r.case = rec_case
-                except Exception as e:  # noqa: BLE001  (record and go on: one failing provider must not hide the rest)
-                    traceback.print_exc()
-                    r = Record(provider=prov, case=rec_case, error=f"{type(e).__name__}: {e}"[:500])
+                r = run_guarded(prov, rec_case, lambda prov=prov: bench_one(
+                    prov, runners[prov], views, params_padded if prov == "padded" else params, args.smoke))
                 r.extra = dict(backend=backend if prov in ("packed", "separate", "compile") else "timm-sdpa",
                                padded_tokens=padded_tokens if prov == "padded" else tokens)
                 records.append(r)
-                if cuda:
-                    torch.cuda.empty_cache()
                 ok = r.error is None
                 print(f"{case:13s} B={batch:4d} {prov:9s} " + (f"fwd {r.fwd.median:8.3f} ms  fwd+bwd {r.total.median:8.3f} ms" if ok else f"ERROR {r.error}"), flush=True)
 
@@ -209,16 +205,16 @@ def main() -> None:
 def print_table(records: list[Record], path: Path) -> None:
     by = {(r.case["case"], r.case["batch"], r.provider): r for r in records}
     print(f"\nresults: {path}")
-    print(f"{'case':13s} {'B':>4s} {'provider':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'peak MiB':>9s} {'vs separate':>11s} {'vs padded':>9s}")
-    for r in records:
-        c, b = r.case["case"], r.case["batch"]
-        if r.error:
-            print(f"{c:13s} {b:4d} {r.provider:9s} error: {r.error[:60]}")
-            continue
-        sep, pad = by.get((c, b, "separate")), by.get((c, b, "padded"))
-        ratio = lambda o: f"{o.total.median / r.total.median:.2f}x" if o and not o.error else "-"  # noqa: E731
-        mem = f"{r.peak_mem_mib:9.0f}" if r.peak_mem_mib is not None else f"{'-':>9s}"
-        print(f"{c:13s} {b:4d} {r.provider:9s} {r.fwd.median:9.3f} {r.total.median:11.3f} {mem} {ratio(sep):>11s} {ratio(pad):>9s}")
+    def vs(r: Record, base: str) -> float | None:
+        o = by.get((r.case["case"], r.case["batch"], base))
+        return o.total.median / r.total.median if o and not o.error and r.total else None
+
+    print_columns(records, [
+        Column("case", 13, lambda r: r.case["case"]), Column("B", 6, lambda r: r.case["batch"]),
+        Column("provider", 10, lambda r: r.provider), Column("fwd ms", 10, lambda r: ms(r.fwd), ".3f"),
+        Column("fwd+bwd ms", 12, lambda r: ms(r.total), ".3f"), Column("peak MiB", 10, lambda r: r.peak_mem_mib, ".0f"),
+        Column("vs separate", 12, lambda r: vs(r, "separate"), ".2f"), Column("vs padded", 10, lambda r: vs(r, "padded"), ".2f"),
+    ])
     # The two targets of the issue, stated as checks on the numbers (only meaningful on a GPU).
     for (c, b, prov), r in sorted(by.items()):
         if prov != "packed" or r.error:

@@ -8,7 +8,9 @@ smoke numbers are not performance numbers and are written under a ``-smoke`` nam
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import platform
 import re
 import time
@@ -111,6 +113,71 @@ def peak_memory_mib(fn: Callable[[], object]) -> float | None:
     fn()
     sync()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def is_oom(err: BaseException) -> bool:
+    """An out-of-memory error, as torch raises it or as a compiled kernel reports it."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def free_memory() -> None:
+    """Drop what the last case left behind (cycles, cached CUDA blocks) before the next one starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_guarded(provider: str, case: dict, fn: Callable[[], Record]) -> Record:
+    """``fn()`` as the record of (provider, case); a failure (OOM at a large size, a provider that does
+    not compile) becomes a record with ``error`` instead of ending the sweep. Frees memory after."""
+    try:
+        rec = fn()
+    except Exception as err:  # noqa: BLE001  (record and go on: one failing case must not hide the rest)
+        rec = Record(provider=provider, case={}, error=("OOM: " if is_oom(err) else "") + f"{type(err).__name__}: {err}"[:500])
+    rec.provider, rec.case = provider, case
+    free_memory()
+    sync()
+    return rec
+
+
+@dataclass
+class Column:
+    """One column of a results table: header, width, the value of a record (None: '-'), its format."""
+
+    header: str
+    width: int
+    value: Callable[[Record], object]
+    spec: str = ""
+
+
+def ms(t: Timing | None) -> float | None:
+    return t.median if t is not None else None
+
+
+def print_table(records: list[Record], columns: list[Column]) -> None:
+    """Print the records as a fixed-width table; a failed record shows its error after the key columns
+    (those whose value does not need a measurement, i.e. the columns before the first None)."""
+    def cell(col: Column, r: Record) -> str:
+        v = col.value(r)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return f"{'-':>{col.width}}"
+        return f"{v:>{col.width}{col.spec}}"
+
+    print("\n" + "".join(f"{c.header:>{c.width}}" for c in columns))
+    for r in records:
+        if r.error:
+            keys = []
+            for c in columns:
+                try:
+                    v = c.value(r)
+                except (AttributeError, KeyError, TypeError):
+                    break
+                if v is None:
+                    break
+                keys.append(cell(c, r))
+            print("".join(keys) + f"  ERROR {r.error.splitlines()[0][:80]}")
+            continue
+        print("".join(cell(c, r) for c in columns))
 
 
 def measure_ceilings(*, smoke: bool = False) -> Ceilings:

@@ -16,8 +16,6 @@ run. Out-of-memory and other failures are recorded per case, not raised.
 """
 from __future__ import annotations
 
-import gc
-import math
 import os
 import sys
 from pathlib import Path
@@ -30,7 +28,10 @@ import torch.nn.functional as F  # noqa: E402
 if not torch.cuda.is_available():  # the kernels run in the interpreter on CPU (smoke only)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Column, Record, device, free_memory, is_oom, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table,
+    run_guarded, time_fn, write_results,
+)
 from fastssl.ops import nt_xent  # noqa: E402
 
 TAU = 0.1
@@ -54,10 +55,6 @@ def triton_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> to
     return nt_xent(z1, z2, temperature, backend="triton")
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def run_case(fn, leaves, m: int, d: int, smoke: bool) -> Record:
     """Time fn (forward), its backward alone, both together; peak memory of both; TFLOP/s."""
     out = fn()
@@ -74,7 +71,7 @@ def run_case(fn, leaves, m: int, d: int, smoke: bool) -> Record:
     try:
         bwd = time_fn(backward, smoke=smoke)
     except RuntimeError as err:  # a compiled graph may refuse retain_graph; forward+backward still counts
-        if _is_oom(err):
+        if is_oom(err):
             raise
         bwd, extra["bwd_error"] = None, f"{type(err).__name__}: {err}"[:300]
     del out
@@ -86,12 +83,6 @@ def run_case(fn, leaves, m: int, d: int, smoke: bool) -> Record:
     if bwd is not None:
         extra["tflops_bwd"] = (flops_total - flops_fwd) / bwd.median / 1e9
     return Record(provider="", case={}, fwd=fwd, bwd=bwd, total=total, peak_mem_mib=peak, extra=extra)
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _add_args(p) -> None:
@@ -143,21 +134,16 @@ def _targets(records: list[Record]) -> list[str]:
     return lines
 
 
-def _table(records: list[Record]) -> None:
-    print(f"\n{'dtype':<9}{'D':>5}{'2N':>7}  {'provider':<8}{'fwd ms':>9}{'bwd ms':>9}{'tot ms':>9}{'MiB':>9}"
-          f"{'TFLOP/s':>9}{'%mm':>6}{'x eager':>8}{'x comp':>8}")
-    fmt_t = lambda t: f"{t.median:9.3f}" if t else f"{'-':>9}"  # noqa: E731
-    fmt_x = lambda v, w, spec: f"{v:{w}{spec}}" if v is not None and math.isfinite(v) else f"{'-':>{w}}"  # noqa: E731
-    for r in records:
-        c = r.case
-        head = f"{c['dtype']:<9}{c['D']:>5}{c['2N']:>7}  {r.provider:<8}"
-        if r.error:
-            print(head + f"  ERROR {r.error[:70]}")
-            continue
-        e = r.extra
-        print(head + fmt_t(r.fwd) + fmt_t(r.bwd) + fmt_t(r.total) + fmt_x(r.peak_mem_mib, 9, ".0f")
-              + fmt_x(e["tflops_total"], 9, ".1f") + fmt_x(e.get("pct_matmul"), 5, ".0f") + "%"
-              + fmt_x(e.get("speedup_vs_eager"), 8, ".2f") + fmt_x(e.get("speedup_vs_compile"), 8, ".2f"))
+_COLUMNS = [
+    Column("dtype", 9, lambda r: r.case["dtype"]), Column("D", 5, lambda r: r.case["D"]),
+    Column("2N", 7, lambda r: r.case["2N"]), Column("provider", 10, lambda r: r.provider),
+    Column("fwd ms", 9, lambda r: ms(r.fwd), ".3f"), Column("bwd ms", 9, lambda r: ms(r.bwd), ".3f"),
+    Column("tot ms", 9, lambda r: ms(r.total), ".3f"), Column("MiB", 9, lambda r: r.peak_mem_mib, ".0f"),
+    Column("TFLOP/s", 9, lambda r: r.extra.get("tflops_total"), ".1f"),
+    Column("%mm", 6, lambda r: r.extra.get("pct_matmul"), ".0f"),
+    Column("x eager", 8, lambda r: r.extra.get("speedup_vs_eager"), ".2f"),
+    Column("x comp", 8, lambda r: r.extra.get("speedup_vs_compile"), ".2f"),
+]
 
 
 def main() -> None:
@@ -182,28 +168,22 @@ def main() -> None:
                 z2 = torch.randn(m // 2, d, device=dev, dtype=dtype, requires_grad=True)
                 compiled = torch.compile(eager_nt_xent, dynamic=False)
                 fns = {"eager": eager_nt_xent, "compile": compiled, "triton": triton_nt_xent}
-                reference_loss = None
+                first: dict = {}
                 for provider in providers:
                     if args.quick and provider == "compile" and m > QUICK_COMPILE_MAX:
                         continue
                     fn = lambda f=fns[provider]: f(z1, z2, TAU)  # noqa: E731
-                    try:
+
+                    def measure(fn=fn):
+                        # forward sanity on the benchmark's own inputs (the unit tests are the real check)
                         loss = fn().detach().float()
-                        if reference_loss is None:
-                            reference_loss = loss
-                        else:  # forward sanity on the benchmark's own inputs (the unit tests are the real check)
-                            torch.testing.assert_close(loss, reference_loss, rtol=2e-2, atol=2e-2)
+                        torch.testing.assert_close(loss, first.setdefault("loss", loss), rtol=2e-2, atol=2e-2)
                         del loss
-                        rec = run_case(fn, (z1, z2), m, d, args.smoke)
-                    except Exception as err:  # record and go on: OOM for the full-matrix providers at large 2N
-                        msg = "OOM" if _is_oom(err) else f"{type(err).__name__}: {err}"
-                        rec = Record(provider=provider, case={}, error=msg[:500])
-                    rec.provider, rec.case = provider, meta
-                    records.append(rec)
-                    _free()
-                    sync()
+                        return run_case(fn, (z1, z2), m, d, args.smoke)
+
+                    records.append(run_guarded(provider, meta, measure))
                 del z1, z2, compiled, fns
-                _free()
+                free_memory()
     _derive(records, ceilings.matmul_tflops)
     targets = _targets(records) if not args.smoke and dev.type == "cuda" else []
     path = write_results("contrastive", records, ceilings, args, meta={
@@ -217,7 +197,7 @@ def main() -> None:
         x_key="2N",
         series_key=lambda c: f"D={c['D']} {c['dtype']}",
     )
-    _table(records)
+    print_table(records, _COLUMNS)
     for line in targets:
         print(line)
     print(f"\nwrote {path} and {png}")

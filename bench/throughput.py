@@ -33,7 +33,6 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
 """
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -49,7 +48,10 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # the Triton loss runs in the interpreter on CPU (smoke only)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Column, Record, device, free_memory, measure_ceilings, parse_args, peak_memory_mib, plot, print_table, run_guarded, sync,
+    time_fn, write_results,
+)
 from fastssl.data.batch import Batch  # noqa: E402
 from fastssl.engine.params import optimizer_groups  # noqa: E402
 from fastssl.methods.context import StepContext  # noqa: E402
@@ -118,16 +120,6 @@ def make_step(fwd, opt, v1: torch.Tensor, v2: torch.Tensor, amp: bool):
     return step
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run_case(arch, img, patch, loss, batch, provider, sweep: Sweep, views, first_loss: dict, smoke: bool) -> Record:
     dev = views[0].device
     backend, compiled = PROVIDERS[provider]
@@ -171,20 +163,15 @@ def _derive(records: list[Record], ceiling_tflops: float) -> None:
                 r.extra["speedup_vs_eager"] = base.total.median / r.total.median
 
 
-def _table(records: list[Record]) -> None:
-    print(f"\n{'arch':<24}{'loss':<8}{'B':>5}  {'provider':<15}{'step ms':>9}{'p20-p80':>16}{'img/s':>9}"
-          f"{'peak MiB':>10}{'TFLOP/s':>9}{'MFU':>6}{'x eager':>8}")
-    for r in records:
-        c = r.case
-        head = f"{c['arch']:<24}{c['loss']:<8}{c['batch']:>5}  {r.provider:<15}"
-        if r.error:
-            print(head + f"ERROR {r.error[:80]}")
-            continue
-        e, t = r.extra, r.total
-        mem = f"{r.peak_mem_mib:10.0f}" if r.peak_mem_mib is not None else f"{'-':>10}"
-        sp = e.get("speedup_vs_eager")
-        print(head + f"{t.median:9.1f}{f'{t.p20:.1f}-{t.p80:.1f}':>16}{e['images_per_s']:9.0f}{mem}"
-              f"{e['tflops']:9.3g}{e['mfu_pct']:5.0f}%" + (f"{sp:8.2f}" if sp is not None else f"{'-':>8}"))
+_COLUMNS = [
+    Column("arch", 24, lambda r: r.case["arch"]), Column("loss", 6, lambda r: r.case["loss"]),
+    Column("B", 5, lambda r: r.case["batch"]), Column("provider", 16, lambda r: r.provider),
+    Column("step ms", 9, lambda r: r.total.median if r.total else None, ".1f"),
+    Column("p20-p80", 16, lambda r: f"{r.total.p20:.1f}-{r.total.p80:.1f}" if r.total else None),
+    Column("img/s", 9, lambda r: r.extra.get("images_per_s"), ".0f"), Column("peak MiB", 10, lambda r: r.peak_mem_mib, ".0f"),
+    Column("TFLOP/s", 9, lambda r: r.extra.get("tflops"), ".3g"), Column("MFU%", 6, lambda r: r.extra.get("mfu_pct"), ".0f"),
+    Column("x eager", 8, lambda r: r.extra.get("speedup_vs_eager"), ".2f"),
+]
 
 
 def _add_args(p) -> None:
@@ -236,19 +223,13 @@ def main() -> None:
                     if PROVIDERS[provider][1] and sweep.compile_batches is not None and batch not in sweep.compile_batches:
                         continue
                     torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no stale graphs
-                    try:
-                        rec = run_case(arch, img, patch, loss, batch, provider, sweep, views, first_loss, args.smoke)
-                    except Exception as err:  # record and go on (OOM at large B, a provider that does not compile)
-                        msg = "OOM" if _is_oom(err) else f"{type(err).__name__}: {err}"
-                        rec = Record(provider=provider, case={}, error=msg[:500])
-                    rec.provider, rec.case = provider, case
+                    rec = run_guarded(provider, case, lambda provider=provider: run_case(
+                        arch, img, patch, loss, batch, provider, sweep, views, first_loss, args.smoke))
                     records.append(rec)
                     print(f"  {arch} B={batch} {loss} {provider}: "
                           + (rec.error.splitlines()[0][:100] if rec.error else f"{rec.extra['images_per_s']:.1f} images/s"), flush=True)
-                    _free()
-                    sync()
             del views
-            _free()
+            free_memory()
 
     _derive(records, ceilings.matmul_tflops)
     name = "throughput-cpu-quickstart" if args.cpu_quickstart else args.name
@@ -265,7 +246,7 @@ def main() -> None:
         x_key="batch",
         series_key=lambda c: f"{c['arch']} {c['loss']}",
     )
-    _table(records)
+    print_table(records, _COLUMNS)
     print(f"\nwrote {path} and {png}")
 
 

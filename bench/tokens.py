@@ -17,7 +17,6 @@ against a large device copy measured in the same run (``bench.common.measure_cei
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,10 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # the kernels run in the interpreter on CPU (smoke only)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Column, Record, device, free_memory, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table, run_guarded,
+    time_fn, write_results,
+)
 from fastssl.ops import gather_tokens, patchify_noise, random_masking, scatter_tokens  # noqa: E402
 
 # ----------------------------------------------------------------------------- eager MAE-style code
@@ -192,18 +194,14 @@ def main() -> None:
                         "dtype": str(dtype).replace("torch.", "")}
                 eager_out = case["fns"]["eager"]()
                 for provider in providers:
-                    try:
+                    def measure(provider=provider):
                         if provider != "eager":
                             check_against_eager(op, eager_out, case["fns"][provider]())
-                        rec = run_case(op, case, provider, args.smoke)
-                    except Exception as err:  # record and go on (e.g. OOM for one provider)
-                        rec = Record(provider=provider, case={}, error=f"{type(err).__name__}: {err}"[:500])
-                    rec.case = meta
-                    records.append(rec)
-                    sync()
+                        return run_case(op, case, provider, args.smoke)
+
+                    records.append(run_guarded(provider, meta, measure))
                 del case, eager_out
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_memory()
     # speed-up over eager and share of the copy bandwidth, per case
     by_case = {}
     for r in records:
@@ -223,17 +221,14 @@ def main() -> None:
         x_key="B",
         series_key=lambda c: f"{c['op']} r={c['mask_ratio']}",
     )
-    print(f"\n{'op':<15}{'ratio':>6}{'B':>6}  {'provider':<8}{'fwd ms':>9}{'bwd ms':>9}{'tot ms':>9}{'GB/s':>9}{'%copy':>7}{'x eager':>8}")
-    for r in records:
-        c = r.case
-        head = f"{c['op']:<15}{c['mask_ratio']:>6}{c['B']:>6}  {r.provider:<8}"
-        if r.error:
-            print(head + f"  ERROR {r.error[:60]}")
-            continue
-        fmt = lambda t: f"{t.median:9.3f}" if t else f"{'-':>9}"  # noqa: E731
-        su = r.extra.get("speedup_vs_eager")
-        print(head + fmt(r.fwd) + fmt(r.bwd) + fmt(r.total) + f" {r.extra['gbps_total']:8.3g}{r.extra['pct_copy']:6.0f}%"
-              + (f"{su:8.2f}" if su is not None and math.isfinite(su) else f"{'-':>8}"))
+    print_table(records, [
+        Column("op", 15, lambda r: r.case["op"]), Column("ratio", 6, lambda r: r.case["mask_ratio"]),
+        Column("B", 6, lambda r: r.case["B"]), Column("provider", 10, lambda r: r.provider),
+        Column("fwd ms", 9, lambda r: ms(r.fwd), ".3f"), Column("bwd ms", 9, lambda r: ms(r.bwd), ".3f"),
+        Column("tot ms", 9, lambda r: ms(r.total), ".3f"), Column("GB/s", 9, lambda r: r.extra.get("gbps_total"), ".3g"),
+        Column("%copy", 7, lambda r: r.extra.get("pct_copy"), ".0f"),
+        Column("x eager", 8, lambda r: r.extra.get("speedup_vs_eager"), ".2f"),
+    ])
     # the targets (H100): at the largest batch, triton >= 80% of the copy bandwidth and >= 3x eager
     b_max = max(batches)
     for r in records:
