@@ -23,6 +23,7 @@ from fastssl.engine.params import optimizer_groups
 from fastssl.engine.schedule import StepPlan, lr_scheduler, plan_steps
 from fastssl.eval.run_knn import Evaluator
 from fastssl.methods.context import StepContext
+from fastssl.engine.sync_bn import convert_sync_batchnorm
 from fastssl.methods.registry import build_method
 
 log = logging.getLogger("fastssl")
@@ -136,7 +137,9 @@ def setup(cfg: TrainConfig) -> Session:
 
     # ---- method, data, plan ----------------------------------------------------------------------
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    method = build_method(cfg)
+    # SimCLR's "global BN" (and the per-view BN of BYOL / SimSiam / MoCo v3 heads) on several CUDA ranks;
+    # before the optimizer groups are taken, since the converted layers are new modules.
+    method = convert_sync_batchnorm(build_method(cfg), device, world)
     o = cfg.optim
     loader = TrainLoader(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
                          seed=cfg.run.seed, crops=method.crops())
