@@ -16,7 +16,8 @@ def print_summary(summary) -> None:
 
 
 def plot_curves(metrics_jsonl, out_png) -> None:
-    """Loss, learning rate and kNN accuracy against the step, from ``metrics.jsonl``, as one PNG."""
+    """Loss, learning rate, kNN accuracy and, when logged, the ``kappa_*`` monitors against the step,
+    from ``metrics.jsonl``, as one PNG."""
     import json
 
     import matplotlib
@@ -27,7 +28,8 @@ def plot_curves(metrics_jsonl, out_png) -> None:
     rows = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    kappa_keys = sorted({k for r in train for k in r if k.startswith("kappa_")})
+    fig, axes = plt.subplots(1, 4 if kappa_keys else 3, figsize=(20 if kappa_keys else 15, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set_title("training loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
@@ -38,6 +40,13 @@ def plot_curves(metrics_jsonl, out_png) -> None:
     axes[2].set_title("kNN / linear-probe top-1 (%)")
     if evals:
         axes[2].legend(fontsize=8)
+    if kappa_keys:  # Masked MoCo / BYOL: vMF concentration of each image's chunk representations
+        for key in kappa_keys:
+            pts = [(r["step"], r[key]) for r in train if key in r]
+            axes[3].plot([p[0] for p in pts], [p[1] for p in pts], label=key.removeprefix("kappa_"))
+        axes[3].set_yscale("log")
+        axes[3].set_title("κ (vMF concentration of chunks)")
+        axes[3].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -57,8 +57,10 @@ class BYOL(nn.Module):
 
     @staticmethod
     def loss(p: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
-        """p, z_target: ``[2B, D]`` view-major; view 1's prediction regresses view 2's target and back."""
-        p1, p2 = p.chunk(2)
+        """p: ``[2B, D]`` or ``[n, 2B, D]`` (n query chunks per image, M-BYOL: the mean over the n·B
+        rows is the paper's eq. 3), z_target: ``[2B, D]``; view-major on the 2B axis. View 1's
+        prediction regresses view 2's target and back."""
+        p1, p2 = p.chunk(2, dim=-2)
         t1, t2 = z_target.chunk(2)
         return normalized_mse(p1, t2) + normalized_mse(p2, t1)
 

@@ -35,6 +35,20 @@ def _predictor() -> HeadConfig:
     return HeadConfig(hidden_dim=4096, out_dim=256, num_layers=2, norm="batchnorm", last_norm=False)
 
 
+def symmetric_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float, *, gather_distributed: bool,
+                       backend: str = "auto") -> torch.Tensor:
+    """MoCo v3's loss 2τ·[ctr(q₁, k₂) + ctr(q₂, k₁)].
+
+    q: ``[2B, D]`` or ``[n, 2B, D]`` (n query chunks per image, M-MoCo: ``info_nce`` then averages
+    over all n·B query rows, the paper's eq. 3), k: ``[2B, D]`` keys; both view-major on the
+    ``2B`` axis. The keys take no gradient (momentum encoder).
+    """
+    q1, q2 = q.chunk(2, dim=-2)
+    k1, k2 = k.detach().chunk(2)
+    ctr = lambda a, b: ops.info_nce(a, b, temperature, gather_distributed=gather_distributed, backend=backend)  # noqa: E731
+    return 2.0 * temperature * (ctr(q1, k2) + ctr(q2, k1))
+
+
 class MoCoV3Config(Section):
     name: Literal["mocov3"] = "mocov3"
     temperature: float = Field(0.2, gt=0, description="τ of InfoNCE (0.2 for ViT in the paper).")
@@ -66,10 +80,7 @@ class MoCoV3(nn.Module):
     def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q: ``[2B, D]`` predictions, k: ``[2B, D]`` keys (no gradient), view-major."""
         c = self.cfg
-        q1, q2 = q.chunk(2)
-        k1, k2 = k.detach().chunk(2)
-        ctr = lambda a, b: ops.info_nce(a, b, c.temperature, gather_distributed=c.gather_distributed, backend=c.backend)  # noqa: E731
-        return 2.0 * c.temperature * (ctr(q1, k2) + ctr(q2, k1))
+        return symmetric_info_nce(q, k, c.temperature, gather_distributed=c.gather_distributed, backend=c.backend)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         views = batch["views"]

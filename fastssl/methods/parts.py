@@ -32,3 +32,13 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     the per-dimension std of the normalised embeddings (1/sqrt(D) when spread, 0 when collapsed)."""
     na, nb = F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1)
     return {"pos_cosine": (na * nb).sum(1).mean(), "z_std": na.std(dim=0).mean()}
+
+
+def per_view_chunks(head: nn.Module, x: torch.Tensor, n_views: int = 2) -> torch.Tensor:
+    """``head`` on ``x [c, V·B, D]`` (c chunks of each of the V·B view-major images) -> ``[c, V·B, D']``.
+
+    The head sees the c·B chunk rows of one view at a time, so BatchNorm statistics are per view
+    (each chunk counts as an image of that view's batch); with c = 1 this is ``per_view``."""
+    c = x.shape[0]
+    outs = [head(v.reshape(-1, v.shape[-1])).view(c, v.shape[1], -1) for v in x.chunk(n_views, dim=1)]
+    return torch.cat(outs, dim=1)

@@ -21,6 +21,10 @@ HEADS = {
     "byol": {"projector": {"hidden_dim": 64, "out_dim": 32}, "predictor": {"hidden_dim": 64, "out_dim": 32}},
     "simsiam": {"projector": {"hidden_dim": 64, "out_dim": 32}, "predictor": {"hidden_dim": 16, "out_dim": 32}},
     "mocov3": {"projector": {"hidden_dim": 64, "out_dim": 32}, "predictor": {"hidden_dim": 64, "out_dim": 32}},
+    "mmoco": {"projector": {"hidden_dim": 64, "out_dim": 32}, "predictor": {"hidden_dim": 64, "out_dim": 32},
+              "n_chunks": 4, "target_chunks": 2},
+    "mbyol": {"projector": {"hidden_dim": 64, "out_dim": 32}, "predictor": {"hidden_dim": 64, "out_dim": 32},
+              "n_chunks": 4, "cross_attention": True},
 }
 
 

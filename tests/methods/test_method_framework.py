@@ -21,6 +21,12 @@ SMALL_HEADS = {
     "simsiam": {"projector": {"hidden_dim": 32, "out_dim": 16}, "predictor": {"hidden_dim": 8, "out_dim": 16}},
     "mocov3": {"projector": {"hidden_dim": 32, "out_dim": 16}, "predictor": {"hidden_dim": 32, "out_dim": 16},
                "backend": "reference", "gather_distributed": False},
+    # 16 px / patch 4 = 16 patches: 4 chunks of 4, targets in 2 chunks (both code paths of masked.py)
+    "mmoco": {"projector": {"hidden_dim": 32, "out_dim": 16}, "predictor": {"hidden_dim": 32, "out_dim": 16},
+              "backend": "reference", "gather_distributed": False, "n_chunks": 4, "target_chunks": 2,
+              "cross_attention": True},
+    "mbyol": {"projector": {"hidden_dim": 32, "out_dim": 16}, "predictor": {"hidden_dim": 32, "out_dim": 16},
+              "n_chunks": 4},
 }
 
 
@@ -69,7 +75,7 @@ def test_groups_crops_and_one_training_step(name, tmp_path):
         assert v.ndim == 0 and not v.requires_grad, k
 
 
-@pytest.mark.parametrize("name", ["byol", "mocov3"])
+@pytest.mark.parametrize("name", ["byol", "mocov3", "mbyol"])
 def test_ema_target_moves_as_the_fp32_formula_in_bf16(name, tmp_path):
     """What DeepSpeed bf16 does (module.bfloat16()), then one update with the schedule's momentum:
     the fp32 master must equal m·old + (1 − m)·online exactly in fp32, and differ from the old one
