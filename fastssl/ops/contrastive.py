@@ -165,9 +165,10 @@ def spherical_mean(keys: torch.Tensor) -> torch.Tensor:
     vectors k̂ = Σ_j k_j / ||Σ_j k_j||, where the k_j are unit vectors: the paper normalises q and k
     before they enter the loss (§3.1), so each chunk key is L2-normalised first and no chunk can
     outweigh another by its norm. Summing or averaging is the same after the final normalisation.
-    Computed in fp32, returned in the keys' dtype; differentiable (MoCo's keys carry no grad anyway).
+    Computed in fp32 or wider (fp64 keys stay fp64), returned in the keys' dtype; differentiable
+    (MoCo's keys carry no grad anyway).
     """
     if keys.ndim != 3:
         raise ValueError(f"keys must be [m, N, D] (m chunk keys per image), got {tuple(keys.shape)}")
-    unit = F.normalize(keys.float(), dim=-1)
+    unit = F.normalize(keys.to(torch.promote_types(keys.dtype, torch.float32)), dim=-1)
     return F.normalize(unit.sum(dim=0), dim=-1).to(keys.dtype)
