@@ -30,6 +30,8 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
     python bench/throughput.py --quick         # ViT-S/16, B ∈ {256,512}, dcl; compile providers at B=256 only (< 4 min, H100)
     python bench/throughput.py --smoke         # timm test_vit, 16 px, patch 4, B=8, fp32: runs anywhere, not a measurement
     python bench/throughput.py --cpu-quickstart  # the README quickstart's step on CPU: vit_tiny, 28 px / patch 7, B=128, fp32, dcl
+    python bench/throughput.py --masked [--smoke]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
+                                               #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
 """
 from __future__ import annotations
 
@@ -182,10 +184,16 @@ def _add_args(p) -> None:
     p.add_argument("--batches", default=None, help="comma-separated per-GPU batch sizes overriding the sweep's")
     p.add_argument("--losses", default=None, help="comma-separated subset of dcl,nt_xent,dclw")
     p.add_argument("--name", default="throughput", help="results file stem (to keep split runs apart)")
+    p.add_argument("--masked", action="store_true", help="M-MoCo / M-BYOL n/m sweep, packed vs eager (bench/masked_step.py)")
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _add_args)
+    if args.masked:
+        from bench.masked_step import run as run_masked
+
+        run_masked(args)
+        return
     sweep = SMOKE if args.smoke else CPU_QUICKSTART if args.cpu_quickstart else QUICK if args.quick else FULL
     if args.cpu_quickstart:
         args.providers = "eager"

@@ -54,3 +54,53 @@ def test_step_flops_matches_counted_flops():
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     assert counts.get("aten.bmm", 0) > 0.1 * counter.get_total_flops(), counts  # attention was counted
     assert math.isclose(step_flops(model, batch), counter.get_total_flops(), rel_tol=0.04), (step_flops(model, batch), counts)
+
+
+def test_masked_throughput_bench_smoke(tmp_path):
+    """``--masked --smoke``: both providers for every (method, n, m), finite numbers, the ratios against
+    the n = 1, m = 1 row, and packed and eager agreeing on the first loss (checked inside the bench)."""
+    import json
+    import os
+    import subprocess
+
+    subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--masked", "--smoke", "--out-dir", str(tmp_path)],
+                   check=True, cwd=ROOT, timeout=300, capture_output=True, text=True,
+                   env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")})
+    (path,) = tmp_path.glob("throughput-masked-*-smoke.json")
+    assert path.with_suffix(".png").is_file()
+    records = json.loads(path.read_text())["records"]
+    cells = {(r["case"]["method"], r["case"]["n"], r["case"]["m"], r["provider"]) for r in records}
+    assert cells == {(meth, n, m, p) for meth in ("mmoco", "mbyol") for n in (1, 4) for m in (1, 4) for p in ("packed", "eager")}
+    for r in records:
+        assert r["error"] is None and positive_timing(r["total"]), r
+        e = r["extra"]
+        for key in ("images_per_s", "flops_per_step", "flop_ratio", "time_ratio", "time_vs_packed"):
+            assert math.isfinite(e[key]) and e[key] > 0, (key, r)
+        if (r["case"]["n"], r["case"]["m"]) == (1, 1):
+            assert e["flop_ratio"] == 1.0 and e["time_ratio"] == 1.0
+        else:  # every chunk adds a CLS token: on 16 patches the linear work grows with n and m
+            assert e["flop_ratio"] > 1.0
+
+
+def test_masked_step_flops_match_counted_flops():
+    """The masked bench's analytic count against torch's FlopCounterMode on a real M-MoCo step
+    (64 patches in 5 unequal online chunks, 2 target chunks), SDPA on its math path so attention is
+    counted; biases and norms ride along in the parameter count, hence a few percent."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    from bench.masked_step import Case, build, step_flops
+
+    from fastssl.data.batch import Batch
+    from fastssl.methods.context import StepContext
+
+    case, n, m = Case("test_vit", 32, 4, 6, 48, 16), 5, 2
+    method = build("mmoco", case, n, m, torch.device("cpu"))
+    index = torch.arange(case.batch)
+    views = Batch({"views": torch.randn(2, case.batch, 3, 32, 32)}, index, index)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        method(views, StepContext(0, 1, 1, 0)).loss.backward()
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    assert counts.get("aten.bmm", 0) > 0.05 * counter.get_total_flops(), counts
+    assert math.isclose(step_flops(method, case.batch, n, m), counter.get_total_flops(), rel_tol=0.05), (step_flops(method, case.batch, n, m), counts)
