@@ -30,7 +30,7 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
     python bench/throughput.py --quick         # ViT-S/16, B ∈ {256,512}, dcl; compile providers at B=256 only (< 4 min, H100)
     python bench/throughput.py --smoke         # timm test_vit, 16 px, patch 4, B=8, fp32: runs anywhere, not a measurement
     python bench/throughput.py --cpu-quickstart  # the README quickstart's step on CPU: vit_tiny, 28 px / patch 7, B=128, fp32, dcl
-    python bench/throughput.py --masked [--smoke]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
+    python bench/throughput.py --masked [--smoke | --fmnist-grid]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
                                                #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
 """
 from __future__ import annotations
@@ -185,6 +185,7 @@ def _add_args(p) -> None:
     p.add_argument("--losses", default=None, help="comma-separated subset of dcl,nt_xent,dclw")
     p.add_argument("--name", default="throughput", help="results file stem (to keep split runs apart)")
     p.add_argument("--masked", action="store_true", help="M-MoCo / M-BYOL n/m sweep, packed vs eager (bench/masked_step.py)")
+    p.add_argument("--fmnist-grid", action="store_true", help="with --masked: the fmnist grid (28 px / patch 7) instead of 224 / 16")
 
 
 def main() -> None:
