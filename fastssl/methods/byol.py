@@ -20,8 +20,8 @@ from fastssl.engine.schedule import cosine_momentum
 from fastssl.methods.context import StepContext
 from fastssl.methods.losses import normalized_mse
 from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import encode_views, pair_metrics, per_view
+from fastssl.methods.param_groups import ParamGroup
+from fastssl.methods.parts import encode_views, online_and_predictor_groups, pair_metrics, per_view, target_projections
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
 
@@ -52,8 +52,7 @@ class BYOL(nn.Module):
         return TWO_VIEWS  # view 1 always blurred, view 2 solarized with p = 0.2: data.augment's pairs
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup("online", trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")),
-                ParamGroup("predictor", trainable(self.predictor, "predictor."))]
+        return online_and_predictor_groups(self.encoder, self.projector, self.predictor)
 
     @staticmethod
     def loss(p: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
@@ -67,8 +66,7 @@ class BYOL(nn.Module):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         views = batch["views"]  # [2, B, 3, S, S]
         p = per_view(self.predictor, per_view(self.projector, encode_views(self.encoder, views), 2), 2)
-        with torch.no_grad():
-            z_target = per_view(self.target.net[1], encode_views(self.target.net[0], views), 2)
+        z_target = target_projections(self.target, views)
         p1, p2 = p.chunk(2)
         return StepOutput(loss=self.loss(p, z_target), metrics=pair_metrics(p1, p2))
 

@@ -21,8 +21,8 @@ from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.engine.schedule import cosine_momentum
 from fastssl.methods.context import StepContext
 from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import encode_views, pair_metrics, per_view
+from fastssl.methods.param_groups import ParamGroup
+from fastssl.methods.parts import encode_views, online_and_predictor_groups, pair_metrics, per_view, target_projections
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
 
@@ -74,8 +74,7 @@ class MoCoV3(nn.Module):
         return TWO_VIEWS
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup("online", trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")),
-                ParamGroup("predictor", trainable(self.predictor, "predictor."))]
+        return online_and_predictor_groups(self.encoder, self.projector, self.predictor)
 
     def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q: ``[2B, D]`` predictions, k: ``[2B, D]`` keys (no gradient), view-major."""
@@ -85,8 +84,7 @@ class MoCoV3(nn.Module):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         views = batch["views"]
         q = per_view(self.predictor, per_view(self.projector, encode_views(self.encoder, views), 2), 2)
-        with torch.no_grad():
-            k = per_view(self.target.net[1], encode_views(self.target.net[0], views), 2)
+        k = target_projections(self.target, views)
         q1, q2 = q.chunk(2)
         return StepOutput(loss=self.loss(q, k), metrics=pair_metrics(q1, q2))
 

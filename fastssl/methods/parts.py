@@ -42,3 +42,17 @@ def per_view_chunks(head: nn.Module, x: torch.Tensor, n_views: int = 2) -> torch
     c = x.shape[0]
     outs = [head(v.reshape(-1, v.shape[-1])).view(c, v.shape[1], -1) for v in x.chunk(n_views, dim=1)]
     return torch.cat(outs, dim=1)
+
+
+def online_and_predictor_groups(encoder: nn.Module, projector: nn.Module, predictor: nn.Module) -> list:
+    """BYOL's and MoCo v3's parameter groups: the online encoder + projector, and the predictor."""
+    from fastssl.methods.param_groups import ParamGroup, trainable
+
+    return [ParamGroup("online", trainable(encoder, "encoder.") + trainable(projector, "projector.")),
+            ParamGroup("predictor", trainable(predictor, "predictor."))]
+
+
+@torch.no_grad()
+def target_projections(target: nn.Module, views: torch.Tensor) -> torch.Tensor:
+    """An ``EmaTarget(encoder, projector)``'s projections of ``views [2, B, ...]``: ``[2B, D]``, heads per view."""
+    return per_view(target.net[1], encode_views(target.net[0], views), 2)
