@@ -63,6 +63,17 @@ def _region_types() -> tuple[type[nn.Module], ...]:
     return PackedBlock, ClassAttentionBlock, MLPHead
 
 
+def resolve_attention(method: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Choose every attention backend of ``method`` now (online and EMA-target ViTs, M-MoCo's
+    class-attention head each hold a dispatcher): the choice probes and logs, which a tracer cannot."""
+    from fastssl.models.attention import AttentionDispatch
+
+    for m in method.modules():
+        dispatch = getattr(m, "dispatch", None)
+        if isinstance(dispatch, AttentionDispatch):
+            dispatch.resolve(device, dtype)
+
+
 def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: torch.dtype,
                     backend: str = "inductor") -> list[str]:
     """Compile (lazily: at the first call) each block and head of ``method`` in place; return their names.
@@ -73,12 +84,7 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
     probe (a small forward + backward) must not run under the tracer. ``backend``: torch.compile's
     (tests use "aot_eager", which skips code generation).
     """
-    from fastssl.models.attention import AttentionDispatch
-
-    for m in method.modules():  # the ViT's dispatcher and M-MoCo's class-attention head's
-        dispatch = getattr(m, "dispatch", None)
-        if isinstance(dispatch, AttentionDispatch):
-            dispatch.resolve(device, dtype)
+    resolve_attention(method, device, dtype)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     kwargs = {} if mode == "default" else {"mode": mode}
     names = []
