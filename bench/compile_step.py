@@ -105,6 +105,9 @@ def run(args) -> None:
     names = [m for m in (args.methods or ",".join(method_names())).split(",") if m]
     timed = 3 if args.smoke else 5
     records = []
+    ceilings = measure_ceilings(smoke=True)
+    meta = {"step": "method forward + loss + backward + AdamW + zero_grad + after_step, configs/fmnist/<method>.yaml shapes",
+            "threads": torch.get_num_threads(), "timed_steps": timed, "inductor_caches": "disabled (cold compiles)"}
     for name in names:
         for provider in ("eager", "compile"):
             rec = _case(name, provider, dev, args.smoke, timed)
@@ -113,8 +116,5 @@ def run(args) -> None:
             print(f"{name:8s} {provider:8s} first step {e['first_step_s']:7.1f} s   {e['images_per_s']:7.1f} images/s"
                   + (f"   graphs {e['graphs']} (+{e['recompiles']} while timed)" if provider == "compile" else "")
                   + f"   load {e['load_average'][0]:.1f}", flush=True)
-    ceilings = measure_ceilings(smoke=True)
-    path = write_results("throughput-compile", records, ceilings, args, meta={
-        "step": "method forward + loss + backward + AdamW + zero_grad + after_step, configs/fmnist/<method>.yaml shapes",
-        "threads": torch.get_num_threads(), "timed_steps": timed, "inductor_caches": "disabled (cold compiles)"})
+            path = write_results("throughput-compile", records, ceilings, args, meta=meta)  # after every case: partial runs keep rows
     print(f"wrote {path}")
