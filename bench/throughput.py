@@ -32,6 +32,8 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
     python bench/throughput.py --cpu-quickstart  # the README quickstart's step on CPU: vit_tiny, 28 px / patch 7, B=128, fp32, dcl
     python bench/throughput.py --masked [--smoke | --fmnist-grid]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
                                                #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
+    python bench/throughput.py --compile [--methods a,b] [--smoke]  # engine.compile off/on per method at the
+                                               #   configs/fmnist shapes: images/s and compile time (bench/compile_step.py)
 """
 from __future__ import annotations
 
@@ -186,6 +188,8 @@ def _add_args(p) -> None:
     p.add_argument("--name", default="throughput", help="results file stem (to keep split runs apart)")
     p.add_argument("--masked", action="store_true", help="M-MoCo / M-BYOL n/m sweep, packed vs eager (bench/masked_step.py)")
     p.add_argument("--fmnist-grid", action="store_true", help="with --masked: the fmnist grid (28 px / patch 7) instead of 224 / 16")
+    p.add_argument("--compile", action="store_true", help="engine.compile off/on per method (bench/compile_step.py)")
+    p.add_argument("--methods", default=None, help="with --compile: comma-separated methods (default: all registered)")
 
 
 def main() -> None:
@@ -194,6 +198,11 @@ def main() -> None:
         from bench.masked_step import run as run_masked
 
         run_masked(args)
+        return
+    if args.compile:
+        from bench.compile_step import run as run_compile
+
+        run_compile(args)
         return
     sweep = SMOKE if args.smoke else CPU_QUICKSTART if args.cpu_quickstart else QUICK if args.quick else FULL
     if args.cpu_quickstart:

@@ -568,6 +568,14 @@ def contrastive_rows(
     pos_idx, excl_idx: int [M] (excl -1 = none; indices are trusted, not range-checked, to avoid
     a device sync). pos_weight: [M] or None, treated as a constant. Returns loss [M] fp32.
     """
+    pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
+    same = rows is cols
+    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos), same)
+
+
+def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
+    """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
+    as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
     if rows.ndim != 2 or cols.ndim != 2 or rows.shape[1] != cols.shape[1]:
         raise ValueError(f"rows must be [M, D] and cols [C, D], got {tuple(rows.shape)} and {tuple(cols.shape)}")
     if rows.shape[0] == 0 or cols.shape[0] == 0 or rows.shape[1] == 0:
@@ -590,5 +598,4 @@ def contrastive_rows(
     excl_idx = excl_idx.to(device=rows.device, dtype=torch.int32).contiguous()
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
-    same = rows is cols  # before the index casts below, which never touch rows/cols
-    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos), same)
+    return pos_idx, excl_idx, pos_weight

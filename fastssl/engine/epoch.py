@@ -39,6 +39,7 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
     engine, state, plan, cfg = s.engine, s.state, s.plan, s.cfg
     after_step = s.method.after_step if isinstance(s.method, AfterStep) else None
     micro = 0
+    watch = s.compile_watch
     s.speed.restart()
     for batch in s.loader:
         ctx = s.context(micro)
@@ -61,9 +62,10 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
         state.global_step += 1
         state.step_in_epoch += 1
         s.speed.step_done()
+        compile_info = watch.metrics() if watch is not None else {}  # the first call marks the end of step 1
         if state.global_step % cfg.engine.log_every_steps == 0 or state.global_step == plan.total_steps:
             values = _mean_over_ranks({"loss": loss.detach(), **out.metrics}, s.device)
-            values.update(lr=lr, images_per_s=s.speed.images_per_second, epoch=ctx.epoch + 1 / plan.steps_per_epoch)
+            values.update(lr=lr, images_per_s=s.speed.images_per_second, epoch=ctx.epoch + 1 / plan.steps_per_epoch, **compile_info)
             s.metrics.write(state.global_step, values)
             if bar is not None:
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{values['images_per_s']:.0f}")

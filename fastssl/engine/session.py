@@ -16,6 +16,7 @@ import torch.distributed as dist
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
 from fastssl.engine import disk, preflight, run_dir, world_change
+from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
 from fastssl.engine.metrics_log import MetricsLog
@@ -73,6 +74,7 @@ class Session:
     resumed_from: Path | None
     last_checkpoint: Path | None
     speed: Throughput
+    compile_watch: CompileWatch | None = None  # engine.compile: graph counts for the metrics
 
     @property
     def is_main(self) -> bool:
@@ -151,11 +153,13 @@ def setup(cfg: TrainConfig) -> Session:
     if rank == 0:
         disk.atomic_write_text(out / "config.yaml", dump_config(cfg), last_complete=folder)
         write_json(out / "deepspeed.json", ds_cfg)
+    precision = resolve_precision(cfg.engine.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if cfg.engine.compile:  # in place: parameter names (checkpoints, encoder.pt) stay those of an eager run
+        compile_regions(method, cfg.engine.compile_mode, device, dtype)
     groups, origin = optimizer_groups(method.param_groups(), o.weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
                                            lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
-    precision = resolve_precision(cfg.engine.precision)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
     # ---- evaluation --------------------------------------------------------------------------------
     ev = cfg.eval
@@ -180,4 +184,5 @@ def setup(cfg: TrainConfig) -> Session:
     # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.
     metrics = MetricsLog(out, enabled=rank == 0, resume_step=state.global_step if folder is not None else -1)
     return Session(cfg, rank, world, device, out, plan, loader, engine, evaluator, metrics, state, dtype,
-                   resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch))
+                   resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch),
+                   compile_watch=CompileWatch() if cfg.engine.compile else None)

@@ -28,7 +28,7 @@ from fastssl.ops.distributed import gather_rows
 def _core(backend: Backend, device: torch.device):
     """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` (``fastssl.ops.dispatch``)."""
     if use_triton(backend, device):
-        from fastssl.kernels.contrastive import contrastive_rows as triton_rows
+        from fastssl.ops.library import contrastive_rows as triton_rows  # the kernel as a custom op (torch.compile)
 
         return triton_rows
     return reference.contrastive_rows

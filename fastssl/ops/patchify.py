@@ -45,21 +45,10 @@ def patchify(imgs: torch.Tensor, patch_size: int, *, backend: Backend = "auto") 
     """
     _check_imgs(imgs, patch_size)
     if use_triton(backend, imgs.device):
-        from fastssl.kernels.patchify import patchify as triton_patchify
+        from fastssl.ops.library import patchify as triton_patchify  # the kernel as a custom op
 
         return triton_patchify(imgs, patch_size)
     return reference.patchify(imgs, patch_size)
-
-
-def _kernel_seed(generator: torch.Generator | None) -> int:
-    """A fresh Philox seed drawn from torch's RNG (``generator`` or the default CPU one).
-
-    Drawing it from torch makes ``torch.manual_seed`` / a seeded generator reproduce the kernel's
-    noise, and advances the RNG so that every call gets new noise. A CUDA generator costs one
-    device sync here (the seed must reach the launch as a host integer); a CPU one costs none.
-    """
-    dev = generator.device if generator is not None else torch.device("cpu")
-    return int(torch.randint(0, 2**31 - 1, (), generator=generator, device=dev).item())
 
 
 def patchify_noise(
@@ -104,8 +93,10 @@ def patchify_noise(
         raise ValueError("norm_target needs at least 2 values per patch (unbiased variance)")
     imgs = imgs.detach()
     if use_triton(backend, imgs.device):
-        from fastssl.kernels.patchify import patchify_noise as triton_patchify_noise
+        from fastssl.ops.library import patchify_noise as triton_patchify_noise  # the kernel as a custom op
 
-        seed = _kernel_seed(generator)
-        return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, seed))
+        # The Philox seed is drawn from torch's RNG (``generator`` or the default CPU one) inside the
+        # wrapper, so torch.manual_seed / a seeded generator reproduce the noise and every call gets
+        # new noise; a CUDA generator costs one device sync (the seed reaches the launch as a host int).
+        return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
     return PatchNoise(*reference.patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))

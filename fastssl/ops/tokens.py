@@ -89,7 +89,7 @@ def gather_tokens(
     _check_ids(ids_keep, x.shape[0], x.device)
     _check_pos(pos_embed, x.shape[1], x.shape[2])
     if use_triton(backend, x.device):
-        from fastssl.kernels.tokens import gather_tokens as triton_gather
+        from fastssl.ops.library import gather_tokens as triton_gather  # the kernel as a custom op
 
         return triton_gather(x, ids_keep, pos_embed)
     return reference.gather_tokens(x, ids_keep, pos_embed)
@@ -121,7 +121,7 @@ def scatter_tokens(
         raise ValueError(f"mask_token must hold D={x.shape[2]} values, got shape {tuple(mask_token.shape)}")
     _check_pos(pos_embed, num_patches, x.shape[2])
     if use_triton(backend, x.device):
-        from fastssl.kernels.tokens import scatter_tokens as triton_scatter
+        from fastssl.ops.library import scatter_tokens as triton_scatter  # the kernel as a custom op
 
         return triton_scatter(x, ids_keep, num_patches, mask_token, pos_embed)
     return reference.scatter_tokens(x, ids_keep, num_patches, mask_token, pos_embed)
