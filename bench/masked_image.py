@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import Record, Timing, device, peak_memory_mib, sync, time_fn, write_results, measure_ceilings, plot
+from bench.common import Record, Timing, device, measure_ceilings, peak_memory_mib, plot, time_fn, write_results
 from fastssl.config import load_config
 from fastssl.data.batch import Batch
 from fastssl.engine.params import optimizer_groups

@@ -21,15 +21,11 @@ from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 from fastssl.ops import random_masking
 
 
-def tiny_decoder() -> DecoderConfig:
-    return DecoderConfig()
-
-
 class MaskedImageFields(Section):
     """Fields every masked-image method has (each adds its name, mask ratio default and losses)."""
 
     norm_pix: bool = Field(True, description="Reconstruction target normalised per patch (MAE's norm_pix_loss).")
-    decoder: DecoderConfig = Field(default_factory=tiny_decoder, description="MAE's decoder (ViT-B defaults).")
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig, description="MAE's decoder (ViT-B defaults).")
     impl: Literal["fastssl", "eager"] = Field("fastssl", description="fastssl: packed ViT + token kernels; eager: the reference path.")
     backend: Literal["auto", "reference", "triton"] = Field("auto", description="Op implementation on the fastssl path.")
 
