@@ -34,6 +34,8 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
                                                #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
     python bench/throughput.py --compile [--methods a,b] [--smoke]  # engine.compile off/on per method at the
                                                #   configs/fmnist shapes: images/s and compile time (bench/compile_step.py)
+    python bench/throughput.py --mae [--smoke] [--profile] [--methods mae,can,dac]  # MAE / CAN / DAC: eager
+                                               #   reference vs fastssl (+ compile on CUDA) (bench/masked_image.py)
 """
 from __future__ import annotations
 
@@ -189,11 +191,21 @@ def _add_args(p) -> None:
     p.add_argument("--masked", action="store_true", help="M-MoCo / M-BYOL n/m sweep, packed vs eager (bench/masked_step.py)")
     p.add_argument("--fmnist-grid", action="store_true", help="with --masked: the fmnist grid (28 px / patch 7) instead of 224 / 16")
     p.add_argument("--compile", action="store_true", help="engine.compile off/on per method (bench/compile_step.py)")
-    p.add_argument("--methods", default=None, help="with --compile: comma-separated methods (default: all registered)")
+    p.add_argument("--mae", action="store_true", help="MAE / CAN / DAC steps: eager reference vs fastssl (bench/masked_image.py)")
+    p.add_argument("--methods", default=None, help="with --compile: methods (default: all registered); with --mae: a subset of mae,can,dac")
+    p.add_argument("--rounds", type=int, default=5, help="with --mae on CPU: alternating timing rounds per provider")
+    p.add_argument("--profile", action="store_true", help="with --mae: torch.profiler top ops per method and provider")
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _add_args)
+    if args.mae:
+        from bench.masked_image import run as run_mae
+
+        if args.providers == ALL_PROVIDERS:  # compile on CPU takes minutes per method: only where asked
+            args.providers = "eager,fastssl,compile" if torch.cuda.is_available() else "eager,fastssl"
+        run_mae(args)
+        return
     if args.masked:
         from bench.masked_step import run as run_masked
 

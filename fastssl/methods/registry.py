@@ -11,13 +11,16 @@ from pydantic import Field
 from torch import nn
 
 from fastssl.methods.byol import BYOL
+from fastssl.methods.can import CAN
+from fastssl.methods.dac import DAC
+from fastssl.methods.mae import MAE
 from fastssl.methods.mbyol import MBYOL
 from fastssl.methods.mmoco import MMoCo
 from fastssl.methods.mocov3 import MoCoV3
 from fastssl.methods.simclr import SimCLR
 from fastssl.methods.simsiam import SimSiam
 
-METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL)
+METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL, MAE, CAN, DAC)
 
 
 def method_names() -> list[str]:

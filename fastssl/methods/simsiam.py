@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import nn
 
@@ -17,10 +16,10 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.methods.context import StepContext
-from fastssl.methods.losses import negative_cosine
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import encode_views, pair_metrics, per_view
+from fastssl.methods.siamese import simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig, MLPHead
 
 
@@ -29,7 +28,7 @@ def _projector() -> HeadConfig:
 
 
 def _predictor() -> HeadConfig:
-    return HeadConfig(hidden_dim=512, out_dim=2048, num_layers=2, norm="batchnorm")
+    return simsiam_predictor()
 
 
 class SimSiamConfig(Section):
@@ -58,12 +57,7 @@ class SimSiam(nn.Module):
         return [ParamGroup("backbone", trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")),
                 ParamGroup("predictor", trainable(self.predictor, "predictor."), fixed_lr=self.cfg.fix_predictor_lr)]
 
-    @staticmethod
-    def loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """p, z: ``[2B, D]`` view-major; z is detached here (the stop-gradient)."""
-        p1, p2 = p.chunk(2)
-        z1, z2 = z.detach().chunk(2)
-        return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+    loss = staticmethod(simsiam_loss)  # shared with DAC (methods/siamese.py)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         z = per_view(self.projector, encode_views(self.encoder, batch["views"]), 2)

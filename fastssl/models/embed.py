@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fastssl.models.chunks import random_permutation, split_chunks
 from fastssl.models.pos_embed import resample_patch_pos
-from fastssl.models.views import ChunkedView, ImageView, MaskedView, View
+from fastssl.models.views import ChunkedView, ImageView, MaskedView, PatchesView, View
 from fastssl.ops import gather_tokens
 
 
@@ -79,6 +79,8 @@ def _embed(pixels: torch.Tensor, ids: torch.Tensor | None, pos: torch.Tensor, ep
 
 def embed_view(view: View, ep: EmbedParams) -> tuple[str, int, tuple[int, int], list[SegmentTokens]]:
     """One view -> (kind, n_chunks, grid, segments)."""
+    if isinstance(view, PatchesView):
+        return "masked", 1, view.grid, [_embed_patches(view, ep)]
     grid = view_grid(view.images, ep)
     n = grid[0] * grid[1]
     b = view.images.shape[0]
@@ -109,3 +111,20 @@ def embed_view(view: View, ep: EmbedParams) -> tuple[str, int, tuple[int, int], 
             segs.append(SegmentTokens(_embed(kept, ids, pos, ep, view.cls), ids, owner.repeat(c)))
         return "chunked", view.n_chunks, grid, segs
     raise TypeError(f"not a view: {type(view).__name__}")
+
+
+def _embed_patches(view: PatchesView, ep: EmbedParams) -> SegmentTokens:
+    """Patch vectors in ``patchify``'s (p, q, c) order: the patch-embed matrix is permuted to that
+    order (``weight [D, C, p, p] -> [D, p, p, C]``) instead of permuting the pixels back."""
+    b, k, length = view.patches.shape
+    p, c = ep.patch_size, ep.weight.shape[1]
+    if length != p * p * c:
+        raise ValueError(f"patches must hold p*p*C = {p * p * c} values, got {length}")
+    ids = view.ids_keep
+    n = view.grid[0] * view.grid[1]
+    if tuple(ids.shape) != (b, k) or k > n:
+        raise ValueError(f"ids_keep must be [B={b}, K={k}] with K <= {n}, got {tuple(ids.shape)}")
+    pos = resample_patch_pos(ep.pos, ep.grid, view.grid)
+    pqc = EmbedParams(p, ep.weight.permute(0, 2, 3, 1), ep.bias, ep.cls, ep.pos, ep.grid)
+    owner = torch.arange(b, device=view.patches.device)
+    return SegmentTokens(_embed(view.patches, ids.long(), pos, pqc, view.cls), ids.long(), owner)

@@ -9,6 +9,7 @@ crop) gets bicubically resampled positional embeddings (``pos_embed.resample_pat
 | ``ImageView``   | 1                    | [CLS] + all h·w patches                  |
 | ``MaskedView``  | 1                    | [CLS] + the K kept patches (``ids_keep``) |
 | ``ChunkedView`` | n (chunk-major)      | [CLS] + one chunk of the shuffled patches |
+| ``PatchesView`` | 1                    | [CLS] + K given patch vectors (``ids_keep``) |
 
 ``cls=False`` drops the CLS token of every sequence of that view.
 """
@@ -50,4 +51,21 @@ class ChunkedView:
     cls: bool = True
 
 
-View = ImageView | MaskedView | ChunkedView
+@dataclass(frozen=True, eq=False)
+class PatchesView:
+    """A masked view whose kept patches arrive already cut out as pixel vectors (CAN's noisy kept
+    patches from ``fastssl.ops.patchify_noise``): ``patches [B, K, p·p·C]`` in ``patchify``'s
+    (p, q, c) order, ``ids_keep [B, K]`` their indices in the ``grid`` (rows, cols) of patches."""
+
+    patches: torch.Tensor
+    ids_keep: torch.Tensor
+    grid: tuple[int, int]
+    cls: bool = True
+
+
+View = ImageView | MaskedView | ChunkedView | PatchesView
+
+
+def view_batch(view: View) -> int:
+    """Images in the view's batch."""
+    return (view.patches if isinstance(view, PatchesView) else view.images).shape[0]

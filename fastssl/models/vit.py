@@ -25,7 +25,7 @@ from fastssl.models.blocks import PackedBlock
 from fastssl.models.embed import EmbedParams, embed_view
 from fastssl.models.outputs import Encoded, ViewOutput, unpack_view
 from fastssl.models.packing import PackInfo, Segment, ViewSlot
-from fastssl.models.views import ImageView, View
+from fastssl.models.views import ImageView, View, view_batch
 
 
 class PackedViT(nn.Module):
@@ -162,7 +162,7 @@ class PackedViT(nn.Module):
                 seq += count
                 tok += count * seqlen
                 pieces.append(s.tokens.reshape(count * seqlen, -1))
-            slots.append(ViewSlot(kind, view.images.shape[0], n_chunks, view.cls, grid, tuple(segments)))
+            slots.append(ViewSlot(kind, view_batch(view), n_chunks, view.cls, grid, tuple(segments)))
             patch_ids.append(torch.cat([s.patch_ids.reshape(-1) for s in segs]))
         x = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return x, PackInfo.build(tuple(slots), x.device), patch_ids

@@ -134,3 +134,18 @@ def patchify_noise(
     inputs = (kept.float() + noise).to(imgs.dtype)
     target = normalize_patches(patches.float()).to(imgs.dtype) if norm_target else patches
     return inputs, target, noise.to(imgs.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# MAE's masked-patch loss (models_mae.py ``forward_loss``), written as MAE writes it.
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """pred, target [B, L, P], mask [B, L] (1 = masked) -> scalar: Σ mask·mean_P((pred − t)²) / Σ mask,
+    t = target normalised per patch (mean, unbiased var, eps 1e-6) when ``norm_pix``. fp32 or wider."""
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    t = normalize_patches(target.to(dtype)) if norm_pix else target.to(dtype)
+    loss = ((pred.to(dtype) - t) ** 2).mean(dim=-1)
+    m = mask.to(dtype)
+    return (loss * m).sum() / m.sum()

@@ -1,0 +1,180 @@
+"""MAE / CAN / DAC step throughput: the eager reference vs the fastssl path (``python bench/throughput.py --mae``).
+
+One step = the method's forward (masking, encoder, decoder, every loss) + backward + AdamW step +
+zero_grad, on random images already on the device (no data loader). Providers, same weights:
+  eager     ``method.impl = "eager"``: reference ops, dense SDPA on ``[N, T, D]``, MAE's
+            embed-every-patch-then-gather input, one encoder call per view (``models/dense.py``)
+  fastssl   ``method.impl = "fastssl"``: one packed encoder call, pixels gathered before the patch
+            embedding, token ops with backend "auto" (Triton on CUDA, reference on CPU)
+  compile   torch.compile of the fastssl model (recorded as an error where it does not compile)
+Sizes: ``--cpu-quickstart`` (default on CPU): the fmnist configs (ViT-tiny, 28 px / patch 7, B = 128,
+fp32, the configs' decoders and heads); on CUDA ViT-B/16 at 224 px, B = 128, bf16 autocast, MAE's
+decoder (512 × 8); ``--smoke``: timm's test ViT at 16 px. CPU timing alternates the providers step
+by step (``rounds`` rounds), so a machine whose load drifts biases none of them; the median and
+20/80 % quantiles per provider are reported. ``--profile`` adds torch.profiler's top ops per method
+and provider (self CPU time over 2 steps) to the JSON and prints them as Markdown tables.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bench.common import Record, Timing, device, measure_ceilings, peak_memory_mib, plot, time_fn, write_results
+from fastssl.config import load_config
+from fastssl.data.batch import Batch
+from fastssl.engine.params import optimizer_groups
+from fastssl.methods.can import CAN
+from fastssl.methods.context import StepContext
+from fastssl.methods.dac import DAC
+from fastssl.methods.mae import MAE
+from fastssl.models.encoder import build_vit
+
+METHODS = {"mae": MAE, "can": CAN, "dac": DAC}
+PROVIDERS = ("eager", "fastssl", "compile")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Case:
+    arch: str
+    img: int
+    patch: int
+    batch: int
+    amp: bool
+    gpu_heads: bool  # the ImageNet configs' decoder and heads instead of the fmnist ones
+
+
+CPU_QUICKSTART = Case("vit_tiny_patch16_224", 28, 7, 128, False, False)
+GPU = Case("vit_base_patch16_224", 224, 16, 128, True, True)
+SMOKE = Case("test_vit", 16, 4, 8, False, False)
+
+
+def build(name: str, case: Case, impl: str, dev: torch.device):
+    folder = "imagenet" if case.gpu_heads else "fmnist"
+    cfg = load_config(os.path.join(ROOT, "configs", folder, f"{name}.yaml"), ["data.root=."] if case.gpu_heads else []).method
+    updates = {"impl": impl}
+    if hasattr(cfg, "gather_distributed"):
+        updates["gather_distributed"] = False
+    cfg = cfg.model_copy(update=updates)
+    if case.arch == "test_vit":
+        cfg = cfg.model_copy(update={"decoder": cfg.decoder.model_copy(update={"embed_dim": 32, "depth": 1, "num_heads": 2})})
+    torch.manual_seed(0)
+    enc = build_vit(case.arch, img_size=case.img, patch_size=case.patch)
+    model = METHODS[name](cfg, enc).to(dev).train()
+    opt = torch.optim.AdamW(optimizer_groups(model.param_groups(), 0.05)[0], lr=1e-4, fused=dev.type == "cuda")
+    return model, opt
+
+
+def make_batch(model, case: Case, dev: torch.device) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    crops = {c.name: torch.randn(c.count, case.batch, 3, c.size or case.img, c.size or case.img, generator=g).to(dev)
+             for c in model.crops()}
+    idx = torch.arange(case.batch, device=dev)
+    return Batch(crops, idx, idx)
+
+
+def make_step(fwd, opt, batch: Batch, amp: bool, dev: torch.device):
+    ctx = StepContext(step=0, steps_per_epoch=100, total_steps=100, seed=0)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = fwd(batch, ctx).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def alternate(steps: dict[str, callable], rounds: int) -> dict[str, Timing]:
+    """CPU: each provider's step once per round, in turn; median and 20/80 % quantiles per provider."""
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, s in samples.items():
+        s.sort()
+        q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
+        out[k] = Timing(q(0.5), q(0.2), q(0.8))
+    return out
+
+
+def profile_table(step, top: int = 12) -> list[dict]:
+    """Top ops by self CPU time over two steps (after one warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 2e3,
+             "pct": 100 * e.self_cpu_time_total / total} for e in rows]
+
+
+def run(args) -> None:
+    dev = device()
+    case = SMOKE if args.smoke else GPU if dev.type == "cuda" else CPU_QUICKSTART
+    if args.smoke and dev.type == "cpu":
+        torch.set_num_threads(1)
+    methods = [m.strip() for m in (args.methods or "mae,can,dac").split(",") if m.strip()]
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    rounds = 2 if args.smoke else args.rounds
+    records: list[Record] = []
+    profiles: dict = {}
+    for name in methods:
+        steps, models = {}, {}
+        for prov in providers:
+            impl = "eager" if prov == "eager" else "fastssl"
+            model, opt = build(name, case, impl, dev)
+            fwd = torch.compile(model, dynamic=False) if prov == "compile" else model
+            batch = make_batch(model, case, dev)
+            step = make_step(fwd, opt, batch, case.amp, dev)
+            try:
+                loss0 = step().item()  # warm-up (compile), the same weights and inputs for every provider
+            except Exception as err:  # noqa: BLE001  (compile may not run here: record it)
+                records.append(Record(provider=prov, case={"method": name, **case.__dict__}, error=f"{type(err).__name__}: {err}"[:500]))
+                print(f"  {name} {prov}: {records[-1].error.splitlines()[0][:120]}", flush=True)
+                continue
+            steps[prov], models[prov] = step, (model, loss0)
+        if dev.type == "cuda":
+            timings = {k: time_fn(fn, rep_ms=2000) for k, fn in steps.items()}
+        else:
+            timings = alternate(steps, rounds)
+        for prov, t in timings.items():
+            extra = {"images_per_s": case.batch / (t.median / 1e3), "first_loss": models[prov][1]}
+            if "eager" in timings:
+                extra["speedup_vs_eager"] = timings["eager"].median / t.median
+            rec = Record(provider=prov, case={"method": name, **case.__dict__}, total=t,
+                         peak_mem_mib=peak_memory_mib(steps[prov]), extra=extra)
+            records.append(rec)
+            print(f"  {name} {prov}: {t.median:.0f} ms ({t.p20:.0f}-{t.p80:.0f}), {extra['images_per_s']:.1f} images/s, "
+                  f"x{extra.get('speedup_vs_eager', 1.0):.2f} vs eager, first loss {extra['first_loss']:.4f}", flush=True)
+        if args.profile:
+            for prov in ("eager", "fastssl"):
+                if prov in steps:
+                    profiles[f"{name}/{prov}"] = profile_table(steps[prov])
+        del steps, models
+    name = "throughput-masked-image" + ("-quickstart" if dev.type == "cpu" and not args.smoke else "")
+    path = write_results(name, records, measure_ceilings(smoke=True), args, meta={
+        "step": "method forward (masking, encoder, decoder, losses) + backward + AdamW + zero_grad",
+        "rounds": rounds, "threads": torch.get_num_threads(), "profiles": profiles,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None})
+    print(f"\nwrote {path}")
+    for key, rows in profiles.items():
+        print(f"\n{key} (top ops by self CPU time, 2 steps)\n| op | calls | self CPU ms/step | % |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['op']} | {r['calls']} | {r['self_cpu_ms']:.1f} | {r['pct']:.1f} |")
+    try:
+        plot(path, [("throughput", lambda r: r.extra.get("images_per_s"), "images/s")], x_key="method",
+             series_key=lambda c: c["arch"])
+    except Exception as err:  # noqa: BLE001  (a plot is a convenience)
+        print(f"no plot: {err}")

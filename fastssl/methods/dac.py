@@ -1,0 +1,123 @@
+"""DAC (dac.txt): MAE plus SimSiam between two cheap views of one crop.
+
+    view B  the crop, masked as MAE (75 %): encoder on the K kept patches -> decoder -> pixels + CLS
+    view A  the same crop resized so that its patch grid has exactly K patches (dac.txt §3.1:
+            "the resized image have the same number of patches as unmasked parts"); 224 px / 16 at
+            75 % -> 112 px (7×7 = 49 = 196/4), the paper's "resize scale 0.5"; 28 px / 7 -> 14 px
+    L = L_SimSiam + λ_e·L_rec,  λ_e = 0.24·0.996^epoch (Table 1), L_rec on view B's masked patches.
+
+Contrastive features (§3.2 and the Table 7 ablation): view B's is the decoder output CLS; view A's is
+its *encoder* CLS passed through the decoder embedding ("the encoder output with an additional linear
+layer to make shapes match"), so both live in the decoder width. They share one 2-layer projector and
+SimSiam's 2-layer predictor (§3.3), applied per view, with SimSiam's symmetric stop-gradient loss
+(the paper says "SimSiam loss" and nothing about asymmetry of the loss; we keep SimSiam's official
+symmetric form). Both views go through the encoder in one packed call (1 + K tokens each).
+
+Augmentations (Tables 2, 3): the crop takes SimCLR colour jitter and grey-scale but no blur and no
+solarize ("mask modelling is equivalent to a strong blurring"); the resized view reuses the crop's
+pixels and flip (``CropSpec(resize_of=...)``), so it has no extra blur / solarize (the paper adds
+blur p = 0.1 and solarize p = 0.2 there, which the resize-of crop does not offer).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fastssl.data.batch import Batch
+from fastssl.data.crops import CropSpec
+from fastssl.methods.context import StepContext
+from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
+from fastssl.methods.output import StepOutput
+from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.methods.siamese import SiamesePair, simsiam_loss, simsiam_predictor
+from fastssl.models.dense import eager_encode
+from fastssl.models.heads import HeadConfig
+from fastssl.models.views import ImageView, MaskedView
+from fastssl.ops import masked_patch_loss, patchify, reference
+
+
+def _projector() -> HeadConfig:
+    return HeadConfig(hidden_dim=2048, out_dim=2048, num_layers=2, norm="batchnorm", last_norm=True)
+
+
+class DACConfig(MaskedImageFields):
+    name: Literal["dac"] = "dac"
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="View B's masked fraction; K = L·(1 − r) must be a square.")
+    rec_weight: float = Field(0.24, ge=0.0, description="λ at epoch 0 (Table 1: 0.24).")
+    rec_weight_decay: float = Field(0.996, gt=0.0, le=1.0, description="λ_e = rec_weight · rec_weight_decay^epoch.")
+    projector: HeadConfig = Field(default_factory=_projector, description="2-layer projection MLP (§3.3).")
+    predictor: HeadConfig = Field(default_factory=simsiam_predictor, description="SimSiam's predictor; out_dim = projector.out_dim.")
+
+
+def small_size(img_size: int, patch_size: int, ratio: float) -> int:
+    """Side of view A: p·√K pixels, K = the kept patches of view B; K must be a perfect square."""
+    grid = img_size // patch_size
+    k = kept_count(grid * grid, ratio)
+    side = math.isqrt(k)
+    if side * side != k:
+        raise ValueError(f"method.mask_ratio {ratio} keeps {k} of {grid * grid} patches, not a square number: "
+                         f"DAC's resized view needs a square grid of exactly K patches (e.g. 0.75 on a square grid)")
+    return side * patch_size
+
+
+class DAC(nn.Module):
+    Config = DACConfig
+
+    def __init__(self, cfg: DACConfig, encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.decoder = build_decoder(encoder, cfg)
+        self.small = small_size(encoder.config["img_size"], encoder.patch_size, cfg.mask_ratio)
+        self.heads = SiamesePair(cfg.decoder.embed_dim, cfg.projector, cfg.predictor)
+
+    def crops(self) -> tuple[CropSpec, ...]:
+        return (CropSpec("full", blur_p=0.0, solarize_p=0.0), CropSpec("small", size=self.small, resize_of="full"))
+
+    def param_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("all", trainable(self.encoder, "encoder.") + trainable(self.decoder, "decoder.")
+                           + trainable(self.heads, "heads."))]
+
+    def rec_weight(self, epoch: float) -> float:
+        return self.cfg.rec_weight * self.cfg.rec_weight_decay ** epoch
+
+    def features(self, full: torch.Tensor, small: torch.Tensor, ids_keep: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ``(pred [B, L, p·p·C] of view B, h [2B, Dd] = [view A's feature; view B's])``."""
+        dec = self.decoder
+        if self.cfg.impl == "eager":
+            tok_b = eager_encode(self.encoder, full, ids_keep)
+            cls_a = eager_encode(self.encoder, small)[:, 0]
+            pred, cls_b = dec.forward_eager(tok_b, ids_keep)
+        else:
+            enc = self.encoder.encode([MaskedView(full, ids_keep), ImageView(small)])
+            pred, cls_b = dec(enc[0].final.dense(), enc[0].cls, ids_keep, backend=self.cfg.backend)
+            cls_a = enc[1].cls
+        return pred, torch.cat([dec.decoder_embed(cls_a), cls_b])
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        dtype = param_dtype(self.encoder)
+        full, small = batch["full"][0].to(dtype), batch["small"][0].to(dtype)
+        if small.shape[-1] != self.small:
+            raise ValueError(f"view A must be {self.small} px (K patches), got {small.shape[-1]}")
+        b, p = full.shape[0], self.encoder.patch_size
+        num_patches = self.encoder.grid[0] * self.encoder.grid[1]
+        ids_keep, mask = draw_masks(ctx.generator(), 1, b, num_patches, self.cfg.mask_ratio, full.device)
+        pred, h = self.features(full, small, ids_keep)
+        pr, z = self.heads(h)
+        l_con = simsiam_loss(pr, z)
+        if self.cfg.impl == "eager":
+            l_rec = reference.masked_patch_loss(pred, reference.patchify(full, p), mask, self.cfg.norm_pix)
+        else:
+            masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
+            l_rec = masked_patch_loss(pred, patchify(full, p, backend=self.cfg.backend), mask, norm_pix=self.cfg.norm_pix,
+                                      num_masked=masked, backend="reference" if self.cfg.backend == "reference" else "auto")
+        lam = self.rec_weight(ctx.epoch)
+        metrics = {"loss_simsiam": l_con.detach(), "loss_rec": l_rec.detach(), "rec_weight": torch.tensor(lam)}
+        metrics.update(pair_metrics(*z.chunk(2)))
+        return StepOutput(loss=l_con + lam * l_rec, metrics=metrics)
