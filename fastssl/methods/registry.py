@@ -30,12 +30,11 @@ def method_config_union():
 
 
 def build_method(cfg) -> nn.Module:
-    """The configured method around a ``PackedViT`` built from ``cfg.model`` (a ``TrainConfig``)."""
-    from fastssl.models.encoder import build_vit
+    """The configured method around the encoder ``cfg.model`` names (a ``TrainConfig``): a
+    ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``)."""
+    from fastssl.models.encoder import build_encoder
 
-    m = cfg.model
-    encoder = build_vit(m.arch, img_size=m.img_size or cfg.data.image_size, patch_size=m.patch_size,
-                        drop_path_rate=m.drop_path_rate, attn_backend=m.attn_backend)
+    encoder = build_encoder(cfg.model, cfg.data.image_size)
     for method in METHODS:
         if isinstance(cfg.method, method.Config):
             return method(cfg.method, encoder)
