@@ -13,11 +13,13 @@ from torch import nn
 from fastssl.methods.byol import BYOL
 from fastssl.methods.mbyol import MBYOL
 from fastssl.methods.mmoco import MMoCo
+from fastssl.methods.mocov2 import MoCoV2
 from fastssl.methods.mocov3 import MoCoV3
 from fastssl.methods.simclr import SimCLR
 from fastssl.methods.simsiam import SimSiam
+from fastssl.methods.swav import SwAV
 
-METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL)
+METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL, MoCoV2, SwAV)
 
 
 def method_names() -> list[str]:
