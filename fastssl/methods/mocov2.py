@@ -67,7 +67,7 @@ class MoCoV2(nn.Module):
         if cfg.accel is not None:
             from fastssl.methods.accel import AccelMoCo
 
-            self.accel = AccelMoCo(self, cfg.accel)  # per-stage heads and queues; registered below
+            self.accel = AccelMoCo(encoder, cfg.accel, cfg.queue_size)  # per-stage heads and queues
         online = (self.encoder, self.projector) + ((self.accel.heads,) if self.accel is not None else ())
         self.target = EmaTarget(*online)
         self._pending: list[tuple[int, torch.Tensor]] = []  # (stage, keys) to enqueue after the step
@@ -89,7 +89,7 @@ class MoCoV2(nn.Module):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["views"]: [2, B, 3, S, S]; view 1 → queries, view 2 → keys."""
         if self.accel is not None:
-            return self.accel.forward(batch, ctx)
+            return self.accel.forward(self, batch, ctx)
         views = batch["views"].to(param_dtype(self.encoder))
         q = self.projector(self.encoder(views[0]))
         with torch.no_grad():
@@ -98,7 +98,7 @@ class MoCoV2(nn.Module):
         return StepOutput(loss=self.loss(q, k, self.queue), metrics=pair_metrics(q, k))
 
     def queue_of(self, stage: int) -> KeyQueue:
-        return self.queue if self.accel is None else self.accel.queue_of(stage)
+        return self.queue if self.accel is None else self.accel.queue_of(self, stage)
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
