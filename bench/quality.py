@@ -9,7 +9,8 @@ Each method trains as a user would start it (``fastssl/train.py`` in a subproces
 with the same steps, batch, model and evaluation subset; the rows are read from each run's
 ``summary.json``. Two reference rows need no training: **random init** (the encoder every run
 starts from — the same seed builds the same encoder before any head) and **raw pixels** (the
-normalised 28×28×3 pixels as features, through the same kNN and probe). Writes
+normalised 28×28×3 pixels as features, through the same kNN and probe); one random-init row per
+encoder (arch + stem) among the rows. Writes
 ``bench/results/quality-<device>.json``, ``.png`` and ``.md`` (``-smoke`` for smoke runs).
 """
 from __future__ import annotations
@@ -64,9 +65,26 @@ def train_method(name: str, out_dir: Path, steps: int | None, extra: list[str], 
     summary = json.loads((out_dir / "summary.json").read_text())
     scores = {_label(s): s["accuracy"] for s in summary["eval_final"]}
     init = {_label(s): s["accuracy"] for s in summary["eval_init"]}
-    return {"row": label, "method": name, "steps": summary["steps"], "wall_s": round(wall, 1),
+    return {"row": label, "method": name, "encoder": _encoder_name(Path(cmd[3]), extra), "steps": summary["steps"], "wall_s": round(wall, 1),
             "images_per_s": round(summary["images_per_second"], 1), "scores": scores, "init": init,
             "overrides": [c for c in cmd[5:] if "=" in c]}
+
+
+def random_init_rows(rows: list[dict]) -> list[dict]:
+    """One "random init" row per encoder (arch + stem): the initial encoder differs per architecture,
+    so a ResNet row is compared with a ResNet at init, a ViT row with a ViT. Taken from the first run
+    of each encoder (every run with the same seed and encoder starts from the same weights)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["encoder"], {"row": f"random init ({r['encoder']})", "method": None, "scores": r["init"]})
+    return list(out.values())
+
+
+def _encoder_name(cfg_path: Path, extra: list[str]) -> str:
+    from fastssl.config import load_config
+
+    m = load_config(cfg_path, extra).model
+    return m.arch + (", small stem" if m.small_stem else "")
 
 
 def _label(score: dict) -> str:
@@ -148,9 +166,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
 
     names = [n for n in args.methods.split(",") if n]
-    unknown = set(names) - set(method_names())
+    # A name is a config of configs/fmnist/ (a method's own, or a variant such as simclr_resnet18).
+    unknown = {n for n in names if not (ROOT / "configs" / "fmnist" / f"{n}.yaml").is_file()}
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)} (registered: {', '.join(method_names())})")
+        p.error(f"no configs/fmnist/<name>.yaml for {sorted(unknown)} (methods: {', '.join(method_names())})")
     runs_dir = args.runs_dir / ("smoke" if args.smoke else "")
     rows: list[dict] = []
     for name in names:
@@ -162,10 +181,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)", args.reuse))
         print(f"[quality] {spec}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
     ref_cfg = ROOT / "configs" / "fmnist" / f"{names[0]}.yaml"
-    reference = [{"row": "random init", "method": None, "scores": rows[0]["init"]},
-                 raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
+    reference = [*random_init_rows(rows), raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
     rows = reference + rows
-    first = rows[2]
+    first = rows[len(reference)]
     meta = {
         "device": "CPU (smoke)" if args.smoke else f"CPU, {os.cpu_count()} cores",
         "budget": f"{first['steps']} steps × {_batch(ref_cfg, args)} images, ViT config of configs/fmnist/<name>.yaml",

@@ -30,6 +30,7 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
     python bench/throughput.py --quick         # ViT-S/16, B ∈ {256,512}, dcl; compile providers at B=256 only (< 4 min, H100)
     python bench/throughput.py --smoke         # timm test_vit, 16 px, patch 4, B=8, fp32: runs anywhere, not a measurement
     python bench/throughput.py --cpu-quickstart  # the README quickstart's step on CPU: vit_tiny, 28 px / patch 7, B=128, fp32, dcl
+    python bench/throughput.py --accel [--smoke]    # SimCLR / MoCo v2 / SwAV on ResNet-18 at 32 px: standard vs PB, HP, PB+HP
     python bench/throughput.py --masked [--smoke | --fmnist-grid]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
                                                #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
     python bench/throughput.py --compile [--methods a,b] [--smoke]  # engine.compile off/on per method at the
@@ -195,6 +196,14 @@ def _add_args(p) -> None:
     p.add_argument("--methods", default=None, help="with --compile: methods (default: all registered); with --mae: a subset of mae,can,dac")
     p.add_argument("--rounds", type=int, default=5, help="with --mae on CPU: alternating timing rounds per provider")
     p.add_argument("--profile", action="store_true", help="with --mae: torch.profiler top ops per method and provider")
+    p.add_argument("--accel", action="store_true", help="standard vs Accel (PB, HP, PB+HP) step time on a ResNet (bench/accel_step.py)")
+    p.add_argument("--accel-methods", default="simclr,mocov2,swav", help="with --accel: methods to time")
+    p.add_argument("--arch", default="resnet18", help="with --accel: timm ResNet")
+    p.add_argument("--small-stem", action="store_true", help="with --accel: the 3×3 stride-1 stem")
+    p.add_argument("--img", type=int, default=32, help="with --accel: image side")
+    p.add_argument("--batch", type=int, default=64, help="with --accel: images per step (two views each)")
+    p.add_argument("--reps", type=int, default=3, help="with --accel: timed steps per case (median)")
+    p.add_argument("--threads", type=int, default=1, help="with --accel: CPU threads (1: shared cores)")
 
 
 def main() -> None:
@@ -215,6 +224,11 @@ def main() -> None:
         from bench.compile_step import run as run_compile
 
         run_compile(args)
+        return
+    if args.accel:
+        from bench.accel_step import run as run_accel
+
+        run_accel(args)
         return
     sweep = SMOKE if args.smoke else CPU_QUICKSTART if args.cpu_quickstart else QUICK if args.quick else FULL
     if args.cpu_quickstart:

@@ -37,9 +37,10 @@ class RunConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: str = Field("vit_tiny_patch16_224", description="timm model name (vit_tiny_patch16_224 ... vit_large_patch16_224).")
+    arch: str = Field("vit_tiny_patch16_224", description="timm model name: a ViT (vit_tiny_patch16_224 ... vit_large_patch16_224) or a ResNet (resnet18, resnet50, ...).")
     img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
-    patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name).")
+    patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name); ResNets ignore it.")
+    small_stem: bool = Field(False, description="ResNet only: 3×3 stride-1 stem conv and no max-pool, for 28–32 px images.")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
     attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
         "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
@@ -51,10 +52,23 @@ class ModelConfig(Section):
         import fastssl  # noqa: F401  (torchvision shim before timm)
         import timm
 
-        # test_vit* are timm's tiny ViTs for tests and smoke runs.
-        if not arch.startswith(("vit_", "test_vit")) or arch not in timm.list_models(arch):
+        from fastssl.models.encoder import encoder_family
+
+        # test_vit* / test_resnet are timm's tiny models for tests and smoke runs.
+        if arch.startswith(("vit_", "test_vit")) and arch not in timm.list_models(arch):
             raise ValueError(f"{arch!r} is not a timm ViT (e.g. vit_tiny_patch16_224 ... vit_large_patch16_224)")
+        encoder_family(arch)  # one-line error for any other family
+        if arch not in timm.list_models(arch):
+            raise ValueError(f"{arch!r} is not a timm ResNet (e.g. resnet18, resnet50)")
         return arch
+
+    @model_validator(mode="after")
+    def _stem_of_a_resnet(self) -> "ModelConfig":
+        from fastssl.models.encoder import encoder_family
+
+        if self.small_stem and encoder_family(self.arch) != "resnet":
+            raise ValueError(f"model.small_stem applies to ResNets only, not {self.arch!r}")
+        return self
 
 
 class OptimConfig(Section):
@@ -143,8 +157,10 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        from fastssl.models.encoder import encoder_family
+
         img = self.model.img_size or self.data.image_size
-        if img % self.model.patch_size:
+        if encoder_family(self.model.arch) == "vit" and img % self.model.patch_size:
             raise ValueError(f"model.patch_size={self.model.patch_size} must divide the image size {img}")
         if self.engine.precision == "fp16" and self.engine.zero_stage == 0:
             # DeepSpeed's fp16 path needs its loss-scaling optimizer wrapper, which ZeRO provides.

@@ -79,6 +79,10 @@ _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 _SPLIT_GRAIN = 128  # reduction-axis splits are multiples of this (and of every BLOCK_M / BLOCK_N)
 _MAX_SPLITS = 8
+# Queue mode (MoCo v2): M is a GPU's share of the batch (32-256 rows) and C the queue (65,536): few
+# row blocks, a long loop. Its partials stay small (forward O(splits·M); dRows [splits, M, D] fp32,
+# 4 MB at M = 256, D = 128, 32 splits), so the queue may be cut into more chunks.
+_MAX_QUEUE_SPLITS = 64
 
 
 def _autotune(kernel: str):
@@ -164,12 +168,12 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 @_autotune("fwd")
 @triton.jit
 def _contrastive_fwd_kernel(
-    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr, part_ptr,
+    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, pdot_ptr, loss_ptr, lse_ptr, part_ptr,
     M, C, D, chunk, n_splits,
     stride_rm, stride_rd, stride_cm, stride_cd,
     qk_scale,  # log2(e) / τ
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    POS_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Grid (row blocks, column splits). Program (i, s) covers columns [s·chunk, (s+1)·chunk).
@@ -177,6 +181,9 @@ def _contrastive_fwd_kernel(
     One split: stores loss and LSE₂. Several (``SPLIT``): stores its partial (m, l) in
     part[0, s], part[1, s] and, from split 0, the weighted positive w·t_pos in loss_ptr; the
     launcher merges them (LSE₂ = max_s m_s + log2 Σ_s l_s·2^(m_s - max)).
+    ``POS_DOT`` (MoCo v2's queue): the positive is not among the columns (the queue); its dot
+    product <rows[a], key[a]> is given in pdot[a] and its logit enters the LSE as one extra term,
+    seeded into split 0's running (max, sum) before the column loop; pos/excl are all -1 then.
     """
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -188,10 +195,13 @@ def _contrastive_fwd_kernel(
         excl_b = pos
     else:
         excl_b = excl
-    # The positive logit t[a, pos[a]], as an O(BLOCK_M·D) row-wise dot with the gathered cols[pos[a]]
-    # rather than a compare-select-sum over every tile of the main loop.
     if ONE_D:
         r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
+    # The positive logit t[a, pos[a]], as an O(BLOCK_M·D) row-wise dot with the gathered cols[pos[a]]
+    # rather than a compare-select-sum over every tile of the main loop.
+    if POS_DOT:
+        t_pos = tl.load(pdot_ptr + offs_m, mask=row_ok, other=0.0)
+    elif ONE_D:
         cp = _load_tile(cols_ptr, pos, row_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
         t_pos = tl.sum(r.to(tl.float32) * cp.to(tl.float32), axis=1)
     else:
@@ -204,6 +214,10 @@ def _contrastive_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of t = s·log2(e)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ exp2(t - m_i)
+    if POS_DOT:  # the positive's term exp2(t_pos - m) = 1 at m = t_pos, counted once (split 0)
+        first = (offs_m * 0 + pid_s) == 0
+        m_i = tl.where(first, t_pos, m_i)
+        l_i = tl.where(first, 1.0, l_i)
     c_lo = pid_s * chunk
     c_hi = tl.minimum(C, c_lo + chunk)
     for start_n in range(c_lo, c_hi, BLOCK_N):
@@ -445,7 +459,8 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2) -> tuple[int, int]:
+def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2,
+            max_splits: int = _MAX_SPLITS) -> tuple[int, int]:
     """(splits, chunk) of a reduction axis of ``length`` over which ``programs`` programs would loop.
 
     A single contrastive matrix has no batch or head axis to fill the GPU with: at 2N = 8192 and
@@ -462,26 +477,29 @@ def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2) -
         want = 2
     else:
         want = max(1, (per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
-    splits = max(1, min(_MAX_SPLITS, grains, want))
+    splits = max(1, min(max_splits, grains, want))
     chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
     return triton.cdiv(length, chunk), chunk
 
 
-def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos):
-    """loss [M] fp32 and LSE₂ [M] fp32."""
+def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
+    """loss [M] fp32 and LSE₂ [M] fp32. ``pdot`` [M] fp32: the positives' dot products (queue mode)."""
     m, d = rows.shape
     c = cols.shape[0]
     flags = _flags(rows, d, w is not None, exclude_pos)
-    splits, chunk = _splits(rows.device, triton.cdiv(m, 64), c)
+    # Queue mode: few rows (a GPU's share of the batch) against K = 65,536 columns; the forward's
+    # partials are O(splits·M), so it may split the queue further to fill the SMs.
+    max_splits = _MAX_QUEUE_SPLITS if pdot is not None else _MAX_SPLITS
+    splits, chunk = _splits(rows.device, triton.cdiv(m, 64), c, max_splits=max_splits)
     loss = torch.empty(m, device=rows.device, dtype=torch.float32)  # holds w·t_pos when split
     lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
     part = torch.empty((2, splits, m) if splits > 1 else (1,), device=rows.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
     with _device_guard(rows):
         _contrastive_fwd_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else loss, loss, lse2, part,
-            m, c, d, chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            _LOG2E / temperature, SPLIT=splits > 1, **flags,
+            rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
+            loss, lse2, part, m, c, d, chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            _LOG2E / temperature, SPLIT=splits > 1, POS_DOT=pdot is not None, **flags,
         )
         if splits > 1:
             _contrastive_lse_merge_kernel[(triton.cdiv(m, 1024),)](part, loss, lse2, m, splits, BLOCK=1024)
@@ -489,7 +507,7 @@ def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos):
 
 
 def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
-         for_cols: bool, onto: torch.Tensor | None = None):
+         for_cols: bool, onto: torch.Tensor | None = None, max_splits: int = _MAX_SPLITS):
     """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype.
 
     ``onto`` (dCols only; rows and cols are one tensor): add dCols onto this dRows in place and
@@ -501,7 +519,7 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     flags = _flags(rows, d, w is not None, exclude_pos)
     out_rows, loop_len, block = (c, m, "BLOCK_N") if for_cols else (m, c, "BLOCK_M")
     d_blocks = triton.cdiv(d, flags["BLOCK_D"])
-    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len, per_sm=1)
+    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len, per_sm=1, max_splits=max_splits)
     out = onto if onto is not None else torch.empty((out_rows, d), device=rows.device, dtype=(cols if for_cols else rows).dtype)
     dest = out if splits == 1 else torch.empty((splits, out_rows, d), device=rows.device, dtype=torch.float32)
     stride_s = dest.stride(0) if splits > 1 else 0
@@ -520,8 +538,8 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     return out
 
 
-def _bwd_rows(*args):
-    return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False)
+def _bwd_rows(*args, max_splits=_MAX_SPLITS):
+    return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False, max_splits=max_splits)
 
 
 def _bwd_cols(*args, onto=None):
@@ -599,3 +617,69 @@ def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
     return pos_idx, excl_idx, pos_weight
+
+
+class QueueRows(torch.autograd.Function):
+    """loss [M] fp32 = LSE(t_pos, rows·queueᵀ/τ) − t_pos with t_pos = pdot/τ; grads for rows and pdot only.
+
+    The queue (cols) never gets a gradient, so the column-parallel dCols pass never runs. The
+    positive's gradient is O(M): d loss[a] / d pdot[a] = (P_pos[a] − 1)/τ, P_pos = exp2(t_pos₂ − LSE₂);
+    autograd carries it through the eager dot into q and k.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, queue, pdot, temperature):
+        none = torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)  # no pos/excl column
+        loss, lse2 = _fwd(rows, queue, none, none, None, temperature, False, pdot=pdot)
+        ctx.save_for_backward(rows, queue, none, pdot, lse2)
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, dloss):
+        rows, queue, none, pdot, lse2 = ctx.saved_tensors
+        dloss = dloss.float().contiguous()
+        tau = ctx.temperature
+        drows = None
+        if ctx.needs_input_grad[0]:
+            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, max_splits=_MAX_QUEUE_SPLITS)
+        dpdot = None
+        if ctx.needs_input_grad[2]:
+            p_pos = torch.exp2(pdot * (_LOG2E / tau) - lse2)
+            dpdot = dloss * (p_pos - 1.0) / tau
+        return drows, None, dpdot, None
+
+
+def queue_rows(
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    pos_idx: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Triton twin of ``fastssl.ops.reference.queue_rows`` (MoCo v2: positive keys[pos_idx[a]], the
+    queue as negatives), without the [M, 1+K] logits: the forward streams the queue in tiles with
+    the positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
+
+    rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
+    float dtype; pos_idx int [M]. The positive dot products are an eager fp32 O(M·D) pass (autograd
+    gives their gradients to rows and keys). Returns loss [M] fp32; no gradient into the queue.
+    """
+    if rows.ndim != 2 or queue.ndim != 2 or keys.ndim != 2 or not rows.shape[1] == queue.shape[1] == keys.shape[1]:
+        raise ValueError(f"rows [M, D], keys [N, D] and queue [K, D] must share D, got {tuple(rows.shape)}, "
+                         f"{tuple(keys.shape)} and {tuple(queue.shape)}")
+    if rows.shape[0] == 0 or queue.shape[0] == 0 or rows.shape[1] == 0:
+        raise ValueError(f"empty input: rows {tuple(rows.shape)}, queue {tuple(queue.shape)}")
+    if rows.dtype != queue.dtype or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"rows and queue must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {queue.dtype}")
+    if rows.device != queue.device:
+        raise ValueError(f"rows and queue are on different devices: {rows.device} and {queue.device}")
+    if not (rows.is_cuda or _INTERPRET):
+        raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
+                         "fastssl.kernels, or use backend='reference')")
+    if pos_idx.shape != (rows.shape[0],):
+        raise ValueError(f"pos_idx must be [{rows.shape[0]}], got {tuple(pos_idx.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    pdot = (rows.float() * keys.float()[pos_idx.to(keys.device)]).sum(dim=1)  # [M] fp32, differentiable
+    return QueueRows.apply(rows, queue.detach(), pdot, float(temperature))

@@ -32,7 +32,11 @@ def init_distributed() -> tuple[int, int, int]:
     else:
         # Several CPU ranks on one machine would each start one thread per core and oversubscribe it.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+        threads = max(1, (os.cpu_count() or 1) // per_node)
+        # OMP_NUM_THREADS caps it: on cores shared with other jobs, oneDNN convolutions run ~10× faster
+        # on 1 thread than on 2 spinning ones (measured, ResNet-18 fwd+bwd, notes/resnet_methods.md).
+        cap = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads)
     if not torch.cuda.is_available():
         # DeepSpeed would JIT-compile its shared-memory CPU collectives here (about 100 s on 2 cores,
         # repeated whenever its build flags change). CPU runs are tests and quickstarts whose

@@ -16,7 +16,7 @@ from fastssl.engine import run_dir
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
 from fastssl.engine.signals import StopSignals
-from fastssl.eval.export import encoder_state_dict, save_encoder
+from fastssl.eval.export import encoder_state_dict, export_spec, save_encoder
 from fastssl.eval.run_knn import Score, score_from_dict
 
 __all__ = ["run", "RunSummary", "Terminated", "TrainingStopped", "EXIT_SIGTERM"]
@@ -81,7 +81,7 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
     if s.last_checkpoint is None or s.last_checkpoint.name != f"step{s.state.global_step}":
         s.save()
     sd = encoder_state_dict(s.method.encoder)  # exported before the evaluation, which must not be able to cost it
-    encoder_path = save_encoder(sd, s.out / "encoder.pt") if s.is_main else None
+    encoder_path = save_encoder(sd, s.out / "encoder.pt", export_spec(s.method.encoder)) if s.is_main else None
     eval_final = evaluate(s)
     s.metrics.close()
     if s.is_main:

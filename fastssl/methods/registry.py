@@ -16,11 +16,13 @@ from fastssl.methods.dac import DAC
 from fastssl.methods.mae import MAE
 from fastssl.methods.mbyol import MBYOL
 from fastssl.methods.mmoco import MMoCo
+from fastssl.methods.mocov2 import MoCoV2
 from fastssl.methods.mocov3 import MoCoV3
 from fastssl.methods.simclr import SimCLR
 from fastssl.methods.simsiam import SimSiam
+from fastssl.methods.swav import SwAV
 
-METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL, MAE, CAN, DAC)
+METHODS: tuple[type[nn.Module], ...] = (SimCLR, BYOL, SimSiam, MoCoV3, MMoCo, MBYOL, MAE, CAN, DAC, MoCoV2, SwAV)
 
 
 def method_names() -> list[str]:
@@ -33,12 +35,11 @@ def method_config_union():
 
 
 def build_method(cfg) -> nn.Module:
-    """The configured method around a ``PackedViT`` built from ``cfg.model`` (a ``TrainConfig``)."""
-    from fastssl.models.encoder import build_vit
+    """The configured method around the encoder ``cfg.model`` names (a ``TrainConfig``): a
+    ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``)."""
+    from fastssl.models.encoder import build_encoder
 
-    m = cfg.model
-    encoder = build_vit(m.arch, img_size=m.img_size or cfg.data.image_size, patch_size=m.patch_size,
-                        drop_path_rate=m.drop_path_rate, attn_backend=m.attn_backend)
+    encoder = build_encoder(cfg.model, cfg.data.image_size)
     for method in METHODS:
         if isinstance(cfg.method, method.Config):
             return method(cfg.method, encoder)

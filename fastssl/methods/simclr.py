@@ -16,6 +16,7 @@ from fastssl import ops
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
+from fastssl.methods.accel_config import AccelConfig
 from fastssl.methods.context import StepContext
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup, one_group
@@ -31,6 +32,7 @@ class SimCLRConfig(Section):
     gather_distributed: bool = Field(True, description="Negatives from all ranks (the global batch), as SimCLR does.")
     backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
     head: HeadConfig = Field(default_factory=HeadConfig)
+    accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 
 
 class SimCLR(nn.Module):
@@ -43,6 +45,11 @@ class SimCLR(nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.projector = MLPHead(encoder.num_features, cfg.head)
+        self.accel = None
+        if cfg.accel is not None:
+            from fastssl.methods.accel import AccelSimCLR
+
+            self.accel = AccelSimCLR(encoder, cfg.accel)
 
     def crops(self) -> tuple[CropSpec, ...]:
         return TWO_VIEWS
@@ -59,5 +66,7 @@ class SimCLR(nn.Module):
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["views"]: [2, B, 3, S, S]."""
+        if self.accel is not None:
+            return self.accel.forward(self, batch, ctx)
         z1, z2 = self.projector(encode_views(self.encoder, batch["views"])).chunk(2)
         return StepOutput(loss=self.loss(z1, z2), metrics=pair_metrics(z1, z2))

@@ -1,4 +1,4 @@
-"""Contrastive losses: SimCLR's NT-Xent, DCL/DCLW and MoCo-v3-style InfoNCE.
+"""Contrastive losses: SimCLR's NT-Xent, DCL/DCLW and InfoNCE (MoCo v3 in-batch, MoCo v2 with a queue).
 
 Every op takes raw projector outputs (L2-normalised here), returns a scalar mean and is
 differentiable w.r.t. every input that requires grad. Each one reduces to
@@ -32,6 +32,15 @@ def _core(backend: Backend, device: torch.device):
 
         return triton_rows
     return reference.contrastive_rows
+
+
+def _queue_core(backend: Backend, device: torch.device):
+    """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for ``device``."""
+    if use_triton(backend, device):
+        from fastssl.kernels.contrastive import queue_rows as triton_queue_rows
+
+        return triton_queue_rows
+    return reference.queue_rows
 
 
 def _unit(z: torch.Tensor) -> torch.Tensor:
@@ -127,27 +136,44 @@ def info_nce(
     k: torch.Tensor,
     temperature: float = 0.2,
     *,
+    queue: torch.Tensor | None = None,
     gather_distributed: bool = False,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """MoCo-v3-style InfoNCE: mean cross-entropy of every query row against the keys.
+    """InfoNCE: mean cross-entropy of every query row against the keys (MoCo v3) or a queue (MoCo v2).
 
-    q: [N, D] or [n, N, D] (n query chunks per image, as M-MoCo); k: [N, D]. Row i of each chunk
-    has positive k[i] and negatives k[j != i] (from every rank with ``gather_distributed``).
-    MoCo v3's official code multiplies this by 2τ; that scale is the method's choice, not the op's.
-    When k needs no gradient (a momentum encoder's keys) the kernel does no dK work.
+    q: [N, D] or [n, N, D] (n query chunks per image, as M-MoCo); k: [N, D].
+    Without ``queue`` (MoCo v3): row i of each chunk has positive k[i] and negatives k[j != i]
+    (from every rank with ``gather_distributed``). MoCo v3's official code multiplies this by 2τ;
+    that scale is the method's choice, not the op's.
+    With ``queue`` [K, D] (MoCo v2; raw keys, normalised here like k, cast to q's dtype): row i's
+    logits are [q·k[i], q·queue[0..K-1]] / τ with label 0, i.e. positive k[i] and the K queue keys
+    as negatives; the batch's other keys are NOT negatives, as in MoCo v2's official code. The
+    queue gets no gradient. ``gather_distributed`` then changes nothing: the positives are local
+    and the queue holds the same keys on every rank (``fastssl.models.queue.KeyQueue`` enqueues the
+    keys of all ranks), so each rank's mean over its local rows, averaged by the engine, is the
+    global-batch loss; N = 1 is allowed (the negatives come from the queue).
+    When k needs no gradient (a momentum encoder's keys) the kernel does no dK work; with a queue
+    the kernel never builds the [N, 1+K] logits (tiles over the queue, per-row online logsumexp).
     """
     if q.ndim == 2:
         q = q.unsqueeze(0)
     if q.ndim != 3 or k.ndim != 2 or q.shape[1:] != k.shape:
         raise ValueError(f"q must be [N, D] or [n, N, D] and k [N, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     chunks, n, d = q.shape
-    if n < (1 if gather_distributed else 2):
+    if queue is not None and (queue.ndim != 2 or queue.shape[1] != d or queue.shape[0] < 1):
+        raise ValueError(f"queue must be [K, D] with K >= 1 and D = {d}, got {tuple(queue.shape)}")
+    if n < (1 if gather_distributed or queue is not None else 2):
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={n}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     rows = _unit(q).reshape(chunks * n, d)
     cols = _unit(k)
+    if queue is not None:
+        # No gather: the negatives are the queue (identical on every rank), the positives local.
+        negatives = _unit(queue.detach()).to(rows.dtype)
+        pos_idx = torch.arange(n, device=q.device).repeat(chunks)
+        return _queue_core(backend, q.device)(rows, cols, pos_idx, negatives, temperature).mean()
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)

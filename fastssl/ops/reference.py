@@ -44,6 +44,31 @@ def contrastive_rows(
     return lse - positive
 
 
+
+def queue_rows(
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    pos_idx: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-row MoCo v2 InfoNCE against a queue of negatives, the core of ``info_nce(..., queue=...)``.
+
+    rows [M, D], keys [N, D] and queue [K, D] are unit vectors; row a's positive is keys[pos_idx[a]]
+    and its negatives are the K queue keys (the batch's other keys are not negatives: MoCo v2's
+    official code builds the logits as [l_pos, q·queueᵀ] with label 0):
+        loss[a] = -s_pos[a] + log(exp(s_pos[a]) + Σ_c exp(<rows[a], queue[c]>/τ)),
+        s_pos[a] = <rows[a], keys[pos_idx[a]]> / τ
+    Materialises the [M, 1+K] logits (the kernel does not). The positive dot runs in fp32, the
+    queue matmul in the inputs' dtype, the softmax in fp32. No gradient flows into the queue.
+    Returns fp32 [M].
+    """
+    l_pos = (rows.float() * keys.float()[pos_idx]).sum(dim=1, keepdim=True)  # [M, 1]
+    l_neg = (rows @ queue.detach().to(rows.dtype).t()).float()  # [M, K]
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+
 # --------------------------------------------------------------------------------------------------
 # MAE token ops: references for kernels/tokens.py and kernels/patchify.py.
 # Conventions (MAE's models_mae.py): mask 0 = keep, 1 = removed; a patch vector is ordered

@@ -13,7 +13,7 @@ def test_quality_smoke(tmp_path, monkeypatch):
     import bench.quality as q
     monkeypatch.setattr(q, "RESULTS", tmp_path)
     rows = q.main(["--smoke", "--methods", "simclr,mocov3", "--runs-dir", str(tmp_path / "runs")])
-    assert [r["row"] for r in rows] == ["random init", "raw pixels", "simclr", "mocov3"]
+    assert [r["row"] for r in rows] == ["random init (test_vit)", "raw pixels", "simclr", "mocov3"]
     for r in rows:
         assert r["scores"] and all(0.0 <= v <= 1.0 for v in r["scores"].values()), r
     for r in rows[2:]:
@@ -22,3 +22,13 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert len(saved["rows"]) == len(rows)
     assert (tmp_path / "quality-smoke.png").stat().st_size > 0
     assert "| raw pixels |" in (tmp_path / "quality-smoke.md").read_text()
+
+
+def test_one_random_init_row_per_encoder():
+    sys.path.insert(0, str(ROOT))
+    import bench.quality as q
+
+    rows = [{"encoder": "vit_tiny", "init": {"a": 0.5}}, {"encoder": "resnet18", "init": {"a": 0.2}},
+            {"encoder": "vit_tiny", "init": {"a": 0.5}}]
+    assert q.random_init_rows(rows) == [{"row": "random init (vit_tiny)", "method": None, "scores": {"a": 0.5}},
+                                        {"row": "random init (resnet18)", "method": None, "scores": {"a": 0.2}}]

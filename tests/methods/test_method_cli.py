@@ -29,6 +29,9 @@ HEADS = {
     "can": {"decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "projector": {"hidden_dim": 64, "out_dim": 32}},
     "dac": {"decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "projector": {"hidden_dim": 64, "out_dim": 32},
             "predictor": {"hidden_dim": 16, "out_dim": 32}},
+    "mocov2": {"head": {"hidden_dim": 64, "out_dim": 32, "norm": "none"}, "queue_size": 64},
+    "swav": {"head": {"hidden_dim": 64, "out_dim": 32}, "n_prototypes": 20, "n_local": 2, "local_size": 8,
+             "freeze_prototypes_epochs": 0.01, "queue_length": 32, "queue_start_epoch": 0.0},
 }
 
 
@@ -96,3 +99,28 @@ def test_can_on_two_gloo_ranks(tmp_path, tiny_folder):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert sorted(losses(tmp_path / "run")) == [1, 2]
+def test_accel_cli_steps_and_exact_resume(tmp_path, tiny_folder):
+    """Accel-MoCo v2 on timm's test ResNet (small stem): the drawn stage, the per-stage queues and the
+    EMA of the stage heads resume exactly (same losses for steps 3 and 4 from the step-2 checkpoint)."""
+    opts = dict(model={"arch": "test_resnet", "small_stem": True}, optim={"max_steps": 4}, engine={"ckpt_every_steps": 2},
+                eval={"knn_at_init": False, "knn_k": 5})
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir(), b_dir.mkdir()
+
+    def config(folder):
+        path = method_config(folder, tiny_folder, "mocov2", **opts)
+        cfg = json.loads(path.read_text())
+        cfg["method"]["accel"] = {"regions": 2, "stage_head": {"hidden_dim": 32, "out_dim": 16}}
+        path.write_text(json.dumps(cfg))
+        return path
+
+    a = train(config(a_dir))
+    assert a.returncode == 0, a.stderr[-3000:]
+    want = losses(a_dir / "run")
+    stages = [json.loads(line).get("accel_stage") for line in (a_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {s for s in stages if s is not None} <= {1.0, 2.0, 3.0, 4.0}
+    b = train(config(b_dir), f"run.resume={a_dir / 'run' / 'checkpoints' / 'step2'}")
+    assert b.returncode == 0, b.stderr[-3000:]
+    got = losses(b_dir / "run")
+    for step in (3, 4):
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got, want)

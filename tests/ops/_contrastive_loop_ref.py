@@ -94,6 +94,26 @@ def info_nce_loop(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.cat(per_chunk).mean()
 
 
+def info_nce_queue_loop(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo v2 InfoNCE with a queue (MoCo v2's official code: logits [l_pos, l_neg], label 0).
+
+    q: [N, D] or [n, N, D], k: [N, D], queue: [K, D]. For each query row (chunk c, image i), with
+    unit vectors: -log exp(q·k_i/τ) / (exp(q·k_i/τ) + Σ_j exp(q·queue_j/τ)); the other keys of
+    the batch are not negatives. Mean over all query rows. The queue is a constant (no gradient).
+    """
+    if q.ndim == 2:
+        q = q.unsqueeze(0)
+    negatives = torch.stack([_unit(v) for v in queue.detach()])
+    out = []
+    for chunk in q:
+        for i in range(chunk.shape[0]):
+            query = _unit(chunk[i])
+            l_pos = torch.dot(query, _unit(k[i])) / tau
+            l_neg = negatives @ query / tau  # [K]
+            out.append(-(l_pos - torch.log(torch.exp(l_pos) + torch.exp(l_neg).sum())))
+    return torch.stack(out).mean()
+
+
 def rows_loop(rows, cols, pos_idx, excl_idx, tau, pos_weight=None, exclude_pos=False) -> torch.Tensor:
     """The core contract, one row at a time: loss[a] = -w[a]·s[a,pos[a]] + log Σ_{c allowed} exp(s[a,c]),
     s = rows·colsᵀ/τ, allowed = every c except excl[a] (if >= 0) and, with exclude_pos, pos[a]."""
@@ -148,6 +168,19 @@ def eager_info_nce(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor
     logits = torch.einsum("cnd,md->cnm", qn, kn) / tau
     labels = torch.arange(k.shape[0], device=k.device).repeat(q.shape[0])
     return F.cross_entropy(logits.reshape(-1, k.shape[0]), labels)
+
+
+def eager_info_nce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo v2's official loss written plainly: l_pos by einsum, l_neg = q·queueᵀ, cross-entropy to label 0."""
+    if q.ndim == 2:
+        q = q.unsqueeze(0)
+    qn = F.normalize(q, dim=-1).reshape(-1, q.shape[-1])
+    kn = F.normalize(k, dim=-1).repeat(q.shape[0], 1)
+    negatives = F.normalize(queue.detach(), dim=-1).to(q.dtype)
+    l_pos = torch.einsum("nc,nc->n", qn, kn).unsqueeze(-1)
+    l_neg = qn @ negatives.t()
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=q.device))
 
 
 # ---------------------------------------------------------------------------------------------

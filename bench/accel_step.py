@@ -1,0 +1,98 @@
+"""Accel step time (``bench/throughput.py --accel``): standard vs PB alone, HP alone, PB + HP, for
+SimCLR, MoCo v2 and SwAV on a ResNet, one optimizer step (forward, loss, backward, AdamW, zero_grad,
+after_step) on random inputs.
+
+With PB the step's cost depends on the drawn stage, so each stage s = 1 … n is timed on its own
+(the draw is forced by picking a step whose ``ctx.generator()`` draws s) and the expected step time
+under the uniform draw is their mean — exact, not sampled. Writes
+``bench/results/throughput-accel-<device>.json``; prints a table with the ratio to the standard step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from fastssl.data.batch import Batch
+from fastssl.engine.params import optimizer_groups
+from fastssl.methods.accel import draw_stage
+from fastssl.methods.accel_config import AccelConfig
+from fastssl.methods.context import StepContext
+from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
+from fastssl.methods.simclr import SimCLR, SimCLRConfig
+from fastssl.methods.swav import SwAV, SwAVConfig
+from fastssl.models.heads import HeadConfig
+from fastssl.models.resnet import ResNetTaps
+
+VARIANTS = {"standard": None, "PB": dict(partial_backprop=True, hard_pairs=False),
+            "HP": dict(partial_backprop=False, hard_pairs=True), "PB+HP": dict(partial_backprop=True, hard_pairs=True)}
+
+
+def build(method: str, arch: str, small_stem: bool, batch: int, accel: dict | None, head: HeadConfig):
+    enc = ResNetTaps.from_timm(arch, small_stem=small_stem)
+    acc = AccelConfig(stage_head=head, **accel) if accel is not None else None
+    if method == "simclr":
+        return SimCLR(SimCLRConfig(loss="nt_xent", head=head, backend="reference", accel=acc), enc)
+    if method == "mocov2":
+        return MoCoV2(MoCoV2Config(head=head.model_copy(update={"norm": "none"}), queue_size=16 * batch, backend="reference", accel=acc), enc)
+    return SwAV(SwAVConfig(head=head, n_local=0, n_prototypes=300, accel=acc), enc)
+
+
+def _step_for(stage: int | None, cfg: AccelConfig | None) -> int:
+    if stage is None:
+        return 0
+    return next(s for s in range(10_000) if draw_stage(cfg, 4, StepContext(s, 100, 10**6, 0).generator()) == stage)
+
+
+def time_step(model, batch: Batch, step: int, reps: int) -> list[float]:
+    groups, _ = optimizer_groups(model.param_groups(), 0.05)
+    opt = torch.optim.AdamW(groups, lr=1e-4)
+    ctx = StepContext(step, 100, 10**6, 0)
+    samples = []
+    for i in range(reps + 1):  # the first is warm-up
+        t = time.perf_counter()
+        out = model(batch, ctx)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if hasattr(model, "after_step"):
+            model.after_step(ctx)
+        if i:
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    arch, img, b = ("test_resnet", 16, 8) if args.smoke else (args.arch, args.img, args.batch)
+    head = HeadConfig(hidden_dim=32 if args.smoke else 512, out_dim=16 if args.smoke else 128)
+    torch.manual_seed(0)
+    views = torch.randn(2, b, 3, img, img)
+    batch = Batch({"views": views, "global": views}, torch.zeros(b, dtype=torch.long), torch.arange(b))
+    rows = []
+    for method in args.accel_methods.split(","):
+        base = None
+        for name, accel in VARIANTS.items():
+            acc = AccelConfig(**accel) if accel is not None else None
+            stages = [1, 2, 3, 4] if acc is not None and acc.partial_backprop else [None]
+            per_stage = {}
+            for s in stages:
+                torch.manual_seed(0)
+                model = build(method, arch, args.small_stem, b, accel, head)
+                per_stage[s or 4] = statistics.median(time_step(model, batch, _step_for(s, acc), 1 if args.smoke else args.reps))
+            ms = 1000 * statistics.mean(per_stage.values())
+            base = ms if name == "standard" else base
+            rows.append({"method": method, "variant": name, "step_ms": round(ms, 1), "ratio": round(ms / base, 3),
+                         "per_stage_ms": {k: round(1000 * v, 1) for k, v in per_stage.items()}})
+            print(f"  {method:7s} {name:9s} {ms:9.1f} ms  ×{ms / base:.2f}  " +
+                  " ".join(f"s{k}={1000 * v:.0f}" for k, v in per_stage.items()), flush=True)
+    meta = {"arch": arch, "small_stem": args.small_stem, "img": img, "batch": b, "threads": torch.get_num_threads(),
+            "device": "cpu", "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(), "reps": args.reps,
+            "step": "forward + loss + backward + AdamW + zero_grad + after_step, fp32, random inputs"}
+    out = args.out_dir / f"throughput-accel-cpu{'-smoke' if args.smoke else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {out}")

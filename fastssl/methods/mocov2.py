@@ -1,0 +1,111 @@
+"""MoCo v2 (Chen, Fan, Girshick & He 2020): a momentum key encoder and a queue of negative keys.
+
+Query q = projector(encoder(view 1)), key k = EMA copy of (encoder, projector) on view 2 (no
+gradient); InfoNCE with τ = 0.2 whose negatives are the K keys in the queue (65,536 on ImageNet),
+not the other keys of the batch — the loss of the official ``moco/builder.py``, one direction
+(MoCo v2 is not symmetrised). After every optimizer step the batch's keys of every rank are
+enqueued (``KeyQueue``, oldest out) and the key encoder moves by a constant momentum m = 0.999.
+Head: 2-layer MLP without BN (``Linear → ReLU → Linear``), as the official ``--mlp``.
+
+Shuffled BN: the official code shuffles the key batch across GPUs so that a query and its key are
+normalised with different BN statistics (otherwise the model can find its positive through the
+statistics of its own sub-batch). It only does so across GPUs; on one rank there is nothing to
+shuffle. We use SyncBatchNorm instead, which the engine applies on several CUDA ranks
+(``engine/sync_bn.py``): the statistics are those of the global batch, so a sub-batch leaks nothing
+either, with no extra all-gather of images and no second code path (MoCo v3 made the same switch).
+CPU runs with several gloo ranks keep rank-local BN (tests only).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from fastssl import ops
+from fastssl.config_base import Section
+from fastssl.data.batch import Batch
+from fastssl.data.crops import CropSpec
+from fastssl.methods.accel_config import AccelConfig
+from fastssl.methods.context import StepContext
+from fastssl.methods.output import StepOutput
+from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.models.ema import EmaTarget
+from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.models.queue import KeyQueue
+
+
+def _head() -> HeadConfig:
+    return HeadConfig(hidden_dim=2048, out_dim=128, num_layers=2, norm="none")
+
+
+class MoCoV2Config(Section):
+    name: Literal["mocov2"] = "mocov2"
+    temperature: float = Field(0.2, gt=0, description="τ of InfoNCE (MoCo v2: 0.2).")
+    momentum: float = Field(0.999, ge=0.0, le=1.0, description="Key-encoder momentum m, constant (MoCo v2: 0.999).")
+    queue_size: int = Field(65536, ge=1, description="K negative keys; a multiple of the global batch (MoCo v2: 65,536).")
+    gather_distributed: bool = Field(True, description="Enqueue the keys of every rank (the global batch).")
+    blur_p: float = Field(0.5, ge=0, le=1, description="Gaussian blur probability of both views (MoCo v2's augmentation: 0.5, no solarize).")
+    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    head: HeadConfig = Field(default_factory=_head, description="MLP head; hidden_dim = the encoder width in the paper.")
+    accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
+
+
+class MoCoV2(nn.Module):
+    Config = MoCoV2Config
+
+    def __init__(self, cfg: MoCoV2Config, encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.num_features, cfg.head)
+        self.queue = KeyQueue(cfg.queue_size, cfg.head.out_dim, seed=0)
+        self.accel = None
+        if cfg.accel is not None:
+            from fastssl.methods.accel import AccelMoCo
+
+            self.accel = AccelMoCo(encoder, cfg.accel, cfg.queue_size)  # per-stage heads and queues
+        online = (self.encoder, self.projector) + ((self.accel.heads,) if self.accel is not None else ())
+        self.target = EmaTarget(*online)
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (stage, keys) to enqueue after the step
+
+    def crops(self) -> tuple[CropSpec, ...]:
+        return (CropSpec("views", count=2, blur_p=self.cfg.blur_p, solarize_p=0.0),)
+
+    def param_groups(self) -> list[ParamGroup]:
+        params = trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")
+        if self.accel is not None:
+            params += trainable(self.accel.heads, "accel.heads.")
+        return [ParamGroup("all", params)]
+
+    def loss(self, q: torch.Tensor, k: torch.Tensor, queue: KeyQueue) -> torch.Tensor:
+        """q ``[B, D]`` queries, k ``[B, D]`` keys (no gradient); negatives: the queue's keys."""
+        c = self.cfg
+        return ops.info_nce(q, k.detach(), c.temperature, queue=queue.keys, gather_distributed=c.gather_distributed, backend=c.backend)
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """batch["views"]: [2, B, 3, S, S]; view 1 → queries, view 2 → keys."""
+        if self.accel is not None:
+            return self.accel.forward(self, batch, ctx)
+        views = batch["views"].to(param_dtype(self.encoder))
+        q = self.projector(self.encoder(views[0]))
+        with torch.no_grad():
+            k = self.target(views[1])
+        self._pending.append((0, k))
+        return StepOutput(loss=self.loss(q, k, self.queue), metrics=pair_metrics(q, k))
+
+    def queue_of(self, stage: int) -> KeyQueue:
+        return self.queue if self.accel is None else self.accel.queue_of(self, stage)
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> None:
+        # Keys enter the queue only after the step: the loss's backward still reads the queue, and
+        # a checkpoint (taken after this hook) then holds everything, with nothing pending.
+        for stage, k in self._pending:
+            self.queue_of(stage).enqueue(F.normalize(k.float(), dim=1), gather_distributed=self.cfg.gather_distributed)
+        self._pending.clear()
+        online = (self.encoder, self.projector) + ((self.accel.heads,) if self.accel is not None else ())
+        self.target.update_(*online, momentum=self.cfg.momentum)

@@ -1,0 +1,159 @@
+"""SwAV (Caron et al. 2020): swapped prediction of Sinkhorn codes over multi-crop.
+
+Every crop (2 global + V local) → encoder → projector → L2-normalised z → prototype scores
+``z·Cᵀ`` (C: K prototypes, 3,000 on ImageNet). Codes Q of each global crop come from
+``ops.sinkhorn`` (ε = 0.05, 3 iterations, no gradient, over the global batch); every other crop
+predicts them: ℓ = −Σ_k Q_k · log softmax(scores/τ)_k with τ = 0.1, averaged over the predicting
+crops and the two global crops — SwAV's official ``main_swav.py``.
+
+Prototypes are L2-normalised before every forward (no gradient; the official code does it at the
+start of each iteration) and frozen for the first epoch through their own parameter group's LR
+scale (the official code zeroes their gradient for that many iterations; with AdamW an LR of 0
+also means no weight decay and no moment-driven drift). Optional queue (``queue_length`` > 0): the
+last embeddings of each global crop, kept per rank as in the official code, join the Sinkhorn batch
+once the queue is full and ``queue_start_epoch`` is reached; they are scored with the current
+prototypes and only the batch's own codes are used.
+
+Global crops go through the encoder in one call, local crops in another (one call per resolution,
+as the official multi-crop forward), so BN statistics are per resolution.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from fastssl import ops
+from fastssl.config_base import Section
+from fastssl.data.batch import Batch
+from fastssl.data.crops import CropSpec
+from fastssl.methods.accel_config import AccelConfig
+from fastssl.methods.context import StepContext
+from fastssl.methods.output import StepOutput
+from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.models.queue import KeyQueue
+
+
+def _head() -> HeadConfig:
+    return HeadConfig(hidden_dim=2048, out_dim=128, num_layers=2, norm="batchnorm")
+
+
+class SwAVConfig(Section):
+    name: Literal["swav"] = "swav"
+    temperature: float = Field(0.1, gt=0, description="τ of the swapped prediction's softmax (SwAV: 0.1).")
+    epsilon: float = Field(0.05, gt=0, description="Sinkhorn entropy regularisation ε (SwAV: 0.05).")
+    sinkhorn_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (SwAV: 3).")
+    n_prototypes: int = Field(3000, ge=1, description="K prototypes (SwAV on ImageNet: 3,000).")
+    freeze_prototypes_epochs: float = Field(1.0, ge=0, description="Prototypes get LR 0 for this many (fractional) epochs (SwAV: 1).")
+    global_scale: tuple[float, float] = Field((0.14, 1.0), description="Random-resized-crop area range of the 2 global crops.")
+    n_local: int = Field(6, ge=0, description="V local crops per image (SwAV: 6); 0: two crops only.")
+    local_size: int = Field(96, ge=1, description="Side of the local crops in pixels (SwAV: 96 at 224).")
+    local_scale: tuple[float, float] = Field((0.05, 0.14), description="Area range of the local crops.")
+    queue_length: int = Field(0, ge=0, description="Per-rank queue of global-crop embeddings (0: none; SwAV: 3,840 at batch 256); a multiple of the batch.")
+    queue_start_epoch: float = Field(15.0, ge=0, description="Epoch from which the queue is filled and used (SwAV: 15).")
+    gather_distributed: bool = Field(True, description="Sinkhorn over the global batch (SwAV's distributed_sinkhorn).")
+    head: HeadConfig = Field(default_factory=_head, description="Projector before the prototypes (SwAV: 2048 → 128, BN).")
+    accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only, no local crops.")
+
+    @model_validator(mode="after")
+    def _accel_without_multicrop(self) -> "SwAVConfig":
+        if self.accel is not None and self.n_local:
+            raise ValueError("method.accel on swav needs method.n_local: 0 (the paper's Accel-SwAV runs without multi-crop)")
+        return self
+
+
+def swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """SwAV's loss. scores: per crop ``[B, K]`` (the first ``len(codes)`` are the crops with codes),
+    codes: per coded crop ``[B, K]`` (rows sum to 1, no gradient). Each coded crop i is predicted
+    by every other crop v: mean over i of the mean over v ≠ i of −Σ_k Q_i · log softmax(s_v / τ)."""
+    total = scores[0].new_zeros((), dtype=torch.float32)
+    for i, q in enumerate(codes):
+        others = [v for v in range(len(scores)) if v != i]
+        sub = sum(-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(1).mean() for v in others)
+        total = total + sub / len(others)
+    return total / len(codes)
+
+
+class SwAV(nn.Module):
+    Config = SwAVConfig
+
+    def __init__(self, cfg: SwAVConfig, encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.num_features, cfg.head)
+        self.prototypes = nn.Linear(cfg.head.out_dim, cfg.n_prototypes, bias=False)
+        self.queues = nn.ModuleList(KeyQueue(cfg.queue_length, cfg.head.out_dim, seed=i) for i in range(2)) if cfg.queue_length else None
+        self.accel = None
+        if cfg.accel is not None:
+            from fastssl.methods.accel import AccelSwAV
+
+            self.accel = AccelSwAV(encoder, cfg)
+
+    def crops(self) -> tuple[CropSpec, ...]:
+        c = self.cfg
+        # SwAV's recipe is symmetric: blur 0.5 and no solarize on every crop (official main_swav.py).
+        out = [CropSpec("global", count=2, scale=c.global_scale, blur_p=0.5, solarize_p=0.0)]
+        if c.n_local:
+            out.append(CropSpec("local", count=c.n_local, size=c.local_size, scale=c.local_scale, blur_p=0.5, solarize_p=0.0))
+        return tuple(out)
+
+    def all_prototypes(self) -> list[nn.Linear]:
+        return [self.prototypes] + (self.accel.prototype_list() if self.accel is not None else [])
+
+    def param_groups(self) -> list[ParamGroup]:
+        freeze = self.cfg.freeze_prototypes_epochs
+
+        def prototypes_lr(epoch: float) -> float:
+            return 0.0 if epoch < freeze else 1.0
+
+        protos = trainable(self.prototypes, "prototypes.")
+        online = trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")
+        if self.accel is not None:
+            online += trainable(self.accel.heads, "accel.heads.")
+            protos += trainable(self.accel.prototypes, "accel.prototypes.")
+        return [ParamGroup("online", online), ParamGroup("prototypes", protos, lr_scale=prototypes_lr)]
+
+    @torch.no_grad()
+    def normalize_prototypes_(self) -> None:
+        for p in self.all_prototypes():
+            p.weight.copy_(F.normalize(p.weight.float(), dim=1).to(p.weight.dtype))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[n·B, 3, s, s]`` → L2-normalised projections ``[n·B, D]``."""
+        return F.normalize(self.projector(self.encoder(x.to(param_dtype(self.encoder)))), dim=1)
+
+    def codes(self, scores: torch.Tensor, queue_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Sinkhorn codes ``[B, K]`` of one global crop's scores (optionally with queued rows first)."""
+        c = self.cfg
+        s = scores.detach() if queue_scores is None else torch.cat([queue_scores, scores.detach()])
+        return ops.sinkhorn(s, c.epsilon, c.sinkhorn_iterations, gather_distributed=c.gather_distributed)[-scores.shape[0]:]
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """batch["global"]: [2, B, 3, S, S]; batch["local"]: [V, B, 3, s, s] when n_local > 0."""
+        self.normalize_prototypes_()
+        if self.accel is not None:
+            return self.accel.forward(self, batch, ctx)
+        c = self.cfg
+        g = batch["global"]
+        z = [self.embed(g.flatten(0, 1))]
+        if c.n_local:
+            z.append(self.embed(batch["local"].flatten(0, 1)))
+        z = torch.cat(z)
+        scores = list(self.prototypes(z).chunk(2 + c.n_local))
+        zg = z[: 2 * g.shape[1]].chunk(2)
+        use_queue = self.queues is not None and ctx.epoch >= c.queue_start_epoch
+        codes = []
+        with torch.no_grad():
+            for i in range(2):
+                q_scores = self.prototypes(self.queues[i].keys.to(z.dtype)) if use_queue and self.queues[i].full() else None
+                codes.append(self.codes(scores[i], q_scores))
+                if use_queue:
+                    self.queues[i].enqueue(zg[i].detach(), gather_distributed=False)  # per-rank queue, as SwAV's
+        loss = swapped_prediction(scores, codes, c.temperature)
+        return StepOutput(loss=loss, metrics={**pair_metrics(zg[0], zg[1]), "code_max": codes[0].max(1).values.mean()})
