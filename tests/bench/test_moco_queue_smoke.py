@@ -20,4 +20,4 @@ def test_queue_bench_smoke(tmp_path):
             assert math.isfinite(r["extra"][key]) and r["extra"][key] > 0, (key, r)
         if r["provider"] == "triton":
             assert math.isfinite(r["extra"]["speedup_vs_eager"]) and r["extra"]["speedup_vs_eager"] > 0
-    assert seen == {(n, k, p) for n in (8, 33) for k in (40, 300) for p in ("eager", "triton")}
+    assert seen == {(n, k, p) for n in (8, 33) for k in (300,) for p in ("eager", "triton")}
