@@ -34,6 +34,14 @@ are merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gra
 in a fixed order and cast by ``_sum_cast_kernel`` (one pass). Extra memory stays O(M) in the
 forward and O(splits·M·D) in the backward, only at sizes small enough to need it.
 
+Queue mode (MoCo v2, ``queue_rows`` / ``QueueRows``): cols is the queue [K, D] and the positive is
+not among them. The launcher passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
+forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and streams the queue;
+pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
+positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
+(no gradient into the queue). M is small there (a GPU's share of the batch), so the column loop
+may be split into up to ``_MAX_QUEUE_SPLITS`` chunks.
+
 Bytes: when rows and cols are one tensor (single-process NT-Xent/DCL) dCols is added onto dRows by
 the dCols kernel itself (``ACCUMULATE``) or by the sum-and-cast pass, so the gradient leaves as one
 tensor: no autograd add of two [M, D] gradients, no separate cast.

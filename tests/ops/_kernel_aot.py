@@ -9,7 +9,8 @@ running ptxas a second time. Shared memory is Triton's own figure (``metadata.sh
 shared memory a launch requests: the number the launch checks against the device limit).
 
 Variants:
-- contrastive (``fastssl.kernels.contrastive``): forward, dRows, dCols × fp32/bf16/fp16 × one D per
+- contrastive (``fastssl.kernels.contrastive``): forward, forward with a queue (``POS_DOT``), dRows,
+  dCols × fp32/bf16/fp16 × one D per
   BLOCK_D class the launcher makes (16 … 256, and D > 256 with the D-block loop) × every config the
   autotuner keeps for that (kernel, dtype, D) (``launch_configs``), plus the LSE merge kernel;
 - tokens / patchify: every constexpr combination the launchers use, × the three dtypes, at the MAE
@@ -72,13 +73,17 @@ def _contrastive_variants():
 
     for dt, ptr in DTYPES.items():
         for d in CONTRASTIVE_DS:
-            for kname in ("fwd", "bwd_rows", "bwd_cols"):
+            # fwd_queue: the forward with POS_DOT (info_nce with a MoCo v2 queue), same tiles as fwd.
+            for record, kname, queue in (("fwd", "fwd", False), ("fwd_queue", "fwd", True),
+                                         ("bwd_rows", "bwd_rows", False), ("bwd_cols", "bwd_cols", False)):
                 fn = getattr(K, f"_contrastive_{kname}_kernel").fn
                 types = {a: ptr for a in ("rows_ptr", "cols_ptr", "drows_ptr", "dcols_ptr")}
                 types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
                 for cfg in tiles.launch_configs(kname, dt, d):
-                    consts = {**K.launch_flags(dt, d, has_w=True, exclude_pos=False), **cfg.kwargs}
+                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs}
+                    if "POS_DOT" in fn.arg_names:
+                        consts["POS_DOT"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows
                     consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True))
                                    if k in fn.arg_names})
@@ -86,7 +91,7 @@ def _contrastive_variants():
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
-                    yield dict(family="contrastive", kernel=kname, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
+                    yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
     fn = K._contrastive_lse_merge_kernel
     sig, consts, attrs = _signature(fn, {"part_ptr": F32, "loss_ptr": F32, "lse_ptr": F32}, {"BLOCK": 1024})

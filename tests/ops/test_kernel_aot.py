@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).with_name("_kernel_aot.py")
-KERNELS = ("fwd", "bwd_rows", "bwd_cols")
+KERNELS = ("fwd", "fwd_queue", "bwd_rows", "bwd_cols")  # fwd_queue: the forward of info_nce with a queue
 
 
 @pytest.fixture(scope="module")
