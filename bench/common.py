@@ -245,3 +245,54 @@ def plot(path_json: Path, panels: list[tuple[str, Callable[[Record], float | Non
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def time_grad_case(fn: Callable[[], torch.Tensor], leaves, flops_fwd: float, flops_total: float, *, smoke: bool) -> Record:
+    """Time ``fn`` (forward), its backward alone, both together; peak memory of both; TFLOP/s from the
+    given FLOP counts. Gradients go to ``leaves`` through ``autograd.grad`` (not ``.backward``: no
+    read-modify-write of accumulated ``.grad`` inside the timing)."""
+    out = fn()
+    fwd = time_fn(fn, smoke=smoke)
+    extra: dict = {}
+
+    def backward():
+        torch.autograd.grad(out, leaves, retain_graph=True)
+
+    def both():
+        torch.autograd.grad(fn(), leaves)
+
+    try:
+        bwd = time_fn(backward, smoke=smoke)
+    except RuntimeError as err:  # a compiled graph may refuse retain_graph; forward+backward still counts
+        if is_oom(err):
+            raise
+        bwd, extra["bwd_error"] = None, f"{type(err).__name__}: {err}"[:300]
+    del out
+    total = time_fn(both, smoke=smoke)
+    peak = peak_memory_mib(both)
+    extra["tflops_fwd"] = flops_fwd / fwd.median / 1e9
+    extra["tflops_total"] = flops_total / total.median / 1e9
+    if bwd is not None:
+        extra["tflops_bwd"] = (flops_total - flops_fwd) / bwd.median / 1e9
+    return Record(provider="", case={}, fwd=fwd, bwd=bwd, total=total, peak_mem_mib=peak, extra=extra)
+
+
+def pick_list(arg: str | None, default: list, cast=int) -> list:
+    """A comma-separated command-line list, or ``default`` when not given."""
+    return [cast(v) for v in arg.split(",") if v.strip()] if arg else default
+
+
+def derive_speedups(records: list[Record], ceiling: float) -> None:
+    """Per case: share of the measured matmul rate, speed-ups over the eager and compile providers."""
+    by_case: dict = {}
+    for r in records:
+        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
+    for group in by_case.values():
+        for r in group.values():
+            if r.error is not None:
+                continue
+            r.extra["pct_matmul"] = 100 * r.extra["tflops_total"] / ceiling
+            for base in ("eager", "compile"):
+                b = group.get(base)
+                if b is not None and b is not r and b.error is None:
+                    r.extra[f"speedup_vs_{base}"] = b.total.median / r.total.median

@@ -29,8 +29,8 @@ if not torch.cuda.is_available():  # the kernels run in the interpreter on CPU (
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import (  # noqa: E402
-    Column, Record, device, free_memory, is_oom, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table,
-    run_guarded, time_fn, write_results,
+    Column, Record, derive_speedups, device, free_memory, measure_ceilings, ms, parse_args, pick_list, plot,
+    print_table, run_guarded, time_grad_case, write_results,
 )
 from fastssl.ops import nt_xent  # noqa: E402
 
@@ -55,61 +55,11 @@ def triton_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> to
     return nt_xent(z1, z2, temperature, backend="triton")
 
 
-def run_case(fn, leaves, m: int, d: int, smoke: bool) -> Record:
-    """Time fn (forward), its backward alone, both together; peak memory of both; TFLOP/s."""
-    out = fn()
-    fwd = time_fn(fn, smoke=smoke)
-    extra: dict = {}
-
-    # autograd.grad, not .backward: no read-modify-write of accumulated .grad in the timing
-    def backward():
-        torch.autograd.grad(out, leaves, retain_graph=True)
-
-    def both():
-        torch.autograd.grad(fn(), leaves)
-
-    try:
-        bwd = time_fn(backward, smoke=smoke)
-    except RuntimeError as err:  # a compiled graph may refuse retain_graph; forward+backward still counts
-        if is_oom(err):
-            raise
-        bwd, extra["bwd_error"] = None, f"{type(err).__name__}: {err}"[:300]
-    del out
-    total = time_fn(both, smoke=smoke)
-    peak = peak_memory_mib(both)
-    flops_fwd, flops_total = 2 * m * m * d, 8 * m * m * d
-    extra["tflops_fwd"] = flops_fwd / fwd.median / 1e9
-    extra["tflops_total"] = flops_total / total.median / 1e9
-    if bwd is not None:
-        extra["tflops_bwd"] = (flops_total - flops_fwd) / bwd.median / 1e9
-    return Record(provider="", case={}, fwd=fwd, bwd=bwd, total=total, peak_mem_mib=peak, extra=extra)
-
-
 def _add_args(p) -> None:
     p.add_argument("--quick", action="store_true", help="reduced GPU sweep (bf16, D=256, 2N in 8192/16384/65536)")
     p.add_argument("--sizes", default=None, help="comma-separated 2N values (overrides the sweep)")
     p.add_argument("--dims", default=None, help="comma-separated D values (overrides the sweep)")
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes: bfloat16,float32,float16")
-
-
-def _pick(arg: str | None, default: list, cast=int) -> list:
-    return [cast(v) for v in arg.split(",") if v.strip()] if arg else default
-
-
-def _derive(records: list[Record], ceiling: float) -> None:
-    """Per case: share of the measured matmul rate, speed-ups over eager and compile."""
-    by_case: dict = {}
-    for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
-        for r in group.values():
-            if r.error is not None:
-                continue
-            r.extra["pct_matmul"] = 100 * r.extra["tflops_total"] / ceiling
-            for base in ("eager", "compile"):
-                b = group.get(base)
-                if b is not None and b is not r and b.error is None:
-                    r.extra[f"speedup_vs_{base}"] = b.total.median / r.total.median
 
 
 def _targets(records: list[Record]) -> list[str]:
@@ -152,7 +102,7 @@ def main() -> None:
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     sizes, dims, dtypes = (SMOKE_SIZES, SMOKE_DIMS, SMOKE_DTYPES) if args.smoke else \
         (QUICK_SIZES, QUICK_DIMS, QUICK_DTYPES) if args.quick else (FULL_SIZES, FULL_DIMS, FULL_DTYPES)
-    sizes, dims, dtypes = _pick(args.sizes, sizes), _pick(args.dims, dims), _pick(args.dtypes, dtypes, str)
+    sizes, dims, dtypes = pick_list(args.sizes, sizes), pick_list(args.dims, dims), pick_list(args.dtypes, dtypes, str)
     ceilings = measure_ceilings(smoke=args.smoke)
     print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; "
           f"matmul ceiling {ceilings.matmul_tflops:.1f} TFLOP/s ({'bf16' if dev.type == 'cuda' else 'fp32'})")
@@ -179,12 +129,12 @@ def main() -> None:
                         loss = fn().detach().float()
                         torch.testing.assert_close(loss, first.setdefault("loss", loss), rtol=2e-2, atol=2e-2)
                         del loss
-                        return run_case(fn, (z1, z2), m, d, args.smoke)
+                        return time_grad_case(fn, (z1, z2), 2 * m * m * d, 8 * m * m * d, smoke=args.smoke)
 
                     records.append(run_guarded(provider, meta, measure))
                 del z1, z2, compiled, fns
                 free_memory()
-    _derive(records, ceilings.matmul_tflops)
+    derive_speedups(records, ceilings.matmul_tflops)
     targets = _targets(records) if not args.smoke and dev.type == "cuda" else []
     path = write_results("contrastive", records, ceilings, args, meta={
         "op": "nt_xent", "temperature": TAU, "flops_total": "8*M^2*D", "flops_fwd": "2*M^2*D", "quick": bool(args.quick),

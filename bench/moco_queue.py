@@ -32,8 +32,8 @@ if not torch.cuda.is_available():  # the kernels run in the interpreter on CPU (
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import (  # noqa: E402
-    Column, Record, device, free_memory, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table,
-    run_guarded, time_fn, write_results,
+    Column, Record, derive_speedups, device, free_memory, measure_ceilings, ms, parse_args, pick_list, plot,
+    print_table, run_guarded, time_grad_case, write_results,
 )
 from fastssl.ops import info_nce  # noqa: E402
 
@@ -57,58 +57,11 @@ def triton_queue_info_nce(q, k, queue, temperature):
     return info_nce(q, k, temperature, queue=queue, backend="triton")
 
 
-def run_case(fn, q: torch.Tensor, n: int, kq: int, d: int, smoke: bool) -> Record:
-    """Time fn (forward), its backward alone, both together; peak memory of both; TFLOP/s."""
-    out = fn()
-    fwd = time_fn(fn, smoke=smoke)
-    extra: dict = {}
-
-    def backward():  # autograd.grad, not .backward: no accumulation into .grad in the timing
-        torch.autograd.grad(out, (q,), retain_graph=True)
-
-    def both():
-        torch.autograd.grad(fn(), (q,))
-
-    try:
-        bwd = time_fn(backward, smoke=smoke)
-    except RuntimeError as err:  # a compiled graph may refuse retain_graph; forward+backward still counts
-        bwd, extra["bwd_error"] = None, f"{type(err).__name__}: {err}"[:300]
-    del out
-    total = time_fn(both, smoke=smoke)
-    peak = peak_memory_mib(both)
-    flops_fwd, flops_total = 2 * n * kq * d, 4 * n * kq * d
-    extra["tflops_fwd"] = flops_fwd / fwd.median / 1e9
-    extra["tflops_total"] = flops_total / total.median / 1e9
-    if bwd is not None:
-        extra["tflops_bwd"] = (flops_total - flops_fwd) / bwd.median / 1e9
-    return Record(provider="", case={}, fwd=fwd, bwd=bwd, total=total, peak_mem_mib=peak, extra=extra)
-
-
 def _add_args(p) -> None:
     p.add_argument("--quick", action="store_true", help="reduced GPU sweep (bf16, K=65536, N in 256/1024)")
     p.add_argument("--n", default=None, help="comma-separated batch sizes N (overrides the sweep)")
     p.add_argument("--k", default=None, help="comma-separated queue sizes K (overrides the sweep)")
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes: bfloat16,float32,float16")
-
-
-def _pick(arg: str | None, default: list, cast=int) -> list:
-    return [cast(v) for v in arg.split(",") if v.strip()] if arg else default
-
-
-def _derive(records: list[Record], ceiling: float) -> None:
-    """Per case: share of the measured matmul rate, speed-ups over eager and compile."""
-    by_case: dict = {}
-    for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
-        for r in group.values():
-            if r.error is not None:
-                continue
-            r.extra["pct_matmul"] = 100 * r.extra["tflops_total"] / ceiling
-            for base in ("eager", "compile"):
-                b = group.get(base)
-                if b is not None and b is not r and b.error is None:
-                    r.extra[f"speedup_vs_{base}"] = b.total.median / r.total.median
 
 
 _COLUMNS = [
@@ -128,7 +81,7 @@ def main() -> None:
     dev = device()
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     sweep = SMOKE if args.smoke else QUICK if args.quick else FULL
-    sizes, queues, dtypes = _pick(args.n, sweep["n"]), _pick(args.k, sweep["k"]), _pick(args.dtypes, sweep["dtypes"], str)
+    sizes, queues, dtypes = pick_list(args.n, sweep["n"]), pick_list(args.k, sweep["k"]), pick_list(args.dtypes, sweep["dtypes"], str)
     ceilings = measure_ceilings(smoke=args.smoke)
     print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; "
           f"matmul ceiling {ceilings.matmul_tflops:.1f} TFLOP/s ({'bf16' if dev.type == 'cuda' else 'fp32'})")
@@ -154,12 +107,12 @@ def main() -> None:
                             # forward sanity on the benchmark's own inputs (the unit tests are the real check)
                             loss = fn().detach().float()
                             torch.testing.assert_close(loss, first.setdefault("loss", loss), rtol=2e-2, atol=2e-2)
-                            return run_case(fn, q, n, kq, d, args.smoke)
+                            return time_grad_case(fn, (q,), 2 * n * kq * d, 4 * n * kq * d, smoke=args.smoke)
 
                         records.append(run_guarded(provider, meta, measure))
                     del q, k, queue, compiled, fns
                     free_memory()
-    _derive(records, ceilings.matmul_tflops)
+    derive_speedups(records, ceilings.matmul_tflops)
     path = write_results("moco_queue", records, ceilings, args, meta={
         "op": "info_nce(queue=...)", "temperature": TAU, "flops_total": "4*N*K*D", "flops_fwd": "2*N*K*D",
         "quick": bool(args.quick)})
