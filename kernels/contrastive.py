@@ -599,20 +599,26 @@ def contrastive_rows(
     return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos), same)
 
 
+def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
+    """What every launcher needs of rows [M, D] and its column operand (``name``: cols or queue):
+    non-empty, one dtype of fp32/bf16/fp16, one device, and CUDA unless the interpreter runs."""
+    if rows.shape[0] == 0 or cols.shape[0] == 0 or rows.shape[1] == 0:
+        raise ValueError(f"empty input: rows {tuple(rows.shape)}, {name} {tuple(cols.shape)}")
+    if rows.dtype != cols.dtype or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"rows and {name} must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {cols.dtype}")
+    if rows.device != cols.device:
+        raise ValueError(f"rows and {name} are on different devices: {rows.device} and {cols.device}")
+    if not (rows.is_cuda or _INTERPRET):
+        raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
+                         "fastssl.kernels, or use backend='reference')")
+
+
 def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
     as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
     if rows.ndim != 2 or cols.ndim != 2 or rows.shape[1] != cols.shape[1]:
         raise ValueError(f"rows must be [M, D] and cols [C, D], got {tuple(rows.shape)} and {tuple(cols.shape)}")
-    if rows.shape[0] == 0 or cols.shape[0] == 0 or rows.shape[1] == 0:
-        raise ValueError(f"empty input: rows {tuple(rows.shape)}, cols {tuple(cols.shape)}")
-    if rows.dtype != cols.dtype or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"rows and cols must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {cols.dtype}")
-    if rows.device != cols.device:
-        raise ValueError(f"rows and cols are on different devices: {rows.device} and {cols.device}")
-    if not (rows.is_cuda or _INTERPRET):
-        raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
-                         "fastssl.kernels, or use backend='reference')")
+    _check_operands(rows, cols, "cols")
     m = rows.shape[0]
     if pos_idx.shape != (m,) or excl_idx.shape != (m,):
         raise ValueError(f"pos_idx and excl_idx must be [{m}], got {tuple(pos_idx.shape)} and {tuple(excl_idx.shape)}")
@@ -676,15 +682,7 @@ def queue_rows(
     if rows.ndim != 2 or queue.ndim != 2 or keys.ndim != 2 or not rows.shape[1] == queue.shape[1] == keys.shape[1]:
         raise ValueError(f"rows [M, D], keys [N, D] and queue [K, D] must share D, got {tuple(rows.shape)}, "
                          f"{tuple(keys.shape)} and {tuple(queue.shape)}")
-    if rows.shape[0] == 0 or queue.shape[0] == 0 or rows.shape[1] == 0:
-        raise ValueError(f"empty input: rows {tuple(rows.shape)}, queue {tuple(queue.shape)}")
-    if rows.dtype != queue.dtype or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"rows and queue must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {queue.dtype}")
-    if rows.device != queue.device:
-        raise ValueError(f"rows and queue are on different devices: {rows.device} and {queue.device}")
-    if not (rows.is_cuda or _INTERPRET):
-        raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
-                         "fastssl.kernels, or use backend='reference')")
+    _check_operands(rows, queue, "queue")
     if pos_idx.shape != (rows.shape[0],):
         raise ValueError(f"pos_idx must be [{rows.shape[0]}], got {tuple(pos_idx.shape)}")
     if not temperature > 0:
