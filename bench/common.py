@@ -296,3 +296,17 @@ def derive_speedups(records: list[Record], ceiling: float) -> None:
                 b = group.get(base)
                 if b is not None and b is not r and b.error is None:
                     r.extra[f"speedup_vs_{base}"] = b.total.median / r.total.median
+
+
+def make_train_step(fwd: Callable, batch, ctx, opt: torch.optim.Optimizer, device_type: str, amp: bool) -> Callable[[], torch.Tensor]:
+    """One optimizer step of ``fwd(batch, ctx).loss`` (bf16 autocast when ``amp``), as a closure to time."""
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = fwd(batch, ctx).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step

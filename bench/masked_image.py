@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import Record, Timing, device, measure_ceilings, peak_memory_mib, plot, time_fn, write_results
+from bench.common import Record, Timing, device, make_train_step, measure_ceilings, peak_memory_mib, plot, time_fn, write_results
 from fastssl.config import load_config
 from fastssl.data.batch import Batch
 from fastssl.engine.params import optimizer_groups
@@ -78,16 +78,7 @@ def make_batch(model, case: Case, dev: torch.device) -> Batch:
 
 def make_step(fwd, opt, batch: Batch, amp: bool, dev: torch.device):
     ctx = StepContext(step=0, steps_per_epoch=100, total_steps=100, seed=0)
-
-    def step() -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = fwd(batch, ctx).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return make_train_step(fwd, batch, ctx, opt, dev.type, amp)
 
 
 def alternate(steps: dict[str, callable], rounds: int) -> dict[str, Timing]:

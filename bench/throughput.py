@@ -56,7 +56,7 @@ if not torch.cuda.is_available():  # the Triton loss runs in the interpreter on 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import (  # noqa: E402
-    Column, Record, device, free_memory, measure_ceilings, parse_args, peak_memory_mib, plot, print_table, run_guarded, sync,
+    Column, Record, device, free_memory, make_train_step, measure_ceilings, parse_args, peak_memory_mib, plot, print_table, run_guarded, sync,
     time_fn, write_results,
 )
 from fastssl.data.batch import Batch  # noqa: E402
@@ -115,16 +115,7 @@ def make_step(fwd, opt, v1: torch.Tensor, v2: torch.Tensor, amp: bool):
     index = torch.arange(b, device=v1.device)
     batch = Batch({"views": torch.stack([v1, v2])}, index, index)
     ctx = StepContext(step=0, steps_per_epoch=1, total_steps=1, seed=0)
-
-    def step() -> torch.Tensor:
-        with torch.autocast(v1.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = fwd(batch, ctx).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return make_train_step(fwd, batch, ctx, opt, v1.device.type, amp)
 
 
 def run_case(arch, img, patch, loss, batch, provider, sweep: Sweep, views, first_loss: dict, smoke: bool) -> Record:
