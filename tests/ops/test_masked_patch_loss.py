@@ -58,7 +58,19 @@ def test_forward_and_gradients_match_the_loop(size, norm_pix, backend):
     gp, gt = torch.autograd.grad(got, (pred, target))
     torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gp, g_pred, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(gt, g_target, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(gt, g_target, rtol=1e-4, atol=target_grad_atol(g_pred, target, mask, norm_pix))
+
+
+def target_grad_atol(g_pred, target, mask, norm_pix):
+    """Absolute tolerance for the target gradient of the fp32 op. Through norm_pix that gradient is a
+    difference of terms of size |g|/std (for P = 2 it is almost all cancellation), and rounding the
+    target to fp32 moves t − mean by ~eps·|t|, so its error scales as eps·|g|·|t|/std². Measured over
+    400 seeds at P = 2 and 3 the error stays below 2.4e-7 of that scale; 1e-5 leaves 40× room."""
+    if not norm_pix:
+        return 1e-7
+    t = target.detach()
+    std = t.std(-1)[mask == 1].min()
+    return max(1e-7, 1e-5 * float(g_pred.abs().max() * t.abs().max() / std**2))
 
 
 def test_num_masked_hint_gives_the_same_value_and_unmasked_rows_get_no_gradient():
