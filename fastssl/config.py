@@ -41,6 +41,7 @@ class ModelConfig(Section):
     img_size: int | None = Field(None, description="Input resolution; None takes data.image_size.")
     patch_size: int = Field(4, ge=1, description="ViT patch size (overrides the one in the timm name); ResNets ignore it.")
     small_stem: bool = Field(False, description="ResNet only: 3×3 stride-1 stem conv and no max-pool, for 28–32 px images.")
+    freeze_patch_embed: bool = Field(False, description="ViT only: keep the random patch projection fixed (MoCo v3's stability trick).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
     attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
         "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
@@ -61,6 +62,14 @@ class ModelConfig(Section):
         if arch not in timm.list_models(arch):
             raise ValueError(f"{arch!r} is not a timm ResNet (e.g. resnet18, resnet50)")
         return arch
+
+    @model_validator(mode="after")
+    def _vit_only_options(self) -> "ModelConfig":
+        from fastssl.models.encoder import encoder_family
+
+        if self.freeze_patch_embed and encoder_family(self.arch) == "resnet":
+            raise ValueError("model.freeze_patch_embed is for ViTs; a ResNet has no patch projection")
+        return self
 
     @model_validator(mode="after")
     def _stem_of_a_resnet(self) -> "ModelConfig":

@@ -46,5 +46,11 @@ def build_encoder(model_cfg, image_size: int):
     m = model_cfg
     if encoder_family(m.arch) == "resnet":
         return ResNetTaps.from_timm(m.arch, small_stem=m.small_stem, drop_path_rate=m.drop_path_rate)
-    return build_vit(m.arch, img_size=m.img_size or image_size, patch_size=m.patch_size,
-                     drop_path_rate=m.drop_path_rate, attn_backend=m.attn_backend)
+    vit = build_vit(m.arch, img_size=m.img_size or image_size, patch_size=m.patch_size,
+                    drop_path_rate=m.drop_path_rate, attn_backend=m.attn_backend)
+    if m.freeze_patch_embed:
+        # MoCo v3 (Chen et al. 2021, Sec. 4.2): a fixed random patch projection avoids the training
+        # instability that starts in the first layer. Frozen parameters leave every method's
+        # parameter groups (``trainable``) and so the optimizer; EMA copies keep them equal.
+        vit.patch_embed.requires_grad_(False)
+    return vit

@@ -30,13 +30,13 @@ SMALL_HEADS = {
 }
 
 
-def tiny_method(name: str, tmp_path):
+def tiny_method(name: str, tmp_path, **model):
     for split in ("train", "test"):
         (tmp_path / split / "a").mkdir(parents=True, exist_ok=True)
         (tmp_path / split / "a" / "0.png").touch()  # the config checks that each split holds an image file
     cfg = TrainConfig.model_validate({
         "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
-        "model": {"arch": "test_vit", "patch_size": 4},
+        "model": {"arch": "test_vit", "patch_size": 4, **model},
         "method": {"name": name, **SMALL_HEADS[name]},
     })
     torch.manual_seed(0)
@@ -73,6 +73,26 @@ def test_groups_crops_and_one_training_step(name, tmp_path):
     assert method.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # the encoder learns
     for k, v in out.metrics.items():
         assert v.ndim == 0 and not v.requires_grad, k
+
+
+@pytest.mark.parametrize("name", ["byol", "simclr"])
+def test_frozen_patch_embed_stays_at_init_while_the_blocks_train(name, tmp_path):
+    method = tiny_method(name, tmp_path, freeze_patch_embed=True)
+    proj = method.encoder.patch_embed.proj
+    before = proj.weight.detach().clone(), proj.bias.detach().clone()
+    qkv = method.encoder.blocks[0].attn.qkv.weight.detach().clone()
+    groups, _ = optimizer_groups(method.param_groups(), 0.05)
+    assert all(p is not proj.weight and p is not proj.bias for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=1e-2)
+    method(random_batch(method), StepContext(0, 10, 100, seed=0)).loss.backward()
+    opt.step()
+    assert torch.equal(proj.weight, before[0]) and torch.equal(proj.bias, before[1])
+    assert not torch.equal(method.encoder.blocks[0].attn.qkv.weight, qkv)
+
+
+def test_frozen_patch_embed_is_refused_for_a_resnet(tmp_path):
+    with pytest.raises(ValueError, match="freeze_patch_embed is for ViTs"):
+        tiny_method("simclr", tmp_path, arch="test_resnet", freeze_patch_embed=True)
 
 
 @pytest.mark.parametrize("name", ["byol", "mocov3", "mbyol"])
