@@ -37,10 +37,14 @@ def method_config_union():
 def build_method(cfg) -> nn.Module:
     """The configured method around the encoder ``cfg.model`` names (a ``TrainConfig``): a
     ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``)."""
+    from fastssl.config import ConfigError
     from fastssl.models.encoder import build_encoder
 
     encoder = build_encoder(cfg.model, cfg.data.image_size)
     for method in METHODS:
         if isinstance(cfg.method, method.Config):
-            return method(cfg.method, encoder)
+            try:
+                return method(cfg.method, encoder)
+            except ValueError as err:  # a method refusing its settings for this encoder (e.g. DAC's
+                raise ConfigError(str(err)) from err  # mask ratio on this grid): one line, exit code 2
     raise TypeError(f"no registered method takes {type(cfg.method).__name__}")

@@ -197,7 +197,7 @@ def test_patches_view_embeds_like_the_masked_view():
 
 
 def test_dac_resized_view_has_the_kept_patch_count():
-    for img, p, ratio in ((16, 4, 0.75), (28, 7, 0.75), (224, 16, 0.75), (32, 4, 0.75)):
+    for img, p, ratio in ((16, 4, 0.75), (28, 7, 0.75), (28, 7, 0.4375), (224, 16, 0.75), (32, 4, 0.75)):
         grid = img // p
         side = small_size(img, p, ratio) // p
         assert side * side == int(grid * grid * (1 - ratio))
@@ -209,3 +209,17 @@ def test_dac_resized_view_has_the_kept_patch_count():
     assert crops["small"].resize_of == "full" and crops["small"].size == 8
     out = model(batch_for(model), StepContext(step=4, steps_per_epoch=2, total_steps=10, seed=0))
     assert out.metrics["rec_weight"].item() == pytest.approx(0.24 * 0.996 ** 2)
+
+
+def test_dac_mask_ratio_without_a_square_kept_count_is_a_one_line_config_error(tmp_path):
+    from fastssl.config import ConfigError, TrainConfig
+    from fastssl.methods.registry import build_method
+
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        (tmp_path / split / "a" / "0.png").touch()
+    cfg = TrainConfig.model_validate({"data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
+                                      "model": {"arch": "test_vit", "patch_size": 4},
+                                      "method": {"name": "dac", "mask_ratio": 0.5}})
+    with pytest.raises(ConfigError, match="keeps 8 of 16 patches, not a square number"):
+        build_method(cfg)
