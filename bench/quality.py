@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     first = rows[len(reference)]
     meta = {
         "device": "CPU (smoke)" if args.smoke else f"CPU, {os.cpu_count()} cores",
-        "budget": f"{first['steps']} steps × {_batch(ref_cfg, args)} images, ViT config of configs/fmnist/<name>.yaml",
+        "budget": f"{first['steps']} steps × {_batch(ref_cfg, args)} images (other step counts in the steps column), configs/fmnist/<name>.yaml",
         "eval": "kNN bank = fixed train subset, queries = fixed test subset (eval.train_samples / test_samples)",
         "python": sys.version.split()[0],
     }
