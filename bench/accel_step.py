@@ -13,6 +13,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -96,3 +97,31 @@ def run(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out}")
+    plot_rows(out)
+
+
+def plot_rows(path: Path) -> Path:
+    """Step time per method (groups) and variant (bars), beside the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.common import _bars
+
+    doc = json.loads(path.read_text())
+    series: dict[str, list[tuple[str, float]]] = {}
+    for r in doc["rows"]:
+        series.setdefault(r["variant"], []).append((r["method"], r["step_ms"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _bars(ax, series)
+    m = doc["meta"]
+    ax.set_ylabel("ms per step (PB: mean over the 4 stages)")
+    ax.set_title(f"Accel vs standard, {m['arch']} at {m['img']} px, B = {m['batch']}, {m['threads']} threads, CPU")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

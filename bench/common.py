@@ -213,8 +213,21 @@ def write_results(name: str, records: list[Record], ceilings: Ceilings, args: ar
     return path
 
 
+def _bars(ax, series: dict[str, list[tuple[str, float]]]) -> None:
+    """Categorical x (in first-seen order): one bar per series within each category's group."""
+    cats = list(dict.fromkeys(x for pts in series.values() for x, _ in pts))
+    width = 0.8 / max(len(series), 1)
+    for j, (label, pts) in enumerate(series.items()):  # first-seen order: the baseline provider first
+        at = dict(pts)
+        xs = [i for i, c in enumerate(cats) if c in at]
+        ax.bar([i + j * width for i in xs], [at[cats[i]] for i in xs], width, label=label)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(cats))], cats,
+                  rotation=30 if len(cats) > 6 else 0, ha="right" if len(cats) > 6 else "center")
+
+
 def plot(path_json: Path, panels: list[tuple[str, Callable[[Record], float | None], str]], x_key: str, series_key: Callable[[dict], str]) -> Path:
-    """One PNG beside the JSON: a panel per (title, value-of-record, y label), log-log over ``x_key``."""
+    """One PNG beside the JSON: a panel per (title, value-of-record, y label), log-log over ``x_key``;
+    grouped bars (one group per value, one bar per series) when ``x_key`` names a category such as a method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,11 +242,14 @@ def plot(path_json: Path, panels: list[tuple[str, Callable[[Record], float | Non
             v = value(r)
             if v is not None and r.error is None:
                 series.setdefault(series_key(r.case) + f" [{r.provider}]", []).append((r.case[x_key], v))
-        for label, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if any(isinstance(x, str) for pts in series.values() for x, _ in pts):
+            _bars(ax, series)
+        else:
+            for label, pts in sorted(series.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
         ax.set_xlabel(x_key)
         ax.set_ylabel(ylabel)
         ax.set_title(title)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Record, Timing, device, measure_ceilings, write_results
+from bench.common import Record, Timing, device, measure_ceilings, plot, write_results
 from fastssl.config import load_config
 from fastssl.data.batch import Batch
 from fastssl.engine.compile import compile_regions, compile_stats
@@ -118,3 +118,6 @@ def run(args) -> None:
                   + f"   load {e['load_average'][0]:.1f}", flush=True)
             path = write_results("throughput-compile", records, ceilings, args, meta=meta)  # after every case: partial runs keep rows
     print(f"wrote {path}")
+    plot(path, [("images/s after warm-up", lambda r: r.extra.get("images_per_s"), "images/s"),
+                ("first step (compile included)", lambda r: r.extra.get("first_step_s"), "s")],
+         x_key="method", series_key=lambda c: f"B={c['batch']}")
