@@ -10,7 +10,8 @@ Examples (image size S from ``data.image_size``):
     CropSpec("global", count=2, scale=(0.14, 1.0)),
     CropSpec("local", count=6, size=96, scale=(0.05, 0.14))      # SwAV multi-crop
     CropSpec("image", recipe="light", scale=(0.2, 1.0))          # MAE: crop + flip only
-    CropSpec("full", ...), CropSpec("small", size=S // 2, resize_of="full")   # DAC: the same crop, resized
+    CropSpec("full", ...), CropSpec("small", size=S // 2, crop=False)         # DAC: the whole image, downsampled
+    CropSpec("full", ...), CropSpec("small", size=S // 2, resize_of="full")   # the same crop, resized
 
 Per-copy augmentation: copy ``i`` of a "strong" crop uses ``data.augment.blur_p[i % 2]`` and
 ``solarize_p[i % 2]`` unless the spec sets ``blur_p`` / ``solarize_p`` for all its copies, so a
@@ -31,6 +32,9 @@ class CropSpec:
     count       copies per image (each with its own random crop and augmentation)
     size        output side in pixels; None → ``data.image_size``
     scale       random-resized-crop area range; None → ``data.augment.crop_scale``
+    crop        False → no random crop: the whole image resized to ``size`` (DAC's downsampled
+                view, dac.txt §4.1 "for downsampled image, we didn't perform cropping"); the
+                recipe's colour, blur, solarize and flip still apply
     recipe      "strong": SimCLR/BYOL colour, blur, solarize; "light": crop + flip only (MAE)
     blur_p      blur probability of every copy; None → ``data.augment.blur_p[copy % 2]``
     solarize_p  solarize probability of every copy; None → ``data.augment.solarize_p[copy % 2]``
@@ -42,6 +46,7 @@ class CropSpec:
     count: int = 1
     size: int | None = None
     scale: tuple[float, float] | None = None
+    crop: bool = True
     recipe: Literal["strong", "light"] = "strong"
     blur_p: float | None = None
     solarize_p: float | None = None
@@ -56,6 +61,8 @@ class CropSpec:
             raise ValueError(f"crop {self.name}: size must be >= 1, got {self.size}")
         if self.scale is not None and not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
             raise ValueError(f"crop {self.name}: scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if not self.crop and (self.scale is not None or self.resize_of is not None):
+            raise ValueError(f"crop {self.name}: crop=False resizes the whole image; it takes no scale and no resize_of")
         for p in (self.blur_p, self.solarize_p):
             if p is not None and not 0.0 <= p <= 1.0:
                 raise ValueError(f"crop {self.name}: probabilities must lie in [0, 1], got {p}")

@@ -87,10 +87,14 @@ def augment_crop(img, aug: AugmentConfig, spec: CropSpec, copy: int, image_size:
     The flip is returned, not applied: ``normalise`` applies it, so a ``resize_of`` crop can reuse
     these pixels with the same flip."""
     s = spec.size or image_size
-    x = fn.random_resized_crop(
-        img, size=[s, s], random_area=list(spec.scale or aug.crop_scale), random_aspect_ratio=list(aug.crop_ratio),
-        antialias=True, seed=next(seeds),
-    )
+    seed = next(seeds)  # drawn in both branches, so the ops after it keep their seeds
+    if spec.crop:
+        x = fn.random_resized_crop(
+            img, size=[s, s], random_area=list(spec.scale or aug.crop_scale), random_aspect_ratio=list(aug.crop_ratio),
+            antialias=True, seed=seed,
+        )
+    else:
+        x = fn.resize(img, size=[s, s], antialias=True)
     if spec.recipe == "strong":
         x = _colour_blur_solarize(x, aug, spec, copy, s, seeds)
     mirror = fn.random.coin_flip(probability=aug.flip_p, seed=next(seeds))

@@ -13,10 +13,12 @@ SimSiam's 2-layer predictor (§3.3), applied per view, with SimSiam's symmetric 
 (the paper says "SimSiam loss" and nothing about asymmetry of the loss; we keep SimSiam's official
 symmetric form). Both views go through the encoder in one packed call (1 + K tokens each).
 
-Augmentations (Tables 2, 3): the crop takes SimCLR colour jitter and grey-scale but no blur and no
-solarize ("mask modelling is equivalent to a strong blurring"); the resized view reuses the crop's
-pixels and flip (``CropSpec(resize_of=...)``), so it has no extra blur / solarize (the paper adds
-blur p = 0.1 and solarize p = 0.2 there, which the resize-of crop does not offer).
+Augmentations (Tables 2, 3 and §4.1): view B is a random resized crop (scale 0.2–1) with colour
+jitter, grey-scale and flip but no blur and no solarize ("mask modelling is equivalent to a strong
+blurring"); view A is *not* cropped ("for downsampled image, we didn't perform cropping"): the whole
+image resized to p·√K px with its own colour jitter, grey-scale, flip, blur (p = 0.1) and solarize
+(p = 0.2). ``small_view: same_crop`` instead makes view A view B's crop resized, same pixels and
+flip: an ablation, measured worse (notes/masked_image.md).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ class DACConfig(MaskedImageFields):
     rec_weight_decay: float = Field(0.996, gt=0.0, le=1.0, description="λ_e = rec_weight · rec_weight_decay^epoch.")
     projector: HeadConfig = Field(default_factory=_projector, description="2-layer projection MLP (§3.3).")
     predictor: HeadConfig = Field(default_factory=simsiam_predictor, description="SimSiam's predictor; out_dim = projector.out_dim.")
+    small_view: Literal["whole", "same_crop"] = Field(
+        "whole", description="View A: the whole image downsampled (§4.1, Table 3) or view B's crop resized (ablation).")
 
 
 def small_size(img_size: int, patch_size: int, ratio: float) -> int:
@@ -77,7 +81,10 @@ class DAC(nn.Module):
         self.heads = SiamesePair(cfg.decoder.embed_dim, cfg.projector, cfg.predictor)
 
     def crops(self) -> tuple[CropSpec, ...]:
-        return (CropSpec("full", blur_p=0.0, solarize_p=0.0), CropSpec("small", size=self.small, resize_of="full"))
+        full = CropSpec("full", blur_p=0.0, solarize_p=0.0)  # Table 2: no blur, no solarize
+        if self.cfg.small_view == "same_crop":
+            return full, CropSpec("small", size=self.small, resize_of="full")
+        return full, CropSpec("small", size=self.small, crop=False, blur_p=0.1, solarize_p=0.2)  # Table 3
 
     def param_groups(self) -> list[ParamGroup]:
         return [ParamGroup("all", trainable(self.encoder, "encoder.") + trainable(self.decoder, "decoder.")

@@ -83,3 +83,26 @@ def test_crops_are_checked_and_enter_the_resume_fingerprint(tiny_folder):
     other = TrainLoader(cfg, batch_size=4, seed=0, crops=(CropSpec("views", count=2, size=16),))
     with pytest.raises(ValueError, match="crops"):
         other.load_state_dict(state)
+
+
+def test_crop_false_is_the_whole_image_resized(tiny_folder):
+    # No random crop, no flip, light recipe: the output must be the decoded image, resized, normalised.
+    cfg = _cfg(tiny_folder, flip_p=0.0, crop_scale=(0.05, 0.1))  # a tiny crop scale that crop=False must ignore
+    crops = (CropSpec("full"), CropSpec("small", size=11, crop=False, recipe="light"))
+    loader = TrainLoader(cfg, batch_size=8, seed=6, crops=crops)
+    from PIL import Image
+
+    b = next(iter(loader))
+    assert b["small"].shape == (1, 8, 3, 11, 11)
+    mean = torch.tensor(cfg.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1)
+    for j, i in enumerate(b.index.tolist()):
+        img = torch.from_numpy(np.array(Image.open(loader.files[i]).convert("RGB"))).permute(2, 0, 1).double() / 255.0
+        ref = F.interpolate(img[None], size=(11, 11), mode="bilinear", antialias=True, align_corners=False)[0]
+        got = (b["small"][0, j] * std + mean).double()
+        err = (got - ref).abs().mul(255).amax()
+        assert err < 12, err  # DALI's antialiased filter and uint8 rounding, in grey levels
+    with pytest.raises(ValueError, match="crop=False"):
+        CropSpec("x", crop=False, scale=(0.2, 1.0))
+    with pytest.raises(ValueError, match="crop=False"):
+        CropSpec("x", crop=False, resize_of="full")

@@ -206,7 +206,12 @@ def test_dac_resized_view_has_the_kept_patch_count():
         small_size(16, 4, 0.5)
     model = make("dac")
     crops = {c.name: c for c in model.crops()}
-    assert crops["small"].resize_of == "full" and crops["small"].size == 8
+    # §4.1 / Table 3: view A is the whole image downsampled (no crop), with its own blur and solarize
+    small = crops["small"]
+    assert (small.size, small.crop, small.resize_of, small.blur_p, small.solarize_p) == (8, False, None, 0.1, 0.2)
+    assert (crops["full"].blur_p, crops["full"].solarize_p) == (0.0, 0.0)
+    ablation = {c.name: c for c in make("dac", small_view="same_crop").crops()}
+    assert ablation["small"].resize_of == "full" and ablation["small"].size == 8
     out = model(batch_for(model), StepContext(step=4, steps_per_epoch=2, total_steps=10, seed=0))
     assert out.metrics["rec_weight"].item() == pytest.approx(0.24 * 0.996 ** 2)
 
