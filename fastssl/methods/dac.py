@@ -1,7 +1,7 @@
-"""DAC (dac.txt): MAE plus SimSiam between two cheap views of one crop.
+"""DAC (dac.txt): MAE plus SimSiam between two cheap views of one image.
 
-    view B  the crop, masked as MAE (75 %): encoder on the K kept patches -> decoder -> pixels + CLS
-    view A  the same crop resized so that its patch grid has exactly K patches (dac.txt §3.1:
+    view B  a random crop, masked as MAE (75 %): encoder on the K kept patches -> decoder -> pixels + CLS
+    view A  the whole image resized so that its patch grid has exactly K patches (dac.txt §3.1:
             "the resized image have the same number of patches as unmasked parts"); 224 px / 16 at
             75 % -> 112 px (7×7 = 49 = 196/4), the paper's "resize scale 0.5"; 28 px / 7 -> 14 px
     L = L_SimSiam + λ_e·L_rec,  λ_e = 0.24·0.996^epoch (Table 1), L_rec on view B's masked patches.
