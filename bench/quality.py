@@ -4,6 +4,7 @@
     python bench/quality.py --methods simclr,byol --steps 300
     python bench/quality.py --long simclr:600    # add a longer row (also configs/fmnist/<name>.yaml)
     python bench/quality.py --smoke              # tiny: 2 steps of timm's test ViT per method (the test suite)
+    python bench/quality.py --methods mae --long mae:600 --merge   # re-run some rows, keep the others
 
 Each method trains as a user would start it (``fastssl/train.py`` in a subprocess, one process),
 with the same steps, batch, model and evaluation subset; the rows are read from each run's
@@ -119,6 +120,15 @@ def raw_pixels_row(cfg_path: Path, overrides: list[str]) -> dict:
     return {"row": "raw pixels", "method": None, "scores": scores}
 
 
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Trained rows of an earlier table (``old``) with the rows of this invocation (``new``): a row
+    with the same label is replaced in place, a new label is appended. Reference rows (``method``
+    None) are dropped: they are recomputed from the merged rows."""
+    fresh = {r["row"]: r for r in new}
+    merged = [fresh.pop(r["row"], r) for r in old if r.get("method") is not None]
+    return merged + [r for r in new if r["row"] in fresh]
+
+
 def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -129,6 +139,8 @@ def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
         cells = [f"{100 * r['scores'][c]:.2f}%" if c in r["scores"] else "-" for c in cols]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |")
     note = f"\n\n{meta['device']}; {meta['budget']}; evaluation on {meta['eval']}.\n"
+    if meta.get("notes"):  # how and when the rows were measured (kept across --merge)
+        note += "\n" + meta["notes"].strip() + "\n"
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + note)
 
     import matplotlib
@@ -163,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run, e.g. optim.batch_size=64")
     p.add_argument("--reuse", action="store_true", help="use finished runs already in --runs-dir instead of training again")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other rows (and notes) of the existing results JSON; replace rows with the same label")
     args = p.parse_args(argv)
 
     names = [n for n in args.methods.split(",") if n]
@@ -180,6 +194,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         name, _, steps = spec.partition(":")
         rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)", args.reuse))
         print(f"[quality] {spec}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
+    stem = "quality-smoke" if args.smoke else "quality-cpu"
+    previous = json.loads((RESULTS / f"{stem}.json").read_text()) if args.merge and (RESULTS / f"{stem}.json").is_file() else None
+    if previous is not None:
+        rows = merge_rows(previous["rows"], rows)
     ref_cfg = ROOT / "configs" / "fmnist" / f"{names[0]}.yaml"
     reference = [*random_init_rows(rows), raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
     rows = reference + rows
@@ -190,8 +208,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "eval": "kNN bank = fixed train subset, queries = fixed test subset (eval.train_samples / test_samples)",
         "python": sys.version.split()[0],
     }
-    write_outputs(rows, meta, "quality-smoke" if args.smoke else "quality-cpu")
-    print((RESULTS / ("quality-smoke.md" if args.smoke else "quality-cpu.md")).read_text())
+    if previous is not None and previous["meta"].get("notes"):
+        meta["notes"] = previous["meta"]["notes"]
+    write_outputs(rows, meta, stem)
+    print((RESULTS / f"{stem}.md").read_text())
     return rows
 
 

@@ -32,3 +32,16 @@ def test_one_random_init_row_per_encoder():
             {"encoder": "vit_tiny", "init": {"a": 0.5}}]
     assert q.random_init_rows(rows) == [{"row": "random init (vit_tiny)", "method": None, "scores": {"a": 0.5}},
                                         {"row": "random init (resnet18)", "method": None, "scores": {"a": 0.2}}]
+
+
+def test_merge_keeps_other_rows_and_replaces_same_label():
+    sys.path.insert(0, str(ROOT))
+    import bench.quality as q
+
+    old = [{"row": "random init (vit)", "method": None}, {"row": "raw pixels", "method": None},
+           {"row": "simclr", "method": "simclr", "v": 1}, {"row": "mae", "method": "mae", "v": 1},
+           {"row": "dac", "method": "dac", "v": 1}]
+    new = [{"row": "mae", "method": "mae", "v": 2}, {"row": "mae (600 steps)", "method": "mae", "v": 2}]
+    assert [(r["row"], r["v"]) for r in q.merge_rows(old, new)] == [
+        ("simclr", 1), ("mae", 2), ("dac", 1), ("mae (600 steps)", 2)]
+    assert q.merge_rows([], new) == new
