@@ -5,6 +5,7 @@
     python bench/quality.py --long simclr:600    # add a longer row (also configs/fmnist/<name>.yaml)
     python bench/quality.py --smoke              # tiny: 2 steps of timm's test ViT per method (the test suite)
     python bench/quality.py --methods mae --long mae:600 --merge   # re-run some rows, keep the others
+    python bench/quality.py --methods "" --long byol:600 --merge   # only a longer row
 
 Each method trains as a user would start it (``fastssl/train.py`` in a subprocess, one process),
 with the same steps, batch, model and evaluation subset; the rows are read from each run's
@@ -179,9 +180,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="keep the other rows (and notes) of the existing results JSON; replace rows with the same label")
     args = p.parse_args(argv)
 
-    names = [n for n in args.methods.split(",") if n]
+    names = [n for n in args.methods.split(",") if n]  # may be empty: only --long rows (with --merge)
+    bad = [spec for spec in args.long if not spec.partition(":")[2].isdigit()]
+    if bad:
+        p.error(f"--long takes NAME:STEPS, got {bad}")
+    longs = [(n, int(k)) for n, _, k in (spec.partition(":") for spec in args.long)]
     # A name is a config of configs/fmnist/ (a method's own, or a variant such as simclr_resnet18).
-    unknown = {n for n in names if not (ROOT / "configs" / "fmnist" / f"{n}.yaml").is_file()}
+    unknown = {n for n in names + [n for n, _ in longs] if not (ROOT / "configs" / "fmnist" / f"{n}.yaml").is_file()}
     if unknown:
         p.error(f"no configs/fmnist/<name>.yaml for {sorted(unknown)} (methods: {', '.join(method_names())})")
     runs_dir = args.runs_dir / ("smoke" if args.smoke else "")
@@ -190,15 +195,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         extra = [*SMOKE_OVERRIDES, *_smoke_heads(name)] if args.smoke else []
         rows.append(train_method(name, runs_dir / name, args.steps, extra + args.set, name, args.reuse))
         print(f"[quality] {name}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
-    for spec in args.long:
-        name, _, steps = spec.partition(":")
-        rows.append(train_method(name, runs_dir / f"{name}-long", int(steps), args.set, f"{name} ({steps} steps)", args.reuse))
-        print(f"[quality] {spec}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
+    for name, steps in longs:
+        rows.append(train_method(name, runs_dir / f"{name}-{steps}", steps, args.set, f"{name} ({steps} steps)", args.reuse))
+        print(f"[quality] {name}:{steps}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
+    if not rows:
+        p.error("nothing to run: give --methods and/or --long")
     stem = "quality-smoke" if args.smoke else "quality-cpu"
     previous = json.loads((RESULTS / f"{stem}.json").read_text()) if args.merge and (RESULTS / f"{stem}.json").is_file() else None
     if previous is not None:
         rows = merge_rows(previous["rows"], rows)
-    ref_cfg = ROOT / "configs" / "fmnist" / f"{names[0]}.yaml"
+    ref_cfg = ROOT / "configs" / "fmnist" / f"{(names or [longs[0][0]])[0]}.yaml"
     reference = [*random_init_rows(rows), raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
     rows = reference + rows
     first = rows[len(reference)]

@@ -45,3 +45,16 @@ def test_merge_keeps_other_rows_and_replaces_same_label():
     assert [(r["row"], r["v"]) for r in q.merge_rows(old, new)] == [
         ("simclr", 1), ("mae", 2), ("dac", 1), ("mae (600 steps)", 2)]
     assert q.merge_rows([], new) == new
+
+
+def test_bad_row_specs_stop_before_any_training(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import bench.quality as q
+    import pytest
+
+    for argv, says in ((["--methods", ""], "nothing to run"), (["--long", "byol"], "NAME:STEPS"),
+                       (["--methods", "nope"], "no configs/fmnist/<name>.yaml")):
+        with pytest.raises(SystemExit):
+            q.main([*argv, "--runs-dir", str(tmp_path)])
+        assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
