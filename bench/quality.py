@@ -185,8 +185,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if bad:
         p.error(f"--long takes NAME:STEPS, got {bad}")
     longs = [(n, int(k)) for n, _, k in (spec.partition(":") for spec in args.long)]
+    every_name = names + [n for n, _ in longs]
+    if not every_name:
+        p.error("nothing to run: give --methods and/or --long")
     # A name is a config of configs/fmnist/ (a method's own, or a variant such as simclr_resnet18).
-    unknown = {n for n in names + [n for n, _ in longs] if not (ROOT / "configs" / "fmnist" / f"{n}.yaml").is_file()}
+    unknown = {n for n in every_name if not (ROOT / "configs" / "fmnist" / f"{n}.yaml").is_file()}
     if unknown:
         p.error(f"no configs/fmnist/<name>.yaml for {sorted(unknown)} (methods: {', '.join(method_names())})")
     runs_dir = args.runs_dir / ("smoke" if args.smoke else "")
@@ -198,13 +201,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name, steps in longs:
         rows.append(train_method(name, runs_dir / f"{name}-{steps}", steps, args.set, f"{name} ({steps} steps)", args.reuse))
         print(f"[quality] {name}:{steps}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
-    if not rows:
-        p.error("nothing to run: give --methods and/or --long")
     stem = "quality-smoke" if args.smoke else "quality-cpu"
-    previous = json.loads((RESULTS / f"{stem}.json").read_text()) if args.merge and (RESULTS / f"{stem}.json").is_file() else None
-    if previous is not None:
+    previous = None
+    if args.merge and (RESULTS / f"{stem}.json").is_file():
+        previous = json.loads((RESULTS / f"{stem}.json").read_text())
         rows = merge_rows(previous["rows"], rows)
-    ref_cfg = ROOT / "configs" / "fmnist" / f"{(names or [longs[0][0]])[0]}.yaml"
+    ref_cfg = ROOT / "configs" / "fmnist" / f"{every_name[0]}.yaml"
     reference = [*random_init_rows(rows), raw_pixels_row(ref_cfg, SMOKE_OVERRIDES if args.smoke else [])]
     rows = reference + rows
     first = rows[len(reference)]
