@@ -126,17 +126,18 @@ def _has_varlen() -> bool:
     return True
 
 
-def _auto(device: torch.device, dtype: torch.dtype) -> str:
+def _auto(device: torch.device, dtype: torch.dtype, probe: bool = True) -> str:
     if device.type != "cuda":
         return "sdpa_cpu"
-    try:
-        import xformers.ops  # noqa: F401
+    if probe:  # xformers only when its probe runs (a build that does not match torch imports, then fails)
+        try:
+            import xformers.ops  # noqa: F401
 
-        if _probe("xformers", device, dtype):
-            return "xformers"
-    except Exception:  # noqa: BLE001  (ImportError or a broken build: fall through)
-        pass
-    if dtype in _HALF and _has_varlen() and _probe("varlen", device, dtype):
+            if _probe("xformers", device, dtype):
+                return "xformers"
+        except Exception:  # noqa: BLE001  (ImportError or a broken build: fall through)
+            pass
+    if dtype in _HALF and _has_varlen() and (not probe or _probe("varlen", device, dtype)):
         return "varlen"
     return "sdpa_grouped"
 
@@ -162,7 +163,10 @@ class AttentionDispatch:
         key = (device.type, dtype)
         name = self._resolved.get(key)
         if name is None:
-            name = self.requested if self.requested != "auto" else _auto(device, dtype)
+            # Under a tracer (a whole model handed to torch.compile without engine.compile's
+            # resolve_attention first) the probe's backward and its finiteness check cannot run:
+            # choose by what imports, without probing.
+            name = self.requested if self.requested != "auto" else _auto(device, dtype, probe=not torch.compiler.is_compiling())
             self._resolved[key] = name
             log.info("fastssl attention backend for %s/%s: %s%s", device.type, str(dtype).removeprefix("torch."), name,
                      "" if self.requested == "auto" else " (forced)")
