@@ -101,15 +101,12 @@ def _contrastive_bwd(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tens
                      need_rows: bool, need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
     """-> (dRows [M, D], dCols [C, D]), empty where not needed. ``same`` (cols is rows): the whole
     gradient comes back in the dRows slot, dCols added onto it by the kernel itself."""
-    from fastssl.kernels.contrastive import _bwd_cols, _bwd_rows
+    from fastssl.kernels.contrastive import backward
 
-    # The gradient of .mean() arrives as an expanded (stride-0) view: the kernels read a real [M] fp32 array.
-    args = (rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss.float().contiguous(), temperature, exclude_pos)
-    if same:
-        return _bwd_cols(*args, onto=_bwd_rows(*args)), _empty_like_flag(cols)
-    drows = _bwd_rows(*args) if need_rows else _empty_like_flag(rows)
-    dcols = _bwd_cols(*args) if need_cols else _empty_like_flag(cols)  # no dK work for momentum keys
-    return drows, dcols
+    # dloss may be the expanded (stride-0) gradient of .mean(): the kernels read it with its stride.
+    drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
+                            need_rows, need_cols, same)
+    return (drows if drows is not None else _empty_like_flag(rows)), (dcols if dcols is not None else _empty_like_flag(cols))
 
 
 @_contrastive_bwd.register_fake
