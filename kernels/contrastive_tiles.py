@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import triton
 
 SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KB)
-_SMEM_SCRATCH = {"bwd_cols": 4096}  # reductions and layout conversions; 1 KB for the other kernels
+_SMEM_SCRATCH = {"bwd_cols": 4096, "bwd_sym": 4096}  # reductions and layout conversions; 1 KB for the other kernels
 MAX_BLOCK_D = 256
 KERNELS = ("fwd", "bwd_rows", "bwd_sym", "bwd_cols")  # bwd_sym: dRows + dCols of rows = cols in one pass
 
