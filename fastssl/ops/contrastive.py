@@ -21,22 +21,25 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.ops import reference
-from fastssl.ops.dispatch import Backend, use_triton
+from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
 from fastssl.ops.distributed import gather_rows
 
 
-def _core(backend: Backend, device: torch.device):
-    """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` (``fastssl.ops.dispatch``)."""
-    if use_triton(backend, device):
+def _core(backend: Backend, device: torch.device, size: int | None = None):
+    """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` and a
+    similarity matrix of ``size`` = rows × cols elements (``fastssl.ops.dispatch``: the kernel on
+    CUDA under "auto" only from the size rule's threshold up)."""
+    if use_triton(backend, device) and auto_size_ok("contrastive", backend, size):
         from fastssl.ops.library import contrastive_rows as triton_rows  # the kernel as a custom op (torch.compile)
 
         return triton_rows
     return reference.contrastive_rows
 
 
-def _queue_core(backend: Backend, device: torch.device):
-    """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for ``device``."""
-    if use_triton(backend, device):
+def _queue_core(backend: Backend, device: torch.device, size: int | None = None):
+    """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for
+    ``device`` and ``size`` = rows × queue length."""
+    if use_triton(backend, device) and auto_size_ok("contrastive", backend, size):
         from fastssl.kernels.contrastive import queue_rows as triton_queue_rows
 
         return triton_queue_rows
@@ -77,9 +80,10 @@ def _two_view_rows(z1, z2, gather_distributed):
     # Single process: rows and cols hold the same vectors; pass one tensor twice (autograd adds the
     # two gradients) instead of concatenating a second copy.
     cols = torch.cat([g1, g2], dim=0) if gather_distributed else rows
-    g = offset + torch.arange(n, device=z1.device)
-    pos_idx = torch.cat([total + g, g])
-    self_idx = torch.cat([g, total + g])
+    # int32: what the kernel reads (``prepare``'s cast is then a no-op); two small launches, not four
+    g = torch.arange(offset, offset + n, device=z1.device, dtype=torch.int32)
+    pos_idx = torch.cat([g + total, g])
+    self_idx = pos_idx.roll(n)  # [g, total + g]
     return rows, cols, pos_idx, self_idx, (g1, g2, offset)
 
 
@@ -98,7 +102,7 @@ def nt_xent(
     """
     _check_pair(z1, z2, temperature, gather_distributed)
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed)
-    return _core(backend, z1.device)(rows, cols, pos_idx, self_idx, temperature).mean()
+    return _core(backend, z1.device, rows.shape[0] * cols.shape[0])(rows, cols, pos_idx, self_idx, temperature).mean()
 
 
 def dcl(
@@ -127,7 +131,7 @@ def dcl(
             w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
             local = w[offset : offset + z1.shape[0]]
             pos_weight = torch.cat([local, local])
-    core = _core(backend, z1.device)
+    core = _core(backend, z1.device, rows.shape[0] * cols.shape[0])
     return core(rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True).mean()
 
 
@@ -173,7 +177,8 @@ def info_nce(
         # No gather: the negatives are the queue (identical on every rank), the positives local.
         negatives = _unit(queue.detach()).to(rows.dtype)
         pos_idx = torch.arange(n, device=q.device).repeat(chunks)
-        return _queue_core(backend, q.device)(rows, cols, pos_idx, negatives, temperature).mean()
+        core = _queue_core(backend, q.device, rows.shape[0] * negatives.shape[0])
+        return core(rows, cols, pos_idx, negatives, temperature).mean()
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)
@@ -181,7 +186,7 @@ def info_nce(
             raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
     pos_idx = (offset + torch.arange(n, device=q.device)).repeat(chunks)
     no_excl = torch.full_like(pos_idx, -1)
-    return _core(backend, q.device)(rows, cols, pos_idx, no_excl, temperature).mean()
+    return _core(backend, q.device, rows.shape[0] * cols.shape[0])(rows, cols, pos_idx, no_excl, temperature).mean()
 
 
 def spherical_mean(keys: torch.Tensor) -> torch.Tensor:

@@ -101,15 +101,12 @@ def _contrastive_bwd(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tens
                      need_rows: bool, need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
     """-> (dRows [M, D], dCols [C, D]), empty where not needed. ``same`` (cols is rows): the whole
     gradient comes back in the dRows slot, dCols added onto it by the kernel itself."""
-    from fastssl.kernels.contrastive import _bwd_cols, _bwd_rows
+    from fastssl.kernels.contrastive import backward
 
-    # The gradient of .mean() arrives as an expanded (stride-0) view: the kernels read a real [M] fp32 array.
-    args = (rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss.float().contiguous(), temperature, exclude_pos)
-    if same:
-        return _bwd_cols(*args, onto=_bwd_rows(*args)), _empty_like_flag(cols)
-    drows = _bwd_rows(*args) if need_rows else _empty_like_flag(rows)
-    dcols = _bwd_cols(*args) if need_cols else _empty_like_flag(cols)  # no dK work for momentum keys
-    return drows, dcols
+    # dloss may be the expanded (stride-0) gradient of .mean(): the kernels read it with its stride.
+    drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
+                            need_rows, need_cols, same)
+    return (drows if drows is not None else _empty_like_flag(rows)), (dcols if dcols is not None else _empty_like_flag(cols))
 
 
 @_contrastive_bwd.register_fake
@@ -154,11 +151,20 @@ _contrastive_self_fwd.register_autograd(_contrastive_self_backward, setup_contex
 
 def contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, temperature: float,
                      pos_weight: Tensor | None = None, exclude_pos: bool = False) -> Tensor:
-    """``fastssl.kernels.contrastive.contrastive_rows`` as a custom op (same contract): loss [M] fp32."""
-    from fastssl.kernels.contrastive import prepare
+    """``fastssl.kernels.contrastive.contrastive_rows`` as a custom op (same contract): loss [M] fp32.
+
+    Outside ``torch.compile`` the call goes straight to the kernels' autograd Function
+    (``ContrastiveRows``): the same launchers and the same ``backward``, without the dispatcher's
+    per-call work for a custom op (schema defaults, output-aliasing checks, the generated autograd
+    wrapper): ~0.15 ms of host time per forward + backward measured on CPU (issue 21), which a
+    small GPU launch cannot hide. Under compile, the custom op keeps the kernels in the graph.
+    """
+    from fastssl.kernels.contrastive import ContrastiveRows, prepare
 
     pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
     t, excl = float(temperature), bool(exclude_pos)
+    if not torch.compiler.is_compiling():
+        return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, t, pos_weight, excl, rows is cols)
     if rows is cols:
         return _contrastive_self_fwd(rows, pos_idx, excl_idx, pos_weight, t, excl)[0]
     return _contrastive_fwd(rows, cols, pos_idx, excl_idx, pos_weight, t, excl)[0]
