@@ -230,8 +230,8 @@ def gather_tokens(x: Tensor, ids_keep: Tensor, pos_embed: Tensor | None = None) 
 
 
 @torch.library.custom_op("fastssl::scatter_tokens", mutates_args=())
-def _scatter_fwd(x: Tensor, ids: Tensor, num_patches: int, mt: Tensor, pos: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """x [B, K, D], ids [B, K], mt [D], pos [L, D] or None -> (out [B, L, D], slot [B, L] int32)."""
+def _scatter_fwd(x: Tensor, ids: Tensor, num_patches: int, mt: Tensor, pos: Optional[Tensor]) -> Tensor:
+    """x [B, K, D], ids [B, K], mt [D], pos [L, D] or None -> out [B, L, D]."""
     from fastssl.kernels.tokens import scatter_fwd
 
     return scatter_fwd(x.contiguous(), ids.contiguous(), num_patches, mt.reshape(-1).contiguous(),
@@ -243,25 +243,25 @@ def _(x, ids, num_patches, mt, pos):
     dtype = torch.promote_types(x.dtype, mt.dtype)
     if pos is not None:
         dtype = torch.promote_types(dtype, pos.dtype)
-    b = x.shape[0]
-    return x.new_empty((b, num_patches, x.shape[2]), dtype=dtype), x.new_empty((b, num_patches), dtype=torch.int32)
+    return x.new_empty((x.shape[0], num_patches, x.shape[2]), dtype=dtype)
 
 
 @torch.library.custom_op("fastssl::scatter_tokens_bwd", mutates_args=())
-def _scatter_bwd(g: Tensor, slot: Tensor, k: int, x_dtype: torch.dtype, mt_dtype: torch.dtype, pos_dtype: torch.dtype,
+def _scatter_bwd(g: Tensor, ids: Tensor, x_dtype: torch.dtype, mt_dtype: torch.dtype, pos_dtype: torch.dtype,
                  need_dx: bool, need_dmt: bool, need_dpos: bool) -> tuple[Tensor, Tensor, Tensor]:
     """g [B, L, D] -> (dx [B, K, D], dmt [D], dpos [L, D]) in the inputs' dtypes, empty where not needed."""
     from fastssl.kernels.tokens import scatter_bwd
 
-    dx, dmt, dpos = scatter_bwd(g, slot, k, x_dtype, need_dx, need_dmt, need_dpos)
+    dx, dmt, dpos = scatter_bwd(g, ids.contiguous(), x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos)
     return (dx if need_dx else _empty_like_flag(g, x_dtype),
-            dmt.to(mt_dtype) if need_dmt else _empty_like_flag(g, mt_dtype),
-            dpos.to(pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype))
+            dmt if need_dmt else _empty_like_flag(g, mt_dtype),
+            dpos if need_dpos else _empty_like_flag(g, pos_dtype))
 
 
 @_scatter_bwd.register_fake
-def _(g, slot, k, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
+def _(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
     b, l, d = g.shape
+    k = ids.shape[1]
     return (g.new_empty((b, k, d), dtype=x_dtype) if need_dx else _empty_like_flag(g, x_dtype),
             g.new_empty((d,), dtype=mt_dtype) if need_dmt else _empty_like_flag(g, mt_dtype),
             g.new_empty((l, d), dtype=pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype))
@@ -269,17 +269,17 @@ def _(g, slot, k, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
 
 def _scatter_setup(ctx, inputs, output):
     x, ids, num_patches, mt, pos = inputs
-    ctx.save_for_backward(output[1])
-    ctx.meta = (x.shape[1], x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else x.dtype)
+    ctx.save_for_backward(ids)
+    ctx.meta = (x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else x.dtype)
 
 
-def _scatter_backward(ctx, g, _dslot):
-    (slot,) = ctx.saved_tensors
-    k, x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
+def _scatter_backward(ctx, g):
+    (ids,) = ctx.saved_tensors
+    x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
     need_dx, _, _, need_dmt, need_dpos = ctx.needs_input_grad
     if not (need_dx or need_dmt or need_dpos):
         return None, None, None, None, None
-    dx, dmt, dpos = _scatter_bwd(g, slot, k, x_dtype, mt_dtype, pos_dtype, bool(need_dx), bool(need_dmt), bool(need_dpos))
+    dx, dmt, dpos = _scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, bool(need_dx), bool(need_dmt), bool(need_dpos))
     return (dx if need_dx else None), None, None, (dmt.reshape(mt_shape) if need_dmt else None), (dpos if need_dpos else None)
 
 
@@ -288,7 +288,7 @@ _scatter_fwd.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 def scatter_tokens(x: Tensor, ids_keep: Tensor, num_patches: int, mask_token: Tensor, pos_embed: Tensor | None = None) -> Tensor:
     """``fastssl.kernels.tokens.scatter_tokens`` as a custom op (shapes in ``fastssl.ops.tokens``)."""
-    return _scatter_fwd(x, ids_keep, num_patches, mask_token, pos_embed)[0]
+    return _scatter_fwd(x, ids_keep, num_patches, mask_token, pos_embed)
 
 
 # =============================================================================================
