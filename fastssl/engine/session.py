@@ -133,7 +133,7 @@ def setup(cfg: TrainConfig) -> Session:
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); refuse another run's dir; stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
     cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
-    preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+    _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
     if dist.is_initialized():
         dist.barrier()
 
