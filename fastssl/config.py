@@ -166,8 +166,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        from fastssl.engine.run_paths import overlap_problem
         from fastssl.models.encoder import encoder_family
 
+        overlap = overlap_problem(self.run.output_dir, self.data.root)
+        if overlap:
+            raise ValueError(overlap)
         img = self.model.img_size or self.data.image_size
         if encoder_family(self.model.arch) == "vit" and img % self.model.patch_size:
             raise ValueError(f"model.patch_size={self.model.patch_size} must divide the image size {img}")

@@ -101,3 +101,70 @@ def test_set_up_returns_a_fingerprint_that_sees_a_changed_file(tmp_path):
     png(data / "train" / "a" / "new.png", seed=99)
     after = preflight.prepare_data(cfg, 0, 1)[1]
     assert after["train"] != before["train"] and after["test"] == before["test"]
+
+
+# ---- class 3: output inside the data ------------------------------------------------------------------
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("ds/train/run", "is inside data.root"),
+    ("ds/run", "is inside data.root"),
+    ("ds", "is the data folder"),
+    ("ds/./train/..", "is the data folder"),
+    (".", "is inside run.output_dir"),  # the data root inside the output directory
+])
+def test_output_dir_overlapping_the_data_is_refused_and_nothing_moves(tmp_path, capsys, where, needle):
+    data = folder(tmp_path / "ds")
+    before = _tree(data)
+    out = tmp_path / where
+    for resume in ("auto", "never"):
+        err = one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, data, out)), f"run.resume={resume}"])
+        assert needle in err, err
+    assert _tree(data) == before
+
+
+def test_symlinks_are_resolved_both_ways(tmp_path, capsys):
+    data = folder(tmp_path / "ds")
+    (tmp_path / "runs").symlink_to(data / "train")  # output through a link that points into the data
+    assert "is inside data.root" in one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, data, tmp_path / "runs" / "r1"))])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "data").symlink_to(data)  # data.root given through a link inside the output directory
+    err = one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, tmp_path / "out" / "data", tmp_path / "out"))])
+    assert "is inside run.output_dir" in err
+
+
+def test_relative_paths_and_siblings_with_a_common_prefix(tmp_path, capsys, monkeypatch):
+    data = folder(tmp_path / "ds")
+    monkeypatch.chdir(tmp_path)
+    load_config(write_cfg(tmp_path, Path("ds"), Path("ds2/run")))  # ds2 is not inside ds
+    assert "is inside data.root" in one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, Path("ds"), Path("ds/../ds/x")))])
+    assert data.is_dir()
+
+
+def test_a_link_changed_after_the_config_is_caught_before_anything_is_made(tmp_path):
+    from fastssl.engine import run_dir
+
+    data = folder(tmp_path / "ds")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    cfg = load_config(write_cfg(tmp_path, data, link / "run"))
+    link.unlink()
+    link.symlink_to(data)  # now the output directory would be ds/run
+    with pytest.raises(ConfigError, match="is inside data.root"):
+        run_dir.prepare(cfg, 0)
+    assert not (data / "run").exists()
+
+
+def test_a_link_inside_the_output_dir_pointing_at_the_data_is_refused_resolved(tmp_path, capsys):
+    data = folder(tmp_path / "ds")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "ds" / "link_to_out").symlink_to(tmp_path / "out")  # output_dir reached through the data
+    err = one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, data, data / "link_to_out"))])
+    assert "is inside data.root" in err
+    (tmp_path / "ds" / "link_to_out").unlink()
+    (tmp_path / "out" / "d").symlink_to(data, target_is_directory=True)
+    err = one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, tmp_path / "out" / "d" / ".", tmp_path / "out" / "d" / "train" / ".."))])
+    assert "data folder" in err
