@@ -135,7 +135,12 @@ def _check_identity(out: Path, cfg: TrainConfig) -> None:
 
 def _prepare_main(cfg: TrainConfig) -> Path | None:
     """Rank 0's part: create + lock, then apply the rules above. Returns the folder things were moved to."""
+    from fastssl.engine.run_paths import overlap_problem
+
     out = Path(cfg.run.output_dir)
+    overlap = overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
+    if overlap:
+        raise ConfigError(overlap)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -153,10 +153,11 @@ def setup(cfg: TrainConfig) -> Session:
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); refuse another run's dir; stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
     cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
+    fingerprint = None  # synthetic batches have no data set to fingerprint
     if cfg.data.synthetic:  # no data set: only the batch arithmetic against the images it stands for
         preflight.check_batches(cfg, cfg.data.synthetic_images, world)
     else:
-        preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+        _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
     if dist.is_initialized():
         dist.barrier()
 
