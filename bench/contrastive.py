@@ -190,7 +190,7 @@ def _build(case: Case, dev):
 # --------------------------------------------------------------------------------------------
 VARIANTS = ("old", "nosplit", "twopass")
 _VARIANT_OPTIONS = {
-    "old": {"autotune": True, "split": "legacy", "sym_bwd": False},  # main before issue 21
+    "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False},  # main before issue 21
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
 }
