@@ -414,7 +414,10 @@ def main() -> None:
         del leaves, fns, first
         free_memory()
     derive_speedups(records, ceilings.matmul_tflops)
-    targets = _targets(records, ceilings) if not args.smoke and dev.type == "cuda" else []
+    try:
+        targets = _targets(records, ceilings) if not args.smoke and dev.type == "cuda" else []
+    except Exception as err:  # noqa: BLE001  (never lose the measurements to the summary)
+        targets = [f"targets not judged: {type(err).__name__}: {err}"]
     path = write_results("contrastive", records, ceilings, args, meta={
         "temperature": TAU, "flops_fwd": "2*M*C*D", "flops_total": "8*M*C*D (6*M*C*D when the columns need no grad)",
         "quick": bool(args.quick), "targets": targets, "seconds": round(time.perf_counter() - t_start, 1),
