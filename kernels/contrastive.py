@@ -101,6 +101,9 @@ OPTIONS = {
     # rows is cols (single-process NT-Xent/DCL): one symmetric backward pass (``SYM``) instead of
     # dRows + dCols. FASTSSL_CONTRASTIVE_SYM=0 turns it off (before/after timing, bench --variants).
     "sym_bwd": os.environ.get("FASTSSL_CONTRASTIVE_SYM", "1") != "0",
+    # Outside torch.compile, ``fastssl.ops.library.contrastive_rows`` calls ``ContrastiveRows``
+    # directly rather than through its custom op (False: through the op, as main did before issue 21).
+    "direct_eager": True,
 }
 
 

@@ -159,11 +159,11 @@ def contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tens
     wrapper): ~0.15 ms of host time per forward + backward measured on CPU (issue 21), which a
     small GPU launch cannot hide. Under compile, the custom op keeps the kernels in the graph.
     """
-    from fastssl.kernels.contrastive import ContrastiveRows, prepare
+    from fastssl.kernels.contrastive import OPTIONS, ContrastiveRows, prepare
 
     pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
     t, excl = float(temperature), bool(exclude_pos)
-    if not torch.compiler.is_compiling():
+    if OPTIONS["direct_eager"] and not torch.compiler.is_compiling():
         return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, t, pos_weight, excl, rows is cols)
     if rows is cols:
         return _contrastive_self_fwd(rows, pos_idx, excl_idx, pos_weight, t, excl)[0]
