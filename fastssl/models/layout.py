@@ -43,6 +43,9 @@ class AttnLayout:
     cu_q: torch.Tensor
     cu_k: torch.Tensor
     runs: tuple[Run, ...] = field(repr=False)
+    # FlexAttention's block mask for this layout, set by ``AttentionDispatch.prepare`` before the
+    # (possibly compiled) blocks run, so that no block builds it inside its graph.
+    flex_mask: object = field(default=None, repr=False)
 
     @staticmethod
     def build(q_lens: tuple[int, ...], k_lens: tuple[int, ...] | None, device: torch.device) -> "AttnLayout":
