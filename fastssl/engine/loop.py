@@ -105,5 +105,5 @@ def run(cfg: TrainConfig) -> RunSummary:
                 evaluate(s)
     summary = finish(s, eval_init)
     if s.is_main:
-        run_dir.mark_finished(cfg, s.state.global_step)  # a re-run of this config now says "finished"
+        run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"
     return summary
