@@ -180,6 +180,11 @@ class TrainConfig(Section):
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
+        from fastssl.engine.pair_checks import problem
+
+        two_keys = problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
+        if two_keys:
+            raise ValueError(two_keys)
         if self.deepspeed:
             from fastssl.engine import ds_keys
 

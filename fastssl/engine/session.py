@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, preflight, resume_rules, run_dir, world_change
+from fastssl.engine import disk, pair_checks, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
@@ -152,6 +152,8 @@ def setup(cfg: TrainConfig) -> Session:
                          seed=cfg.run.seed, crops=method.crops())
     plan = plan_steps(images_per_epoch=len(loader) * o.batch_size * world, micro_batch=o.batch_size, grad_accum=o.grad_accum,
                       world_size=world, epochs=o.epochs, max_steps=o.max_steps, warmup_epochs=o.warmup_epochs, base_lr=o.base_lr)
+    if rank == 0 and (note := pair_checks.shortened_warmup(cfg, plan)):
+        log.warning(note)
     if folder is not None:
         resume_rules.check_length(folder, ckpt.saved_step(folder), plan.total_steps, cfg)
 
