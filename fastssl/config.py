@@ -182,6 +182,11 @@ class TrainConfig(Section):
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
         _synthetic_needs_no_eval(self)
+        from fastssl.engine.pair_checks import problem
+
+        two_keys = problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
+        if two_keys:
+            raise ValueError(two_keys)
         if self.deepspeed:
             from fastssl.engine import ds_keys
 

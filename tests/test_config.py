@@ -27,8 +27,8 @@ def folder_data(tmp_path):
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = load_config(write(tmp_path, "method: {name: simclr, loss: dclw}\n"), ["optim.epochs=3", "method.temperature=0.2", "run.output_dir=/tmp/x"])
-    assert cfg.optim.epochs == 3 and cfg.method.temperature == 0.2 and cfg.method.loss == "dclw"
+    cfg = load_config(write(tmp_path, "method: {name: simclr, loss: dclw}\n"), ["optim.epochs=30", "method.temperature=0.2", "run.output_dir=/tmp/x"])
+    assert cfg.optim.epochs == 30 and cfg.method.temperature == 0.2 and cfg.method.loss == "dclw"
     assert str(cfg.run.output_dir) == "/tmp/x"
     assert cfg.method.weight_sigma == 0.5 and cfg.eval.knn_k == 200 and cfg.eval.knn_temperature == 0.1
 
@@ -124,7 +124,7 @@ def test_other_config_file_mistakes(tmp_path, make, needle):
 
 
 def test_an_override_into_a_section_left_empty(tmp_path):
-    assert load_config(write(tmp_path, "run: {}\noptim:\n"), ["optim.epochs=3"]).optim.epochs == 3
+    assert load_config(write(tmp_path, "run: {}\noptim:\n"), ["optim.epochs=30"]).optim.epochs == 30
 
 
 def test_the_cli_says_it_in_one_line(tmp_path, capsys):

@@ -21,6 +21,9 @@ from fastssl.config import ConfigError, TrainConfig
 log = logging.getLogger("fastssl")
 
 
+_DISK_FULL = "disk-full:"  # marks a broadcast error that is a full disk (exit 4), not a config error (exit 2)
+
+
 def _broadcast_error(message: str | None) -> str | None:
     import torch.distributed as dist
 
@@ -93,6 +96,8 @@ def prepare_data(cfg: TrainConfig, rank: int, world: int) -> tuple[int, dict]:
     from fastssl.data.folder_checks import class_mismatch
     from fastssl.data.prepare import ensure_dataset
 
+    from fastssl.engine import disk
+
     error = None
     if rank == 0:
         try:
@@ -100,7 +105,14 @@ def prepare_data(cfg: TrainConfig, rank: int, world: int) -> tuple[int, dict]:
             error = class_mismatch(Path(cfg.data.root))
         except (ValueError, FileNotFoundError, FileExistsError) as err:  # the data set is unusable as configured
             error = str(err)
+        except OSError as err:
+            if not disk.is_disk_full(err, Path(cfg.data.root)):
+                raise
+            error = (f"{_DISK_FULL}no space left on device while preparing the data set at {cfg.data.root}; the partial "
+                     "copy was removed (free some space, then re-run the same command)")
     error = _broadcast_error(error)
+    if error and error.startswith(_DISK_FULL):
+        raise disk.DiskFull(Path(cfg.data.root), message=error.removeprefix(_DISK_FULL))
     if error:
         raise ConfigError(f"data.root: {error}")
     root = Path(cfg.data.root)
