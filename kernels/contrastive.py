@@ -28,11 +28,21 @@ when cols needs no grad (MoCo's momentum keys: no dK work).
 
 Occupancy: one contrastive matrix has no batch/head axis to spread over the SMs, so each kernel
 may also split its reduction loop (columns for the forward and dRows, rows for dCols) into
-``splits`` chunks, a third grid axis, when there are too few programs (``_splits``: ~2 per SM in
-the forward, ~1 in the backward, whose partials are large). The forward's partial (max, sum) pairs
-are merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed
-in a fixed order and cast by ``_sum_cast_kernel`` (one pass). Extra memory stays O(M) in the
-forward and O(splits·M·D) in the backward, only at sizes small enough to need it.
+``splits`` chunks, the last grid axis, chosen by ``contrastive_tiles.split_plan`` so that a launch
+has at least one full wave of programs (issue 21). The forward's partial (max, sum) pairs are
+merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed in a
+fixed order and cast by ``_sum_cast_kernel`` (one pass): deterministic. Extra memory stays O(M)
+in the forward and at most 64 MiB of partials in the backward.
+
+Symmetric backward (``SYM``, rows is cols: single-process NT-Xent/DCL): dZ = (1/τ)(dS + dSᵀ)·Z in
+one row-parallel pass, each score tile computed once for both of its terms (two matmuls per tile
+instead of the four of dRows + dCols).
+
+Launch path (issue 21): no autotuner on the hot path (one config per (kernel, dtype, D) from
+``contrastive_tiles.fixed_config``; ``OPTIONS["autotune"]`` puts it back), grids as tuples from the
+cached ``contrastive_tiles.geometry``, dloss read with its stride (no copy of ``.mean()``'s
+expanded gradient), and ``UnitRows``: the ops' L2 normalisation in one launch each way
+(``OPTIONS["fused_unit"]``, off until measured on a GPU).
 
 Queue mode (MoCo v2, ``queue_rows`` / ``QueueRows``): cols is the queue [K, D] and the positive is
 not among them. The launcher passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
@@ -40,15 +50,14 @@ forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and str
 pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
 positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
 (no gradient into the queue). M is small there (a GPU's share of the batch), so the column loop
-may be split into up to ``_MAX_QUEUE_SPLITS`` chunks.
+is split like any other loop (``split_plan``: 2 row tiles × 66 splits at M = 256, K = 65,536).
 
-Bytes: when rows and cols are one tensor (single-process NT-Xent/DCL) dCols is added onto dRows by
-the dCols kernel itself (``ACCUMULATE``) or by the sum-and-cast pass, so the gradient leaves as one
-tensor: no autograd add of two [M, D] gradients, no separate cast.
+Bytes: when rows and cols are one tensor the symmetric pass writes the whole gradient; with it
+off (``OPTIONS["sym_bwd"]``) dCols is added onto dRows by the dCols kernel itself
+(``ACCUMULATE``) or by the sum-and-cast pass: no autograd add of two [M, D] gradients.
 
-Tiles: ``fastssl.kernels.contrastive_tiles`` lists the autotune configs and prunes them per
-(dtype, D) at launch to those that fit sm_90's shared memory and do not spill;
-tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
+Tiles: ``fastssl.kernels.contrastive_tiles`` lists the configs that fit sm_90's shared memory and
+do not spill, per (dtype, D); tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
 
 D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
 (``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
