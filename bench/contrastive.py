@@ -323,7 +323,33 @@ def _targets(records: list[Record], ceilings) -> list[str]:
             if a.total.median > 1.05 * min(base):
                 slow.append(f"{key[0]} {key[1]}x{key[2]} ({a.total.median:.3f} vs {min(base):.3f} ms)")
     lines.append("auto never slower than min(eager, compile) (+5 %): " + ("met" if not slow else "MISSED at " + "; ".join(slow)))
+    lines.append(_suggest_threshold(get))
     return lines
+
+
+def _suggest_threshold(get: dict) -> str:
+    """The smallest rows × cols from which the kernels beat eager and compile (where measured) at
+    every larger swept shape: the value for fastssl.ops.dispatch.AUTO_SIZE_RULES["contrastive"]."""
+    wins = []
+    for key in {k[1:] for k in get}:
+        t = get.get(("triton",) + key)
+        base = [get[(p,) + key].total.median for p in ("eager", "compile") if (p,) + key in get]
+        if t is not None and base:
+            wins.append((key[1] * key[2], t.total.median <= min(base), f"{key[0]} {key[1]}x{key[2]}"))
+    if not wins:
+        return "auto threshold: no shape with both triton and eager rows"
+    wins.sort()
+    threshold = None
+    for size, won, _ in reversed(wins):
+        if not won:
+            break
+        threshold = size
+    losers = [name for _, won, name in wins if not won]
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if threshold is None:
+        return f"auto threshold: the kernels lose at the largest swept shape ({', '.join(losers)}); keep the placeholder"
+    return (f"auto threshold suggested for {name}: AUTO_SIZE_RULES['contrastive'].min_size = {threshold} "
+            f"(rows x cols; kernels lose at: {', '.join(losers) or 'none'})")
 
 
 def _shape(r: Record) -> str:
