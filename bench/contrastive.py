@@ -11,11 +11,11 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old], triton[nosplit], triton[twopass], triton[fusedunit]: the kernels with the launch path
-           of main before issue 21 (custom op in eager, autotuner, old split rule, two-pass backward),
-           without loop splits, without the symmetric backward, with the normalisation fused into one
-           launch each way; --variants adds them at every case, --quick adds old and fusedunit at the
-           target cases.
+  triton[old|nosplit|twopass|fusedunit|tuned]: the kernels with the launch path of main before
+           issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without loop
+           splits, without the symmetric backward, with the normalisation fused into one launch each
+           way, with the autotuner over the tile configs; --variants adds them all at every case,
+           --quick adds old and fusedunit at the target cases.
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
 flushes L2 and times with device events, so host work the GPU waits for is counted); "kern" = the
 device time of all kernels of one forward+backward (torch.profiler) and "host" = the CPU time to
@@ -190,12 +190,13 @@ def _build(case: Case, dev):
 # --------------------------------------------------------------------------------------------
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass", "fusedunit")
+VARIANTS = ("old", "nosplit", "twopass", "fusedunit", "tuned")
 _VARIANT_OPTIONS = {
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False},  # main before issue 21
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
     "fusedunit": {"fused_unit": True},  # the normalisation as one Triton launch each way
+    "tuned": {"autotune": True},  # the new launch path with the autotuner: is the fixed table's tile the best?
 }
 
 
