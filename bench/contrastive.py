@@ -359,7 +359,7 @@ def _shape(r: Record) -> str:
 
 _COLUMNS = [
     Column("case", 7, lambda r: r.case["case"]), Column("dtype", 9, lambda r: r.case["dtype"]),
-    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 16, lambda r: r.provider),
+    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 18, lambda r: r.provider),
     Column("fwd", 8, lambda r: ms(r.fwd), ".3f"), Column("bwd", 8, lambda r: ms(r.bwd), ".3f"),
     Column("tot", 8, lambda r: ms(r.total), ".3f"), Column("kern", 8, lambda r: r.extra.get("kernel_ms"), ".3f"),
     Column("host", 7, lambda r: r.extra.get("host_ms"), ".3f"),
@@ -437,7 +437,7 @@ def main() -> None:
             rec = run_guarded(name, case.meta(), run)
             rec.extra["seconds"] = round(time.perf_counter() - t0, 1)
             records.append(rec)
-            line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:16}"
+            line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:18}"
             print(line + (f" ERROR {rec.error[:100]}" if rec.error else
                           f" tot {rec.total.median:8.3f} ms  kern {rec.extra.get('kernel_ms') or float('nan'):8.3f}"
                           f"  host {rec.extra['host_ms']:7.3f}  ({rec.extra['seconds']} s)"), flush=True)
