@@ -11,9 +11,11 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old], triton[nosplit], triton[twopass]: the kernels with the launch path of main before
-           issue 21 (autotuner, old split rule, two-pass backward), without loop splits, without the
-           symmetric backward; --variants adds them at every case, --quick at the target cases.
+  triton[old|nosplit|twopass|fusedunit|tuned]: the kernels with the launch path of main before
+           issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without loop
+           splits, without the symmetric backward, with the normalisation fused into one launch each
+           way, with the autotuner over the tile configs; --variants adds them all at every case,
+           --quick adds old and fusedunit at the target cases.
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
 flushes L2 and times with device events, so host work the GPU waits for is counted); "kern" = the
 device time of all kernels of one forward+backward (torch.profiler) and "host" = the CPU time to
@@ -101,7 +103,7 @@ def _cases(args) -> list[Case]:
             for kind, m, c in shapes:
                 key = (kind, m if kind == "square" else m * c)
                 comp = not args.quick or key in quick_compile
-                var = VARIANTS if args.variants else ("old",) if args.quick and key in targets else ()
+                var = VARIANTS if args.variants else ("old", "fusedunit") if args.quick and key in targets else ()
                 out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var))
     if args.cases:
         keep = set(args.cases.split(","))
@@ -188,11 +190,13 @@ def _build(case: Case, dev):
 # --------------------------------------------------------------------------------------------
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass")
+VARIANTS = ("old", "nosplit", "twopass", "fusedunit", "tuned")
 _VARIANT_OPTIONS = {
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False},  # main before issue 21
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
+    "fusedunit": {"fused_unit": True},  # the normalisation as one Triton launch each way
+    "tuned": {"autotune": True},  # the new launch path with the autotuner: is the fixed table's tile the best?
 }
 
 
@@ -320,7 +324,33 @@ def _targets(records: list[Record], ceilings) -> list[str]:
             if a.total.median > 1.05 * min(base):
                 slow.append(f"{key[0]} {key[1]}x{key[2]} ({a.total.median:.3f} vs {min(base):.3f} ms)")
     lines.append("auto never slower than min(eager, compile) (+5 %): " + ("met" if not slow else "MISSED at " + "; ".join(slow)))
+    lines.append(_suggest_threshold(get))
     return lines
+
+
+def _suggest_threshold(get: dict) -> str:
+    """The smallest rows × cols from which the kernels beat eager and compile (where measured) at
+    every larger swept shape: the value for fastssl.ops.dispatch.AUTO_SIZE_RULES["contrastive"]."""
+    wins = []
+    for key in {k[1:] for k in get}:
+        t = get.get(("triton",) + key)
+        base = [get[(p,) + key].total.median for p in ("eager", "compile") if (p,) + key in get]
+        if t is not None and base:
+            wins.append((key[1] * key[2], t.total.median <= min(base), f"{key[0]} {key[1]}x{key[2]}"))
+    if not wins:
+        return "auto threshold: no shape with both triton and eager rows"
+    wins.sort()
+    threshold = None
+    for size, won, _ in reversed(wins):
+        if not won:
+            break
+        threshold = size
+    losers = [name for _, won, name in wins if not won]
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if threshold is None:
+        return f"auto threshold: the kernels lose at the largest swept shape ({', '.join(losers)}); keep the placeholder"
+    return (f"auto threshold suggested for {name}: AUTO_SIZE_RULES['contrastive'].min_size = {threshold} "
+            f"(rows x cols; kernels lose at: {', '.join(losers) or 'none'})")
 
 
 def _shape(r: Record) -> str:
@@ -329,7 +359,7 @@ def _shape(r: Record) -> str:
 
 _COLUMNS = [
     Column("case", 7, lambda r: r.case["case"]), Column("dtype", 9, lambda r: r.case["dtype"]),
-    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 16, lambda r: r.provider),
+    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 18, lambda r: r.provider),
     Column("fwd", 8, lambda r: ms(r.fwd), ".3f"), Column("bwd", 8, lambda r: ms(r.bwd), ".3f"),
     Column("tot", 8, lambda r: ms(r.total), ".3f"), Column("kern", 8, lambda r: r.extra.get("kernel_ms"), ".3f"),
     Column("host", 7, lambda r: r.extra.get("host_ms"), ".3f"),
@@ -407,7 +437,7 @@ def main() -> None:
             rec = run_guarded(name, case.meta(), run)
             rec.extra["seconds"] = round(time.perf_counter() - t0, 1)
             records.append(rec)
-            line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:16}"
+            line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:18}"
             print(line + (f" ERROR {rec.error[:100]}" if rec.error else
                           f" tot {rec.total.median:8.3f} ms  kern {rec.extra.get('kernel_ms') or float('nan'):8.3f}"
                           f"  host {rec.extra['host_ms']:7.3f}  ({rec.extra['seconds']} s)"), flush=True)

@@ -95,6 +95,15 @@ def _contrastive_variants():
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
+    # the ops' fused row normalisation (``UnitRows``), at the projector widths and the largest D it takes
+    for dt, ptr in DTYPES.items():
+        for d in (128, 256, 4096):
+            block_r, block_d = K._unit_tile(d)
+            for fn, types in ((K._unit_fwd_kernel, {"x_ptr": ptr, "y_ptr": ptr, "rn_ptr": F32}),
+                              (K._unit_bwd_kernel, {"x_ptr": ptr, "dy_ptr": ptr, "rn_ptr": F32, "dx_ptr": ptr})):
+                sig, consts, attrs = _signature(fn, types, {"EPS": K._UNIT_EPS, "BLOCK_R": block_r, "BLOCK_D": block_d}, d)
+                yield dict(family="contrastive", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=d,
+                           config=f"{block_r}x{block_d}w4"), fn, sig, consts, attrs, 4, 3
     fn = K._contrastive_lse_merge_kernel
     sig, consts, attrs = _signature(fn, {"part_ptr": F32, "loss_ptr": F32, "lse_ptr": F32}, {"BLOCK": 1024})
     yield dict(family="contrastive", kernel="lse_merge", dtype="fp32", D=0, config="1024w4"), fn, sig, consts, attrs, 4, 3
