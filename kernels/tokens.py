@@ -41,7 +41,7 @@ import triton.language as tl
 # ---------------------------------------------------------------------------------------------
 
 TILE_ELEMS = 8192  # elements per program per step: 16 KB of bf16 in flight, 32 fp32 per thread at 8 warps
-SUM_WAVES = 2  # reducing kernels: aim for this many programs per SM (more programs = more partials)
+SUM_WAVES = 4  # reducing kernels: aim for this many programs per SM (more programs = more partials)
 _OVERRIDE: dict = {}  # bench/tests: {"tile": int, "waves": int, "warps": int} replace the table's values
 
 
@@ -119,13 +119,18 @@ def _rows_kernel(
 
 
 @triton.jit
-def _match(ids_ptr, b, bvalid, l, K, KP: tl.constexpr):
-    """(found [BLOCK_L], k [BLOCK_L] int64): k with ids[b, k] == l, from one read of the ids row."""
+def _ids_row(ids_ptr, b, valid, K, KP: tl.constexpr):
+    """ids[b, :] as [KP] int64, -1 past K (or when not ``valid``): ~K·8 bytes, an L2 hit after the first."""
     kk = tl.arange(0, KP)
-    row = tl.load(ids_ptr + b * K + kk, mask=(kk < K) & bvalid, other=-1).to(tl.int64)
+    return tl.load(ids_ptr + b * K + kk, mask=(kk < K) & valid, other=-1).to(tl.int64)
+
+
+@triton.jit
+def _match(row, l, KP: tl.constexpr):
+    """(found [BLOCK_L], k [BLOCK_L] int64): the k with row[k] == l, by [BLOCK_L, KP] compares."""
     eq = row[None, :] == l[:, None]
     found = tl.max(eq.to(tl.int32), axis=1) > 0
-    k = tl.sum(tl.where(eq, kk[None, :], 0), axis=1).to(tl.int64)
+    k = tl.sum(tl.where(eq, tl.arange(0, KP)[None, :], 0), axis=1).to(tl.int64)
     return found, k
 
 
@@ -149,10 +154,14 @@ def _expand_kernel(
         fill = tl.load(mt_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b0 = chunk.to(tl.int64) * rows_per_prog
+    row = _ids_row(ids_ptr, b0, b0 < B, K, KP)
     for i in range(rows_per_prog):
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # the next batch row's ids are requested before this row's data: the ids -> data chain of
+        # dependent loads then costs one memory latency per step, not two
+        nxt = _ids_row(ids_ptr, b + 1, (b + 1 < B) & (i + 1 < rows_per_prog), K, KP)
+        found, k = _match(row, l64, KP)
         mb = m & bvalid
         v = tl.load(x_ptr + (b * K + k)[:, None] * D + cols[None, :], mask=mb & found[:, None], other=0.0).to(tl.float32)
         if HAS_MT:
@@ -162,6 +171,7 @@ def _expand_kernel(
         tl.store(out_ptr + (b * L + l64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mb)
         if NEED_SUM:  # v is 0 outside mb (no fill, no pos in the gather backward)
             acc += v
+        row = nxt
     if NEED_SUM:
         tl.store(part_ptr + (chunk * L + l64)[:, None] * D + cols[None, :], acc.to(part_ptr.dtype.element_ty), mask=m)
 
@@ -187,7 +197,8 @@ def _compress_kernel(
     for i in range(rows_per_prog):
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # g's address does not depend on ids: both loads are in flight together
+        found, k = _match(_ids_row(ids_ptr, b, bvalid, K, KP), l64, KP)
         mb = m & bvalid
         v = tl.load(g_ptr + (b * L + l64)[:, None] * D + cols[None, :], mask=mb, other=0.0).to(tl.float32)
         if NEED_DX:
