@@ -8,7 +8,8 @@ writes every pixel of the image gradient exactly once, no accumulation.
 
 patchify_noise, one read of the image for three outputs (a program per tile of patch rows):
     target[b, l] = x[b, l]                      or  (x − mean) / sqrt(var_unbiased + 1e-6)  (norm_target)
-    slot[b, l] = k if ids_keep[b, k] == l else −1   (every l is kept when ids_keep is None: slot = l)
+    slot[b, l] = k if ids_keep[b, k] == l else −1   (found in the kernel by comparing l with the K ids
+                                                  of image b; every l is kept without ids_keep: slot = l)
     ε[b, l, e] = Philox normal (tl.randn4x: 4 normals per counter) at (seed, counter = (b·L + l)·P4 + e // 4)
     noise[b, slot] = σ_b·ε;   inputs[b, slot] = x[b, l] + σ_b·ε      (kept patches only)
 The noise of a pixel depends only on the seed and its position in the image, not on K or on the
@@ -74,10 +75,10 @@ def _patchify_bwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])  # a new seed every call must not mean a new compile
 def _patchify_noise_kernel(
-    img_ptr, slot_ptr, sigma_ptr, inputs_ptr, noise_ptr, target_ptr, seed,
+    img_ptr, ids_ptr, sigma_ptr, inputs_ptr, noise_ptr, target_ptr, seed,
     n_rows, K, L, H, W, w,
     P: tl.constexpr, PATCH: tl.constexpr, C: tl.constexpr, HAS_IDS: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    KP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     e = tl.arange(0, BLOCK_P)
@@ -96,7 +97,12 @@ def _patchify_noise_kernel(
     tl.store(target_ptr + rows[:, None] * P + e[None, :], t.to(target_ptr.dtype.element_ty), mask=m)
     # noisy input and its noise, written at the patch's slot among the kept ones
     if HAS_IDS:
-        s = tl.load(slot_ptr + rows, mask=rmask, other=-1).to(tl.int64)
+        # slot s of patch l among the kept ones: compare l with the K ids of its image (no inverse
+        # map tensor, so no extra launches); -1 when l was removed
+        kk = tl.arange(0, KP)
+        ids = tl.load(ids_ptr + b[:, None] * K + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :], other=-1)
+        eq = ids.to(tl.int64) == (rows % L)[:, None]
+        s = tl.where(tl.max(eq.to(tl.int32), axis=1) > 0, tl.sum(tl.where(eq, kk[None, :], 0), axis=1), -1).to(tl.int64)
         dst = b * K + s
     else:
         s = rows
@@ -170,18 +176,17 @@ def patchify_noise(
     imgs = imgs.contiguous()
     b, c, h, w, L, P, gw = _geometry(imgs.shape, p)
     if ids_keep is not None:
-        k = ids_keep.shape[1]
-        slot = torch.full((b, L), -1, dtype=torch.int32, device=imgs.device)
-        slot.scatter_(1, ids_keep.long(), torch.arange(k, dtype=torch.int32, device=imgs.device).expand(b, k))
+        k, ids = ids_keep.shape[1], ids_keep.contiguous()
     else:
-        k, slot = L, imgs  # dummy pointer, never read
+        k, ids = L, imgs  # dummy pointer, never read
     inputs = torch.empty(b, k, P, dtype=imgs.dtype, device=imgs.device)
     noise = torch.empty_like(inputs)
     target = torch.empty(b, L, P, dtype=imgs.dtype, device=imgs.device)
     # ViT patches (P >= 512) get a program each, so removed patches skip the noise work entirely.
     block_r, block_p = _tile(P, max_rows=1 if P >= 512 else 2048)
     _patchify_noise_kernel[(triton.cdiv(b * L, block_r),)](
-        imgs, slot, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
-        P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+        imgs, ids, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
+        P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, KP=triton.next_power_of_2(max(k, 1)),
+        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
     )
     return inputs, target, noise
