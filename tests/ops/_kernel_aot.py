@@ -114,7 +114,7 @@ def _token_variants():
             pr = T._plan(1024 * 49, 1, d, False, 132, None, T.TILE_ELEMS, T.SUM_WAVES, None)
             pe = T._plan(1024, 196, d, True, 132, None, T.TILE_ELEMS, T.SUM_WAVES, None)
             rows = {"BLOCK_R": pr.block_r, "BLOCK_D": pr.block_d}
-            tile = {"KP": 64, "BLOCK_L": pe.block_l, "BLOCK_D": pe.block_d}
+            tile = {"KP": 64, "BLOCK_L": pe.block_l, "BLOCK_D": pe.block_d, "STAGES": pe.stages}
             jobs = [
                 (T._rows_kernel, {"x_ptr": X, "ids_ptr": "*i64", "pos_ptr": X, "out_ptr": X}, rows, pr.warps,
                  [{"HAS_POS": h} for h in (True, False)]),
