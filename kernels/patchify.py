@@ -10,10 +10,11 @@ patchify_noise, one read of the image for three outputs (a program per tile of p
     target[b, l] = x[b, l]                      or  (x − mean) / sqrt(var_unbiased + 1e-6)  (norm_target)
     slot[b, l] = k if ids_keep[b, k] == l else −1   (found in the kernel by comparing l with the K ids
                                                   of image b; every l is kept without ids_keep: slot = l)
-    ε[b, l, e] = Philox normal (tl.randn4x: 4 normals per counter) at (seed, counter = (b·L + l)·P4 + e // 4)
+    ε[b, l, (u, v, c)] = Philox normal (tl.randn4x: 4 normals per counter, one per channel) at
+                 (seed, counter = (b·L + l)·PP² + u·PP + v), PP = next_pow2(p)
     noise[b, slot] = σ_b·ε;   inputs[b, slot] = x[b, l] + σ_b·ε      (kept patches only)
 The noise of a pixel depends only on the seed and its position in the image, not on K or on the
-order of ids_keep, so a seed fixes the noise field. P4 = next_pow2(P) / 4 counters per patch.
+order of ids_keep, so a seed fixes the noise field.
 Philox is real work (10 rounds of 32-bit multiplies per counter): 4 normals per counter and no
 noise for removed patches keep it under the memory time. The seed comes from torch's RNG (see
 ``fastssl.ops.patchify``), hence ``torch.manual_seed`` makes a run reproducible and each call
@@ -78,30 +79,48 @@ def _patchify_noise_kernel(
     img_ptr, ids_ptr, sigma_ptr, inputs_ptr, noise_ptr, target_ptr, seed,
     n_rows, K, L, H, W, w,
     P: tl.constexpr, PATCH: tl.constexpr, C: tl.constexpr, HAS_IDS: tl.constexpr, NORM: tl.constexpr,
-    KP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    KP: tl.constexpr, BLOCK_R: tl.constexpr, PP: tl.constexpr,
 ):
+    # The tile is [rows, channel (padded to 4), u, v] in the image's own order: each (row, c, u) is
+    # a run of PATCH contiguous pixels, loaded with 128-bit accesses (the former patch-order tile
+    # made every load a 2-byte gather across three planes: ~8x the load wavefronts). It is permuted
+    # to patch order [rows, u, v, c] in registers (Triton moves it through shared memory) for the
+    # stores, which are then contiguous runs of the output rows.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    e = tl.arange(0, BLOCK_P)
     rmask = rows < n_rows
-    emask = e < P
-    m = rmask[:, None] & emask[None, :]
-    x = tl.load(img_ptr + _patch_src(rows, e, L, H, W, w, PATCH, C), mask=m, other=0.0).to(tl.float32)
     b = rows // L
+    l = rows % L
+    i = l // w
+    j = l % w
+    cc = tl.arange(0, 4)
+    uu = tl.arange(0, PP)
+    vv = tl.arange(0, PP)
+    b4 = b[:, None, None, None]
+    src = (((b4 * C + cc[None, :, None, None]) * H + (i * PATCH)[:, None, None, None] + uu[None, None, :, None]) * W
+           + (j * PATCH)[:, None, None, None] + vv[None, None, None, :])
+    m_in = (rmask[:, None, None, None] & (cc < C)[None, :, None, None] & (uu < PATCH)[None, None, :, None]
+            & (vv < PATCH)[None, None, None, :])
+    x = tl.permute(tl.load(img_ptr + src, mask=m_in, other=0.0).to(tl.float32), (0, 2, 3, 1))  # [R, u, v, c]
+    u4 = uu[None, :, None, None]
+    v4 = vv[None, None, :, None]
+    c4 = cc[None, None, None, :]
+    m = rmask[:, None, None, None] & (u4 < PATCH) & (v4 < PATCH) & (c4 < C)
+    e = (u4 * PATCH + v4) * C + c4  # MAE's patch vector order (p, q, c)
     # target: clean patch, or MAE's norm_pix_loss normalisation (unbiased variance, eps 1e-6)
     t = x
     if NORM:
-        mean = tl.sum(x, axis=1) / P
-        xc = tl.where(m, x - mean[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) / (P - 1)
-        t = xc / tl.sqrt(var + 1e-6)[:, None]
-    tl.store(target_ptr + rows[:, None] * P + e[None, :], t.to(target_ptr.dtype.element_ty), mask=m)
+        mean = tl.sum(tl.sum(tl.sum(x, axis=3), axis=2), axis=1) / P
+        xc = tl.where(m, x - mean[:, None, None, None], 0.0)
+        var = tl.sum(tl.sum(tl.sum(xc * xc, axis=3), axis=2), axis=1) / (P - 1)
+        t = xc / tl.sqrt(var + 1e-6)[:, None, None, None]
+    tl.store(target_ptr + rows[:, None, None, None] * P + e, t.to(target_ptr.dtype.element_ty), mask=m)
     # noisy input and its noise, written at the patch's slot among the kept ones
     if HAS_IDS:
         # slot s of patch l among the kept ones: compare l with the K ids of its image (no inverse
         # map tensor, so no extra launches); -1 when l was removed
         kk = tl.arange(0, KP)
         ids = tl.load(ids_ptr + b[:, None] * K + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :], other=-1)
-        eq = ids.to(tl.int64) == (rows % L)[:, None]
+        eq = ids.to(tl.int64) == l[:, None]
         s = tl.where(tl.max(eq.to(tl.int32), axis=1) > 0, tl.sum(tl.where(eq, kk[None, :], 0), axis=1), -1).to(tl.int64)
         dst = b * K + s
     else:
@@ -111,15 +130,23 @@ def _patchify_noise_kernel(
     # one patch per program, as for ViT-sized patches, that is every removed patch).
     if tl.max(s, axis=0) >= 0:
         sigma = tl.load(sigma_ptr + b, mask=rmask, other=0.0).to(tl.float32)
-        # One Philox call gives 4 normals (randn4x): counter (row, q) feeds elements e = 4q..4q+3.
-        ctr = rows[:, None] * (BLOCK_P // 4) + tl.arange(0, BLOCK_P // 4)[None, :]
+        # One Philox call per pixel position (row, u, v) gives 4 normals (randn4x), one per
+        # channel: the noise of a pixel depends on the seed and its place only, not on the mask.
+        ctr = rows[:, None, None] * (PP * PP) + (uu[:, None] * PP + vv[None, :])[None, :, :]
         n1, n2, n3, n4 = tl.randn4x(seed, ctr)
-        eps = tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, BLOCK_P))
-        n = sigma[:, None] * eps
-        mk = m & (s >= 0)[:, None]
-        out = dst[:, None] * P + e[None, :]
+        eps = tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, PP, PP, 4))
+        n = sigma[:, None, None, None] * eps
+        mk = m & (s >= 0)[:, None, None, None]
+        out = dst[:, None, None, None] * P + e
         tl.store(noise_ptr + out, n.to(noise_ptr.dtype.element_ty), mask=mk)
         tl.store(inputs_ptr + out, (x + n).to(inputs_ptr.dtype.element_ty), mask=mk)
+
+
+def _noise_tile(p: int) -> tuple[int, int]:
+    """(BLOCK_R patch rows, PP = next_pow2(p)) for the [R, 4, PP, PP] tile: one patch per program
+    for ViT-sized patches (removed ones then skip Philox entirely), ~2K elements otherwise."""
+    pp = triton.next_power_of_2(p)
+    return (1 if 4 * pp * pp >= 1024 else 2048 // (4 * pp * pp)), pp
 
 
 def _geometry(shape, p):
@@ -182,11 +209,12 @@ def patchify_noise(
     inputs = torch.empty(b, k, P, dtype=imgs.dtype, device=imgs.device)
     noise = torch.empty_like(inputs)
     target = torch.empty(b, L, P, dtype=imgs.dtype, device=imgs.device)
-    # ViT patches (P >= 512) get a program each, so removed patches skip the noise work entirely.
-    block_r, block_p = _tile(P, max_rows=1 if P >= 512 else 2048)
+    if c > 4:
+        raise ValueError(f"the patchify_noise kernel takes at most 4 channels, got {c}")
+    block_r, pp = _noise_tile(p)
     _patchify_noise_kernel[(triton.cdiv(b * L, block_r),)](
         imgs, ids, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
         P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, KP=triton.next_power_of_2(max(k, 1)),
-        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+        BLOCK_R=block_r, PP=pp, num_warps=4,
     )
     return inputs, target, noise

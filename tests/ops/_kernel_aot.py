@@ -146,14 +146,14 @@ def _token_variants():
                 sig, consts, attrs = _signature(fn, types, {**geo, "BLOCK_R": block_r, "BLOCK_P": block_p})
                 yield dict(family="tokens", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=P,
                            config=f"{block_r}x{block_p}w4"), fn, sig, consts, attrs, 4, 3
-            block_r, block_p = PF._tile(P, max_rows=1 if P >= 512 else 2048)
+            block_r, pp = PF._noise_tile(patch)
             fn = PF._patchify_noise_kernel
             types = {"img_ptr": X, "ids_ptr": "*i64", "sigma_ptr": F32, "inputs_ptr": X, "noise_ptr": X, "target_ptr": X}
             for has_ids in (True, False):
                 for norm in (True, False):
                     sig, consts, attrs = _signature(fn, types, {**geo, "HAS_IDS": has_ids, "NORM": norm, "KP": 64,
-                                                                "BLOCK_R": block_r, "BLOCK_P": block_p})
-                    yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x{block_p}w4",
+                                                                "BLOCK_R": block_r, "PP": pp})
+                    yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x4x{pp}x{pp}w4",
                                flags=f"ids={has_ids},norm={norm}"), fn, sig, consts, attrs, 4, 3
 
 
