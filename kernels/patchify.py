@@ -74,18 +74,30 @@ def _patchify_bwd_kernel(
     tl.store(dimg_ptr + src, v.to(dimg_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _to_patch_order(t, BLOCK_R: tl.constexpr, PP: tl.constexpr, PATCH: tl.constexpr, C: tl.constexpr, QP: tl.constexpr):
+    """[R, u, v, 4 channels] -> [R, u, q] with q = v·C + c (MAE's order within a patch row), q < PATCH·C
+    valid, padded to QP: a register gather (tl.gather), so that each patch row is one contiguous run
+    of the output and the stores are 128-bit."""
+    q = tl.arange(0, QP)
+    src_idx = tl.where(q < PATCH * C, (q // C) * 4 + q % C, 0)
+    flat = tl.reshape(t, (BLOCK_R, PP, PP * 4))
+    idx = tl.broadcast_to(src_idx[None, None, :], (BLOCK_R, PP, QP))
+    return tl.gather(flat, idx, axis=2)
+
+
 @triton.jit(do_not_specialize=["seed"])  # a new seed every call must not mean a new compile
 def _patchify_noise_kernel(
     img_ptr, ids_ptr, sigma_ptr, inputs_ptr, noise_ptr, target_ptr, seed,
     n_rows, K, L, H, W, w,
     P: tl.constexpr, PATCH: tl.constexpr, C: tl.constexpr, HAS_IDS: tl.constexpr, NORM: tl.constexpr,
-    KP: tl.constexpr, BLOCK_R: tl.constexpr, PP: tl.constexpr,
+    KP: tl.constexpr, BLOCK_R: tl.constexpr, PP: tl.constexpr, QP: tl.constexpr,
 ):
-    # The tile is [rows, channel (padded to 4), u, v] in the image's own order: each (row, c, u) is
-    # a run of PATCH contiguous pixels, loaded with 128-bit accesses (the former patch-order tile
-    # made every load a 2-byte gather across three planes: ~8x the load wavefronts). It is permuted
-    # to patch order [rows, u, v, c] in registers (Triton moves it through shared memory) for the
-    # stores, which are then contiguous runs of the output rows.
+    # The image is read as [rows, channel (padded to 4), u, v] in its own order: each (row, c, u) is
+    # a run of PATCH contiguous pixels, loaded with 128-bit accesses (a patch-order tile makes every
+    # load a 2-byte gather across C planes: ~8x the load wavefronts). In registers it becomes
+    # [rows, u, q = v·C + c] (_to_patch_order), in which each patch row u is a contiguous run of
+    # PATCH·C output elements: 128-bit stores as well.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < n_rows
     b = rows // L
@@ -95,33 +107,38 @@ def _patchify_noise_kernel(
     cc = tl.arange(0, 4)
     uu = tl.arange(0, PP)
     vv = tl.arange(0, PP)
-    b4 = b[:, None, None, None]
-    src = (((b4 * C + cc[None, :, None, None]) * H + (i * PATCH)[:, None, None, None] + uu[None, None, :, None]) * W
-           + (j * PATCH)[:, None, None, None] + vv[None, None, None, :])
+    src = (((b[:, None, None, None] * C + cc[None, :, None, None]) * H + (i * PATCH)[:, None, None, None]
+            + uu[None, None, :, None]) * W + (j * PATCH)[:, None, None, None] + vv[None, None, None, :])
     m_in = (rmask[:, None, None, None] & (cc < C)[None, :, None, None] & (uu < PATCH)[None, None, :, None]
             & (vv < PATCH)[None, None, None, :])
-    x = tl.permute(tl.load(img_ptr + src, mask=m_in, other=0.0).to(tl.float32), (0, 2, 3, 1))  # [R, u, v, c]
-    u4 = uu[None, :, None, None]
-    v4 = vv[None, None, :, None]
-    c4 = cc[None, None, None, :]
-    m = rmask[:, None, None, None] & (u4 < PATCH) & (v4 < PATCH) & (c4 < C)
-    e = (u4 * PATCH + v4) * C + c4  # MAE's patch vector order (p, q, c)
+    x4 = tl.permute(tl.load(img_ptr + src, mask=m_in, other=0.0).to(tl.float32), (0, 2, 3, 1))  # [R, u, v, c]
+    q = tl.arange(0, QP)
+    m = rmask[:, None, None] & (uu < PATCH)[None, :, None] & (q < PATCH * C)[None, None, :]
+    x = tl.where(m, _to_patch_order(x4, BLOCK_R, PP, PATCH, C, QP), 0.0)  # [R, u, q]; padding q >= PATCH·C is 0
+    e = uu[None, :, None] * (PATCH * C) + q[None, None, :]  # MAE's patch vector order (p, q, c)
     # target: clean patch, or MAE's norm_pix_loss normalisation (unbiased variance, eps 1e-6)
     t = x
     if NORM:
-        mean = tl.sum(tl.sum(tl.sum(x, axis=3), axis=2), axis=1) / P
-        xc = tl.where(m, x - mean[:, None, None, None], 0.0)
-        var = tl.sum(tl.sum(tl.sum(xc * xc, axis=3), axis=2), axis=1) / (P - 1)
-        t = xc / tl.sqrt(var + 1e-6)[:, None, None, None]
-    tl.store(target_ptr + rows[:, None, None, None] * P + e, t.to(target_ptr.dtype.element_ty), mask=m)
+        mean = tl.sum(tl.sum(x, axis=2), axis=1) / P
+        xc = tl.where(m, x - mean[:, None, None], 0.0)
+        var = tl.sum(tl.sum(xc * xc, axis=2), axis=1) / (P - 1)
+        t = xc / tl.sqrt(var + 1e-6)[:, None, None]
+    tl.store(target_ptr + rows[:, None, None] * P + e, t.to(target_ptr.dtype.element_ty), mask=m)
     # noisy input and its noise, written at the patch's slot among the kept ones
     if HAS_IDS:
         # slot s of patch l among the kept ones: compare l with the K ids of its image (no inverse
         # map tensor, so no extra launches); -1 when l was removed
         kk = tl.arange(0, KP)
-        ids = tl.load(ids_ptr + b[:, None] * K + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :], other=-1)
-        eq = ids.to(tl.int64) == l[:, None]
-        s = tl.where(tl.max(eq.to(tl.int32), axis=1) > 0, tl.sum(tl.where(eq, kk[None, :], 0), axis=1), -1).to(tl.int64)
+        if BLOCK_R == 1:  # a scalar search: keeps the ids row out of the data tile's layout
+            r0 = tl.program_id(0).to(tl.int64)
+            idr = tl.load(ids_ptr + (r0 // L) * K + kk, mask=kk < K, other=-1).to(tl.int64)
+            hit = idr == r0 % L
+            s0 = tl.where(tl.max(hit.to(tl.int32), axis=0) > 0, tl.sum(tl.where(hit, kk, 0), axis=0), -1).to(tl.int64)
+            s = tl.full((BLOCK_R,), 0, tl.int64) + s0
+        else:
+            ids = tl.load(ids_ptr + b[:, None] * K + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :], other=-1)
+            eq = ids.to(tl.int64) == l[:, None]
+            s = tl.where(tl.max(eq.to(tl.int32), axis=1) > 0, tl.sum(tl.where(eq, kk[None, :], 0), axis=1), -1).to(tl.int64)
         dst = b * K + s
     else:
         s = rows
@@ -134,19 +151,21 @@ def _patchify_noise_kernel(
         # channel: the noise of a pixel depends on the seed and its place only, not on the mask.
         ctr = rows[:, None, None] * (PP * PP) + (uu[:, None] * PP + vv[None, :])[None, :, :]
         n1, n2, n3, n4 = tl.randn4x(seed, ctr)
-        eps = tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, PP, PP, 4))
-        n = sigma[:, None, None, None] * eps
-        mk = m & (s >= 0)[:, None, None, None]
-        out = dst[:, None, None, None] * P + e
+        eps = _to_patch_order(tl.reshape(tl.join(tl.join(n1, n2), tl.join(n3, n4)), (BLOCK_R, PP, PP, 4)),
+                              BLOCK_R, PP, PATCH, C, QP)
+        n = sigma[:, None, None] * eps
+        mk = m & (s >= 0)[:, None, None]
+        out = dst[:, None, None] * P + e
         tl.store(noise_ptr + out, n.to(noise_ptr.dtype.element_ty), mask=mk)
         tl.store(inputs_ptr + out, (x + n).to(inputs_ptr.dtype.element_ty), mask=mk)
 
 
-def _noise_tile(p: int) -> tuple[int, int]:
-    """(BLOCK_R patch rows, PP = next_pow2(p)) for the [R, 4, PP, PP] tile: one patch per program
-    for ViT-sized patches (removed ones then skip Philox entirely), ~2K elements otherwise."""
+def _noise_tile(p: int, c: int) -> tuple[int, int, int]:
+    """(BLOCK_R patch rows, PP = next_pow2(p), QP = next_pow2(p·C)) for the [R, 4, PP, PP] tile: one
+    patch per program for ViT-sized patches (removed ones then skip Philox entirely), 1K elements
+    otherwise (2K spills at 4 warps: the gathers and the ids tile need registers)."""
     pp = triton.next_power_of_2(p)
-    return (1 if 4 * pp * pp >= 1024 else 2048 // (4 * pp * pp)), pp
+    return max(1, 1024 // (4 * pp * pp)), pp, triton.next_power_of_2(p * c)
 
 
 def _geometry(shape, p):
@@ -211,10 +230,10 @@ def patchify_noise(
     target = torch.empty(b, L, P, dtype=imgs.dtype, device=imgs.device)
     if c > 4:
         raise ValueError(f"the patchify_noise kernel takes at most 4 channels, got {c}")
-    block_r, pp = _noise_tile(p)
+    block_r, pp, qp = _noise_tile(p, c)
     _patchify_noise_kernel[(triton.cdiv(b * L, block_r),)](
         imgs, ids, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
         P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, KP=triton.next_power_of_2(max(k, 1)),
-        BLOCK_R=block_r, PP=pp, num_warps=4,
+        BLOCK_R=block_r, PP=pp, QP=qp, num_warps=4,
     )
     return inputs, target, noise

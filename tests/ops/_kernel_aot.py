@@ -146,13 +146,13 @@ def _token_variants():
                 sig, consts, attrs = _signature(fn, types, {**geo, "BLOCK_R": block_r, "BLOCK_P": block_p})
                 yield dict(family="tokens", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=P,
                            config=f"{block_r}x{block_p}w4"), fn, sig, consts, attrs, 4, 3
-            block_r, pp = PF._noise_tile(patch)
+            block_r, pp, qp = PF._noise_tile(patch, chans)
             fn = PF._patchify_noise_kernel
             types = {"img_ptr": X, "ids_ptr": "*i64", "sigma_ptr": F32, "inputs_ptr": X, "noise_ptr": X, "target_ptr": X}
             for has_ids in (True, False):
                 for norm in (True, False):
                     sig, consts, attrs = _signature(fn, types, {**geo, "HAS_IDS": has_ids, "NORM": norm, "KP": 64,
-                                                                "BLOCK_R": block_r, "PP": pp})
+                                                                "BLOCK_R": block_r, "PP": pp, "QP": qp})
                     yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x4x{pp}x{pp}w4",
                                flags=f"ids={has_ids},norm={norm}"), fn, sig, consts, attrs, 4, 3
 
