@@ -235,9 +235,11 @@ def run_case(op, case, provider, smoke) -> Record:
 # ----------------------------------------------------------------------------- launch-table sweep
 
 
-# (tile elements, programs per SM of the reducing kernels, warps; None = the table's choice): a tile
-# change recompiles (~1 s per kernel), a waves change only regrids, so tiles are few.
-_SWEEP = [(t, w, None) for t in (4096, 8192, 16384) for w in (1, 2, 4, 8)] + [(8192, 2, 4), (16384, 2, 8), (4096, 2, 8)]
+# (tile elements, programs per SM of the reducing kernels, warps, pipeline stages; None = the table's
+# choice): a tile / warps / stages change recompiles (~1 s per kernel), a waves change only regrids.
+_SWEEP = ([(t, w, None, 1) for t in (4096, 8192, 16384) for w in (1, 2, 4, 8)]
+          + [(4096, w, 8, 1) for w in (4, 8)] + [(8192, 4, 4, 1), (16384, 2, 8, 1)]
+          + [(t, w, None, 3) for t in (4096, 8192) for w in (2, 4)])
 
 
 def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: float) -> list[dict]:
@@ -254,15 +256,16 @@ def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: flo
         def both():
             torch.autograd.grad(fn(), leaves, grad)
 
-        for tile, waves, warps in _SWEEP:
+        for tile, waves, warps, stages in _SWEEP:
             T._OVERRIDE.clear()
-            T._OVERRIDE.update({k: v for k, v in (("tile", tile), ("waves", waves), ("warps", warps)) if v is not None})
+            T._OVERRIDE.update({k: v for k, v in (("tile", tile), ("waves", waves), ("warps", warps), ("stages", stages))
+                                if v is not None})
+            cfg = dict(op=op, B=b, tile=tile, waves=waves, warps=warps, stages=stages)
             try:
                 kt = kernel_ms(both, n=10)
-                rows.append(dict(op=op, B=b, tile=tile, waves=waves, warps=warps, kernel_ms=kt,
-                                 pct_copy=100 * (case["fwd_bytes"] + case["bwd_bytes"]) / kt / 1e6 / copy_gbps))
+                rows.append(dict(cfg, kernel_ms=kt, pct_copy=100 * (case["fwd_bytes"] + case["bwd_bytes"]) / kt / 1e6 / copy_gbps))
             except Exception as err:  # noqa: BLE001
-                rows.append(dict(op=op, B=b, tile=tile, waves=waves, warps=warps, error=f"{type(err).__name__}: {err}"[:200]))
+                rows.append(dict(cfg, error=f"{type(err).__name__}: {err}"[:200]))
         T._OVERRIDE.clear()
         del case
         free_memory()
@@ -380,8 +383,9 @@ def main() -> None:
         print("\nlaunch-table sweep (kernel-only fwd+bwd, B=%d):" % max(batches))
         for op in ("gather", "scatter"):
             ok = sorted((s for s in sweep if s.get("op") == op and "kernel_ms" in s), key=lambda s: s["kernel_ms"])
-            for s in ok[:4]:
-                print(f"  {op:<8} tile {s['tile']:>5} waves {s['waves']} warps {s['warps'] or 'table'}: {s['kernel_ms']:.3f} ms "
+            for s in ok[:5]:
+                print(f"  {op:<8} tile {s['tile']:>5} waves {s['waves']} warps {s['warps'] or 'table'} stages {s['stages']}: "
+                      f"{s['kernel_ms']:.3f} ms "
                       f"({s['pct_copy']:.0f}% of copy)")
     elif sweep:
         print("launch-table sweep failed:", sweep[0]["error"])

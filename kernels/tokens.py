@@ -40,9 +40,10 @@ import triton.language as tl
 # launch table
 # ---------------------------------------------------------------------------------------------
 
+STAGES = 1  # software-pipeline depth of the batch walk (3: ~33 KB of shared memory per program)
 TILE_ELEMS = 8192  # elements per program per step: 16 KB of bf16 in flight, 32 fp32 per thread at 8 warps
-SUM_WAVES = 2  # reducing kernels: aim for this many programs per SM (more programs = more partials)
-_OVERRIDE: dict = {}  # bench/tests: {"tile": int, "waves": int, "warps": int} replace the table's values
+SUM_WAVES = 4  # reducing kernels: aim for this many programs per SM (more programs = more partials)
+_OVERRIDE: dict = {}  # bench/tests: {"tile", "waves", "warps", "stages"}: replace the table's values
 
 
 def _block_d(d: int) -> int:
@@ -70,10 +71,12 @@ class Plan:
     n_l: int  # l-blocks (_expand / _compress)
     rpp: int  # batch rows walked by one program (_expand / _compress)
     chunks: int  # batch chunks = partials per position
+    stages: int  # pipeline depth of the batch walk
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile: int, waves: int, warps: int | None) -> Plan:
+def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile: int, waves: int, warps: int | None,
+          stages: int = STAGES) -> Plan:
     block_d = _block_d(d)
     block_r = max(1, tile // block_d)
     block_l = min(block_r, triton.next_power_of_2(l))
@@ -86,13 +89,14 @@ def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile:
             rpp = triton.cdiv(b, chunks)
         else:  # no partials: short walks, many programs (the pos / mt tile is reused rpp times)
             rpp = 4
-    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, triton.cdiv(b, rpp))
+    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, triton.cdiv(b, rpp), stages)
 
 
 def plan(b: int, l: int, d: int, device: torch.device, reduce: bool, rpp: int | None = None) -> Plan:
     """Tiling for a [B, L, D] problem; ``reduce``: the kernel also sums over the batch."""
     o = _OVERRIDE
-    return _plan(b, l, d, reduce, _sm_count(device), rpp, o.get("tile", TILE_ELEMS), o.get("waves", SUM_WAVES), o.get("warps"))
+    return _plan(b, l, d, reduce, _sm_count(device), rpp, o.get("tile", TILE_ELEMS), o.get("waves", SUM_WAVES), o.get("warps"),
+                 o.get("stages", STAGES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,13 +123,18 @@ def _rows_kernel(
 
 
 @triton.jit
-def _match(ids_ptr, b, bvalid, l, K, KP: tl.constexpr):
-    """(found [BLOCK_L], k [BLOCK_L] int64): k with ids[b, k] == l, from one read of the ids row."""
+def _ids_row(ids_ptr, b, valid, K, KP: tl.constexpr):
+    """ids[b, :] as [KP] int64, -1 past K (or when not ``valid``): ~K·8 bytes, an L2 hit after the first."""
     kk = tl.arange(0, KP)
-    row = tl.load(ids_ptr + b * K + kk, mask=(kk < K) & bvalid, other=-1).to(tl.int64)
+    return tl.load(ids_ptr + b * K + kk, mask=(kk < K) & valid, other=-1).to(tl.int64)
+
+
+@triton.jit
+def _match(row, l, KP: tl.constexpr):
+    """(found [BLOCK_L], k [BLOCK_L] int64): the k with row[k] == l, by [BLOCK_L, KP] compares."""
     eq = row[None, :] == l[:, None]
     found = tl.max(eq.to(tl.int32), axis=1) > 0
-    k = tl.sum(tl.where(eq, kk[None, :], 0), axis=1).to(tl.int64)
+    k = tl.sum(tl.where(eq, tl.arange(0, KP)[None, :], 0), axis=1).to(tl.int64)
     return found, k
 
 
@@ -133,7 +142,7 @@ def _match(ids_ptr, b, bvalid, l, K, KP: tl.constexpr):
 def _expand_kernel(
     x_ptr, ids_ptr, mt_ptr, pos_ptr, out_ptr, part_ptr, B, K, L, D, rows_per_prog,
     HAS_MT: tl.constexpr, HAS_POS: tl.constexpr, NEED_SUM: tl.constexpr,
-    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     # out[b, l] = (x[b, k(b, l)] if kept else mt | 0) (+ pos[l]), b over this program's chunk;
     # NEED_SUM: part[chunk, l] = Σ_b out[b, l] (gather bwd: dpos = Σ_b dx).
@@ -149,10 +158,14 @@ def _expand_kernel(
         fill = tl.load(mt_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b0 = chunk.to(tl.int64) * rows_per_prog
-    for i in range(rows_per_prog):
+    row = _ids_row(ids_ptr, b0, b0 < B, K, KP)
+    for i in tl.range(0, rows_per_prog, num_stages=STAGES):  # STAGES > 1: cp.async pipelining of the row loads
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # the next batch row's ids are requested before this row's data: the ids -> data chain of
+        # dependent loads then costs one memory latency per step, not two
+        nxt = _ids_row(ids_ptr, b + 1, (b + 1 < B) & (i + 1 < rows_per_prog), K, KP)
+        found, k = _match(row, l64, KP)
         mb = m & bvalid
         v = tl.load(x_ptr + (b * K + k)[:, None] * D + cols[None, :], mask=mb & found[:, None], other=0.0).to(tl.float32)
         if HAS_MT:
@@ -162,6 +175,7 @@ def _expand_kernel(
         tl.store(out_ptr + (b * L + l64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mb)
         if NEED_SUM:  # v is 0 outside mb (no fill, no pos in the gather backward)
             acc += v
+        row = nxt
     if NEED_SUM:
         tl.store(part_ptr + (chunk * L + l64)[:, None] * D + cols[None, :], acc.to(part_ptr.dtype.element_ty), mask=m)
 
@@ -170,7 +184,7 @@ def _expand_kernel(
 def _compress_kernel(
     g_ptr, ids_ptr, dx_ptr, pos_part_ptr, mt_part_ptr, B, K, L, D, rows_per_prog,
     NEED_DX: tl.constexpr, NEED_DPOS: tl.constexpr, NEED_DMT: tl.constexpr,
-    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     # scatter bwd: read g[b, l] once and route it: kept -> dx[b, k(b, l)]; always -> Σ_b (dpos);
     # removed -> Σ_{b, l} (dmt, partial per (chunk, l-block)).
@@ -184,10 +198,11 @@ def _compress_kernel(
     acc_pos = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     acc_mt = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b0 = chunk.to(tl.int64) * rows_per_prog
-    for i in range(rows_per_prog):
+    for i in tl.range(0, rows_per_prog, num_stages=STAGES):  # STAGES > 1: cp.async pipelining of the row loads
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # g's address does not depend on ids: both loads are in flight together
+        found, k = _match(_ids_row(ids_ptr, b, bvalid, K, KP), l64, KP)
         mb = m & bvalid
         v = tl.load(g_ptr + (b * L + l64)[:, None] * D + cols[None, :], mask=mb, other=0.0).to(tl.float32)
         if NEED_DX:
@@ -294,7 +309,7 @@ def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bo
     _expand_kernel[(p.n_l, p.n_d, p.chunks)](
         g, ids, g, g, dx, part if part is not None else g, b, k, l, d, p.rpp,
         HAS_MT=False, HAS_POS=False, NEED_SUM=need_dpos,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     if need_dpos and p.chunks > 1:
         _reduce(part, dpos, None, None, d)
@@ -315,7 +330,7 @@ def scatter_fwd(x, ids, num_patches, mt, pos):
     _expand_kernel[(p.n_l, p.n_d, p.chunks)](
         x, ids, mt, pos if pos is not None else mt, out, out, b, k, num_patches, d, p.rpp,
         HAS_MT=True, HAS_POS=pos is not None, NEED_SUM=False,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     return out
 
@@ -341,7 +356,7 @@ def scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dp
     _compress_kernel[(p.n_l, p.n_d, p.chunks)](
         g, ids, dx if need_dx else g, part_pos if need_dpos else g, part_mt if need_dmt else g, b, k, l, d, p.rpp,
         NEED_DX=need_dx, NEED_DPOS=need_dpos, NEED_DMT=need_dmt,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     pos_left = need_dpos and p.chunks > 1
     if pos_left or need_dmt:
