@@ -386,7 +386,10 @@ class AttentionDispatch:
     def prepare(self, layout: AttnLayout, device: torch.device, dtype: torch.dtype) -> None:
         """Build what the picked backend needs from the device (flex's block mask) *now*, outside
         the compiled blocks that will use it; eager callers may skip it (built at first use)."""
-        if self.pick(layout, device, dtype) == "flex" and layout.flex_mask is None:
+        name = self.pick(layout, device, dtype)
+        if self.requested == "auto":
+            object.__setattr__(layout, "backend", name)
+        if name == "flex" and layout.flex_mask is None:
             object.__setattr__(layout, "flex_mask", flex_block_mask(layout))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout) -> torch.Tensor:
@@ -396,7 +399,13 @@ class AttentionDispatch:
         # with the token count would pin that count to a constant (one graph per batch size).
         if not torch.compiler.is_compiling() and (q.shape[0] != layout.total_q or k.shape[0] != layout.total_k):
             raise ValueError(f"layout holds {layout.total_q} queries / {layout.total_k} keys, tensors {q.shape[0]} / {k.shape[0]}")
-        return _IMPLS[self.pick(layout, q.device, q.dtype)](q, k, v, layout)
+        if self.requested != "auto":
+            name = self.requested
+        elif layout.backend is not None:  # prepared: no per-call rule (and nothing for a tracer to guard on)
+            name = layout.backend
+        else:
+            name = self.pick(layout, q.device, q.dtype)
+        return _IMPLS[name](q, k, v, layout)
 
     def __repr__(self) -> str:
         return f"AttentionDispatch(requested={self.requested!r}, available={self._available})"
