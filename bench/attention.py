@@ -185,12 +185,12 @@ def kernel_ms(fn) -> float | None:
                 fn()
             sync()
         us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
-        return us / 2e3
+        return us / 2e3 if us > 0 else None
     except Exception:  # noqa: BLE001  (a profiler problem must not cost the measurement)
         return None
 
 
-def bench_one(provider: str, fn, views, params, smoke: bool, want_kernel: bool) -> Record:
+def bench_one(provider: str, fn, views, params, smoke: bool, want_kernel: bool, want_fwd: bool = True) -> Record:
     def fwd():
         with torch.no_grad():
             fn(views)
@@ -202,10 +202,12 @@ def bench_one(provider: str, fn, views, params, smoke: bool, want_kernel: bool) 
 
     t0 = time.perf_counter()
     fwd_bwd()  # warm-up: compilation, backend probe, block masks, allocator
-    fwd()
+    if want_fwd:
+        fwd()  # a compiled region compiles again without grad
     sync()
     first_s = time.perf_counter() - t0
-    fwd_t, total_t = time_fn(fwd, smoke=smoke), time_fn(fwd_bwd, smoke=smoke)
+    fwd_t = time_fn(fwd, smoke=smoke) if want_fwd else None
+    total_t = time_fn(fwd_bwd, smoke=smoke)
     k = kernel_ms(fwd_bwd) if want_kernel else None
     for p in params:  # so that the baseline of the peak-memory measurement holds no gradients
         p.grad = None
@@ -276,15 +278,18 @@ def main() -> None:
                 if time.perf_counter() - start > budget:
                     r = Record(provider=prov, case=rec_case, error=f"skipped: time budget {budget:.0f} s")
                 else:
+                    # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second compile)
                     r = run_guarded(prov, rec_case, lambda prov=prov, fn=fn: bench_one(
-                        prov, fn, views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED))
+                        prov, fn, views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED,
+                        want_fwd=not (args.quick and prov.endswith("-compile"))))
                 backend = picked if prov in ("packed", "packed-compile", "separate") else (
                     prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
                 r.extra = dict(r.extra, backend=backend, padded_tokens=padded_tokens if prov.startswith("padded") else tokens)
                 records.append(r)
                 if r.error is None:
                     k = r.extra.get("kernel_ms")
-                    print(f"{case:10s} B={batch:4d} {prov:20s} fwd {r.fwd.median:8.3f} ms  fwd+bwd {r.total.median:8.3f} ms"
+                    fwd_ms = f"{r.fwd.median:8.3f}" if r.fwd else f"{'-':>8s}"
+                    print(f"{case:10s} B={batch:4d} {prov:20s} fwd {fwd_ms} ms  fwd+bwd {r.total.median:8.3f} ms"
                           + (f"  kernels {k:8.3f} ms" if k else "") + f"  first {r.extra['first_s']:6.1f} s  [{backend}]", flush=True)
                 else:
                     print(f"{case:10s} B={batch:4d} {prov:20s} ERROR {r.error.splitlines()[0][:150]}", flush=True)
