@@ -57,6 +57,7 @@ SWEEP = ("sdpa_grouped", "flex", "sdpa_tiles", "varlen")  # CUDA backends measur
 CASES = ("mmoco-8", "multicrop", "mae", "dac", "mmoco-4", "mmoco-16", "moco-full")
 # Cases whose views (or chunks) differ in length: there the packed path must also beat separate calls.
 DIFFER = ("mmoco-8", "mmoco-16", "multicrop")
+COMPILE_HEADROOM_S = 45.0  # main's first H200 run compiled a 12-block packed fwd + bwd within its 60 s cap
 KERNEL_TIMED = ("packed", "packed-compile", "padded", "padded-compile")
 
 
@@ -180,7 +181,7 @@ def kernel_ms(fn) -> float | None:
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(2):
                 fn()
             sync()
@@ -275,7 +276,9 @@ def main() -> None:
                 if prov.startswith("packed:") and prov.split(":")[1] == picked:
                     continue  # the same as "packed"
                 rec_case = dict(case=case, batch=batch, tokens=tokens)
-                if time.perf_counter() - start > budget:
+                # a compiled provider's first call may compile for tens of seconds: it needs headroom
+                need = COMPILE_HEADROOM_S if prov.endswith("-compile") else 0.0
+                if time.perf_counter() - start > budget - need:
                     r = Record(provider=prov, case=rec_case, error=f"skipped: time budget {budget:.0f} s")
                 else:
                     # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second compile)
