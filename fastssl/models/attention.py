@@ -257,10 +257,11 @@ def _flex_fn():
         return flex_attention
     global _flex_compiled
     if _flex_compiled is None:
-        # one graph per pack shape (static shapes: the fastest kernels); raise Dynamo's per-code
-        # limit so that a few dozen shapes (bench sweeps, eval batch sizes) never fall back to eager
+        # automatic dynamic: the first pack shape compiles static, a second one recompiles with the
+        # token count symbolic and every later shape reuses that (grad and no-grad are a graph each).
+        # Dynamo's per-code limit is raised so that odd shapes never send flex back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+        _flex_compiled = torch.compile(flex_attention, dynamic=None)
     return _flex_compiled
 
 
