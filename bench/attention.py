@@ -25,7 +25,8 @@ Timed: forward alone (no grad) and forward + backward of a scalar loss on all ou
 launch gaps), the kernel-only time of forward + backward (sum of the CUDA kernels' durations in a
 profiler trace, ``extra.kernel_ms``), the first call's time (compilation, ``extra.first_s``) and peak memory.
 Each case is printed as soon as it is done and the JSON is rewritten after every case, so a time
-limit keeps what was measured; ``--budget-s`` skips what would start after that many seconds.
+limit keeps what was measured; ``--budget-s`` skips what would start after that many seconds
+(210 with ``--quick``; a compiled provider needs 45 s of it left).
 
     python bench/attention.py --quick    # GPU: batch 64, every case, < 4 minutes on one H200 (cold compile caches)
     python bench/attention.py            # GPU: batches 32, 64, 128
@@ -49,7 +50,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.common import print_table as print_columns  # noqa: E402  (print_table here adds the target checks)
 from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT  # noqa: E402
-from fastssl.models.attention import _IMPLS, available  # noqa: E402
+from fastssl.models.attention import _IMPLS  # noqa: E402
 from fastssl.models.chunks import split_chunks  # noqa: E402
 
 MAIN_PROVIDERS = ("packed", "packed-compile", "padded", "padded-compile", "separate")
@@ -67,7 +68,7 @@ def _extra_args(p):
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (overrides the defaults)")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     p.add_argument("--budget-s", type=float, default=None,
-                   help="skip (recorded as skipped) what would start after this many seconds (default: 225 with --quick)")
+                   help="skip (recorded as skipped) what would start after this many seconds (default: 210 with --quick)")
 
 
 def model_config(smoke: bool) -> dict:
@@ -226,7 +227,7 @@ def main() -> None:
     cfg = model_config(args.smoke)
     batches = [int(b) for b in args.batches.split(",")] if args.batches else ([2] if args.smoke else [64] if args.quick else [32, 64, 128])
     cases = [c for c in args.cases.split(",") if c]
-    budget = args.budget_s if args.budget_s is not None else (225.0 if args.quick else math.inf)
+    budget = args.budget_s if args.budget_s is not None else (210.0 if args.quick else math.inf)
     wanted = [p for p in args.providers.split(",") if p]
     unknown = set(wanted) - set(MAIN_PROVIDERS) - {"sweep"} - {f"packed:{b}" for b in _IMPLS} - set(_IMPLS)
     if unknown or set(cases) - set(CASES):
@@ -235,7 +236,7 @@ def main() -> None:
     torch.manual_seed(0)
     vit = PackedViT(**cfg).to(dev, dtype)
     vit.attn_backend(dev, dtype)  # probes what runs here (logged), before any timing
-    avail = available(dev, dtype) if cuda else frozenset()
+    avail = vit.dispatch._available.get((dev.type, dtype), frozenset()) if cuda else frozenset()
     runners, params = {}, {}
     for name in MAIN_PROVIDERS:
         if name not in wanted:
@@ -285,7 +286,7 @@ def main() -> None:
                     r = run_guarded(prov, rec_case, lambda prov=prov, fn=fn: bench_one(
                         prov, fn, views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED,
                         want_fwd=not (args.quick and prov.endswith("-compile"))))
-                backend = picked if prov in ("packed", "packed-compile", "separate") else (
+                backend = picked if prov in ("packed", "packed-compile") else "auto" if prov == "separate" else (
                     prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
                 r.extra = dict(r.extra, backend=backend, padded_tokens=padded_tokens if prov.startswith("padded") else tokens)
                 records.append(r)
