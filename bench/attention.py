@@ -282,10 +282,11 @@ def main() -> None:
                 if time.perf_counter() - start > budget - need:
                     r = Record(provider=prov, case=rec_case, error=f"skipped: time budget {budget:.0f} s")
                 else:
-                    # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second compile)
+                    # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second
+                    # compile), the backend sweep too (fwd + bwd is what the rule is set from)
                     r = run_guarded(prov, rec_case, lambda prov=prov, fn=fn: bench_one(
                         prov, fn, views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED,
-                        want_fwd=not (args.quick and prov.endswith("-compile"))))
+                        want_fwd=not (args.quick and (prov.endswith("-compile") or prov.startswith("packed:")))))
                 backend = picked if prov in ("packed", "packed-compile") else "auto" if prov == "separate" else (
                     prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
                 r.extra = dict(r.extra, backend=backend, padded_tokens=padded_tokens if prov.startswith("padded") else tokens)
