@@ -38,7 +38,6 @@ can sit inside a ``torch.compile`` region (``prepare`` builds the block mask bef
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from typing import Literal
 
