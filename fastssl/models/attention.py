@@ -400,12 +400,22 @@ class AttentionDispatch:
         if not torch.compiler.is_compiling() and (q.shape[0] != layout.total_q or k.shape[0] != layout.total_k):
             raise ValueError(f"layout holds {layout.total_q} queries / {layout.total_k} keys, tensors {q.shape[0]} / {k.shape[0]}")
         if self.requested != "auto":
-            name = self.requested
-        elif layout.backend is not None:  # prepared: no per-call rule (and nothing for a tracer to guard on)
-            name = layout.backend
-        else:
-            name = self.pick(layout, q.device, q.dtype)
-        return _IMPLS[name](q, k, v, layout)
+            return _IMPLS[self.requested](q, k, v, layout)
+        # prepared: no per-call rule (and nothing for a tracer to guard on)
+        name = layout.backend if layout.backend is not None else self.pick(layout, q.device, q.dtype)
+        if name != "flex" or torch.compiler.is_compiling():
+            return _IMPLS[name](q, k, v, layout)
+        try:
+            return attend_flex(q, k, v, layout)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (flex compiles per shape; a shape its probe did not cover may fail)
+            key = (q.device.type, q.dtype)
+            self._available[key] = self._available.get(key, frozenset()) - {"flex"}
+            log.warning("fastssl attention: flex failed for %d sequences (%s: %s); auto continues without it",
+                        layout.num_seqs, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            object.__setattr__(layout, "backend", None)
+            return self(q, k, v, layout)
 
     def __repr__(self) -> str:
         return f"AttentionDispatch(requested={self.requested!r}, available={self._available})"
