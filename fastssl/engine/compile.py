@@ -58,8 +58,11 @@ def compile_stats() -> CompileStats:
 def _region_types() -> tuple[type[nn.Module], ...]:
     from fastssl.models.blocks import PackedBlock
     from fastssl.models.cross_attention import ClassAttentionBlock
-    from fastssl.models.heads import MLPHead
 
+    try:  # heads carry their pydantic config; a bare GPU machine (bench/attention.py) may lack pydantic
+        from fastssl.models.heads import MLPHead
+    except ImportError:
+        return PackedBlock, ClassAttentionBlock
     return PackedBlock, ClassAttentionBlock, MLPHead
 
 
@@ -80,8 +83,9 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
 
     ``mode``: "default" or "max-autotune-no-cudagraphs" (CUDA graphs are left out: the packed
     layouts and EMA targets change buffers between calls). ``device`` / ``dtype``: where and in
-    which precision training runs; the attention backend is chosen for them now, because its
-    probe (a small forward + backward) must not run under the tracer. ``backend``: torch.compile's
+    which precision training runs; what attention backends run there is probed now, because the
+    probes (small forwards + backwards) must not run under the tracer; the backend of each pack
+    and its block mask are decided in ``PackedViT.forward_packed``, before the compiled blocks. ``backend``: torch.compile's
     (tests use "aot_eager", which skips code generation).
     """
     resolve_attention(method, device, dtype)

@@ -38,7 +38,6 @@ can sit inside a ``torch.compile`` region (``prepare`` builds the block mask bef
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from typing import Literal
 
@@ -257,10 +256,11 @@ def _flex_fn():
         return flex_attention
     global _flex_compiled
     if _flex_compiled is None:
-        # one graph per pack shape (static shapes: the fastest kernels); raise Dynamo's per-code
-        # limit so that a few dozen shapes (bench sweeps, eval batch sizes) never fall back to eager
+        # automatic dynamic: the first pack shape compiles static, a second one recompiles with the
+        # token count symbolic and every later shape reuses that (grad and no-grad are a graph each).
+        # Dynamo's per-code limit is raised so that odd shapes never send flex back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+        _flex_compiled = torch.compile(flex_attention, dynamic=None)
     return _flex_compiled
 
 
@@ -386,7 +386,10 @@ class AttentionDispatch:
     def prepare(self, layout: AttnLayout, device: torch.device, dtype: torch.dtype) -> None:
         """Build what the picked backend needs from the device (flex's block mask) *now*, outside
         the compiled blocks that will use it; eager callers may skip it (built at first use)."""
-        if self.pick(layout, device, dtype) == "flex" and layout.flex_mask is None:
+        name = self.pick(layout, device, dtype)
+        if self.requested == "auto":
+            object.__setattr__(layout, "backend", name)
+        if name == "flex" and layout.flex_mask is None:
             object.__setattr__(layout, "flex_mask", flex_block_mask(layout))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout) -> torch.Tensor:
@@ -396,7 +399,23 @@ class AttentionDispatch:
         # with the token count would pin that count to a constant (one graph per batch size).
         if not torch.compiler.is_compiling() and (q.shape[0] != layout.total_q or k.shape[0] != layout.total_k):
             raise ValueError(f"layout holds {layout.total_q} queries / {layout.total_k} keys, tensors {q.shape[0]} / {k.shape[0]}")
-        return _IMPLS[self.pick(layout, q.device, q.dtype)](q, k, v, layout)
+        if self.requested != "auto":
+            return _IMPLS[self.requested](q, k, v, layout)
+        # prepared: no per-call rule (and nothing for a tracer to guard on)
+        name = layout.backend if layout.backend is not None else self.pick(layout, q.device, q.dtype)
+        if name != "flex" or torch.compiler.is_compiling():
+            return _IMPLS[name](q, k, v, layout)
+        try:
+            return attend_flex(q, k, v, layout)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (flex compiles per shape; a shape its probe did not cover may fail)
+            key = (q.device.type, q.dtype)
+            self._available[key] = self._available.get(key, frozenset()) - {"flex"}
+            log.warning("fastssl attention: flex failed for %d sequences (%s: %s); auto continues without it",
+                        layout.num_seqs, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            object.__setattr__(layout, "backend", None)
+            return self(q, k, v, layout)
 
     def __repr__(self) -> str:
         return f"AttentionDispatch(requested={self.requested!r}, available={self._available})"

@@ -46,6 +46,9 @@ class AttnLayout:
     # FlexAttention's block mask for this layout, set by ``AttentionDispatch.prepare`` before the
     # (possibly compiled) blocks run, so that no block builds it inside its graph.
     flex_mask: object = field(default=None, repr=False)
+    # The backend ``auto`` picked for this layout (host decision made once in ``prepare``): a compiled
+    # block then reads one string instead of tracing the rule over every sequence length.
+    backend: str | None = field(default=None, repr=False)
 
     @staticmethod
     def build(q_lens: tuple[int, ...], k_lens: tuple[int, ...] | None, device: torch.device) -> "AttnLayout":

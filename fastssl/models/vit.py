@@ -237,7 +237,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype attention runs in: autocast's when it is on for x's device (the residual stream then
     stays fp32 while q, k, v come out of the qkv projection in bf16/fp16), else x's own."""
     dev = x.device.type
-    if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
+    if dev in ("cuda", "cpu") and x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
 

@@ -188,3 +188,26 @@ def test_offsets_and_sequence_ids_are_built_per_run():
     assert prefix_sums(lens, torch.device("cpu")).tolist() == [0, 5, 10, 17, 18, 19, 20, 25]
     assert prefix_sums(lens, torch.device("cpu")).dtype == torch.int32
     assert seq_ids(lens, torch.device("cpu")).tolist() == [i for i, n in enumerate(lens) for _ in range(n)]
+
+
+def test_auto_drops_flex_when_it_fails_at_run_time(monkeypatch, caplog):
+    """Eager only: a flex failure on a shape its probe did not cover falls back to the rule without
+    flex (logged as a warning) instead of ending the step."""
+    from fastssl.models import attention as A
+
+    def boom(*a):
+        raise RuntimeError("no kernel for this shape")
+
+    monkeypatch.setattr(A, "attend_flex", boom)
+    monkeypatch.setitem(A._IMPLS, "sdpa_tiles", lambda q, k, v, layout: "tiles")
+    monkeypatch.setattr(A, "pick_backend", lambda lay, dev, dt, avail: "flex" if "flex" in avail else "sdpa_tiles")
+    d = AttentionDispatch("auto")
+    key = ("meta", torch.bfloat16)
+    d._available[key] = frozenset({"flex", "sdpa_tiles", "sdpa_grouped"})
+    layout = AttnLayout.build((13,) * 4, None, torch.device("cpu"))
+    object.__setattr__(layout, "backend", "flex")  # as prepare() leaves it
+    q = torch.empty(52, 2, 8, dtype=torch.bfloat16, device="meta")
+    with caplog.at_level(logging.WARNING, logger="fastssl.models.attention"):
+        assert d(q, q, q, layout) == "tiles"
+    assert "flex" not in d._available[key] and layout.backend is None
+    assert any("flex failed" in r.getMessage() for r in caplog.records)
