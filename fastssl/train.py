@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         say(str(err))
         return err.exit_code
     except DiskFull as err:
+        from fastssl.engine.disk import sweep_temps
+
+        sweep_temps(Path(cfg.run.output_dir))  # belt and braces: no *.tmp is left in the output directory
         print(f"fastssl: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     except TrainingStopped as err:
@@ -76,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the train loop (set-up or final evaluation)
         say("interrupted (Ctrl-C); complete checkpoints are kept: re-run the same command to continue")
         return EXIT_SIGINT
+    except Exception as err:  # a full disk anywhere else (a library's own file, a log): the same one line, exit 4
+        from fastssl.engine import disk
+
+        out = Path(cfg.run.output_dir)
+        if not disk.is_disk_full(err, out):
+            raise
+        disk.sweep_temps(out)
+        where = getattr(err, "filename", None) or f"a file under {out}"
+        print(f"fastssl: {disk.DiskFull(Path(where), disk.last_checkpoint(out))}", file=sys.stderr, flush=True)
+        return disk.EXIT_DISK_FULL
     if rank == 0:
         from fastssl.report import print_summary
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fastssl.config_base import Section
-from fastssl.data.folder_checks import foreign_entry, split_problem
+from fastssl.data.folder_checks import class_mismatch, foreign_entry, split_problem
 from fastssl.data.sources import DEBIAN_SOURCE, INSTALL_HINT, is_prepared, missing_source_files
 
 # Fashion-MNIST pixel statistics over the 60k training images (grey, so the same for R, G, B).
@@ -134,6 +134,9 @@ class DataConfig(Section):
                 problem = split_problem(root / split)
                 if problem:
                     raise ValueError(f"data.root: {problem} (dataset: folder)")
+            mismatch = class_mismatch(root)  # different class sets would shift every label
+            if mismatch:
+                raise ValueError(f"data.root: {mismatch}")
         elif not is_prepared(self.root):
             foreign = foreign_entry(self.root)
             if foreign is not None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastssl.config import TrainConfig
-from fastssl.engine import run_dir
+from fastssl.engine import disk, run_dir
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
 from fastssl.engine.signals import StopSignals
@@ -84,13 +84,17 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
     if s.last_checkpoint is None or s.last_checkpoint.name != f"step{s.state.global_step}":
         s.save()
     sd = encoder_state_dict(s.method.encoder)  # exported before the evaluation, which must not be able to cost it
-    encoder_path = save_encoder(sd, s.out / "encoder.pt", export_spec(s.method.encoder)) if s.is_main else None
+    encoder_path = None
+    if s.is_main:  # every file follows the checkpoint rule: temp + rename, a full disk is one line (exit 4)
+        target = s.out / "encoder.pt"
+        with disk.written(target, target.with_name("encoder.pt.tmp"), target.with_name("encoder.json.tmp")):
+            encoder_path = save_encoder(sd, target, export_spec(s.method.encoder))
     eval_final = evaluate(s)
     s.metrics.close()
     if s.is_main:
         from fastssl.report import plot_curves
 
-        plot_curves(s.metrics.path, s.out / "curves.png")
+        disk.atomic_write(s.out / "curves.png", lambda tmp: plot_curves(s.metrics.path, tmp), tmp=s.out / ".curves.tmp.png")
     summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path,
                          s.speed.steady_images_per_second)
     if s.is_main:
@@ -109,5 +113,5 @@ def run(cfg: TrainConfig) -> RunSummary:
                 evaluate(s)
     summary = finish(s, eval_init)
     if s.is_main:
-        run_dir.mark_finished(cfg, s.state.global_step)  # a re-run of this config now says "finished"
+        run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"
     return summary

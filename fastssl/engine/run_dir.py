@@ -9,12 +9,12 @@ Rules (also in README, "Resume"):
   anything moves all of it into ``<output_dir>/previous-<UTC time>/``: nothing of the earlier run
   (checkpoints above all) is left where a later ``run.resume=auto`` could pick it up, and nothing is
   deleted.
-- **Same run or refuse.** Resuming (``auto`` or a folder) into a directory holding checkpoints of a
-  run with another ``model.arch`` / ``optim.batch_size`` / ``run.seed`` (or the other keys in
-  ``IDENTITY``) is refused with one line saying how to proceed.
-- **A finished run stays finished.** ``finished.json`` is written at the very end; re-running the
-  same config says so and exits 0 without touching any output. A changed config (e.g. more steps)
-  continues from the newest checkpoint as usual.
+- **Changed settings** on a resume are applied or refused key by key (``resume_rules.RULES``), in
+  ``session.setup`` before anything is written.
+- **A finished run stays finished.** ``finished.json`` is written at the very end (with the step
+  count and steps per epoch); re-running with a config that asks for no more steps than were done
+  says so and exits 0 without touching any output (a finished run's outputs change only by
+  continuing it). A config asking for more steps continues from the newest checkpoint.
 
 Errors are ``ConfigError`` (one line, exit 2); a finished run raises ``RunFinished`` (exit 0).
 """
@@ -28,17 +28,12 @@ import socket
 import time
 from pathlib import Path
 
-import yaml
-
 from fastssl.config import ConfigError, TrainConfig
 
 LOCK_NAME = ".fastssl.lock"
 FINISHED_NAME = "finished.json"
 PREVIOUS_PREFIX = "previous-"
 
-#: Keys whose change makes an output directory's checkpoints unusable or mixes two runs' curves.
-IDENTITY = ("model.arch", "model.patch_size", "model.img_size", "data.image_size", "method.name",
-            "optim.batch_size", "run.seed")
 #: Keys that do not change what a run computes; ignored when deciding whether a run is "the same, finished".
 _VOLATILE = ("run.resume", "run.output_dir", "engine.progress", "engine.log_every_steps")
 
@@ -95,12 +90,6 @@ def release_lock(f) -> None:
     f.close()
 
 
-def _has_checkpoints(out: Path) -> bool:
-    from fastssl.engine.checkpoint import checkpoints
-
-    return bool(checkpoints(out / "checkpoints"))
-
-
 def _move_aside(out: Path) -> Path | None:
     """Move everything but the lock and earlier ``previous-*`` folders into ``previous-<UTC time>``."""
     entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PREVIOUS_PREFIX)]
@@ -117,25 +106,54 @@ def _move_aside(out: Path) -> Path | None:
     return dest
 
 
-def _check_identity(out: Path, cfg: TrainConfig) -> None:
-    saved = out / "config.yaml"
+def _asked_steps(cfg: TrainConfig, record: dict) -> int | None:
+    """The step count this config asks for, as far as it can be known before the data is scanned."""
+    if cfg.optim.max_steps is not None:
+        return cfg.optim.max_steps
+    spe = record.get("steps_per_epoch")
+    return cfg.optim.epochs * int(spe) if spe else None
+
+
+def _finished(out: Path, cfg: TrainConfig) -> None:
+    """RunFinished when ``out`` holds a finished run that this config would not continue."""
     try:
-        old = yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return  # no readable record of the earlier run: nothing to compare (its checkpoints still load or fail loudly)
-    new = cfg.model_dump(mode="json")
-    for key in IDENTITY:
-        before, now = _get(old, key), _get(new, key)
-        if before != now:
-            raise ConfigError(
-                f"run.output_dir {out} holds a run with {key}={before} (this config: {now}); use another "
-                f"run.output_dir, or run.resume=never to move that run aside and start fresh"
-            )
+        record = json.loads((out / FINISHED_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    from fastssl.engine.checkpoint import checkpoints
+
+    found = checkpoints(out / "checkpoints")
+    steps = record.get("steps")
+    if not (found and found[-1][0] == steps):
+        return  # the record does not describe the newest checkpoint: let the resume rules decide
+    now = _comparable(cfg.model_dump(mode="json"))
+    asked = _asked_steps(cfg, record)
+    if asked is None:  # a record from before steps_per_epoch was kept: only the very same config is "finished"
+        if record.get("config") == now:
+            raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
+                              "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
+        return
+    if asked > steps:
+        return  # continuing: the resume rules apply
+    from fastssl.engine.resume_rules import changes
+
+    differ = [k for k in changes(record.get("config") or {}, now) if not k.startswith(("optim.max_steps", "optim.epochs"))]
+    note = f"; not applied either: {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}" if differ else ""
+    raise RunFinished(
+        f"{out} holds this run, finished at step {steps}; this config asks for {asked} steps, so nothing is trained and "
+        f"outputs left unchanged{note} (a finished run changes only by continuing: raise optim.max_steps or "
+        f"optim.epochs; to start over, run.resume=never)"
+    )
 
 
 def _prepare_main(cfg: TrainConfig) -> Path | None:
     """Rank 0's part: create + lock, then apply the rules above. Returns the folder things were moved to."""
+    from fastssl.engine.run_paths import overlap_problem
+
     out = Path(cfg.run.output_dir)
+    overlap = overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
+    if overlap:
+        raise ConfigError(overlap)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -144,27 +162,16 @@ def _prepare_main(cfg: TrainConfig) -> Path | None:
         acquire_lock(out)
     except OSError as err:  # e.g. a read-only file system
         raise ConfigError(f"run.output_dir {out} is not writable ({err.strerror}); choose another run.output_dir") from None
-    finished = out / FINISHED_NAME
     if cfg.run.resume == "never":
         return _move_aside(out)
-    if _has_checkpoints(out):
-        _check_identity(out, cfg)
-    if cfg.run.resume == "auto" and finished.is_file():
-        try:
-            record = json.loads(finished.read_text())
-        except (OSError, ValueError):
-            record = {}
-        from fastssl.engine.checkpoint import checkpoints
-
-        found = checkpoints(out / "checkpoints")
-        same = record.get("config") == _comparable(cfg.model_dump(mode="json"))
-        if same and found and found[-1][0] == record.get("steps"):
-            raise RunFinished(
-                f"{out} holds this run, finished at step {record['steps']}; outputs left unchanged "
-                f"(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)"
-            )
-    finished.unlink(missing_ok=True)  # training will change the outputs: the run is no longer finished
+    if cfg.run.resume == "auto":
+        _finished(out, cfg)
     return None
+
+
+def unfinish(out: Path) -> None:
+    """Rank 0, once every check passed: training will change the outputs, so the run is no longer finished."""
+    (Path(out) / FINISHED_NAME).unlink(missing_ok=True)
 
 
 def prepare(cfg: TrainConfig, rank: int) -> Path | None:
@@ -193,9 +200,10 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
     return value  # type: ignore[return-value]
 
 
-def mark_finished(cfg: TrainConfig, steps: int) -> None:
+def mark_finished(cfg: TrainConfig, steps: int, steps_per_epoch: int | None = None) -> None:
     """Rank 0, after the last output is written: record that this config finished at ``steps``."""
+    from fastssl.engine import disk
+
     out = Path(cfg.run.output_dir)
-    tmp = out / f".{FINISHED_NAME}.tmp"
-    tmp.write_text(json.dumps({"steps": steps, "config": _comparable(cfg.model_dump(mode="json"))}, indent=1))
-    tmp.replace(out / FINISHED_NAME)
+    record = {"steps": steps, "steps_per_epoch": steps_per_epoch, "config": _comparable(cfg.model_dump(mode="json"))}
+    disk.atomic_write_json(out / FINISHED_NAME, record)

@@ -5,6 +5,7 @@ applied at its end, so what follows never cares whether the run is fresh.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch.distributed as dist
 
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, preflight, run_dir, world_change
+from fastssl.engine import disk, pair_checks, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
@@ -94,6 +95,7 @@ class Session:
     last_checkpoint: Path | None
     speed: Throughput
     compile_watch: CompileWatch | None = None  # engine.compile: graph counts for the metrics
+    records: dict = field(default_factory=dict)  # files saved in every checkpoint (resume_rules reads them)
 
     @property
     def is_main(self) -> bool:
@@ -116,7 +118,7 @@ class Session:
         """Checkpoint now (all ranks); remembers it as the last good one."""
         rank_state = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
         self.last_checkpoint = ckpt.save(self.engine, self.ckpt_root, self.state, rank_state,
-                                         keep=self.cfg.engine.keep_checkpoints, rank=self.rank)
+                                         keep=self.cfg.engine.keep_checkpoints, rank=self.rank, records=self.records)
         return self.last_checkpoint
 
     def barrier(self) -> None:
@@ -150,13 +152,17 @@ def setup(cfg: TrainConfig) -> Session:
     rank, local_rank, world = init_distributed()
     device = device_for(local_rank)
     out = Path(cfg.run.output_dir)
-    run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); refuse another run's dir; stop if finished
+    run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
+    saved_world = int(ckpt.saved_shape(folder).get("world_size") or 0) if folder is not None else 0
     cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
+    applied = resume_rules.check(cfg, folder, world_changed=saved_world not in (0, world))  # refuse before any write
+    fingerprint = None  # synthetic batches have no data set to fingerprint
     if cfg.data.synthetic:  # no data set: only the batch arithmetic against the images it stands for
         preflight.check_batches(cfg, cfg.data.synthetic_images, world)
     else:
-        preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+        _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+        resume_rules.check_data(folder, fingerprint, Path(cfg.data.root))
     if dist.is_initialized():
         dist.barrier()
 
@@ -171,11 +177,18 @@ def setup(cfg: TrainConfig) -> Session:
                          seed=cfg.run.seed, crops=method.crops())
     plan = plan_steps(images_per_epoch=len(loader) * o.batch_size * world, micro_batch=o.batch_size, grad_accum=o.grad_accum,
                       world_size=world, epochs=o.epochs, max_steps=o.max_steps, warmup_epochs=o.warmup_epochs, base_lr=o.base_lr)
+    if rank == 0 and (note := pair_checks.shortened_warmup(cfg, plan)):
+        log.warning(note)
+    if folder is not None:
+        resume_rules.check_length(folder, ckpt.saved_step(folder), plan.total_steps, cfg)
 
     # ---- DeepSpeed engine --------------------------------------------------------------------------
+    # Nothing was written so far (but the lock); from here on the outputs belong to this config.
     ds_cfg = deepspeed_config(cfg, plan, world)
+    records = {"config.yaml": dump_config(cfg), resume_rules.DATA_FILE: json.dumps(fingerprint)}
     if rank == 0:
-        disk.atomic_write_text(out / "config.yaml", dump_config(cfg), last_complete=folder)
+        run_dir.unfinish(out)  # training will change the outputs: the run is no longer finished
+        disk.atomic_write_text(out / "config.yaml", records["config.yaml"], last_complete=folder)
         write_json(out / "deepspeed.json", ds_cfg)
     precision = resolve_precision(cfg.engine.precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -199,7 +212,9 @@ def setup(cfg: TrainConfig) -> Session:
     # ---- resume ------------------------------------------------------------------------------------
     state = ckpt.TrainState()
     if folder is not None:
+        fresh = resume_rules.fresh_optimizer_settings(engine)
         state, rank_state = ckpt.load(engine, folder, rank)
+        resume_rules.apply_optimizer_settings(engine, fresh)  # the configured LR, weight decay, betas win
         if rank_state is not None:
             loader.load_state_dict(rank_state["loader"])
             ckpt.set_rng_state(rank_state["rng"])
@@ -207,8 +222,9 @@ def setup(cfg: TrainConfig) -> Session:
             world_change.skip_to(loader, state, o.grad_accum)
         if rank == 0:
             log.info("resumed from %s (step %d, epoch %d)", folder, state.global_step, state.epoch)
+            resume_rules.say_applied(applied, folder, state.global_step)
     # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.
     metrics = MetricsLog(out, enabled=rank == 0, resume_step=state.global_step if folder is not None else -1)
     return Session(cfg, rank, world, device, out, plan, loader, engine, evaluator, metrics, state, dtype,
                    resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch),
-                   compile_watch=CompileWatch() if cfg.engine.compile else None)
+                   compile_watch=CompileWatch() if cfg.engine.compile else None, records=records)

@@ -54,11 +54,19 @@ def adapt(cfg: TrainConfig, folder: Path | None, world: int) -> TrainConfig:
     micro = cfg.optim.batch_size
     if global_batch is None:
         raise ConfigError(f"checkpoint {folder} was written by {saved} ranks and does not record its global batch; resume on {saved} ranks")
+    if global_batch % world:
+        fits = [n for n in range(1, global_batch + 1) if global_batch % n == 0 and n <= 4 * max(saved, world)][:6]
+        raise ConfigError(
+            f"checkpoint {folder} was trained with a global batch of {global_batch} on {saved} ranks, which {world} ranks "
+            f"cannot share evenly; resume on a rank count that divides {global_batch} (e.g. {', '.join(map(str, fits))})"
+        )
     if global_batch % (micro * world):
+        per_rank = global_batch // world
+        best = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
         raise ConfigError(
             f"checkpoint {folder} was trained with a global batch of {global_batch} on {saved} ranks; on {world} ranks "
-            f"optim.batch_size must divide {global_batch // world if global_batch % world == 0 else global_batch} "
-            f"(it is {micro}) to keep it; set optim.batch_size accordingly"
+            f"optim.batch_size must divide {per_rank} (it is {micro}) to keep it: add optim.batch_size={best} to the "
+            f"command (optim.grad_accum is then set to {per_rank // best})"
         )
     accum = global_batch // (micro * world)
     if accum != cfg.optim.grad_accum:
