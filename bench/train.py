@@ -261,12 +261,12 @@ def make_rows(args) -> list[dict]:
     variants = [v.strip() for v in args.variants.split(",")]
     zeros = [int(z) for z in args.zero.split(",")]
     base = {"arch": args.arch, "precision": "bf16" if cuda else "fp32", "tiny": bool(args.smoke),
-            "steps": args.steps, "warmup": args.warmup}
+            "steps": args.steps, "warmup": args.warmup, "extra": args.extra.split()}
 
     def row(method, variant, zero):
         batch = args.batch or (8 if args.smoke else ROW_BATCH.get(method, 256))
         return {**base, "method": method, "compile": variant == "compile", "zero": zero, "batch": batch,
-                "name": f"{method} {variant} z{zero}"}
+                "name": f"{method} {variant} z{zero}" + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
 
     if args.quick and not args.methods:  # the target first (compile, ZeRO 2), then every method once
         rows = [row("simclr", "eager", 0), row("simclr", "compile", 0), row("simclr", "eager", 2)]
@@ -280,7 +280,8 @@ def make_rows(args) -> list[dict]:
 def _record(res: dict) -> Record:
     row = res.get("row", {})
     case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision")}
-    case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}"
+    case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}" + \
+        "".join(" +" + x for x in row.get("extra", []))
     extra = {k: v for k, v in res.items() if k not in ("row", "errors")}
     ips = res.get("trainer_images_per_s")
     total = Timing(*(3 * [1e3 * row["batch"] / ips])) if ips else None
@@ -406,7 +407,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch for every row (default 256; smoke 8)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps after the warm-up")
     p.add_argument("--warmup", type=int, default=None, help="optimizer steps before timing starts (the first log step)")
-    p.add_argument("--row-timeout", type=float, default=float(os.environ.get("TRAIN_ROW_CAP", 150)), help="seconds per row")
+    p.add_argument("--row-timeout", type=float, default=float(os.environ.get("TRAIN_ROW_CAP", 240)), help="seconds per row")
+    p.add_argument("--extra", default="", help="space-separated overrides added to every row, e.g. 'optim.clip_grad=null'")
     p.add_argument("--budget", type=float, default=float(os.environ.get("TRAIN_CAP", 480)), help="seconds for the whole sweep")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--flops", action="store_true", help="only the FLOP count per method (any device; writes train-flops.json)")

@@ -15,7 +15,7 @@
 #   attention    CAP_ATTENTION=70     bench/attention.py --quick
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
 #   train        CAP_TRAIN=200        bench/train.py --quick: fastssl/train.py per method on data.synthetic
-#                                     (TRAIN_ROW_CAP=150 per row; TRAIN_ARGS adds bench/train.py options)
+#                                     (TRAIN_ROW_CAP=240 per row; TRAIN_ARGS adds bench/train.py options)
 # `all` = tests contrastive tokens attention train: 500 s of caps + ~30 s set-up.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,
