@@ -236,7 +236,8 @@ def run_child(row: dict, result_path: Path) -> None:
                 last = train_lines[-1]
                 res["last_loss"] = last.get("loss")
                 res.update({k: last[k] for k in ("compile_graphs", "recompiles", "graph_breaks") if k in last})
-            res["checkpoints"] = sorted(p.name for p in (out_dir / "checkpoints").iterdir()) if (out_dir / "checkpoints").is_dir() else []
+            ckpts = out_dir / "checkpoints"
+            res["checkpoints"] = sorted(p.name for p in ckpts.iterdir() if p.is_dir()) if ckpts.is_dir() else []
             res["encoder_exported"] = (out_dir / "encoder.pt").is_file()
             if code != 0:
                 raise RuntimeError(f"fastssl/train.py exited with {code}")
@@ -369,6 +370,8 @@ def run_parent(args) -> None:
         res["row"], res["wall_s"] = row, round(time.time() - t0, 1)
         if rc != 0:
             res.setdefault("errors", {})["process"] = f"exit {rc}: {tail}"
+        elif res.get("errors"):  # a phase failed inside the child: keep what it printed (train.py's one line)
+            res["log_tail"] = tail
         derive(res)
         results.append(res)
         line = f"  {row['name']:<22} {res['wall_s']:6.1f} s"
