@@ -12,9 +12,10 @@ Per row, in the child, in this order:
   flops      model FLOPs of one optimizer step, counted by ``torch.utils.flop_counter.FlopCounterMode``
              over the method's eager forward + backward on one synthetic batch of the row's shape
              (matmuls, convolutions, SDPA; elementwise work, norms and the optimizer are not FLOPs
-             here, as in nanoGPT's and PaLM's MFU). Ops fastssl runs as Triton kernels (the fused
-             contrastive losses) are opaque to the counter: their share is a few percent at most
-             (notes/gpu.md lists the count per method).
+             here, as in nanoGPT's and PaLM's MFU). The count runs the method's losses on their
+             eager reference and attention as one SDPA call per run of equal-length sequences, so
+             that every FLOP is an aten op the counter sees (Triton and varlen kernels are opaque to
+             it; the maths is the same). notes/gpu.md lists the count per method.
   trainer    ``fastssl.train.main`` for ``warmup + steps`` optimizer steps, loss read every
              ``warmup`` steps only; images/s = the trainer's steady rate between the first log step
              (after ``warmup`` steps: compilation, allocator, cuDNN autotune) and the last
@@ -115,6 +116,26 @@ def _model_and_batch(cfg, dev: torch.device):
     return method, batch, StepContext(0, 1000, 10**6, cfg.run.seed)
 
 
+def reference_config(cfg):
+    """``cfg`` with the method's ops on their eager reference: every FLOP is then an aten op that
+    ``FlopCounterMode`` sees (a fused Triton loss is opaque to it; the maths is the same)."""
+    cfg = cfg.model_copy(deep=True)
+    if "backend" in type(cfg.method).model_fields:
+        cfg.method.backend = "reference"
+    return cfg
+
+
+def reference_attention(method) -> None:
+    """Attention as one SDPA call per run of equal-length sequences: counted exactly (a varlen or
+    xformers kernel is opaque to the counter; a masked call over a whole pack would over-count)."""
+    from fastssl.models.attention import AttentionDispatch
+
+    for m in method.modules():
+        dispatch = getattr(m, "dispatch", None)
+        if isinstance(dispatch, AttentionDispatch):
+            dispatch.set_backend("sdpa_grouped")
+
+
 def count_flops(method, batch, ctx, amp: bool) -> tuple[float, dict[str, float]]:
     """FLOPs of one eager forward + backward of ``method`` on ``batch``, in total and per aten op."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -195,7 +216,8 @@ def run_child(row: dict, result_path: Path) -> None:
             res["ceilings"] = asdict(c)
 
         def flops():
-            method, batch, ctx = _model_and_batch(cfg, dev)
+            method, batch, ctx = _model_and_batch(reference_config(cfg), dev)
+            reference_attention(method)
             total, per_op = count_flops(method, batch, ctx, amp)
             res["flops_per_step"], res["flops_per_op"] = total, per_op
             res["params"] = sum(p.numel() for p in method.parameters())
@@ -214,7 +236,8 @@ def run_child(row: dict, result_path: Path) -> None:
                 last = train_lines[-1]
                 res["last_loss"] = last.get("loss")
                 res.update({k: last[k] for k in ("compile_graphs", "recompiles", "graph_breaks") if k in last})
-            res["checkpoints"] = sorted(p.name for p in (out_dir / "checkpoints").iterdir()) if (out_dir / "checkpoints").is_dir() else []
+            ckpts = out_dir / "checkpoints"
+            res["checkpoints"] = sorted(p.name for p in ckpts.iterdir() if p.is_dir()) if ckpts.is_dir() else []
             res["encoder_exported"] = (out_dir / "encoder.pt").is_file()
             if code != 0:
                 raise RuntimeError(f"fastssl/train.py exited with {code}")
@@ -239,12 +262,12 @@ def make_rows(args) -> list[dict]:
     variants = [v.strip() for v in args.variants.split(",")]
     zeros = [int(z) for z in args.zero.split(",")]
     base = {"arch": args.arch, "precision": "bf16" if cuda else "fp32", "tiny": bool(args.smoke),
-            "steps": args.steps, "warmup": args.warmup}
+            "steps": args.steps, "warmup": args.warmup, "extra": args.extra.split()}
 
     def row(method, variant, zero):
         batch = args.batch or (8 if args.smoke else ROW_BATCH.get(method, 256))
         return {**base, "method": method, "compile": variant == "compile", "zero": zero, "batch": batch,
-                "name": f"{method} {variant} z{zero}"}
+                "name": f"{method} {variant} z{zero}" + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
 
     if args.quick and not args.methods:  # the target first (compile, ZeRO 2), then every method once
         rows = [row("simclr", "eager", 0), row("simclr", "compile", 0), row("simclr", "eager", 2)]
@@ -258,7 +281,8 @@ def make_rows(args) -> list[dict]:
 def _record(res: dict) -> Record:
     row = res.get("row", {})
     case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision")}
-    case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}"
+    case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}" + \
+        "".join(" +" + x for x in row.get("extra", []))
     extra = {k: v for k, v in res.items() if k not in ("row", "errors")}
     ips = res.get("trainer_images_per_s")
     total = Timing(*(3 * [1e3 * row["batch"] / ips])) if ips else None
@@ -346,6 +370,8 @@ def run_parent(args) -> None:
         res["row"], res["wall_s"] = row, round(time.time() - t0, 1)
         if rc != 0:
             res.setdefault("errors", {})["process"] = f"exit {rc}: {tail}"
+        elif res.get("errors"):  # a phase failed inside the child: keep what it printed (train.py's one line)
+            res["log_tail"] = tail
         derive(res)
         results.append(res)
         line = f"  {row['name']:<22} {res['wall_s']:6.1f} s"
@@ -384,9 +410,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch for every row (default 256; smoke 8)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps after the warm-up")
     p.add_argument("--warmup", type=int, default=None, help="optimizer steps before timing starts (the first log step)")
-    p.add_argument("--row-timeout", type=float, default=float(os.environ.get("TRAIN_ROW_CAP", 150)), help="seconds per row")
+    p.add_argument("--row-timeout", type=float, default=float(os.environ.get("TRAIN_ROW_CAP", 240)), help="seconds per row")
+    p.add_argument("--extra", default="", help="space-separated overrides added to every row, e.g. 'optim.clip_grad=null'")
     p.add_argument("--budget", type=float, default=float(os.environ.get("TRAIN_CAP", 480)), help="seconds for the whole sweep")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--flops", action="store_true", help="only the FLOP count per method (any device; writes train-flops.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -397,8 +425,56 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def flops_table(args) -> None:
+    """Model FLOPs per step for each method at the rows' shape, counted on this device (CPU will do) at
+    three small batches and extrapolated: FLOPs are a quadratic polynomial in B (per-image work is
+    linear; contrastive logits are B x B; queue and prototype scores are linear), so three counts fix it."""
+    from fastssl.config import load_config
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    table = {}
+    for method in methods:
+        row = {"method": method, "arch": args.arch, "precision": "fp32", "zero": 0, "compile": False, "tiny": bool(args.smoke),
+               "batch": 2, "steps": 1, "warmup": 1}
+        t0 = time.perf_counter()
+        counts = {}
+        for b in (2, 4, 6):
+            cfg = reference_config(load_config(ROOT / "configs" / "imagenet" / f"{method}.yaml",
+                                               row_overrides({**row, "batch": b}, Path(tempfile.gettempdir()) / "unused")))
+            model, batch, ctx = _model_and_batch(cfg, dev)
+            reference_attention(model)
+            counts[b] = count_flops(model, batch, ctx, amp=False)
+            del model, batch
+        (f2, p2), (f4, _), (f6, _) = counts[2], counts[4], counts[6]
+        c2 = (f6 - 2 * f4 + f2) / 8  # second difference over steps of 2: 2 * c * h^2, h = 2
+        c1 = (f4 - f2) / 2 - 6 * c2
+        c0 = f2 - 2 * c1 - 4 * c2
+        at = args.batch or ROW_BATCH.get(method, 256)
+        total = c0 + c1 * at + c2 * at * at
+        table[method] = {"batch": at, "flops_per_step": total, "gflops_per_image": total / at / 1e9,
+                         "quadratic_share_pct": 100 * c2 * at * at / total, "arch": cfg.model.arch,
+                         "image_size": cfg.data.image_size, "crops": {c.name: [c.count, c.size or cfg.data.image_size]
+                                                                      for c in _crops_of(cfg)},
+                         "ops_at_b2": {k: v / f2 for k, v in p2.items()}, "count_s": round(time.perf_counter() - t0, 1)}
+        print(f"  {method:8s} {cfg.model.arch:24s} B={at}: {total / 1e12:8.2f} TFLOP/step  "
+              f"{total / at / 1e9:7.1f} GFLOP/image  (B^2 terms {table[method]['quadratic_share_pct']:.2f} %)", flush=True)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / f"train-flops{'-smoke' if args.smoke else ''}.json").write_text(json.dumps(table, indent=1))
+
+
+def _crops_of(cfg):
+    from fastssl.methods.registry import build_method
+
+    with torch.device("meta"):
+        return build_method(cfg).crops()
+
+
 def main(argv=None) -> None:
     args = parse(argv)
+    if args.flops:
+        flops_table(args)
+        return
     if args.child:
         if not torch.cuda.is_available():
             os.environ.setdefault("TRITON_INTERPRET", "1")

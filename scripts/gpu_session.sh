@@ -15,7 +15,7 @@
 #   attention    CAP_ATTENTION=70     bench/attention.py --quick
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
 #   train        CAP_TRAIN=200        bench/train.py --quick: fastssl/train.py per method on data.synthetic
-#                                     (TRAIN_ROW_CAP=150 per row; TRAIN_ARGS adds bench/train.py options)
+#                                     (TRAIN_ROW_CAP=240 per row; TRAIN_ARGS adds bench/train.py options)
 # `all` = tests contrastive tokens attention train: 500 s of caps + ~30 s set-up.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,
@@ -56,7 +56,7 @@ say() { echo "[gpu_session +$(( $(date +%s) - START ))s] $*"; }
 
 # ---- set-up: carried wheels, environment ----------------------------------------------------------
 install_wheels() {
-  if "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
+  if [ "$DRY" != 1 ] && "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
     say "deepspeed and pydantic import already: nothing to install"
     return
   fi
@@ -66,6 +66,11 @@ install_wheels() {
   fi
   mkdir -p "$SITE"
   say "installing $(ls "$WHEELS" | wc -l) carried files from $WHEELS into $SITE (no index, no deps)"
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then  # no pip: a wheel is a zip to unpack; DeepSpeed's archive needs pip
+    for f in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$f" "$SITE" && say "unpacked $(basename "$f")"; done
+    say "no pip on this machine: DeepSpeed's source archive cannot be built, the train part will record that"
+    return
+  fi
   local t0=$(date +%s)
   # All at once (one pip start); if one file does not fit this Python (pydantic-core is cp312), one by one.
   if ! DS_BUILD_OPS=0 timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$WHEELS"/* 2>"$LOGS/pip.err"; then
@@ -101,6 +106,9 @@ esac; }
 
 XDIST=""
 "$PY" -c 'import xdist' 2>/dev/null && XDIST="-n ${TEST_WORKERS:-8}"
+# pytest.ini asks for pytest-timeout (--timeout); without the plugin that option is an error, so drop it.
+PYTEST_OPTS=""
+"$PY" -c 'import pytest_timeout' 2>/dev/null || PYTEST_OPTS="-o addopts=-ra"
 # tests/ops/test_kernel_aot.py is the CPU machines' stand-in for a GPU compile: every kernel compiles
 # and launches on the device itself here. tests/data/test_synthetic.py runs the trainer on CUDA.
 TEST_PATHS="tests/ops tests/models tests/data/test_synthetic.py"
@@ -109,8 +117,8 @@ command_of() {  # the command of a part; $1 part, $2 "smoke" for the dry-run's C
   local smoke=${2:-}
   case "$1" in
     tests)
-      if [ -n "$smoke" ]; then echo "$PY -m pytest -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
-      else echo "$PY -m pytest -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
+      if [ -n "$smoke" ]; then echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
+      else echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
     contrastive|tokens|attention|throughput)
       if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
     train)
@@ -123,6 +131,7 @@ command_of() {  # the command of a part; $1 part, $2 "smoke" for the dry-run's C
 run_part() {  # $1 part, $2 "smoke" or empty
   local part=$1 cap cmd rc t0
   cap=$(cap_of "$part")
+  [ -n "${2:-}" ] && cap=${DRY_CAP:-600}  # the smoke paths run on a (shared) CPU: GPU caps do not apply
   cmd=$(command_of "$part" "${2:-}")
   say "part $part (cap ${cap} s): $cmd"
   t0=$(date +%s)
