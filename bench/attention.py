@@ -39,7 +39,6 @@ from bench.common import (  # noqa: E402
 from bench.common import print_table as print_columns  # noqa: E402  (print_table here adds the target checks)
 from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT  # noqa: E402
 from fastssl.models.chunks import split_chunks  # noqa: E402
-from fastssl.models.layout import host_to_device  # noqa: E402
 
 PROVIDERS = ("packed", "padded", "separate", "compile")
 
@@ -109,8 +108,9 @@ class Padded:
     def __call__(self, views):
         x, pack, _ = self.vit.pack(views)
         s, lmax, d = pack.num_seqs, pack.max_seqlen, x.shape[-1]
-        lens = host_to_device(pack.seqlens, torch.int64, x.device)
-        pos = torch.arange(pack.num_tokens, device=x.device) - torch.repeat_interleave(pack.cu_seqlens[:-1].long(), lens, output_size=pack.num_tokens)
+        cu = pack.cu_seqlens.long()
+        lens = cu[1:] - cu[:-1]
+        pos = torch.arange(pack.num_tokens, device=x.device) - cu[pack.token_seq]
         flat = pack.token_seq * lmax + pos  # where each packed token sits in the padded batch
         xp = x.new_zeros(s * lmax, d).index_copy(0, flat, x).view(s, lmax, d)
         mask = None

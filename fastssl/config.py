@@ -128,6 +128,7 @@ class KnnPoint(Section):
 
 
 class EvalConfig(Section):
+    enabled: bool = Field(True, description="False: no kNN and no linear probe at all (speed runs, data.synthetic=true).")
     knn_every_epochs: int = Field(0, ge=0, description="kNN every N epochs (0: only at the end).")
     knn_at_init: bool = Field(True, description="Also evaluate the randomly initialised encoder before training.")
     knn_k: int = Field(200, ge=1, description="kNN neighbours (the headline number).")
@@ -169,8 +170,8 @@ class TrainConfig(Section):
         from fastssl.engine.run_paths import overlap_problem
         from fastssl.models.encoder import encoder_family
 
-        overlap = overlap_problem(self.run.output_dir, self.data.root)
-        if overlap:
+        overlap = None if self.data.synthetic else overlap_problem(self.run.output_dir, self.data.root)
+        if overlap:  # (synthetic batches read no data.root)
             raise ValueError(overlap)
         img = self.model.img_size or self.data.image_size
         if encoder_family(self.model.arch) == "vit" and img % self.model.patch_size:
@@ -180,6 +181,7 @@ class TrainConfig(Section):
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
+        _synthetic_needs_no_eval(self)
         from fastssl.engine.pair_checks import problem
 
         two_keys = problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
@@ -191,6 +193,13 @@ class TrainConfig(Section):
             ds_keys.check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
             ds_keys.warn_unknown(self.deepspeed)
         return self
+
+
+def _synthetic_needs_no_eval(cfg: "TrainConfig") -> None:
+    """data.synthetic: the batches carry no labels, so the kNN / linear probe would score noise."""
+    if cfg.data.synthetic and cfg.eval.enabled:
+        raise ValueError("data.synthetic=true makes batches without real labels, so the kNN / linear probe "
+                         "evaluation cannot run: add eval.enabled=false")
 
 
 class ConfigError(Exception):

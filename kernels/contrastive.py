@@ -71,6 +71,7 @@ Index arithmetic is int32 (pos/excl included): M·D and C·D must stay below 2³
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -85,30 +86,38 @@ from fastssl.kernels import contrastive_tiles as tiles
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
-_SPLIT_GRAIN = 128  # reduction-axis splits are multiples of this (and of every BLOCK_M / BLOCK_N)
-_MAX_SPLITS = 8
-# Queue mode (MoCo v2): M is a GPU's share of the batch (32-256 rows) and C the queue (65,536): few
-# row blocks, a long loop. Its partials stay small (forward O(splits·M); dRows [splits, M, D] fp32,
-# 4 MB at M = 256, D = 128, 32 splits), so the queue may be cut into more chunks.
-_MAX_QUEUE_SPLITS = 64
+_SPLIT_GRAIN = 128  # the legacy split rule's chunks are multiples of this (``_legacy_split``)
 
 
-def _autotune(kernel: str):
-    """Autotuner of ``kernel``: the configs of ``fastssl.kernels.contrastive_tiles``, pruned per
-    (dtype, D) at launch to those that fit sm_90's shared memory and do not spill.
+OPTIONS = {
+    # The autotuner over ``contrastive_tiles.launch_configs`` instead of the fixed table (one
+    # config per (kernel, dtype, D)): FASTSSL_CONTRASTIVE_AUTOTUNE=1. Off by default: on the hot path it
+    # hashes a key per call and benchmarks every config on the first call of each shape.
+    "autotune": os.environ.get("FASTSSL_CONTRASTIVE_AUTOTUNE", "0") == "1",
+    # Reduction-loop splits: "wave" (``contrastive_tiles.split_plan``: at least one full wave of
+    # programs), "legacy" (main before issue 21: ~2 programs per SM in the forward, 1 in the
+    # backward, at most 8 splits, counted on 64-row tiles) or "none".
+    "split": os.environ.get("FASTSSL_CONTRASTIVE_SPLIT", "wave"),
+    # rows is cols (single-process NT-Xent/DCL): one symmetric backward pass (``SYM``) instead of
+    # dRows + dCols. FASTSSL_CONTRASTIVE_SYM=0 turns it off (before/after timing, bench --variants).
+    "sym_bwd": os.environ.get("FASTSSL_CONTRASTIVE_SYM", "1") != "0",
+    # Outside torch.compile, ``fastssl.ops.library.contrastive_rows`` calls ``ContrastiveRows``
+    # directly rather than through its custom op (False: through the op, as main did before issue 21).
+    "direct_eager": True,
+}
 
-    One 64×64 config in the interpreter (multi-config autotune needs a GPU): few enough Python-level
-    iterations to keep the CPU tests quick, while the tests' N = 129 (M = 258) still spans several
-    tiles with a ragged last one. ``restore``: arguments the kernel reads and writes (dCols adds onto
-    dRows), put back after each timed trial so that autotuning cannot change the result.
-    """
-    if _INTERPRET:
-        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    else:
-        configs = tiles.all_configs(kernel)
+
+@functools.lru_cache(maxsize=None)
+def _autotuned(kernel: str):
+    """The autotuner of ``kernel`` (``OPTIONS["autotune"]`` only): the configs of
+    ``fastssl.kernels.contrastive_tiles``, pruned per (dtype, D) at launch to those that fit sm_90's
+    shared memory and do not spill. ``restore``: arguments the kernel reads and writes (dCols adds
+    onto dRows), put back after each timed trial so that autotuning cannot change the result."""
+    jit = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
+           "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}[kernel]
     restore = ["dcols_ptr"] if kernel == "bwd_cols" else None
-    return triton.autotune(configs=configs, key=["M", "C", "D"], restore_value=restore,
-                           prune_configs_by={"early_config_prune": tiles.pruner(kernel)})
+    return triton.autotune(configs=tiles.all_configs(kernel), key=["M", "C", "D"], restore_value=restore,
+                           prune_configs_by={"early_config_prune": tiles.pruner(kernel)})(jit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +182,6 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
-@_autotune("fwd")
 @triton.jit
 def _contrastive_fwd_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, pdot_ptr, loss_ptr, lse_ptr, part_ptr,
@@ -286,21 +294,27 @@ def _contrastive_lse_merge_kernel(part_ptr, loss_ptr, lse_ptr, M, n_splits, BLOC
 # --------------------------------------------------------------------------------------------
 # Backward: row-parallel dRows
 # --------------------------------------------------------------------------------------------
-@_autotune("bwd_rows")
 @triton.jit
 def _contrastive_bwd_rows_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
     M, C, D, chunk,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd, stride_dl,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
-    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, SYM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block].
 
     Grid (row blocks, output D-blocks, column splits); split s sums columns [s·chunk, (s+1)·chunk)
     into drows[s] (fp32 partials summed by the launcher when there are several splits).
+
+    ``SYM`` (rows and cols are one tensor Z, M = C: single-process NT-Xent/DCL): the whole
+    gradient dZ = (1/τ)(dS + dSᵀ)·Z in this one pass. t[a, c] = t[c, a], so each score tile, computed
+    once, gives both dS[a, c] (row a's softmax, LSE[a]) and dS[c, a] (row c's softmax, LSE[c],
+    c's own pos/excl/g read as column vectors); their sum is the operand of the second matmul.
+    Two matmuls per tile instead of the four of the dRows + dCols passes.
+    ``stride_dl``: dloss's stride (0 for the expanded gradient of ``.mean()``: no copy).
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -314,7 +328,7 @@ def _contrastive_bwd_rows_kernel(
     else:
         excl_b = excl
     lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
-    g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)  # upstream gradient per row
+    g = tl.load(dloss_ptr + offs_m * stride_dl, mask=row_ok, other=0.0)  # upstream gradient per row
     gw = g
     if HAS_W:
         gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
@@ -339,6 +353,23 @@ def _contrastive_bwd_rows_kernel(
         allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
         p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
         ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
+        if SYM:  # + dS[c, a]: column c as an anchor row (its LSE, g, pos, excl), row a as its column
+            pos_c = tl.load(pos_ptr + offs_n, mask=col_ok, other=-1)
+            excl_c = tl.load(excl_ptr + offs_n, mask=col_ok, other=-1)
+            if EXCLUDE_POS:
+                excl_bc = pos_c
+            else:
+                excl_bc = excl_c
+            lse_c = tl.load(lse_ptr + offs_n, mask=col_ok, other=0.0)
+            g_c = tl.load(dloss_ptr + offs_n * stride_dl, mask=col_ok, other=0.0)
+            gw_c = g_c
+            if HAS_W:
+                gw_c = g_c * tl.load(w_ptr + offs_n, mask=col_ok, other=0.0)
+            a = offs_m[:, None]
+            allowed_t = (col_ok[None, :] & row_ok[:, None] & (a != excl_c[None, :])
+                         & (a != excl_bc[None, :]))
+            p_t = tl.where(allowed_t, tl.exp2(t - lse_c[None, :]), 0.0)
+            ds += g_c[None, :] * p_t - tl.where(a == pos_c[None, :], gw_c[None, :], 0.0)
         ds = _as_operand(ds, rows_ptr.dtype.element_ty, UPCAST, ROUND)
         acc = tl.dot(ds, tl.trans(ct), acc, input_precision=PRECISION)
 
@@ -351,12 +382,11 @@ def _contrastive_bwd_rows_kernel(
 # --------------------------------------------------------------------------------------------
 # Backward: column-parallel dCols (deterministic, no atomics)
 # --------------------------------------------------------------------------------------------
-@_autotune("bwd_cols")
 @triton.jit
 def _contrastive_bwd_cols_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, dcols_ptr,
     M, C, D, chunk,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd, stride_dl,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -391,7 +421,7 @@ def _contrastive_bwd_cols_kernel(
         else:
             excl_b = excl
         lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
-        g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)
+        g = tl.load(dloss_ptr + offs_m * stride_dl, mask=row_ok, other=0.0)
         gw = g
         if HAS_W:
             gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
@@ -445,8 +475,10 @@ ROUND_TILES = os.environ.get("FASTSSL_INTERPRET_ROUND", "1") != "0"
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+@functools.lru_cache(maxsize=None)
 def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
-    """The constexpr flags a launch uses for tiles of ``dtype`` ('fp32'/'bf16'/'fp16') and feature size d."""
+    """The constexpr flags a launch uses for tiles of ``dtype`` ('fp32'/'bf16'/'fp16') and feature size d.
+    Cached (one dict per combination): callers unpack it, never mutate it."""
     block_d = tiles.block_d(d)
     return dict(
         HAS_W=has_w, EXCLUDE_POS=bool(exclude_pos), ONE_D=d <= block_d, UPCAST=_INTERPRET,
@@ -454,12 +486,11 @@ def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
     )
 
 
-def _flags(rows: torch.Tensor, d: int, has_w: bool, exclude_pos: bool) -> dict:
-    return launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=has_w, exclude_pos=exclude_pos)
-
-
 def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    """Launch on ``t``'s GPU; a no-op (no device switch) when it is already the current one."""
+    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -467,91 +498,131 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2,
-            max_splits: int = _MAX_SPLITS) -> tuple[int, int]:
-    """(splits, chunk) of a reduction axis of ``length`` over which ``programs`` programs would loop.
-
-    A single contrastive matrix has no batch or head axis to fill the GPU with: at 2N = 8192 and
-    64-row tiles that is 128 programs for 132 SMs, each looping over every column. Splitting the
-    loop into chunks (merged by the launcher: LSE partials in the forward, fp32 gradient partials
-    in the backward, a fixed-order sum, so still deterministic) aims at ~``per_sm`` programs per SM:
-    2 in the forward, whose partials are O(M); 1 in the backward, whose fp32 partials are
-    [splits, rows, D], several times the gradient's own bytes (2N = 8192, 64-row tiles: no split). Chunks
-    are multiples of 128, so every BLOCK_N/BLOCK_M of the autotune space tiles them exactly. The
-    interpreter splits whenever there are two chunks, so the CPU tests exercise the merge.
-    """
-    grains = triton.cdiv(length, _SPLIT_GRAIN)
+def _sms(device: torch.device) -> int | None:
+    """SMs of ``device``; None in the interpreter (``contrastive_tiles.split_plan``'s CPU rule)."""
     if _INTERPRET or device.type != "cuda":
-        want = 2
-    else:
-        want = max(1, (per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _legacy_split(sms: int, kernel: str, out: int, d_blocks: int, length: int, queue: bool) -> tuple[int, int]:
+    """main before issue 21 (``OPTIONS["split"] = "legacy"``, for before/after timing only): ~2
+    programs per SM in the forward and 1 in the backward counted on 64-row tiles, chunks multiples
+    of 128, at most 8 splits (64 for MoCo v2's queue)."""
+    per_sm = 2 if kernel == "fwd" else 1
+    max_splits = 64 if queue and kernel in ("fwd", "bwd_rows") else 8
+    grains = triton.cdiv(length, _SPLIT_GRAIN)
+    want = max(1, (per_sm * sms) // (triton.cdiv(out, 64) * d_blocks))
     splits = max(1, min(max_splits, grains, want))
     chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
     return triton.cdiv(length, chunk), chunk
+
+
+def plan(kernel: str, rows: torch.Tensor, m: int, c: int, d: int, queue: bool = False) -> tiles.Launch:
+    """The launch of ``kernel`` ('fwd', 'bwd_rows', 'bwd_sym', 'bwd_cols') for these operands:
+    ``contrastive_tiles.geometry`` (cached per shape), or the split rule ``OPTIONS["split"]`` names."""
+    sms = _sms(rows.device)
+    geo = tiles.geometry(kernel, _DTYPE_NAMES[rows.dtype], d, m, c, sms)
+    mode = OPTIONS["split"]
+    if mode == "wave" or sms is None:
+        return geo
+    length = m if kernel == "bwd_cols" else c
+    if mode == "none":
+        splits, chunk = 1, length
+    else:
+        out = c if kernel == "bwd_cols" else m
+        splits, chunk = _legacy_split(sms, kernel, out, 1 if kernel == "fwd" else geo.grid[1], length, queue)
+    return dataclasses.replace(geo, grid=geo.grid[:-1] + (splits,), splits=splits, chunk=chunk)
+
+
+def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: dict) -> None:
+    """Launch ``kernel`` with the fixed tile of ``geo`` (or through its autotuner, whose grid then
+    follows the config it picks; the split of the loop stays ``geo``'s)."""
+    jit = _KERNELS[kernel]
+    own = "BLOCK_N" if kernel == "bwd_cols" else "BLOCK_M"
+    if OPTIONS["autotune"] and not _INTERPRET:
+        rest = geo.grid[1:]
+        _autotuned(kernel)[lambda meta: (triton.cdiv(out_rows, meta[own]),) + rest](*args, **consts)
+        return
+    jit[geo.grid](*args, **consts, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
+                  num_warps=geo.warps, num_stages=geo.stages)
 
 
 def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
     """loss [M] fp32 and LSE₂ [M] fp32. ``pdot`` [M] fp32: the positives' dot products (queue mode)."""
     m, d = rows.shape
     c = cols.shape[0]
-    flags = _flags(rows, d, w is not None, exclude_pos)
-    # Queue mode: few rows (a GPU's share of the batch) against K = 65,536 columns; the forward's
-    # partials are O(splits·M), so it may split the queue further to fill the SMs.
-    max_splits = _MAX_QUEUE_SPLITS if pdot is not None else _MAX_SPLITS
-    splits, chunk = _splits(rows.device, triton.cdiv(m, 64), c, max_splits=max_splits)
+    flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
+    geo = plan("fwd", rows, m, c, d, queue=pdot is not None)
+    splits = geo.splits
     loss = torch.empty(m, device=rows.device, dtype=torch.float32)  # holds w·t_pos when split
     lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
-    part = torch.empty((2, splits, m) if splits > 1 else (1,), device=rows.device, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
+    part = torch.empty((2, splits, m), device=rows.device, dtype=torch.float32) if splits > 1 else lse2
+    args = (rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
+            loss, lse2, part, m, c, d, geo.chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0),
+            cols.stride(1), _LOG2E / temperature)
     with _device_guard(rows):
-        _contrastive_fwd_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
-            loss, lse2, part, m, c, d, chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            _LOG2E / temperature, SPLIT=splits > 1, POS_DOT=pdot is not None, **flags,
-        )
+        _launch("fwd", geo, m, args, dict(SPLIT=splits > 1, POS_DOT=pdot is not None, **flags))
         if splits > 1:
             _contrastive_lse_merge_kernel[(triton.cdiv(m, 1024),)](part, loss, lse2, m, splits, BLOCK=1024)
     return loss, lse2
 
 
 def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
-         for_cols: bool, onto: torch.Tensor | None = None, max_splits: int = _MAX_SPLITS):
-    """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype.
+         onto: torch.Tensor | None = None, queue: bool = False):
+    """One backward pass, in the input dtype: ``kernel`` 'bwd_rows' (dRows [M, D], row-parallel),
+    'bwd_sym' (rows is cols: the whole dZ [M, D]) or 'bwd_cols' (dCols [C, D], column-parallel).
 
     ``onto`` (dCols only; rows and cols are one tensor): add dCols onto this dRows in place and
     return it. One split: the kernel writes (or adds onto) the gradient itself. Several: fp32
     partials [splits, rows, D], then one ``_sum_cast_kernel`` pass sums, casts (and adds).
+    ``dloss`` [M] fp32, any stride (the expanded gradient of ``.mean()`` is read with stride 0).
     """
     m, d = rows.shape
     c = cols.shape[0]
-    flags = _flags(rows, d, w is not None, exclude_pos)
-    out_rows, loop_len, block = (c, m, "BLOCK_N") if for_cols else (m, c, "BLOCK_M")
-    d_blocks = triton.cdiv(d, flags["BLOCK_D"])
-    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len, per_sm=1, max_splits=max_splits)
+    for_cols = kernel == "bwd_cols"
+    flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
+    geo = plan(kernel, rows, m, c, d, queue=queue)
+    splits = geo.splits
+    out_rows = c if for_cols else m
     out = onto if onto is not None else torch.empty((out_rows, d), device=rows.device, dtype=(cols if for_cols else rows).dtype)
     dest = out if splits == 1 else torch.empty((splits, out_rows, d), device=rows.device, dtype=torch.float32)
     stride_s = dest.stride(0) if splits > 1 else 0
-    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else {}
-    grid = lambda meta: (triton.cdiv(out_rows, meta[block]), d_blocks, splits)  # noqa: E731
+    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else dict(SYM=kernel == "bwd_sym")
+    if dloss.dtype != torch.float32:
+        dloss = dloss.float()
+    args = (rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
+            m, c, d, geo.chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, 1.0 / temperature)
     with _device_guard(rows):
-        kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
-            m, c, d, chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            stride_s, dest.stride(-2), dest.stride(-1), _LOG2E / temperature, 1.0 / temperature,
-            ROUND=_INTERPRET and ROUND_TILES, **extra, **flags,
-        )
+        _launch(kernel, geo, out_rows, args, dict(ROUND=_INTERPRET and ROUND_TILES, **extra, **flags))
         if splits > 1:
             n = out_rows * d
             _sum_cast_kernel[(triton.cdiv(n, 1024),)](dest, out, n, splits, ACCUMULATE=onto is not None, BLOCK=1024)
     return out
 
 
-def _bwd_rows(*args, max_splits=_MAX_SPLITS):
-    return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False, max_splits=max_splits)
+def _bwd_rows(*args, queue: bool = False):
+    return _bwd("bwd_rows", *args, queue=queue)
 
 
 def _bwd_cols(*args, onto=None):
-    return _bwd(_contrastive_bwd_cols_kernel, *args, for_cols=True, onto=onto)
+    return _bwd("bwd_cols", *args, onto=onto)
+
+
+def backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos,
+             need_rows: bool, need_cols: bool, same: bool):
+    """(dRows or None, dCols or None) of Σ_a dloss[a]·loss[a]. ``same`` (rows is cols): the whole
+    gradient in the dRows slot, from the symmetric pass (``OPTIONS["sym_bwd"]``) or from dCols
+    added onto dRows. Shared by ``ContrastiveRows`` and the custom op (``fastssl.ops.library``)."""
+    args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos)
+    if same:
+        if OPTIONS["sym_bwd"]:
+            return _bwd("bwd_sym", *args), None
+        return _bwd_cols(*args, onto=_bwd_rows(*args)), None
+    drows = _bwd_rows(*args) if need_rows else None
+    dcols = _bwd_cols(*args) if need_cols else None  # no dK work for momentum keys
+    return drows, dcols
 
 
 class ContrastiveRows(torch.autograd.Function):
@@ -567,16 +638,18 @@ class ContrastiveRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         rows, cols, pos_idx, excl_idx, w, lse2 = ctx.saved_tensors
-        # The gradient of .mean() arrives as an expanded (stride-0) view: make it a real [M] fp32 array.
-        dloss = dloss.float().contiguous()
-        args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos)
-        if ctx.same and ctx.needs_input_grad[0]:
-            # rows is cols (single-process NT-Xent/DCL): dCols is added onto dRows by the kernel, and
-            # the whole gradient returns through the rows slot (autograd sums the two slots anyway).
-            return _bwd_cols(*args, onto=_bwd_rows(*args)), None, None, None, None, None, None, None
-        drows = _bwd_rows(*args) if ctx.needs_input_grad[0] else None
-        dcols = _bwd_cols(*args) if ctx.needs_input_grad[1] else None  # no dK work for momentum keys
+        same = ctx.same and ctx.needs_input_grad[0]
+        if not (same or ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None, None, None, None, None, None
+        # rows is cols (single-process NT-Xent/DCL): the whole gradient returns through the rows
+        # slot (autograd would sum the two slots anyway).
+        drows, dcols = backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos,
+                                ctx.needs_input_grad[0], ctx.needs_input_grad[1], same)
         return drows, dcols, None, None, None, None, None, None
+
+
+_KERNELS = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
+            "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}
 
 
 def contrastive_rows(
@@ -652,11 +725,11 @@ class QueueRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         rows, queue, none, pdot, lse2 = ctx.saved_tensors
-        dloss = dloss.float().contiguous()
+        dloss = dloss.float()
         tau = ctx.temperature
         drows = None
         if ctx.needs_input_grad[0]:
-            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, max_splits=_MAX_QUEUE_SPLITS)
+            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, queue=True)
         dpdot = None
         if ctx.needs_input_grad[2]:
             p_pos = torch.exp2(pdot * (_LOG2E / tau) - lse2)

@@ -33,6 +33,7 @@ class RunSummary:
     eval_init: list[Score]
     eval_final: list[Score]
     encoder_path: Path | None
+    steady_images_per_second: float | None = None  # from the first log step to the last (warm-up left out)
 
 
 class _ProgressBar:
@@ -54,6 +55,8 @@ class _ProgressBar:
 
 
 def evaluate(s: Session) -> list[Score]:
+    if s.evaluator is None:  # eval.enabled=false
+        return []
     scores = s.evaluator(s.method.encoder, s.dtype)
     s.metrics.write(s.state.global_step, {x.label: x.accuracy for x in scores}, kind="eval")
     return scores
@@ -92,7 +95,8 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
         from fastssl.report import plot_curves
 
         disk.atomic_write(s.out / "curves.png", lambda tmp: plot_curves(s.metrics.path, tmp), tmp=s.out / ".curves.tmp.png")
-    summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path)
+    summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path,
+                         s.speed.steady_images_per_second)
     if s.is_main:
         write_json(s.out / "summary.json", asdict(summary))
     return summary

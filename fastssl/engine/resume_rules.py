@@ -150,6 +150,8 @@ def check_data(folder: Path | None, fingerprint: dict, root: Path) -> None:
         saved = json.loads((Path(folder) / DATA_FILE).read_text())
     except (OSError, ValueError):
         return  # a checkpoint from before data fingerprints: nothing to compare
+    if not isinstance(saved, dict) or not isinstance(fingerprint, dict):
+        return  # synthetic batches (no data set) on either side; data.synthetic itself is in the table
     for split in ("train", "test"):
         a, b = saved.get(split), fingerprint.get(split)
         if a != b and a is not None:

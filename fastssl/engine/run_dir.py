@@ -151,7 +151,7 @@ def _prepare_main(cfg: TrainConfig) -> Path | None:
     from fastssl.engine.run_paths import overlap_problem
 
     out = Path(cfg.run.output_dir)
-    overlap = overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
+    overlap = None if cfg.data.synthetic else overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
     if overlap:
         raise ConfigError(overlap)
     try:

@@ -37,12 +37,19 @@ class TrainingStopped(Exception):
 
 @dataclass
 class Throughput:
-    """Images/s over the optimizer steps timed so far (evaluation pauses excluded)."""
+    """Images/s over the optimizer steps timed so far (evaluation pauses excluded).
+
+    ``images_per_second`` counts from the first step (compilation and warm-up included) and reads a
+    host clock at step ends, which runs ahead of the device when nothing syncs. ``mark(step)`` is
+    called right after a device sync (the log steps read the loss): the steady rate is taken
+    between the first mark and the last one, so it leaves out the steps before the first log.
+    """
 
     images_per_step: int
     seconds: float = 0.0
     steps: int = 0
     _tick: float = field(default_factory=time.perf_counter)
+    _marks: list = field(default_factory=list)  # (optimizer step, training-clock seconds) after a sync
 
     def restart(self) -> None:
         self._tick = time.perf_counter()
@@ -57,6 +64,18 @@ class Throughput:
     def images_per_second(self) -> float:
         return self.images_per_step * self.steps / max(self.seconds, 1e-9)
 
+    def mark(self, step: int) -> None:
+        """Record the training clock at ``step``, just after a device sync."""
+        self._marks.append((step, self.seconds + time.perf_counter() - self._tick))
+
+    @property
+    def steady_images_per_second(self) -> float | None:
+        """Images/s from the first mark to the last (None before two marks of one run)."""
+        if len(self._marks) < 2 or self._marks[-1][0] <= self._marks[0][0]:
+            return None
+        (s0, t0), (s1, t1) = self._marks[0], self._marks[-1]
+        return self.images_per_step * (s1 - s0) / max(t1 - t0, 1e-9)
+
 
 @dataclass
 class Session:
@@ -66,9 +85,9 @@ class Session:
     device: torch.device
     out: Path
     plan: StepPlan
-    loader: object  # fastssl.data.loader.TrainLoader
+    loader: object  # fastssl.data.loader.TrainLoader or fastssl.data.synthetic.SyntheticLoader
     engine: object  # deepspeed.DeepSpeedEngine; engine.module is the method
-    evaluator: Evaluator
+    evaluator: Evaluator | None
     metrics: MetricsLog
     state: ckpt.TrainState
     dtype: torch.dtype
@@ -128,6 +147,7 @@ def setup(cfg: TrainConfig) -> Session:
     import deepspeed
 
     from fastssl.data.loader import EvalLoader, TrainLoader
+    from fastssl.data.synthetic import SyntheticLoader
 
     rank, local_rank, world = init_distributed()
     peers.record(rank)  # who is who, so that a rank that dies later can be named
@@ -138,8 +158,12 @@ def setup(cfg: TrainConfig) -> Session:
     saved_world = int(ckpt.saved_shape(folder).get("world_size") or 0) if folder is not None else 0
     cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
     applied = resume_rules.check(cfg, folder, world_changed=saved_world not in (0, world))  # refuse before any write
-    _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
-    resume_rules.check_data(folder, fingerprint, Path(cfg.data.root))
+    fingerprint = None  # synthetic batches have no data set to fingerprint
+    if cfg.data.synthetic:  # no data set: only the batch arithmetic against the images it stands for
+        preflight.check_batches(cfg, cfg.data.synthetic_images, world)
+    else:
+        _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+        resume_rules.check_data(folder, fingerprint, Path(cfg.data.root))
     if dist.is_initialized():
         dist.barrier()
 
@@ -149,7 +173,8 @@ def setup(cfg: TrainConfig) -> Session:
     # before the optimizer groups are taken, since the converted layers are new modules.
     method = convert_sync_batchnorm(build_method(cfg), device, world)
     o = cfg.optim
-    loader = TrainLoader(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
+    loader_type = SyntheticLoader if cfg.data.synthetic else TrainLoader
+    loader = loader_type(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
                          seed=cfg.run.seed, crops=method.crops())
     plan = plan_steps(images_per_epoch=len(loader) * o.batch_size * world, micro_batch=o.batch_size, grad_accum=o.grad_accum,
                       world_size=world, epochs=o.epochs, max_steps=o.max_steps, warmup_epochs=o.warmup_epochs, base_lr=o.base_lr)
@@ -176,12 +201,14 @@ def setup(cfg: TrainConfig) -> Session:
 
     # ---- evaluation --------------------------------------------------------------------------------
     ev = cfg.eval
-    evaluator = Evaluator(
-        ev,
-        EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
-        EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
-        progress=rank == 0 and cfg.engine.progress,
-    )
+    evaluator = None  # eval.enabled=false (always so with data.synthetic): no scores
+    if ev.enabled:
+        evaluator = Evaluator(
+            ev,
+            EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
+            EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
+            progress=rank == 0 and cfg.engine.progress,
+        )
 
     # ---- resume ------------------------------------------------------------------------------------
     state = ckpt.TrainState()

@@ -86,7 +86,8 @@ class PackedViT(nn.Module):
         self.dispatch.set_backend(backend)
 
     def attn_backend(self, device: torch.device | str, dtype: torch.dtype) -> str:
-        """Resolve (once, logged) and return the backend used for this device type and dtype."""
+        """Probe (once, logged) what runs on this device type and dtype; return the forced backend
+        or "auto" (then ``self.dispatch.pick(layout, ...)`` says what a given pack runs)."""
         return self.dispatch.resolve(torch.device(device), dtype)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -184,6 +185,9 @@ class PackedViT(nn.Module):
         token_seq = pack.token_seq if (self.training and any(b.drop_path for b in self.blocks)) else None
         out: dict[int, torch.Tensor] = {}
         layout = pack.layout
+        # the attention backend's device-side inputs (flex's block mask) are built here, outside the
+        # blocks, which engine.compile compiles one by one
+        self.dispatch.prepare(layout, x.device, _compute_dtype(x))
         for i in range(last + 1):
             blk = self.blocks[i]
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -227,6 +231,15 @@ class PackedViT(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """timm's ``forward`` with ``num_classes=0`` (token pooling): ``[B, C, H, W] -> [B, D]`` CLS."""
         return self.forward_features(images)[:, 0]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's when it is on for x's device (the residual stream then
+    stays fp32 while q, k, v come out of the qkv projection in bf16/fp16), else x's own."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
 
 
 def _index(i: int, depth: int) -> int:

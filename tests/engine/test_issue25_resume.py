@@ -22,7 +22,7 @@ from fastssl.engine.schedule import lr_scheduler, plan_steps
 
 def make_cfg(out: Path, data_root: Path, **sections) -> TrainConfig:
     tree = {"run": {"output_dir": str(out), "seed": 1}, "data": {"dataset": "folder", "root": str(data_root)},
-            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 1}}
+            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 0.5}}
     for key, value in sections.items():
         tree.setdefault(key, {}).update(value)
     return TrainConfig.model_validate(tree)
@@ -145,7 +145,7 @@ def test_a_changed_data_set_is_refused(tmp_path, data):
 
 
 @pytest.mark.parametrize("sections, needle", [({"optim": {"max_steps": 4}}, "optim.max_steps=4 ends before it"),
-                                              ({"optim": {"epochs": 1}}, "optim.epochs=1 (5 steps) ends before it")])
+                                              ({"optim": {"epochs": 1, "warmup_epochs": 0}}, "optim.epochs=1 (5 steps) ends before it")])
 def test_a_run_is_never_shortened(tmp_path, data, sections, needle):
     out = tmp_path / "run"
     folder = checkpoint(out, make_cfg(out, data))

@@ -1,4 +1,4 @@
-"""GPU-only: the CUDA attention backends (xformers, torch varlen, grouped SDPA) in bf16 / fp16
+"""GPU-only: the CUDA attention backends (xformers, torch varlen, flex, tiles, grouped SDPA) in bf16 / fp16
 against a float64 loop reference, with DESIGN.md's low-precision rule
 |backend − ref64| ≤ 2·|eager-same-dtype − ref64| + atol. Skipped where there is no CUDA device
 (the CPU backends are covered by test_vit_attention.py)."""
@@ -8,16 +8,18 @@ import pytest
 import torch
 from _vit_ref import loop_attention
 
-from fastssl.models.attention import AttentionDispatch, _has_varlen
+from fastssl.models.attention import AttentionDispatch, _has_flex, _has_varlen, pick_backend
 from fastssl.models.layout import AttnLayout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _available():
-    names = ["sdpa_grouped", "sdpa_mask"]
+    names = ["sdpa_grouped", "sdpa_mask", "sdpa_tiles"]
     if _has_varlen():
         names.append("varlen")
+    if _has_flex():
+        names.append("flex")
     try:
         import xformers.ops  # noqa: F401
 
@@ -29,8 +31,11 @@ def _available():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", _available())
-@pytest.mark.parametrize("lens", [((9, 50, 17, 17, 17, 37), None), ((197,) * 2 + (37,) * 6, None), ((1,) * 5, (26, 26, 25, 25, 197))])
+@pytest.mark.parametrize("lens", [((9, 50, 17, 17, 17, 37), None), ((197,) * 2 + (37,) * 6, None), ((1,) * 5, (26, 26, 25, 25, 197)),
+                                  ((14,) * 12 + (13,) * 36, None), ((129,) * 3 + (1,) * 2, None)])
 def test_cuda_backend_within_rule(backend, dtype, lens):
+    if backend == "sdpa_tiles" and lens[1] is not None:
+        pytest.skip("sdpa_tiles is for self-attention")
     dev = torch.device("cuda")
     layout = AttnLayout.build(lens[0], lens[1], dev)
     h, dh = 4, 64
@@ -52,10 +57,16 @@ def test_cuda_backend_within_rule(backend, dtype, lens):
         assert bool((err <= bound).all()), f"max excess {(err - bound).max().item():.3g}"
 
 
-def test_auto_on_cuda_prefers_a_fused_varlen_kernel():
+def test_auto_on_cuda_probes_the_fused_kernels_and_follows_the_rule():
     d = AttentionDispatch("auto")
-    name = d.resolve(torch.device("cuda"), torch.bfloat16)
-    assert name in ("xformers", "varlen", "sdpa_grouped")
+    dev = torch.device("cuda")
+    assert d.resolve(dev, torch.bfloat16) == "auto"
+    avail = d._available[("cuda", torch.bfloat16)]
     if _has_varlen():
-        assert name in ("xformers", "varlen")
-    assert d.resolve(torch.device("cuda"), torch.float32) in ("xformers", "sdpa_grouped")
+        assert "varlen" in avail
+    if _has_flex():
+        assert "flex" in avail
+    for lens in [(26,) * 64 + (25,) * 64, (197,) * 16, (197,) * 16 + (37,) * 48]:
+        layout = AttnLayout.build(lens, None, dev)
+        assert d.pick(layout, dev, torch.bfloat16) == pick_backend(layout, dev, torch.bfloat16, avail)
+    assert "varlen" not in d.resolve(dev, torch.float32) and "varlen" not in d._available[("cuda", torch.float32)]

@@ -10,7 +10,7 @@ shared memory a launch requests: the number the launch checks against the device
 
 Variants:
 - contrastive (``fastssl.kernels.contrastive``): forward, forward with a queue (``POS_DOT``), dRows,
-  dCols × fp32/bf16/fp16 × one D per
+  the symmetric dRows + dCols pass (``SYM``), dCols × fp32/bf16/fp16 × one D per
   BLOCK_D class the launcher makes (16 … 256, and D > 256 with the D-block loop) × every config the
   autotuner keeps for that (kernel, dtype, D) (``launch_configs``), plus the LSE merge kernel;
 - tokens / patchify: every constexpr combination the launchers use, × the three dtypes, at the MAE
@@ -74,9 +74,11 @@ def _contrastive_variants():
     for dt, ptr in DTYPES.items():
         for d in CONTRASTIVE_DS:
             # fwd_queue: the forward with POS_DOT (info_nce with a MoCo v2 queue), same tiles as fwd.
+            # bwd_sym: the dRows kernel with SYM (rows is cols: dS + dSᵀ in one pass), its own configs.
             for record, kname, queue in (("fwd", "fwd", False), ("fwd_queue", "fwd", True),
-                                         ("bwd_rows", "bwd_rows", False), ("bwd_cols", "bwd_cols", False)):
-                fn = getattr(K, f"_contrastive_{kname}_kernel").fn
+                                         ("bwd_rows", "bwd_rows", False), ("bwd_sym", "bwd_sym", False),
+                                         ("bwd_cols", "bwd_cols", False)):
+                fn = K._KERNELS[kname]
                 types = {a: ptr for a in ("rows_ptr", "cols_ptr", "drows_ptr", "dcols_ptr")}
                 types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
@@ -85,8 +87,8 @@ def _contrastive_variants():
                     if "POS_DOT" in fn.arg_names:
                         consts["POS_DOT"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows
-                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True))
-                                   if k in fn.arg_names})
+                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True),
+                                                     ("SYM", kname == "bwd_sym")) if k in fn.arg_names})
                     sig, consts, attrs = _signature(fn, types, consts, d)
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)

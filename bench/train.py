@@ -1,0 +1,412 @@
+"""The trainer itself, per method: images/s and MFU of ``fastssl/train.py`` on synthetic batches.
+
+Each row is one ``python fastssl/train.py --config configs/imagenet/<method>.yaml data.synthetic=true
+eval.enabled=false ...`` run (through ``fastssl.train.main`` in a child process: the real CLI, the
+DeepSpeed engine, the method, logging, the final checkpoint and encoder export), bf16 on one device,
+DeepSpeed ZeRO 0 or 2, with or without ``engine.compile``. Every row runs in its own subprocess
+under its own time cap (``--row-timeout``) and the sweep under a total one (``--budget``); the
+JSON is rewritten after every row, so a cap or a crash keeps the rows before it.
+
+Per row, in the child, in this order:
+  ceilings   bf16 matmul TFLOP/s and copy GB/s on this device (``bench.common.measure_ceilings``)
+  flops      model FLOPs of one optimizer step, counted by ``torch.utils.flop_counter.FlopCounterMode``
+             over the method's eager forward + backward on one synthetic batch of the row's shape
+             (matmuls, convolutions, SDPA; elementwise work, norms and the optimizer are not FLOPs
+             here, as in nanoGPT's and PaLM's MFU). Ops fastssl runs as Triton kernels (the fused
+             contrastive losses) are opaque to the counter: their share is a few percent at most
+             (notes/gpu.md lists the count per method).
+  trainer    ``fastssl.train.main`` for ``warmup + steps`` optimizer steps, loss read every
+             ``warmup`` steps only; images/s = the trainer's steady rate between the first log step
+             (after ``warmup`` steps: compilation, allocator, cuDNN autotune) and the last
+  bare       the model step of ``bench/throughput.py`` at the same shape, for this method: the method's
+             forward + backward + torch fused AdamW + ``after_step``, bf16 autocast, no DeepSpeed,
+             timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions compiled
+  derived    MFU = flops / trainer step time / matmul rate; trainer overhead = bare rate / trainer rate - 1
+
+Shapes: the imagenet templates at ViT-B/16 224 px (``--arch``; ResNet methods keep ResNet-50), bf16,
+B = 256 per GPU for every method unless ``ROW_BATCH`` says otherwise; SimCLR runs its DCL loss.
+
+    python bench/train.py --quick        # GPU: SimCLR/DCL eager + compile + ZeRO 2, then every method eager
+    python bench/train.py                # GPU: every method, eager and compile, ZeRO 0 (+ SimCLR ZeRO 2)
+    python bench/train.py --smoke        # anywhere: timm test_vit / test_resnet, 16 px, B=8, 3 steps; not a measurement
+    python bench/train.py --methods simclr,mae --variants eager,compile --zero 0,2
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.common import Ceilings, Column, Record, RESULTS, Timing, device_name, plot, print_table  # noqa: E402
+
+# Priority order: the issue's target first, then every method (a cap cuts the tail, not the head).
+METHODS = ("simclr", "mocov3", "byol", "simsiam", "mae", "mmoco", "mbyol", "can", "dac", "swav", "mocov2")
+RESNET_METHODS = ("swav", "mocov2")
+ROW_BATCH: dict[str, int] = {}  # per-method batch where memory or time needs a smaller one (none so far)
+# Overrides that make every method tiny (timm's test models, 16 px): the smoke rows and the CPU tests.
+TINY_MODEL = ["data.image_size=16", "model.patch_size=4", "model.arch=test_vit"]
+TINY_RESNET = ["data.image_size=16", "model.arch=test_resnet", "model.small_stem=true"]
+TINY_HEADS: dict[str, list[str]] = {
+    "simclr": ["method.head.hidden_dim=64", "method.head.out_dim=32"],
+    "byol": ["method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=64", "method.predictor.out_dim=32"],
+    "simsiam": ["method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=16", "method.predictor.out_dim=32"],
+    "mocov3": ["method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=64", "method.predictor.out_dim=32"],
+    "mmoco": ["method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=64", "method.predictor.out_dim=32",
+              "method.n_chunks=4", "method.target_chunks=2"],
+    "mbyol": ["method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=64", "method.predictor.out_dim=32",
+              "method.n_chunks=4"],
+    "mae": ["method.decoder.embed_dim=32", "method.decoder.depth=1", "method.decoder.num_heads=2"],
+    "can": ["method.decoder.embed_dim=32", "method.decoder.depth=1", "method.decoder.num_heads=2",
+            "method.projector.hidden_dim=64", "method.projector.out_dim=32"],
+    "dac": ["method.decoder.embed_dim=32", "method.decoder.depth=1", "method.decoder.num_heads=2",
+            "method.projector.hidden_dim=64", "method.projector.out_dim=32", "method.predictor.hidden_dim=16", "method.predictor.out_dim=32"],
+    "mocov2": ["method.head.hidden_dim=64", "method.head.out_dim=32", "method.queue_size=64"],
+    "swav": ["method.head.hidden_dim=64", "method.head.out_dim=32", "method.n_prototypes=20", "method.n_local=2", "method.local_size=8",
+             "method.queue_length=32"],
+}
+
+
+def tiny_overrides(method: str) -> list[str]:
+    """Overrides that shrink ``configs/imagenet/<method>.yaml`` to a CPU-sized run (timm test models, 16 px)."""
+    return (TINY_RESNET if method in RESNET_METHODS else TINY_MODEL) + TINY_HEADS[method]
+
+
+def row_overrides(row: dict, out_dir: Path) -> list[str]:
+    """The CLI overrides of one row: synthetic data, no evaluation, its shape, engine settings and step counts."""
+    o = ["data.synthetic=true", "eval.enabled=false", f"run.output_dir={out_dir}", "run.resume=never",
+         "engine.progress=false", "engine.precision=" + row["precision"], f"engine.zero_stage={row['zero']}",
+         f"engine.compile={str(row['compile']).lower()}", f"optim.batch_size={row['batch']}",
+         f"optim.max_steps={row['warmup'] + row['steps']}", f"engine.log_every_steps={row['warmup']}",
+         f"engine.ckpt_every_steps={10**6}", "optim.warmup_epochs=0"]
+    if row["method"] == "simclr":
+        o.append("method.loss=dcl")
+    if row["tiny"]:
+        o += tiny_overrides(row["method"])
+    elif row["method"] not in RESNET_METHODS:
+        o.append(f"model.arch={row['arch']}")
+    return o + row.get("extra", [])
+
+
+# ---------------------------------------------------------------------------------------------------
+# child: one row
+# ---------------------------------------------------------------------------------------------------
+
+def _model_and_batch(cfg, dev: torch.device):
+    from fastssl.data.synthetic import SyntheticLoader
+    from fastssl.methods.context import StepContext
+    from fastssl.methods.registry import build_method
+
+    torch.manual_seed(cfg.run.seed)
+    method = build_method(cfg).to(dev).train()
+    loader = SyntheticLoader(cfg.data, batch_size=cfg.optim.batch_size, device=dev, seed=1, crops=method.crops())
+    batch = next(iter(loader))
+    return method, batch, StepContext(0, 1000, 10**6, cfg.run.seed)
+
+
+def count_flops(method, batch, ctx, amp: bool) -> tuple[float, dict[str, float]]:
+    """FLOPs of one eager forward + backward of ``method`` on ``batch``, in total and per aten op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    device_type = next(iter(batch.crops.values())).device.type
+    with counter:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = method(batch, ctx).loss
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    per_op = {str(k).removeprefix("aten."): float(v)
+              for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), per_op
+
+
+def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
+    """bench/throughput.py's model step for this method and shape: images/s without DeepSpeed or the loop."""
+    from bench.common import make_train_step, time_fn
+    from fastssl.engine.compile import compile_regions
+    from fastssl.engine.params import optimizer_groups
+    from fastssl.methods.output import AfterStep
+
+    method, batch, ctx = _model_and_batch(cfg, dev)
+    if cfg.engine.compile:
+        compile_regions(method, cfg.engine.compile_mode, dev, torch.bfloat16 if amp else torch.float32)
+    opt = torch.optim.AdamW(optimizer_groups(method.param_groups(), cfg.optim.weight_decay)[0], lr=1e-5, fused=dev.type == "cuda")
+    step = make_train_step(method, batch, ctx, opt, dev.type, amp)
+    after = method.after_step if isinstance(method, AfterStep) else None
+
+    def full():
+        step()
+        if after is not None:
+            after(ctx)
+
+    t0 = time.perf_counter()
+    full()  # compile (if any), optimizer state, allocator
+    first_s = time.perf_counter() - t0
+    t = time_fn(full, smoke=smoke, rep_ms=2000)
+    return {"bare_images_per_s": cfg.optim.batch_size / (t.median / 1e3), "bare_step_ms": asdict(t), "bare_first_step_s": first_s}
+
+
+def run_child(row: dict, result_path: Path) -> None:
+    """Run one row; write what is known after each phase to ``result_path`` (a cap keeps the phases done)."""
+    from bench.common import measure_ceilings
+    from fastssl.config import load_config
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = dev.type == "cuda"
+    res: dict = {"row": row, "phases": {}}
+
+    def save():
+        result_path.write_text(json.dumps(res, indent=1, default=str))
+
+    def phase(name, fn):
+        t0 = time.perf_counter()
+        try:
+            fn()
+            res["phases"][name] = round(time.perf_counter() - t0, 2)
+        except BaseException as err:  # noqa: BLE001  (record, go on with the next phase)
+            res.setdefault("errors", {})[name] = f"{type(err).__name__}: {err}"[:800]
+            if isinstance(err, KeyboardInterrupt):
+                raise
+        save()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    smoke = row["tiny"]
+    with tempfile.TemporaryDirectory(prefix="fastssl-bench-train-") as tmp:
+        out_dir = Path(tmp) / "run"
+        argv = ["--config", str(ROOT / "configs" / "imagenet" / f"{row['method']}.yaml"), *row_overrides(row, out_dir)]
+        res["command"] = "python fastssl/train.py " + " ".join(argv[:2] + [a for a in argv[2:] if not a.startswith("run.output_dir")])
+        cfg = load_config(argv[1], argv[2:])
+
+        def ceilings():
+            c = measure_ceilings(smoke=smoke or dev.type == "cpu")
+            res["ceilings"] = asdict(c)
+
+        def flops():
+            method, batch, ctx = _model_and_batch(cfg, dev)
+            total, per_op = count_flops(method, batch, ctx, amp)
+            res["flops_per_step"], res["flops_per_op"] = total, per_op
+            res["params"] = sum(p.numel() for p in method.parameters())
+
+        def trainer():
+            from fastssl import train as cli
+
+            code = cli.main(argv)
+            res["exit_code"] = code
+            summary = json.loads((out_dir / "summary.json").read_text())
+            res["trainer_images_per_s"] = summary.get("steady_images_per_second")
+            res["trainer_images_per_s_all"] = summary.get("images_per_second")
+            lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            train_lines = [x for x in lines if x.get("kind") == "train"]
+            if train_lines:
+                last = train_lines[-1]
+                res["last_loss"] = last.get("loss")
+                res.update({k: last[k] for k in ("compile_graphs", "recompiles", "graph_breaks") if k in last})
+            res["checkpoints"] = sorted(p.name for p in (out_dir / "checkpoints").iterdir()) if (out_dir / "checkpoints").is_dir() else []
+            res["encoder_exported"] = (out_dir / "encoder.pt").is_file()
+            if code != 0:
+                raise RuntimeError(f"fastssl/train.py exited with {code}")
+
+        def bare():
+            res.update(bare_step(cfg, dev, amp, smoke))
+
+        phase("ceilings", ceilings)
+        phase("flops", flops)
+        phase("trainer", trainer)
+        phase("bare", bare)
+    save()
+
+
+# ---------------------------------------------------------------------------------------------------
+# parent: the sweep
+# ---------------------------------------------------------------------------------------------------
+
+def make_rows(args) -> list[dict]:
+    cuda = torch.cuda.is_available()
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    variants = [v.strip() for v in args.variants.split(",")]
+    zeros = [int(z) for z in args.zero.split(",")]
+    base = {"arch": args.arch, "precision": "bf16" if cuda else "fp32", "tiny": bool(args.smoke),
+            "steps": args.steps, "warmup": args.warmup}
+
+    def row(method, variant, zero):
+        batch = args.batch or (8 if args.smoke else ROW_BATCH.get(method, 256))
+        return {**base, "method": method, "compile": variant == "compile", "zero": zero, "batch": batch,
+                "name": f"{method} {variant} z{zero}"}
+
+    if args.quick and not args.methods:  # the target first (compile, ZeRO 2), then every method once
+        rows = [row("simclr", "eager", 0), row("simclr", "compile", 0), row("simclr", "eager", 2)]
+        rows += [row(m, "eager", 0) for m in METHODS if m != "simclr"]
+        rows += [row(m, "compile", 0) for m in METHODS if m != "simclr"]
+        return rows
+    rows = [row(m, v, z) for v in variants for m in methods for z in zeros]
+    return rows
+
+
+def _record(res: dict) -> Record:
+    row = res.get("row", {})
+    case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision")}
+    case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}"
+    extra = {k: v for k, v in res.items() if k not in ("row", "errors")}
+    ips = res.get("trainer_images_per_s")
+    total = Timing(*(3 * [1e3 * row["batch"] / ips])) if ips else None
+    errors = res.get("errors")
+    return Record(provider=case["variant"], case=case, total=total, extra=extra,
+                  error="; ".join(f"{k}: {v}" for k, v in errors.items())[:1500] if errors else None)
+
+
+def derive(res: dict) -> None:
+    """MFU of the trainer and of the bare step against the matmul rate measured in the row; overhead."""
+    row, c = res["row"], res.get("ceilings")
+    flops, ips, bare = res.get("flops_per_step"), res.get("trainer_images_per_s"), res.get("bare_images_per_s")
+    if flops and c:
+        peak = c["matmul_tflops"] * 1e12
+        if ips:
+            res["trainer_tflops"] = flops * ips / row["batch"] / 1e12
+            res["mfu_pct"] = 100 * flops * ips / row["batch"] / peak
+        if bare:
+            res["bare_mfu_pct"] = 100 * flops * bare / row["batch"] / peak
+    if ips and bare:
+        res["trainer_overhead_pct"] = 100 * (bare / ips - 1)
+
+
+COLUMNS = [
+    Column("method", 9, lambda r: r.case["method"]), Column("variant", 12, lambda r: r.provider),
+    Column("B", 5, lambda r: r.case["batch"]),
+    Column("img/s", 9, lambda r: r.extra.get("trainer_images_per_s"), ".0f"),
+    Column("bare img/s", 11, lambda r: r.extra.get("bare_images_per_s"), ".0f"),
+    Column("ovh %", 7, lambda r: r.extra.get("trainer_overhead_pct"), ".1f"),
+    Column("GFLOP/img", 10, lambda r: r.extra["flops_per_step"] / r.case["batch"] / 1e9 if r.extra.get("flops_per_step") else None, ".1f"),
+    Column("MFU %", 7, lambda r: r.extra.get("mfu_pct"), ".1f"),
+    Column("bare MFU", 9, lambda r: r.extra.get("bare_mfu_pct"), ".1f"),
+    Column("matmul TF", 10, lambda r: r.extra.get("ceilings", {}).get("matmul_tflops"), ".0f"),
+]
+
+
+def write(args, results: list[dict], started: float) -> Path:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    from bench.common import _slug
+
+    path = args.out_dir / f"train-{_slug(device_name())}{'-smoke' if args.smoke else ''}.json"
+    records = [_record(r) for r in results]
+    ceil = next((r["ceilings"] for r in results if r.get("ceilings")), None)
+    doc = {"benchmark": "train", "device": device_name(), "torch": torch.__version__, "smoke": bool(args.smoke),
+           "ceilings": ceil or asdict(Ceilings(float("nan"), float("nan"))),
+           "meta": {"rows": "fastssl/train.py per method on data.synthetic, one subprocess each",
+                    "flops": "FlopCounterMode over one eager forward+backward at the row's shape",
+                    "mfu": "flops_per_step * trainer images/s / batch / measured bf16 matmul rate",
+                    "overhead": "bare images/s / trainer images/s - 1 (bare: method step + fused AdamW, no DeepSpeed)",
+                    "elapsed_s": round(time.time() - started, 1), "argv": sys.argv[1:]},
+           "records": [asdict(r) for r in records]}
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    return path
+
+
+def run_parent(args) -> None:
+    rows = make_rows(args)
+    started = time.time()
+    results: list[dict] = []
+    path = None
+    print(f"bench/train.py: {len(rows)} rows, {args.row_timeout:.0f} s per row, {args.budget:.0f} s in all", flush=True)
+    for row in rows:
+        left = args.budget - (time.time() - started)
+        if left < 20:
+            results.append({"row": row, "errors": {"skipped": f"the sweep's budget of {args.budget:.0f} s is spent"}})
+            continue
+        cap = min(args.row_timeout, left)
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            result_path = Path(f.name)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(row), "--result", str(result_path)]
+        t0 = time.time()
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, timeout=cap, capture_output=True, text=True)
+            tail = (done.stdout + done.stderr)[-1500:]
+            rc = done.returncode
+        except subprocess.TimeoutExpired as err:
+            tail, rc = f"row time cap of {cap:.0f} s reached", None
+            out = (err.stdout or b"") + (err.stderr or b"")
+            tail += "\n" + (out.decode(errors="replace") if isinstance(out, bytes) else out)[-1200:]
+        try:
+            res = json.loads(result_path.read_text()) if result_path.stat().st_size else {"row": row}
+        except (OSError, json.JSONDecodeError):
+            res = {"row": row}
+        result_path.unlink(missing_ok=True)
+        res["row"], res["wall_s"] = row, round(time.time() - t0, 1)
+        if rc != 0:
+            res.setdefault("errors", {})["process"] = f"exit {rc}: {tail}"
+        derive(res)
+        results.append(res)
+        line = f"  {row['name']:<22} {res['wall_s']:6.1f} s"
+        if res.get("trainer_images_per_s"):
+            line += f"  {res['trainer_images_per_s']:8.1f} img/s"
+        if res.get("mfu_pct") is not None:
+            line += f"  MFU {res['mfu_pct']:.1f} %"
+        if res.get("trainer_overhead_pct") is not None:
+            line += f"  overhead {res['trainer_overhead_pct']:+.1f} %"
+        if res.get("errors"):
+            line += "  ERROR " + "; ".join(f"{k}: {str(v).splitlines()[0][:90]}" for k, v in res["errors"].items())
+        print(line, flush=True)
+        path = write(args, results, started)
+    if path is None:
+        path = write(args, results, started)
+    try:
+        png = plot(path, [("trainer images/s", lambda r: r.extra.get("trainer_images_per_s"), "images/s"),
+                          ("MFU (vs measured bf16 matmul)", lambda r: r.extra.get("mfu_pct"), "%"),
+                          ("trainer overhead vs bare step", lambda r: r.extra.get("trainer_overhead_pct"), "%")],
+                   x_key="method", series_key=lambda c: "")
+        print_table([_record(r) for r in results], COLUMNS)
+        print(f"\nwrote {path} and {png}")
+    except Exception as err:  # noqa: BLE001  (the JSON is what matters)
+        print_table([_record(r) for r in results], COLUMNS)
+        print(f"\nwrote {path} (no PNG: {type(err).__name__}: {err})")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny models at 16 px, B=8, 3 steps: runs on CPU, not a measurement")
+    p.add_argument("--quick", action="store_true", help="SimCLR/DCL eager, compile, ZeRO 2, then every method eager, then compile")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--variants", default="eager,compile", help="eager,compile (engine.compile off / on)")
+    p.add_argument("--zero", default="0", help="DeepSpeed ZeRO stages, comma-separated (0, 2)")
+    p.add_argument("--arch", default="vit_base_patch16_224", help="timm ViT for the ViT methods (224 px, patch 16)")
+    p.add_argument("--batch", type=int, default=None, help="per-GPU batch for every row (default 256; smoke 8)")
+    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps after the warm-up")
+    p.add_argument("--warmup", type=int, default=None, help="optimizer steps before timing starts (the first log step)")
+    p.add_argument("--row-timeout", type=float, default=float(os.environ.get("TRAIN_ROW_CAP", 150)), help="seconds per row")
+    p.add_argument("--budget", type=float, default=float(os.environ.get("TRAIN_CAP", 480)), help="seconds for the whole sweep")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 2 if args.smoke else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.smoke else 5
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    if args.child:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+            torch.set_num_threads(1)
+        run_child(json.loads(args.child), args.result)
+        return
+    run_parent(args)
+
+
+if __name__ == "__main__":
+    main()
