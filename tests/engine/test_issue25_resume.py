@@ -251,3 +251,20 @@ def test_a_fresh_start_is_still_possible(tmp_path, data):
     finished_run(out, data, optim={"epochs": 2})
     moved = run_dir.prepare(make_cfg(out, data, optim={"epochs": 1}, run={"resume": "never"}), rank=0)
     assert moved is not None and (moved / "finished.json").is_file() and not (out / "finished.json").exists()
+
+
+def test_keys_added_to_fastssl_since_the_checkpoint(tmp_path, data):
+    """A checkpoint written before a key existed: the key at its default is no change; set otherwise, the table decides;
+    a key fastssl no longer has is ignored."""
+    import yaml
+
+    out = tmp_path / "run"
+    folder = checkpoint(out, make_cfg(out, data))
+    tree = yaml.safe_load((folder / "config.yaml").read_text())
+    del tree["data"]["synthetic"], tree["eval"]["enabled"], tree["eval"]["knn_k"], tree["model"]["drop_path_rate"]
+    tree["optim"]["removed_since"] = 3
+    (folder / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert resume_rules.check(make_cfg(out, data), folder, world_changed=False) == []
+    assert resume_rules.check(make_cfg(out, data, eval={"knn_k": 7}), folder, world_changed=False) == ["eval.knn_k unset → 7"]
+    with pytest.raises(ConfigError, match=r"model.drop_path_rate changed since checkpoint .* \(unset there, 0.1 now\)"):
+        resume_rules.check(make_cfg(out, data, model={"drop_path_rate": 0.1}), folder, world_changed=False)
