@@ -154,16 +154,23 @@ def _prepare_main(cfg: TrainConfig) -> Path | None:
     overlap = None if cfg.data.synthetic else overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
     if overlap:
         raise ConfigError(overlap)
+    from fastssl.engine import disk
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out) from None
         raise ConfigError(f"run.output_dir {out} cannot be created ({err.strerror}); choose a writable folder") from None
     try:
         acquire_lock(out)
     except OSError as err:  # e.g. a read-only file system
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out / LOCK_NAME) from None
         raise ConfigError(f"run.output_dir {out} is not writable ({err.strerror}); choose another run.output_dir") from None
     if cfg.run.resume == "never":
-        return _move_aside(out)
+        with disk.written(out / f"{PREVIOUS_PREFIX}…"):  # a rename needs no space, the new folder does
+            return _move_aside(out)
     if cfg.run.resume == "auto":
         _finished(out, cfg)
     return None
@@ -182,11 +189,13 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
     """
     import torch.distributed as dist
 
+    from fastssl.engine.disk import DiskFull
+
     outcome: tuple[str, object] = ("ok", None)
     if rank == 0:
         try:
             outcome = ("ok", _prepare_main(cfg))
-        except (ConfigError, RunFinished) as err:
+        except (ConfigError, RunFinished, DiskFull) as err:
             outcome = (type(err).__name__, str(err))
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [outcome]
@@ -197,6 +206,8 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
         raise ConfigError(value)
     if kind == "RunFinished":
         raise RunFinished(value)
+    if kind == "DiskFull":
+        raise DiskFull(Path(cfg.run.output_dir), message=value)
     return value  # type: ignore[return-value]
 
 
