@@ -158,6 +158,9 @@ def _finished(out: Path, cfg: TrainConfig) -> None:
     from fastssl.engine.resume_rules import changes
 
     differ = [k for k in changes(record.get("config") or {}, now) if not k.startswith(("optim.max_steps", "optim.epochs"))]
+    if asked == steps and not differ:  # the very same run
+        raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
+                          "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
     note = f"; not applied either: {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}" if differ else ""
     raise RunFinished(
         f"{out} holds this run, finished at step {steps}; this config asks for {asked} steps, so nothing is trained and "

@@ -230,7 +230,11 @@ def test_a_finished_run_changes_only_by_continuing(tmp_path, data, sections, ask
     with pytest.raises(run_dir.RunFinished) as err:
         run_dir.prepare(make_cfg(out, data, **sections), rank=0)
     msg = str(err.value)
-    assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
+    if sections in ({"optim": {"epochs": 2}}, {"optim": {"max_steps": 8}}):  # the very same run
+        assert msg.endswith("holds this run, finished at step 8; outputs left unchanged (to train more, raise "
+                            "optim.max_steps or optim.epochs; to start over, run.resume=never)")
+    else:
+        assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
     assert "\n" not in msg
     if "base_lr" in str(sections) or "eval" in sections:
         assert "not applied either: " in msg
