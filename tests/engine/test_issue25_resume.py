@@ -22,7 +22,7 @@ from fastssl.engine.schedule import lr_scheduler, plan_steps
 
 def make_cfg(out: Path, data_root: Path, **sections) -> TrainConfig:
     tree = {"run": {"output_dir": str(out), "seed": 1}, "data": {"dataset": "folder", "root": str(data_root)},
-            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 1}}
+            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 0.5}}
     for key, value in sections.items():
         tree.setdefault(key, {}).update(value)
     return TrainConfig.model_validate(tree)
@@ -145,7 +145,7 @@ def test_a_changed_data_set_is_refused(tmp_path, data):
 
 
 @pytest.mark.parametrize("sections, needle", [({"optim": {"max_steps": 4}}, "optim.max_steps=4 ends before it"),
-                                              ({"optim": {"epochs": 1}}, "optim.epochs=1 (5 steps) ends before it")])
+                                              ({"optim": {"epochs": 1, "warmup_epochs": 0}}, "optim.epochs=1 (5 steps) ends before it")])
 def test_a_run_is_never_shortened(tmp_path, data, sections, needle):
     out = tmp_path / "run"
     folder = checkpoint(out, make_cfg(out, data))
@@ -230,7 +230,11 @@ def test_a_finished_run_changes_only_by_continuing(tmp_path, data, sections, ask
     with pytest.raises(run_dir.RunFinished) as err:
         run_dir.prepare(make_cfg(out, data, **sections), rank=0)
     msg = str(err.value)
-    assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
+    if sections in ({"optim": {"epochs": 2}}, {"optim": {"max_steps": 8}}):  # the very same run
+        assert msg.endswith("holds this run, finished at step 8; outputs left unchanged (to train more, raise "
+                            "optim.max_steps or optim.epochs; to start over, run.resume=never)")
+    else:
+        assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
     assert "\n" not in msg
     if "base_lr" in str(sections) or "eval" in sections:
         assert "not applied either: " in msg
@@ -251,3 +255,20 @@ def test_a_fresh_start_is_still_possible(tmp_path, data):
     finished_run(out, data, optim={"epochs": 2})
     moved = run_dir.prepare(make_cfg(out, data, optim={"epochs": 1}, run={"resume": "never"}), rank=0)
     assert moved is not None and (moved / "finished.json").is_file() and not (out / "finished.json").exists()
+
+
+def test_keys_added_to_fastssl_since_the_checkpoint(tmp_path, data):
+    """A checkpoint written before a key existed: the key at its default is no change; set otherwise, the table decides;
+    a key fastssl no longer has is ignored."""
+    import yaml
+
+    out = tmp_path / "run"
+    folder = checkpoint(out, make_cfg(out, data))
+    tree = yaml.safe_load((folder / "config.yaml").read_text())
+    del tree["data"]["synthetic"], tree["eval"]["enabled"], tree["eval"]["knn_k"], tree["model"]["drop_path_rate"]
+    tree["optim"]["removed_since"] = 3
+    (folder / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert resume_rules.check(make_cfg(out, data), folder, world_changed=False) == []
+    assert resume_rules.check(make_cfg(out, data, eval={"knn_k": 7}), folder, world_changed=False) == ["eval.knn_k unset → 7"]
+    with pytest.raises(ConfigError, match=r"model.drop_path_rate changed since checkpoint .* \(unset there, 0.1 now\)"):
+        resume_rules.check(make_cfg(out, data, model={"drop_path_rate": 0.1}), folder, world_changed=False)
