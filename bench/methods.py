@@ -142,9 +142,13 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
     from fastssl.methods.registry import build_method
 
     t0 = time.perf_counter()
-    cfg = load_config(s.config, s.overrides)
-    torch.manual_seed(0)
-    method = build_method(cfg).to(dev).train()
+    # The eager reference copies the weights of a freshly built method and leaves it untouched, so the
+    # next provider takes that method instead of building another (a ViT-B build costs seconds).
+    cfg, method = shared.pop("fresh", (None, None))
+    if method is None:
+        cfg = load_config(s.config, s.overrides)
+        torch.manual_seed(0)
+        method = build_method(cfg).to(dev).train()
     b = s.batch or cfg.optim.batch_size
     if "batch" not in shared:
         shared["batch"] = make_batch(method, cfg.data.image_size, b, dev)
@@ -160,7 +164,7 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
         from bench.eager import after_step, build_eager
 
         ref = build_eager(method)
-        del method
+        shared["fresh"] = (cfg, method)
         opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
         fwd = lambda ctx: ref(batch, ctx)  # noqa: E731
         after = lambda ctx: after_step(ref, ctx)  # noqa: E731
@@ -357,7 +361,7 @@ def print_profiles(profiles: dict) -> None:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models at 16 px, B = 8: runs anywhere, not a measurement")
-    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 10 s cap per method")
+    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 8 s cap per method, 175 s in all")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--providers", default=None, help="comma-separated subset of eager,fastssl,compile "
                    "(default: all three on CUDA without --quick; eager,fastssl otherwise)")
@@ -366,6 +370,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per provider first (the first includes any compile)")
     p.add_argument("--cap-s", type=float, default=None, help="wall seconds per method after which rounds stop (>= 3 rounds); "
                    "default: none (quick: 10)")
+    p.add_argument("--budget-s", type=float, default=None, help="wall seconds for the whole run; methods not started "
+                   "by then are recorded as not run (default: none; quick on CUDA: 175)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops + a gzipped Chrome trace per method and provider")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -377,7 +383,9 @@ def parse(argv=None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 2 if args.smoke else 6 if args.quick else 7
     if args.cap_s is None:
-        args.cap_s = 10.0 if args.quick else float("inf")
+        args.cap_s = 8.0 if args.quick else float("inf")
+    if args.budget_s is None:
+        args.budget_s = 175.0 if args.quick and cuda else float("inf")
     if args.quick and cuda:
         args.batch = min(args.batch or 128, 128)
     args.warmup = max(1, args.warmup)
@@ -408,7 +416,8 @@ def main(argv=None) -> Path:
     records: list[Record] = []
     profiles: dict = {}
     meta = {"step": "forward + losses + backward + AdamW + zero_grad + after_step, random crops on the device",
-            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "quick": args.quick,
+            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "budget_s": args.budget_s,
+            "quick": args.quick,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
             "providers": providers, "profiles": profiles, "optimizer": {"eager": "AdamW (torch defaults)",
                                                                         "fastssl": "AdamW over param groups, fused on CUDA"}}
@@ -416,6 +425,10 @@ def main(argv=None) -> Path:
     t_all = time.perf_counter()
     for s in specs:
         t0 = time.perf_counter()
+        if t0 - t_all > args.budget_s:
+            records += [Record(p, {"method": s.name}, error=f"not run: over --budget-s {args.budget_s:.0f}") for p in providers]
+            print(f"  {s.name}: not run (over --budget-s)", flush=True)
+            continue
         try:
             recs, profs = run_method(s, providers, dev, amp, args, traces)
         except Exception as err:  # noqa: BLE001  (a method that cannot even be built: record, go on)
