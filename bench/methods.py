@@ -306,7 +306,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             peak = peak_mib(r.step)
             if args.profile:
                 trace = traces / f"{s.name}-{prov}.json.gz" if traces is not None else None
-                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, 1 if args.quick else 2, trace)
+                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)
         except Exception as err:  # noqa: BLE001
             fail(prov, err)
             continue
@@ -347,6 +347,34 @@ def print_rows(records: list[Record]) -> None:
               f"{e['first_step_s']:11.2f}{e['first_loss']:10.4f}")
 
 
+def markdown_summary(records: list[Record], profiles: dict) -> str:
+    """One row per method: ms per step of each provider, its speed-up over eager, and (profiled) the
+    three ops with the most self time of eager and of fastssl."""
+    provs = [p for p in PROVIDERS if any(r.provider == p for r in records)]
+    lines = ["| method | arch, B | " + " | ".join(f"{p} ms (x eager)" for p in provs) + (" | top ops eager / fastssl |" if profiles else " |"),
+             "|---|---|" + "---|" * len(provs) + ("---|" if profiles else "")]
+    by: dict = {}
+    for r in records:
+        by.setdefault(r.case.get("method"), {})[r.provider] = r
+    for name, rows in by.items():
+        ok = [r for r in rows.values() if r.error is None]
+        case = ok[0].case if ok else {}
+        cells = []
+        for p in provs:
+            r = rows.get(p)
+            if r is None or r.error is not None:
+                cells.append("error" if r is not None else "-")
+            else:
+                cells.append(f"{r.total.median:.0f} (x{r.extra.get('speedup_vs_eager', float('nan')):.2f})")
+        line = f"| {name} | {case.get('arch', '?')}, {case.get('batch', '?')} | " + " | ".join(cells) + " |"
+        if profiles:
+            tops = [", ".join(f"{row['op'].removeprefix('aten::')} {row['pct']:.0f}%" for row in profiles.get(f"{name}/{p}", [])[:3])
+                    for p in ("eager", "fastssl")]
+            line += f" {tops[0]} / {tops[1]} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def print_profiles(profiles: dict) -> None:
     for key, rows in profiles.items():
         cuda = rows and "self_cuda_ms" in rows[0]
@@ -374,6 +402,7 @@ def parse(argv=None) -> argparse.Namespace:
                    "by then are recorded as not run (default: none; quick on CUDA: 175)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops + a gzipped Chrome trace per method and provider")
+    p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="methods", help="results file stem")
     args = p.parse_args(argv)
@@ -389,6 +418,8 @@ def parse(argv=None) -> argparse.Namespace:
     if args.quick and cuda:
         args.batch = min(args.batch or 128, 128)
     args.warmup = max(1, args.warmup)
+    if args.profile_steps is None:
+        args.profile_steps = 1 if args.quick else 2
     return args
 
 
@@ -449,6 +480,7 @@ def main(argv=None) -> Path:
     print_rows(records)
     if profiles:
         print_profiles(profiles)
+    print("\n" + markdown_summary(records, profiles))
     try:
         png = plot(path, [("step time", lambda r: r.total.median if r.total else None, "ms per step"),
                           ("throughput", lambda r: r.extra.get("images_per_s"), "images/s"),
