@@ -11,7 +11,9 @@ loader), at the same model, batch and views for every provider:
             AdamW with its defaults (foreach).
   fastssl   the method as ``fastssl.methods.registry`` builds it from the config: one packed ViT
             call for all views, the ``fastssl.ops`` ops (backend "auto": Triton on CUDA, reference
-            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA).
+            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA). Its
+            step also computes the method's logged metrics (collapse monitors, M-MoCo/M-BYOL's κ),
+            as the trainer does; the eager references compute the loss only.
   compile   fastssl with ``engine.compile`` (``fastssl.engine.compile.compile_regions``: every block
             and head compiled in place). Its first step (the compile) is reported as ``first_step_s``.
 

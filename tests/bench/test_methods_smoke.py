@@ -57,7 +57,9 @@ def test_methods_bench_smoke(tmp_path):
         assert math.isclose(e["images_per_s"], r["case"]["batch"] / (r["total"]["median"] / 1e3), rel_tol=1e-9)
         assert math.isfinite(e["first_loss"]) and e["speedup_vs_eager"] > 0
         if r["provider"] == "eager":
-            assert e["first_loss_rel_diff_vs_fastssl"] <= LOSS_RTOL.get(r["case"]["method"], 1e-5), r
+            # on a GPU the smoke run is bf16 autocast: the two compute in different orders and dtypes
+            rtol = 5e-2 if torch.cuda.is_available() else LOSS_RTOL.get(r["case"]["method"], 1e-5)
+            assert e["first_loss_rel_diff_vs_fastssl"] <= rtol, r
     (prof,) = tmp_path.glob("prof-*-smoke.json")
     profiles = json.loads(prof.read_text())["meta"]["profiles"]
     for m in ("mae", "mocov2_accel"):
