@@ -11,7 +11,9 @@ loader), at the same model, batch and views for every provider:
             AdamW with its defaults (foreach).
   fastssl   the method as ``fastssl.methods.registry`` builds it from the config: one packed ViT
             call for all views, the ``fastssl.ops`` ops (backend "auto": Triton on CUDA, reference
-            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA).
+            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA). Its
+            step also computes the method's logged metrics (collapse monitors, M-MoCo/M-BYOL's κ),
+            as the trainer does; the eager references compute the loss only.
   compile   fastssl with ``engine.compile`` (``fastssl.engine.compile.compile_regions``: every block
             and head compiled in place). Its first step (the compile) is reported as ``first_step_s``.
 
@@ -99,7 +101,9 @@ def spec(name: str, size: str, batch: int | None = None) -> Spec:
             s.batch = batch or 8
         return s
     base = name.split("_")[0]
-    s = Spec(name, ROOT / "configs" / "imagenet" / f"{base}.yaml", ["data.root=."], batch=batch)
+    # The template's model, method and optimizer; the data section only has to validate (random crops).
+    s = Spec(name, ROOT / "configs" / "imagenet" / f"{base}.yaml", ["data.dataset=fashion-mnist", "data.root=bench/results/no-data"],
+             batch=batch)
     if name in ("simclr_resnet", "simclr_accel"):
         s.overrides += RESNET_SIMCLR
     if name.endswith("_accel"):
@@ -140,9 +144,13 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
     from fastssl.methods.registry import build_method
 
     t0 = time.perf_counter()
-    cfg = load_config(s.config, s.overrides)
-    torch.manual_seed(0)
-    method = build_method(cfg).to(dev).train()
+    # The eager reference copies the weights of a freshly built method and leaves it untouched, so the
+    # next provider takes that method instead of building another (a ViT-B build costs seconds).
+    cfg, method = shared.pop("fresh", (None, None))
+    if method is None:
+        cfg = load_config(s.config, s.overrides)
+        torch.manual_seed(0)
+        method = build_method(cfg).to(dev).train()
     b = s.batch or cfg.optim.batch_size
     if "batch" not in shared:
         shared["batch"] = make_batch(method, cfg.data.image_size, b, dev)
@@ -158,7 +166,7 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
         from bench.eager import after_step, build_eager
 
         ref = build_eager(method)
-        del method
+        shared["fresh"] = (cfg, method)
         opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
         fwd = lambda ctx: ref(batch, ctx)  # noqa: E731
         after = lambda ctx: after_step(ref, ctx)  # noqa: E731
@@ -300,7 +308,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             peak = peak_mib(r.step)
             if args.profile:
                 trace = traces / f"{s.name}-{prov}.json.gz" if traces is not None else None
-                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, 1 if args.quick else 2, trace)
+                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)
         except Exception as err:  # noqa: BLE001
             fail(prov, err)
             continue
@@ -341,6 +349,34 @@ def print_rows(records: list[Record]) -> None:
               f"{e['first_step_s']:11.2f}{e['first_loss']:10.4f}")
 
 
+def markdown_summary(records: list[Record], profiles: dict) -> str:
+    """One row per method: ms per step of each provider, its speed-up over eager, and (profiled) the
+    three ops with the most self time of eager and of fastssl."""
+    provs = [p for p in PROVIDERS if any(r.provider == p for r in records)]
+    lines = ["| method | arch, B | " + " | ".join(f"{p} ms (x eager)" for p in provs) + (" | top ops eager / fastssl |" if profiles else " |"),
+             "|---|---|" + "---|" * len(provs) + ("---|" if profiles else "")]
+    by: dict = {}
+    for r in records:
+        by.setdefault(r.case.get("method"), {})[r.provider] = r
+    for name, rows in by.items():
+        ok = [r for r in rows.values() if r.error is None]
+        case = ok[0].case if ok else {}
+        cells = []
+        for p in provs:
+            r = rows.get(p)
+            if r is None or r.error is not None:
+                cells.append("error" if r is not None else "-")
+            else:
+                cells.append(f"{r.total.median:.0f} (x{r.extra.get('speedup_vs_eager', float('nan')):.2f})")
+        line = f"| {name} | {case.get('arch', '?')}, {case.get('batch', '?')} | " + " | ".join(cells) + " |"
+        if profiles:
+            tops = [", ".join(f"{row['op'].removeprefix('aten::')} {row['pct']:.0f}%" for row in profiles.get(f"{name}/{p}", [])[:3])
+                    for p in ("eager", "fastssl")]
+            line += f" {tops[0]} / {tops[1]} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def print_profiles(profiles: dict) -> None:
     for key, rows in profiles.items():
         cuda = rows and "self_cuda_ms" in rows[0]
@@ -355,7 +391,7 @@ def print_profiles(profiles: dict) -> None:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models at 16 px, B = 8: runs anywhere, not a measurement")
-    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 10 s cap per method")
+    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 8 s cap per method, 175 s in all")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--providers", default=None, help="comma-separated subset of eager,fastssl,compile "
                    "(default: all three on CUDA without --quick; eager,fastssl otherwise)")
@@ -364,8 +400,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per provider first (the first includes any compile)")
     p.add_argument("--cap-s", type=float, default=None, help="wall seconds per method after which rounds stop (>= 3 rounds); "
                    "default: none (quick: 10)")
+    p.add_argument("--budget-s", type=float, default=None, help="wall seconds for the whole run; methods not started "
+                   "by then are recorded as not run (default: none; quick on CUDA: 175)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops + a gzipped Chrome trace per method and provider")
+    p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="methods", help="results file stem")
     args = p.parse_args(argv)
@@ -375,10 +414,14 @@ def parse(argv=None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 2 if args.smoke else 6 if args.quick else 7
     if args.cap_s is None:
-        args.cap_s = 10.0 if args.quick else float("inf")
+        args.cap_s = 8.0 if args.quick else float("inf")
+    if args.budget_s is None:
+        args.budget_s = 175.0 if args.quick and cuda else float("inf")
     if args.quick and cuda:
         args.batch = min(args.batch or 128, 128)
     args.warmup = max(1, args.warmup)
+    if args.profile_steps is None:
+        args.profile_steps = 1 if args.quick else 2
     return args
 
 
@@ -406,7 +449,8 @@ def main(argv=None) -> Path:
     records: list[Record] = []
     profiles: dict = {}
     meta = {"step": "forward + losses + backward + AdamW + zero_grad + after_step, random crops on the device",
-            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "quick": args.quick,
+            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "budget_s": args.budget_s,
+            "quick": args.quick,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
             "providers": providers, "profiles": profiles, "optimizer": {"eager": "AdamW (torch defaults)",
                                                                         "fastssl": "AdamW over param groups, fused on CUDA"}}
@@ -414,6 +458,10 @@ def main(argv=None) -> Path:
     t_all = time.perf_counter()
     for s in specs:
         t0 = time.perf_counter()
+        if t0 - t_all > args.budget_s:
+            records += [Record(p, {"method": s.name}, error=f"not run: over --budget-s {args.budget_s:.0f}") for p in providers]
+            print(f"  {s.name}: not run (over --budget-s)", flush=True)
+            continue
         try:
             recs, profs = run_method(s, providers, dev, amp, args, traces)
         except Exception as err:  # noqa: BLE001  (a method that cannot even be built: record, go on)
@@ -434,6 +482,7 @@ def main(argv=None) -> Path:
     print_rows(records)
     if profiles:
         print_profiles(profiles)
+    print("\n" + markdown_summary(records, profiles))
     try:
         png = plot(path, [("step time", lambda r: r.total.median if r.total else None, "ms per step"),
                           ("throughput", lambda r: r.extra.get("images_per_s"), "images/s"),
