@@ -111,11 +111,31 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
     # Single process: rows and cols hold the same vectors; pass one tensor twice (autograd adds the
     # two gradients) instead of concatenating a second copy.
     cols = torch.cat([g1, g2], dim=0) if gather_distributed else rows
-    # int32: what the kernel reads (``prepare``'s cast is then a no-op); two small launches, not four
-    g = torch.arange(offset, offset + n, device=z1.device, dtype=torch.int32)
+    pos_idx, self_idx = _two_view_index(n, total, offset, z1.device)
+    return rows, cols, pos_idx, self_idx, (g1, g2, offset)
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_idx, self_idx) int32 [2n] of the two-view losses (what the kernels read: ``prepare``'s
+    cast is a no-op). Eager calls reuse them per (n, total, offset, device): four small launches a
+    step that a training loop would repeat with the same values. The cached tensors are only ever
+    read (indexing, kernel arguments, saved for backward). Under torch.compile they are built in
+    the graph, as constants of the trace."""
+    key = (n, total, offset, device)
+    hit = None if torch.compiler.is_compiling() else _INDEX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    g = torch.arange(offset, offset + n, device=device, dtype=torch.int32)
     pos_idx = torch.cat([g + total, g])
     self_idx = pos_idx.roll(n)  # [g, total + g]
-    return rows, cols, pos_idx, self_idx, (g1, g2, offset)
+    if not torch.compiler.is_compiling():
+        if len(_INDEX_CACHE) >= 64:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = (pos_idx, self_idx)
+    return pos_idx, self_idx
 
 
 def nt_xent(
