@@ -240,7 +240,7 @@ def run_case(op, case, provider, smoke) -> Record:
 # choice): a tile / warps / stages change recompiles (~1 s per kernel), a waves change only regrids.
 _SWEEP = ([(t, w, None, 1) for t in (4096, 8192, 16384) for w in (2, 4, 8)]
           + [(4096, w, 8, 1) for w in (4, 8)] + [(8192, 4, 4, 1)]
-          + [(8192, 4, None, 3), (4096, 8, None, 3)])
+          + [(t, w, None, 3) for t in (4096, 8192) for w in (2, 4, 8)])
 
 
 def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: float) -> list[dict]:
