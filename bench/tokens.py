@@ -165,7 +165,7 @@ _FLUSH: list = []
 
 
 def kernel_ms(fn, n: int = 20) -> float | None:
-    """Device time of the kernels ``fn`` launches, per call (ms): torch.profiler's CUDA activities
+    """Device time of the kernels ``fn`` launches, per call (ms): torch.profiler's device events
     (kernels, memsets, copies) summed over ``n`` calls. Each call follows an L2 flush (a 256 MB
     ``bitwise_not_``, excluded by name) as in do_bench. None without CUDA."""
     if not torch.cuda.is_available():
@@ -178,7 +178,7 @@ def kernel_ms(fn, n: int = 20) -> float | None:
     flush = _FLUSH[0]
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:  # the usual pairing
         for _ in range(n):
             flush.bitwise_not_()
             fn()
