@@ -223,7 +223,7 @@ def kernel_ms(phases: dict, n: int = 10) -> dict:
     return {name: t / n / 1e3 for name, t in zip(phases, totals)}
 
 
-def run_case(op, case, provider, smoke, rep_ms: float = 100) -> Record:
+def run_case(op, case, provider, smoke, rep_ms: float = 100, prof_n: int = 10) -> Record:
     fn = case["fns"][provider]
     leaves = case["leaves"]
     out = fn()
@@ -254,7 +254,7 @@ def run_case(op, case, provider, smoke, rep_ms: float = 100) -> Record:
         if t is not None:
             extra[f"gbps_{part}"] = nbytes[part] / t.median / 1e6
     try:  # kernel-only device time (CUDA): a profiler failure must not lose the wall-clock record
-        kt = kernel_ms(fns, n=3 if smoke else 10)
+        kt = kernel_ms(fns, n=3 if smoke else prof_n)
         if not leaves and "fwd" in kt:
             kt["total"] = kt["fwd"]
         for part, t in kt.items():
@@ -383,9 +383,10 @@ def main() -> None:
         providers.append("triton_main")  # before / after in the same run (GPU runs only)
     rep_ms = 40 if args.quick else 100
     # Passes, most important first, so that a time cap cuts the least useful rows: eager + triton for
-    # every case, then main's kernels (before / after), then torch.compile (its warm-ups are slow).
-    passes = [[q for q in ("eager", "triton") if q in providers], [q for q in ("triton_main",) if q in providers],
-              [q for q in ("compile",) if q in providers]]
+    # every case, then torch.compile (the targets compare with it; its warm-ups are slow), then main's
+    # kernels (before / after).
+    passes = [[q for q in ("eager", "triton") if q in providers], [q for q in ("compile",) if q in providers],
+              [q for q in ("triton_main",) if q in providers]]
     passes = [q for q in passes if q] + [[q for q in providers if q not in ("eager", "triton", "triton_main", "compile")]]
     t_start = time.perf_counter()
     ceilings = measure_ceilings(smoke=args.smoke)
@@ -415,7 +416,7 @@ def main() -> None:
                         def measure(provider=provider):
                             if provider != "eager":
                                 check_against_eager(op, eager_out, case["fns"][provider]())
-                            return run_case(op, case, provider, args.smoke, rep_ms)
+                            return run_case(op, case, provider, args.smoke, rep_ms, 5 if args.quick else 10)
 
                         records.append(run_guarded(provider, case_meta, measure))
                         path = save()  # after every record: a time cap keeps what was measured
