@@ -196,7 +196,7 @@ def loss_of(outs) -> torch.Tensor:
 
 
 def kernel_ms(fn) -> float | None:
-    """Sum of the CUDA kernels' durations of one ``fn()`` (mean of 2), from a profiler trace: the
+    """Sum of the CUDA kernels' durations of one ``fn()``, from a profiler trace: the
     time the GPU computes, without the launch gaps that wall time includes."""
     if not torch.cuda.is_available():
         return None
@@ -205,16 +205,15 @@ def kernel_ms(fn) -> float | None:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(2):
-                fn()
+            fn()
             sync()
         us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
-        return us / 2e3 if us > 0 else None
+        return us / 1e3 if us > 0 else None
     except Exception:  # noqa: BLE001  (a profiler problem must not cost the measurement)
         return None
 
 
-def bench_one(provider: str, fn, views, params, smoke: bool, want_kernel: bool, want_fwd: bool = True) -> Record:
+def bench_one(provider: str, fn, params, views, smoke: bool, want_kernel: bool, want_fwd: bool = True) -> Record:
     def fwd():
         with torch.no_grad():
             fn(views)
@@ -256,40 +255,45 @@ def main() -> None:
         raise SystemExit(f"unknown providers/cases {sorted(unknown | (set(cases) - set(CASES)))}")
 
     torch.manual_seed(0)
-    vit = PackedViT(**cfg).to(dev, dtype)
+    with torch.device(dev):  # initialised where it runs (timm's init of ViT-B on the host takes seconds)
+        vit = PackedViT(**cfg).to(dtype)
     vit.attn_backend(dev, dtype)  # probes what runs here (logged), before any timing
     avail = vit.dispatch._available.get((dev.type, dtype), frozenset()) if cuda else frozenset()
-    runners, params = {}, {}
-    for name in MAIN_PROVIDERS:
-        if name not in wanted:
-            continue
-        try:
-            if name == "packed":
-                runners[name], params[name] = Packed(vit), list(vit.parameters())
-            elif name == "separate":
-                runners[name], params[name] = Separate(vit), list(vit.parameters())
-            elif name == "packed-compile":
-                from fastssl.engine.compile import compile_regions
 
-                vc = copy.deepcopy(vit)
-                compile_regions(vc, "default", dev, dtype)
-                runners[name], params[name] = Packed(vc), list(vc.parameters())
-            else:
-                pad = Padded(vit, compiled=name == "padded-compile")
-                runners[name], params[name] = pad, list(pad.timm.parameters())
-        except Exception as e:  # noqa: BLE001
-            print(f"provider {name} unavailable: {type(e).__name__}: {e}", flush=True)
+    def make_runner(name: str):
+        """(callable, its parameters), built at its first row (a failure becomes that row's error)."""
+        if name == "packed":
+            return Packed(vit), list(vit.parameters())
+        if name == "separate":
+            return Separate(vit), list(vit.parameters())
+        if name == "packed-compile":
+            from fastssl.engine.compile import compile_regions
+
+            vc = copy.deepcopy(vit)
+            compile_regions(vc, "default", dev, dtype)
+            return Packed(vc), list(vc.parameters())
+        if name.startswith("packed:"):
+            return Forced(vit, name.split(":", 1)[1]), list(vit.parameters())
+        pad = Padded(vit, compiled=name == "padded-compile")
+        return pad, list(pad.timm.parameters())
+
+    providers = [p for p in MAIN_PROVIDERS if p in wanted]
     sweep = [b for b in SWEEP if b in avail] if "sweep" in wanted else []
     sweep += [p.split(":", 1)[1] if p.startswith("packed:") else p for p in wanted if p in _IMPLS or p.startswith("packed:")]
-    for b in dict.fromkeys(sweep):
-        runners[f"packed:{b}"], params[f"packed:{b}"] = Forced(vit, b), list(vit.parameters())
+    providers += [f"packed:{b}" for b in dict.fromkeys(sweep)]
+    built: dict[str, tuple] = {}
+
+    def runner(name: str) -> tuple:
+        if name not in built:
+            built[name] = make_runner(name)
+        return built[name]
 
     ceilings = measure_ceilings(smoke=args.smoke)
     records: list[Record] = []
     meta = dict(model=cfg, dtype=str(dtype), batches=batches, available=sorted(avail), budget_s=budget)
     info: dict[tuple[str, int], tuple] = {}  # (case, batch) -> (views, tokens, padded tokens, picked backend)
     path = None
-    for batch, case, prov in schedule(batches, cases, list(runners)):
+    for batch, case, prov in schedule(batches, cases, providers):
         if (case, batch) not in info:
             views = make_views(case, batch, cfg, dev, dtype)
             x, pack, _ = vit.pack(views)
@@ -307,7 +311,7 @@ def main() -> None:
             # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second
             # compile), the backend sweep too (fwd + bwd is what the rule is set from)
             r = run_guarded(prov, rec_case, lambda prov=prov: bench_one(
-                prov, runners[prov], views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED,
+                prov, *runner(prov), views, args.smoke, cuda and prov in KERNEL_TIMED,
                 want_fwd=not (args.quick and (prov.endswith("-compile") or prov.startswith("packed:")))))
         backend = picked if prov in ("packed", "packed-compile") else "auto" if prov == "separate" else (
             prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
