@@ -24,11 +24,12 @@ Timed: forward alone (no grad) and forward + backward of a scalar loss on all ou
 (``bench.common.time_fn``: CUDA events around each call, i.e. wall time on the stream including
 launch gaps), the kernel-only time of forward + backward (sum of the CUDA kernels' durations in a
 profiler trace, ``extra.kernel_ms``), the first call's time (compilation, ``extra.first_s``) and peak memory.
-Each case is printed as soon as it is done and the JSON is rewritten after every case, so a time
-limit keeps what was measured; ``--budget-s`` skips what would start after that many seconds
-(210 with ``--quick``; a compiled provider needs 45 s of it left).
+Rows run most important first (``schedule``: packed and padded for every case, then the compiled
+pair, separate calls, the backend sweep); each is printed as soon as it is done and the JSON is
+rewritten after every row, so a time limit keeps what was measured; ``--budget-s`` skips what would
+start after that many seconds (50 with ``--quick``, the GPU session's 60 s cap for this bench).
 
-    python bench/attention.py --quick    # GPU: batch 64, every case, < 4 minutes on one H200 (cold compile caches)
+    python bench/attention.py --quick    # GPU: batch 64, every case's packed + padded rows first, <= 60 s
     python bench/attention.py            # GPU: batches 32, 64, 128
     python bench/attention.py --smoke    # tiny ViT, runs anywhere (CPU), not a measurement
 """
@@ -58,7 +59,10 @@ SWEEP = ("sdpa_grouped", "flex", "sdpa_tiles", "varlen")  # CUDA backends measur
 CASES = ("mmoco-8", "multicrop", "mae", "dac", "mmoco-4", "mmoco-16", "moco-full")
 # Cases whose views (or chunks) differ in length: there the packed path must also beat separate calls.
 DIFFER = ("mmoco-8", "mmoco-16", "multicrop")
-COMPILE_HEADROOM_S = 45.0  # main's first H200 run compiled a 12-block packed fwd + bwd within its 60 s cap
+# --quick must fit the GPU session's cap for this bench (60 s, imports included): what would start after
+# QUICK_BUDGET_S is skipped, and a compiled provider starts only with COMPILE_HEADROOM_S left.
+QUICK_BUDGET_S = 50.0
+COMPILE_HEADROOM_S = 15.0
 KERNEL_TIMED = ("packed", "packed-compile", "padded", "padded-compile")
 
 
@@ -68,7 +72,7 @@ def _extra_args(p):
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (overrides the defaults)")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     p.add_argument("--budget-s", type=float, default=None,
-                   help="skip (recorded as skipped) what would start after this many seconds (default: 210 with --quick)")
+                   help="skip (recorded as skipped) what would start after this many seconds (default: 50 with --quick)")
 
 
 def model_config(smoke: bool) -> dict:
@@ -169,12 +173,30 @@ class Padded:
         return [self.timm.norm(xp).view(s * lmax, d)[flat]]
 
 
+def schedule(batches: list[int], cases: list[str], providers: list[str]) -> list[tuple[int, str, str]]:
+    """(batch, case, provider) in the order they run, most important first, so that a time limit
+    cuts the least useful rows: packed and padded (eager) for every case; the compiled pair, case by
+    case; separate calls where views differ in length, then the rest; the backend sweep last."""
+    phases = [
+        [p for p in providers if p in ("packed", "padded")],
+        [p for p in providers if p.endswith("-compile")],
+        [p for p in providers if p == "separate"],
+        [p for p in providers if p.startswith("packed:")],
+    ]
+    order = []
+    for b in batches:
+        for k, phase in enumerate(phases):
+            ranked = sorted(cases, key=lambda c: (k == 2 and c not in DIFFER, cases.index(c)))
+            order += [(b, c, p) for c in ranked for p in phase]
+    return order
+
+
 def loss_of(outs) -> torch.Tensor:
     return sum(o.float().square().mean() for o in outs)
 
 
 def kernel_ms(fn) -> float | None:
-    """Sum of the CUDA kernels' durations of one ``fn()`` (mean of 2), from a profiler trace: the
+    """Sum of the CUDA kernels' durations of one ``fn()``, from a profiler trace: the
     time the GPU computes, without the launch gaps that wall time includes."""
     if not torch.cuda.is_available():
         return None
@@ -183,16 +205,15 @@ def kernel_ms(fn) -> float | None:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(2):
-                fn()
+            fn()
             sync()
         us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
-        return us / 2e3 if us > 0 else None
+        return us / 1e3 if us > 0 else None
     except Exception:  # noqa: BLE001  (a profiler problem must not cost the measurement)
         return None
 
 
-def bench_one(provider: str, fn, views, params, smoke: bool, want_kernel: bool, want_fwd: bool = True) -> Record:
+def bench_one(provider: str, fn, params, views, smoke: bool, want_kernel: bool, want_fwd: bool = True) -> Record:
     def fwd():
         with torch.no_grad():
             fn(views)
@@ -227,79 +248,86 @@ def main() -> None:
     cfg = model_config(args.smoke)
     batches = [int(b) for b in args.batches.split(",")] if args.batches else ([2] if args.smoke else [64] if args.quick else [32, 64, 128])
     cases = [c for c in args.cases.split(",") if c]
-    budget = args.budget_s if args.budget_s is not None else (210.0 if args.quick else math.inf)
+    budget = args.budget_s if args.budget_s is not None else (QUICK_BUDGET_S if args.quick else math.inf)
     wanted = [p for p in args.providers.split(",") if p]
     unknown = set(wanted) - set(MAIN_PROVIDERS) - {"sweep"} - {f"packed:{b}" for b in _IMPLS} - set(_IMPLS)
     if unknown or set(cases) - set(CASES):
         raise SystemExit(f"unknown providers/cases {sorted(unknown | (set(cases) - set(CASES)))}")
 
     torch.manual_seed(0)
-    vit = PackedViT(**cfg).to(dev, dtype)
+    with torch.device(dev):  # initialised where it runs (timm's init of ViT-B on the host takes seconds)
+        vit = PackedViT(**cfg).to(dtype)
     vit.attn_backend(dev, dtype)  # probes what runs here (logged), before any timing
     avail = vit.dispatch._available.get((dev.type, dtype), frozenset()) if cuda else frozenset()
-    runners, params = {}, {}
-    for name in MAIN_PROVIDERS:
-        if name not in wanted:
-            continue
-        try:
-            if name == "packed":
-                runners[name], params[name] = Packed(vit), list(vit.parameters())
-            elif name == "separate":
-                runners[name], params[name] = Separate(vit), list(vit.parameters())
-            elif name == "packed-compile":
-                from fastssl.engine.compile import compile_regions
 
-                vc = copy.deepcopy(vit)
-                compile_regions(vc, "default", dev, dtype)
-                runners[name], params[name] = Packed(vc), list(vc.parameters())
-            else:
-                pad = Padded(vit, compiled=name == "padded-compile")
-                runners[name], params[name] = pad, list(pad.timm.parameters())
-        except Exception as e:  # noqa: BLE001
-            print(f"provider {name} unavailable: {type(e).__name__}: {e}", flush=True)
+    def make_runner(name: str):
+        """(callable, its parameters), built at its first row (a failure becomes that row's error)."""
+        if name == "packed":
+            return Packed(vit), list(vit.parameters())
+        if name == "separate":
+            return Separate(vit), list(vit.parameters())
+        if name == "packed-compile":
+            from fastssl.engine.compile import compile_regions
+
+            vc = copy.deepcopy(vit)
+            compile_regions(vc, "default", dev, dtype)
+            return Packed(vc), list(vc.parameters())
+        if name.startswith("packed:"):
+            return Forced(vit, name.split(":", 1)[1]), list(vit.parameters())
+        pad = Padded(vit, compiled=name == "padded-compile")
+        return pad, list(pad.timm.parameters())
+
+    providers = [p for p in MAIN_PROVIDERS if p in wanted]
     sweep = [b for b in SWEEP if b in avail] if "sweep" in wanted else []
     sweep += [p.split(":", 1)[1] if p.startswith("packed:") else p for p in wanted if p in _IMPLS or p.startswith("packed:")]
-    for b in dict.fromkeys(sweep):
-        runners[f"packed:{b}"], params[f"packed:{b}"] = Forced(vit, b), list(vit.parameters())
+    providers += [f"packed:{b}" for b in dict.fromkeys(sweep)]
+    built: dict[str, tuple] = {}
+
+    def runner(name: str) -> tuple:
+        if name not in built:
+            built[name] = make_runner(name)
+        return built[name]
 
     ceilings = measure_ceilings(smoke=args.smoke)
     records: list[Record] = []
     meta = dict(model=cfg, dtype=str(dtype), batches=batches, available=sorted(avail), budget_s=budget)
+    info: dict[tuple[str, int], tuple] = {}  # (case, batch) -> (views, tokens, padded tokens, picked backend)
     path = None
-    for batch in batches:
-        for case in cases:
+    for batch, case, prov in schedule(batches, cases, providers):
+        if (case, batch) not in info:
             views = make_views(case, batch, cfg, dev, dtype)
             x, pack, _ = vit.pack(views)
-            tokens, padded_tokens = pack.num_tokens, pack.num_seqs * pack.max_seqlen
-            picked = vit.dispatch.pick(pack.layout, dev, dtype)
+            info[(case, batch)] = (views, pack.num_tokens, pack.num_seqs * pack.max_seqlen, vit.dispatch.pick(pack.layout, dev, dtype))
             del x, pack
-            for prov, fn in runners.items():
-                if prov.startswith("packed:") and prov.split(":")[1] == picked:
-                    continue  # the same as "packed"
-                rec_case = dict(case=case, batch=batch, tokens=tokens)
-                # a compiled provider's first call may compile for tens of seconds: it needs headroom
-                need = COMPILE_HEADROOM_S if prov.endswith("-compile") else 0.0
-                if time.perf_counter() - start > budget - need:
-                    r = Record(provider=prov, case=rec_case, error=f"skipped: time budget {budget:.0f} s")
-                else:
-                    # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second
-                    # compile), the backend sweep too (fwd + bwd is what the rule is set from)
-                    r = run_guarded(prov, rec_case, lambda prov=prov, fn=fn: bench_one(
-                        prov, fn, views, params[prov], args.smoke, cuda and prov in KERNEL_TIMED,
-                        want_fwd=not (args.quick and (prov.endswith("-compile") or prov.startswith("packed:")))))
-                backend = picked if prov in ("packed", "packed-compile") else "auto" if prov == "separate" else (
-                    prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
-                r.extra = dict(r.extra, backend=backend, padded_tokens=padded_tokens if prov.startswith("padded") else tokens)
-                records.append(r)
-                if r.error is None:
-                    k = r.extra.get("kernel_ms")
-                    fwd_ms = f"{r.fwd.median:8.3f}" if r.fwd else f"{'-':>8s}"
-                    print(f"{case:10s} B={batch:4d} {prov:20s} fwd {fwd_ms} ms  fwd+bwd {r.total.median:8.3f} ms"
-                          + (f"  kernels {k:8.3f} ms" if k else "") + f"  first {r.extra['first_s']:6.1f} s  [{backend}]", flush=True)
-                else:
-                    print(f"{case:10s} B={batch:4d} {prov:20s} ERROR {r.error.splitlines()[0][:150]}", flush=True)
-            path = write_results("attention", records, ceilings, args, dict(meta, elapsed_s=round(time.perf_counter() - start, 1)))
-            print(f"--- {case} B={batch} done at {time.perf_counter() - start:.0f} s", flush=True)
+        views, tokens, padded_tokens, picked = info[(case, batch)]
+        if prov.startswith("packed:") and prov.split(":")[1] == picked:
+            continue  # the same as "packed"
+        rec_case = dict(case=case, batch=batch, tokens=tokens)
+        # a compiled provider's first call may compile for tens of seconds: it needs headroom
+        need = COMPILE_HEADROOM_S if prov.endswith("-compile") else 0.0
+        if time.perf_counter() - start > budget - need:
+            r = Record(provider=prov, case=rec_case, error=f"skipped: time budget {budget:.0f} s")
+        else:
+            # --quick: compiled providers skip the forward-only timing (a no-grad graph is a second
+            # compile), the backend sweep too (fwd + bwd is what the rule is set from)
+            r = run_guarded(prov, rec_case, lambda prov=prov: bench_one(
+                prov, *runner(prov), views, args.smoke, cuda and prov in KERNEL_TIMED,
+                want_fwd=not (args.quick and (prov.endswith("-compile") or prov.startswith("packed:")))))
+        backend = picked if prov in ("packed", "packed-compile") else "auto" if prov == "separate" else (
+            prov.split(":")[1] if prov.startswith("packed:") else "timm-sdpa")
+        r.extra = dict(r.extra, backend=backend, padded_tokens=padded_tokens if prov.startswith("padded") else tokens)
+        records.append(r)
+        elapsed = time.perf_counter() - start
+        if r.error is None:
+            k = r.extra.get("kernel_ms")
+            fwd_ms = f"{r.fwd.median:8.3f}" if r.fwd else f"{'-':>8s}"
+            print(f"{case:10s} B={batch:4d} {prov:20s} fwd {fwd_ms} ms  fwd+bwd {r.total.median:8.3f} ms"
+                  + (f"  kernels {k:8.3f} ms" if k else "") + f"  first {r.extra['first_s']:5.1f} s  [{backend}]  at {elapsed:.0f} s",
+                  flush=True)
+        elif not r.error.startswith("skipped"):
+            print(f"{case:10s} B={batch:4d} {prov:20s} ERROR {r.error.splitlines()[0][:150]}", flush=True)
+        # after every row: a time limit that ends the run keeps everything measured so far
+        path = write_results("attention", records, ceilings, args, dict(meta, elapsed_s=round(elapsed, 1)))
     if path is None:
         return
     total_ms = lambda r: r.total.median if r.total else None  # noqa: E731

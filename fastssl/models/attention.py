@@ -12,8 +12,9 @@ Backends
 - ``flex``: FlexAttention over the whole pack as one ``[1, H, T, Dh]`` sequence with a
   block-diagonal ``BlockMask`` built on the device from the run structure (``flex_block_mask``,
   cached per structure). Its 128×128 tiles hold several short sequences each, where a per-sequence
-  kernel (flash, varlen) gives every 13- to 50-token sequence a whole 128-row tile. CUDA; forward
-  only on CPU (torch has no CPU backward for it).
+  kernel (flash, varlen) gives every 13- to 50-token sequence a whole 128-row tile; measured slower
+  than dense flash at 25 tokens all the same (the rule), so it runs when forced. CUDA; forward only
+  on CPU (torch has no CPU backward for it).
 - ``sdpa_tiles``: short equal-length sequences folded g at a time into one "tile" sequence of
   g·len ≤ 128 tokens (a free view when g divides the run) with a shared ``[g·len, g·len]``
   block-diagonal mask: SDPA's memory-efficient kernel packs several sequences per tile like flex,
@@ -54,15 +55,17 @@ _HALF = (torch.float16, torch.bfloat16)
 
 # ---------------------------------------------------------------- the rule
 # The one place where the backend of a pack is decided (``auto``). Inputs: the pack's lengths (host
-# ints) and what runs here. Thresholds, and why (roofline in notes/vit.md; GPU figures pending):
-# - A per-sequence kernel (flash via SDPA, varlen) gives each sequence its own 128-row tile: a
-#   sequence of L tokens uses L/128 of it, and a [B·n·H] grid of tiny tiles costs launch/latency,
-#   not maths. Below SHORT_LEN tokens per sequence on average, a kernel that packs several
-#   sequences into one tile (flex with a block-diagonal block mask) does 128/L times fewer tiles.
-# - Longer sequences fill their tiles: dense flash per run of equal lengths (a free strided view,
-#   no mask) with at most MAX_DENSE_CALLS runs (one call each; packs of views have 1-3 runs), else
-#   one varlen call for the whole pack (many runs: a call per run would be launch-bound).
-SHORT_LEN = 64
+# ints) and what runs here. Measured (notes/vit.md, H200, ViT-B, B = 64, fwd + bwd): M-MoCo 8
+# chunks (4 × 26 + 4 × 25 tokens) with flex 31.3 ms wall / 25.9 ms kernels, the padded batch (flash
+# per sequence, masked) 26.3 / 25.4; on main dense flash per sequence (8 × 25, no mask) 23.6 and
+# varlen 29.1. So a per-sequence flash kernel over a dense run of equal lengths beats packing short
+# sequences into flex tiles even at 25 tokens, and a call per run beats one varlen call:
+# - at most MAX_DENSE_CALLS runs of equal lengths (every pack of views here: 1-3 runs) → one dense
+#   SDPA call per run on a free strided view, no mask, no padding (SDPA's flash kernel);
+# - more runs (many distinct lengths) → one varlen call for the whole pack (a call per run would be
+#   launch-bound), else still one call per run.
+# flex and sdpa_tiles (several short sequences per tile) are measured by bench/attention.py's sweep
+# and run when forced; auto does not pick them until a measurement shows them ahead.
 MAX_DENSE_CALLS = 4
 
 
@@ -70,14 +73,7 @@ def pick_backend(layout: AttnLayout, device: torch.device, dtype: torch.dtype, a
     """The backend ``auto`` runs for this pack (``available``: what runs on this device and dtype)."""
     if device.type != "cuda":
         return "sdpa_cpu"
-    runs = len(layout.runs)
-    mean_k = layout.total_k / layout.num_seqs
-    self_attn = layout.k_lens is layout.q_lens
-    if self_attn and mean_k <= SHORT_LEN:
-        for name in ("flex", "sdpa_tiles"):
-            if name in available:
-                return name
-    if runs <= MAX_DENSE_CALLS or not ({"varlen", "xformers"} & available):
+    if len(layout.runs) <= MAX_DENSE_CALLS or not ({"varlen", "xformers"} & available):
         return "sdpa_grouped"
     return "varlen" if "varlen" in available else "xformers"
 
@@ -321,16 +317,16 @@ def _has_flex() -> bool:
 
 
 def available(device: torch.device, dtype: torch.dtype, probe: bool = True) -> frozenset[str]:
-    """Backends that run forward and backward on this device type and dtype. On CUDA each candidate
-    is probed (``probe=False``, under a tracer: by what imports); flex is probed last because its
-    probe compiles a kernel (~seconds, once per process)."""
+    """Backends that run forward and backward on this device type and dtype. On CUDA varlen (and
+    xformers) are probed (``probe=False``, under a tracer: by what imports); flex counts when it
+    imports (an eager flex failure at run time drops it, see ``AttentionDispatch.__call__``)."""
     if device.type != "cuda":
         return frozenset({"sdpa_cpu", "sdpa_grouped", "sdpa_mask", "sdpa_tiles"})
     names = {"sdpa_grouped", "sdpa_mask", "sdpa_tiles"}
     ok = (lambda n: _probe(n, device, dtype)) if probe else (lambda n: True)  # noqa: E731
     if dtype in _HALF and _has_varlen() and ok("varlen"):
         names.add("varlen")
-    if _has_flex() and ok("flex"):
+    if _has_flex():  # not probed: its probe compiles (~10 s) and auto does not pick it (see the rule)
         names.add("flex")
     if probe and not ({"varlen", "flex"} & names):  # old torch: xformers, if its build matches torch
         try:

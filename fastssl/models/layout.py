@@ -42,6 +42,11 @@ class AttnLayout:
     k_lens: tuple[int, ...]
     cu_q: torch.Tensor
     cu_k: torch.Tensor
+    # sums and maxima of the lengths, computed once: read per block and per call on the host
+    total_q: int
+    total_k: int
+    max_q: int
+    max_k: int
     runs: tuple[Run, ...] = field(repr=False)
     # FlexAttention's block mask for this layout, set by ``AttentionDispatch.prepare`` before the
     # (possibly compiled) blocks run, so that no block builds it inside its graph.
@@ -62,27 +67,12 @@ class AttnLayout:
             raise ValueError("every sequence needs at least one query and one key")
         cu_q = prefix_sums(q_lens, device)
         cu_k = cu_q if k_lens is q_lens else prefix_sums(k_lens, device)
-        return AttnLayout(q_lens, k_lens, cu_q, cu_k, _runs(q_lens, k_lens))
+        return AttnLayout(q_lens, k_lens, cu_q, cu_k, sum(q_lens), sum(k_lens), max(q_lens), max(k_lens),
+                          _runs(q_lens, k_lens))
 
     @property
     def num_seqs(self) -> int:
         return len(self.q_lens)
-
-    @property
-    def total_q(self) -> int:
-        return sum(self.q_lens)
-
-    @property
-    def total_k(self) -> int:
-        return sum(self.k_lens)
-
-    @property
-    def max_q(self) -> int:
-        return max(self.q_lens)
-
-    @property
-    def max_k(self) -> int:
-        return max(self.k_lens)
 
     @property
     def device(self) -> torch.device:

@@ -120,7 +120,8 @@ def test_compiled_regions_train_like_eager_and_keep_their_names(tmp_path):
     enc_before = set(encoder_state_dict(comp.encoder))
     torch._dynamo.reset()
     regions = compile_regions(comp, "default", torch.device("cpu"), torch.float32)
-    assert sum(r.startswith("encoder.blocks.") for r in regions) == len(comp.encoder.blocks) and "projector" in regions
+    assert "encoder.blocks" in regions and "projector" in regions  # the block stack is one region
+    assert not any(r.startswith("encoder.blocks.") for r in regions)
     # SGD, not AdamW: Adam's first steps move every weight by ~lr·sign(grad), so rounding-level gradient
     # differences where a gradient is ~0 would become lr-sized weight differences (seen: 6e-4 in the loss).
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, comp)]
@@ -137,7 +138,7 @@ def test_compiled_regions_train_like_eager_and_keep_their_names(tmp_path):
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
         info = watch.metrics()
     assert info["recompiles"] == 0 and info["graph_breaks"] == 0  # steps 2 and 3 compiled nothing
-    # all blocks share one graph: with the head, 2 graphs (train mode), not one per block
+    # the block stack is one graph: with the head, 2 graphs (train mode)
     assert info["compile_graphs"] <= 3, info
     assert {k: tuple(v.shape) for k, v in comp.state_dict().items()} == names_before
     assert not any("_orig_mod" in k for k in comp.state_dict())

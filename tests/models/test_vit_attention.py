@@ -161,14 +161,14 @@ CUDA_ALL = frozenset({"sdpa_grouped", "sdpa_mask", "sdpa_tiles", "varlen", "flex
 
 
 @pytest.mark.parametrize("name,lens,k_lens,avail,want", [
-    ("mmoco-8 (26/25)", (26,) * 256 + (25,) * 256, None, CUDA_ALL, "flex"),
-    ("mmoco-16", (14,) * 256 + (13,) * 768, None, CUDA_ALL, "flex"),
-    ("mae 75%", (50,) * 64, None, CUDA_ALL, "flex"),
-    ("dac 50+50", (50,) * 128, None, CUDA_ALL, "flex"),
-    ("short, no flex", (25,) * 64, None, CUDA_ALL - {"flex"}, "sdpa_tiles"),
+    ("mmoco-8 (26/25)", (26,) * 256 + (25,) * 256, None, CUDA_ALL, "sdpa_grouped"),
+    ("mmoco-16", (14,) * 256 + (13,) * 768, None, CUDA_ALL, "sdpa_grouped"),
+    ("mae 75%", (50,) * 64, None, CUDA_ALL, "sdpa_grouped"),
+    ("dac 50+50", (50,) * 128, None, CUDA_ALL, "sdpa_grouped"),
     ("moco-full", (197,) * 64, None, CUDA_ALL, "sdpa_grouped"),
     ("multicrop", (197,) * 128 + (37,) * 384, None, CUDA_ALL, "sdpa_grouped"),
     ("many runs", tuple(70 + i for i in range(9)), None, CUDA_ALL, "varlen"),
+    ("many short runs", tuple(3 + i for i in range(9)), None, CUDA_ALL, "varlen"),
     ("many runs, no varlen", tuple(70 + i for i in range(9)), None, CUDA_ALL - {"varlen"}, "sdpa_grouped"),
     ("class attention", (1,) * 64, (26,) * 32 + (25,) * 32, CUDA_ALL, "sdpa_grouped"),
 ])

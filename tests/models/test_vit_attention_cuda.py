@@ -101,7 +101,7 @@ def test_packed_step_never_syncs_the_host(backend):
 
 
 def test_compiled_blocks_with_the_rule_match_eager():
-    """engine.compile's regions (Inductor) with the auto rule (flex for the short chunks) give the
+    """engine.compile's regions (Inductor; the block stack is one region) with the auto rule give the
     eager grouped-SDPA step's loss and gradients within bf16 rounding."""
     import copy
 
