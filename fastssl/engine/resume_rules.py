@@ -62,6 +62,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("optim.batch_size", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("optim.grad_accum", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("model.attn_backend", APPLY, "the same attention, another kernel"),
+    ("data.root", APPLY, "a data set moved elsewhere: its files are compared by their fingerprint instead"),
+    ("data.source", APPLY, "read only to prepare a missing data set, which the fingerprint then checks"),
     ("model", REFUSE, "the checkpoint holds weights of this model"),
     ("method", REFUSE, "one run trains one objective"),
     ("data", REFUSE, "the data stream and its augmentation continue from the checkpoint"),

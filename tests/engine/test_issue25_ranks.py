@@ -175,3 +175,11 @@ def test_sigterm_at_start_up_of_a_real_process(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("fastssl:")]
     assert lines and lines[-1].startswith("fastssl: SIGTERM during ") and "Traceback" not in err, err[-2000:]
+
+
+def test_a_rank_lost_during_set_up_is_said_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "_peers", [(0, socket.gethostname(), os.getpid()), (1, None, 0), (2, None, 0)])
+    monkeypatch.setattr(peers, "_me", [0])
+    assert peers.looks_like_peer_loss(GLOO_ERROR) and peers.should_speak()
+    assert "rank 0 stops: another rank (1, 2) stopped answering during set-up; the last complete checkpoint is none" in \
+        peers.lost_rank_message(tmp_path)

@@ -272,3 +272,17 @@ def test_keys_added_to_fastssl_since_the_checkpoint(tmp_path, data):
     assert resume_rules.check(make_cfg(out, data, eval={"knn_k": 7}), folder, world_changed=False) == ["eval.knn_k unset → 7"]
     with pytest.raises(ConfigError, match=r"model.drop_path_rate changed since checkpoint .* \(unset there, 0.1 now\)"):
         resume_rules.check(make_cfg(out, data, model={"drop_path_rate": 0.1}), folder, world_changed=False)
+
+
+def test_a_data_set_moved_elsewhere_is_checked_by_its_files(tmp_path, data):
+    import shutil
+
+    out = tmp_path / "run"
+    fp = {"train": {"classes": 1, "images": 1, "digest": "a"}, "test": {"classes": 1, "images": 1, "digest": "b"}}
+    folder = checkpoint(out, make_cfg(out, data), fingerprint=fp)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert resume_rules.check(make_cfg(out, moved), folder, world_changed=False) == [f"data.root {data} → {moved}"]
+    resume_rules.check_data(folder, fp, moved)  # the same files: resumes
+    with pytest.raises(ConfigError, match="changed since checkpoint"):
+        resume_rules.check_data(folder, {**fp, "test": {"classes": 1, "images": 2, "digest": "c"}}, moved)
