@@ -163,13 +163,23 @@ def test_sigterm_outside_the_train_loop_is_one_line_and_143(tmp_path, capsys, mo
     assert signal.getsignal(signal.SIGTERM) is before  # restored for the caller
 
 
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
 def test_sigterm_at_start_up_of_a_real_process(tmp_path):
     """A real process, signalled while it imports torch and DeepSpeed: one line, 143 (was: silence)."""
     from test_train_run import REPO, TRAIN, env
 
     proc = subprocess.Popen([sys.executable, str(TRAIN), "--config", str(_config_file(tmp_path))],
                             stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
-    time.sleep(3)  # inside the config check / the imports
+    deadline = time.time() + 60
+    while time.time() < deadline and not _catches_sigterm(proc.pid):  # main() has started (the first thing it does)
+        time.sleep(0.05)
+    time.sleep(0.5)  # now inside the config check / the imports of torch and DeepSpeed
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
