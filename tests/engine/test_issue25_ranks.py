@@ -193,3 +193,21 @@ def test_a_rank_lost_during_set_up_is_said_too(tmp_path, monkeypatch):
     assert peers.looks_like_peer_loss(GLOO_ERROR) and peers.should_speak()
     assert "rank 0 stops: another rank (1, 2) stopped answering during set-up; the last complete checkpoint is none" in \
         peers.lost_rank_message(tmp_path)
+
+
+def test_the_same_command_again_after_a_rank_count_change(tmp_path):
+    """2 ranks → 1 set grad_accum 2 (global batch 16); interrupted again, the same 1-rank command (grad_accum 1
+    in its file) must resume, not be refused for grad_accum; a deliberate other batch size is still refused."""
+    folder = tmp_path / "run" / "checkpoints" / "step9"
+    folder.mkdir(parents=True)
+    (folder / SHAPE_FILE).write_text(json.dumps({"world_size": 1, "global_batch": 16, "zero_stage": 0}))
+    written = _cfg(tmp_path, 8)
+    written = written.model_copy(update={"optim": written.optim.model_copy(update={"grad_accum": 2})})
+    (folder / "config.yaml").write_text(dump_config(written))
+    again = world_change.adapt(_cfg(tmp_path, 8), folder, 1)
+    assert again.optim.grad_accum == 2
+    assert resume_rules.check(again, folder, world_changed=False) == []
+    other = world_change.adapt(_cfg(tmp_path, 4), folder, 1)
+    assert other.optim.grad_accum == 1  # not adapted: the resume rules refuse the batch size
+    with pytest.raises(ConfigError, match=r"optim.batch_size changed since checkpoint .* \(8 there, 4 now\)"):
+        resume_rules.check(other, folder, world_changed=False)
