@@ -110,7 +110,7 @@ def _main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the train loop (set-up or final evaluation)
         say("interrupted (Ctrl-C); complete checkpoints are kept: re-run the same command to continue")
         return EXIT_SIGINT
-    except Exception as err:  # a full disk anywhere else (a library's own file, a log): the same one line, exit 4
+    except Exception as err:  # another rank gone (exit 5), or a full disk anywhere else (a library's file): one line
         from fastssl.engine import disk, peers
 
         out = Path(cfg.run.output_dir)

@@ -27,12 +27,16 @@ def record(rank: int) -> None:
     import torch.distributed as dist
 
     me = (rank, socket.gethostname(), os.getpid())
-    everyone = [me]
+    _me[:] = [rank]
+    _peers[:] = [me]
     if dist.is_initialized() and dist.get_world_size() > 1:
         everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, me)
-    _peers[:] = [tuple(p) for p in everyone]
-    _me[:] = [rank]
+        try:
+            dist.all_gather_object(everyone, me)
+        except Exception:  # a rank died before this point: the others are unknown, but there are others
+            _peers[:] = [me] + [(r, None, 0) for r in range(dist.get_world_size()) if r != rank]
+            raise
+        _peers[:] = [tuple(p) for p in everyone]
 
 
 def _alive(pid: int) -> bool:
@@ -75,12 +79,16 @@ def lost_rank_message(out: Path) -> str:
     from fastssl.engine.disk import last_checkpoint
 
     gone, remote = dead_ranks()
+    unknown = [r for r, h, _ in _peers if h is None]
+    remote = [r for r in remote if r not in unknown]
     me = _me[0] if _me else "?"
     if gone:
         who = ", ".join(f"rank {r} (pid {pid})" for r, _, pid in _peers if r in gone)
         what = f"{who} died"
     elif remote:
         what = f"a rank on another host ({', '.join(map(str, remote))}) stopped answering"
+    elif unknown:
+        what = f"another rank ({', '.join(map(str, unknown))}) stopped answering during set-up"
     else:
         what = "another rank stopped answering"
     last = last_checkpoint(out)

@@ -62,6 +62,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("optim.batch_size", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("optim.grad_accum", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("model.attn_backend", APPLY, "the same attention, another kernel"),
+    ("data.root", APPLY, "a data set moved elsewhere: its files are compared by their fingerprint instead"),
+    ("data.source", APPLY, "read only to prepare a missing data set, which the fingerprint then checks"),
     ("model", REFUSE, "the checkpoint holds weights of this model"),
     ("method", REFUSE, "one run trains one objective"),
     ("data", REFUSE, "the data stream and its augmentation continue from the checkpoint"),
@@ -125,6 +127,15 @@ def _new_key_at_its_default(key: str, old_flat: dict, cfg: TrainConfig, now) -> 
     return default is not _NO_DEFAULT and json.loads(json.dumps(default)) == now
 
 
+def real_changes(old: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """``changes`` less what is no change in effect: how the run was started (``_UNSAID``), a key added
+    to fastssl since ``old`` was written and left at its default, a key fastssl no longer has."""
+    new = cfg.model_dump(mode="json")
+    old_flat, new_flat = flatten(old), flatten(new)
+    return {k: v for k, v in changes(old, new).items()
+            if k not in _UNSAID and k in new_flat and not _new_key_at_its_default(k, old_flat, cfg, v[1])}
+
+
 def saved_config(folder: Path) -> tuple[dict | None, Path | None]:
     """The config the checkpoint was trained with, and the file it came from (None, None if unknown)."""
     for path in (Path(folder) / "config.yaml", Path(folder).parent.parent / "config.yaml"):
@@ -150,11 +161,8 @@ def check(cfg: TrainConfig, folder: Path | None, *, world_changed: bool) -> list
         log.warning("checkpoint %s has no record of its settings: resuming with this config as it is", folder)
         return []
     applied, refused = [], []
-    old_flat, new_flat = flatten(old), flatten(cfg.model_dump(mode="json"))
-    for key, (before, now) in changes(old, cfg.model_dump(mode="json")).items():
+    for key, (before, now) in real_changes(old, cfg).items():
         rule, why = rule_for(key)
-        if key in _UNSAID or _new_key_at_its_default(key, old_flat, cfg, now) or key not in new_flat:
-            continue  # how the run was started; a key added since, at its default; a key fastssl no longer has
         if rule == APPLY or (rule == GLOBAL_BATCH and world_changed):  # world_change.adapt keeps the global batch
             applied.append(f"{key} {_show(before)} → {_show(now)}")
         else:

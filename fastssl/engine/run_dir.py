@@ -135,7 +135,9 @@ def _asked_steps(cfg: TrainConfig, record: dict) -> int | None:
 
 
 def _finished(out: Path, cfg: TrainConfig) -> None:
-    """RunFinished when ``out`` holds a finished run that this config would not continue."""
+    """RunFinished when ``out`` holds a finished run that this config would not continue (exit 0, no
+    output changes); ConfigError when the config also changes a setting, which without a step to
+    train it could not be honoured."""
     try:
         record = json.loads((out / FINISHED_NAME).read_text())
     except (OSError, ValueError):
@@ -155,17 +157,25 @@ def _finished(out: Path, cfg: TrainConfig) -> None:
         return
     if asked > steps:
         return  # continuing: the resume rules apply
-    from fastssl.engine.resume_rules import changes
+    from fastssl.engine.resume_rules import real_changes
 
-    differ = [k for k in changes(record.get("config") or {}, now) if not k.startswith(("optim.max_steps", "optim.epochs"))]
-    if asked == steps and not differ:  # the very same run
+    diff = {k: v for k, v in real_changes(record.get("config") or {}, cfg).items()
+            if k not in ("optim.max_steps", "optim.epochs") and k not in _VOLATILE}
+    if diff:  # a setting this run would not honour, and no step to train with it: refused
+        key, (before, after) = next(iter(diff.items()))
+        more = f" (also changed: {', '.join(list(diff)[1:4])})" if len(diff) > 1 else ""
+        raise ConfigError(
+            f"{out} holds a run finished at step {steps} with {key}={before} (this config: {after}){more}; a finished run "
+            f"changes only by continuing it (more steps, under the resume rules): use another run.output_dir, or "
+            f"run.resume=never to move it aside and start fresh"
+        )
+    if asked == steps:  # the very same run
         raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
                           "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
-    note = f"; not applied either: {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}" if differ else ""
     raise RunFinished(
         f"{out} holds this run, finished at step {steps}; this config asks for {asked} steps, so nothing is trained and "
-        f"outputs left unchanged{note} (a finished run changes only by continuing: raise optim.max_steps or "
-        f"optim.epochs; to start over, run.resume=never)"
+        f"outputs left unchanged (a finished run changes only by continuing: raise optim.max_steps or optim.epochs; "
+        f"to start over, run.resume=never)"
     )
 
 

@@ -163,15 +163,51 @@ def test_sigterm_outside_the_train_loop_is_one_line_and_143(tmp_path, capsys, mo
     assert signal.getsignal(signal.SIGTERM) is before  # restored for the caller
 
 
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
 def test_sigterm_at_start_up_of_a_real_process(tmp_path):
     """A real process, signalled while it imports torch and DeepSpeed: one line, 143 (was: silence)."""
     from test_train_run import REPO, TRAIN, env
 
     proc = subprocess.Popen([sys.executable, str(TRAIN), "--config", str(_config_file(tmp_path))],
                             stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
-    time.sleep(3)  # inside the config check / the imports
+    deadline = time.time() + 60
+    while time.time() < deadline and not _catches_sigterm(proc.pid):  # main() has started (the first thing it does)
+        time.sleep(0.05)
+    time.sleep(0.5)  # now inside the config check / the imports of torch and DeepSpeed
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("fastssl:")]
     assert lines and lines[-1].startswith("fastssl: SIGTERM during ") and "Traceback" not in err, err[-2000:]
+
+
+def test_a_rank_lost_during_set_up_is_said_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "_peers", [(0, socket.gethostname(), os.getpid()), (1, None, 0), (2, None, 0)])
+    monkeypatch.setattr(peers, "_me", [0])
+    assert peers.looks_like_peer_loss(GLOO_ERROR) and peers.should_speak()
+    assert "rank 0 stops: another rank (1, 2) stopped answering during set-up; the last complete checkpoint is none" in \
+        peers.lost_rank_message(tmp_path)
+
+
+def test_the_same_command_again_after_a_rank_count_change(tmp_path):
+    """2 ranks → 1 set grad_accum 2 (global batch 16); interrupted again, the same 1-rank command (grad_accum 1
+    in its file) must resume, not be refused for grad_accum; a deliberate other batch size is still refused."""
+    folder = tmp_path / "run" / "checkpoints" / "step9"
+    folder.mkdir(parents=True)
+    (folder / SHAPE_FILE).write_text(json.dumps({"world_size": 1, "global_batch": 16, "zero_stage": 0}))
+    written = _cfg(tmp_path, 8)
+    written = written.model_copy(update={"optim": written.optim.model_copy(update={"grad_accum": 2})})
+    (folder / "config.yaml").write_text(dump_config(written))
+    again = world_change.adapt(_cfg(tmp_path, 8), folder, 1)
+    assert again.optim.grad_accum == 2
+    assert resume_rules.check(again, folder, world_changed=False) == []
+    other = world_change.adapt(_cfg(tmp_path, 4), folder, 1)
+    assert other.optim.grad_accum == 1  # not adapted: the resume rules refuse the batch size
+    with pytest.raises(ConfigError, match=r"optim.batch_size changed since checkpoint .* \(8 there, 4 now\)"):
+        resume_rules.check(other, folder, world_changed=False)

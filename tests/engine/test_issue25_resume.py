@@ -219,25 +219,30 @@ def _mtimes(out: Path) -> dict:
     ({"optim": {"max_steps": 8}}, 8),
     ({"optim": {"epochs": 1}}, 4),
     ({"optim": {"epochs": 2}}, 8),
-    ({"optim": {"epochs": 2, "base_lr": 1.0}}, 8),  # another setting but no more steps: still nothing changes
+    ({"optim": {"epochs": 2, "base_lr": 1.0}}, 8),  # another setting but no more steps: refused, nothing changes
     ({"optim": {"epochs": 2}, "eval": {"knn_k": 3}}, 8),
+    ({"optim": {"epochs": 2}, "run": {"seed": 3}}, 8),
+    ({"optim": {"epochs": 2}, "engine": {"progress": False, "log_every_steps": 3}}, 8),  # how it is shown: no change
 ])
 def test_a_finished_run_changes_only_by_continuing(tmp_path, data, sections, asked):
     out = tmp_path / "run"
     finished_run(out, data, optim={"epochs": 2})
     before = _mtimes(out)
     time.sleep(0.01)
-    with pytest.raises(run_dir.RunFinished) as err:
+    other = {k: v for k, v in sections.items() if k != "optim"} or len(sections["optim"]) > 1
+    with pytest.raises(ConfigError if other and "engine" not in sections else run_dir.RunFinished) as err:
         run_dir.prepare(make_cfg(out, data, **sections), rank=0)
     msg = str(err.value)
-    if sections in ({"optim": {"epochs": 2}}, {"optim": {"max_steps": 8}}):  # the very same run
+    if isinstance(err.value, ConfigError):  # a setting that no step would honour: refused, naming it
+        key = {"optim": "optim.base_lr", "eval": "eval.knn_k", "run": "run.seed"}[[k for k in sections if k != "optim"][0]
+                                                                                   if len(sections) > 1 else "optim"]
+        assert f"holds a run finished at step 8 with {key}=" in msg and "changes only by continuing it" in msg
+    elif asked == 8:  # the very same run
         assert msg.endswith("holds this run, finished at step 8; outputs left unchanged (to train more, raise "
                             "optim.max_steps or optim.epochs; to start over, run.resume=never)")
     else:
         assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
     assert "\n" not in msg
-    if "base_lr" in str(sections) or "eval" in sections:
-        assert "not applied either: " in msg
     assert _mtimes(out) == before
 
 
@@ -272,3 +277,17 @@ def test_keys_added_to_fastssl_since_the_checkpoint(tmp_path, data):
     assert resume_rules.check(make_cfg(out, data, eval={"knn_k": 7}), folder, world_changed=False) == ["eval.knn_k unset → 7"]
     with pytest.raises(ConfigError, match=r"model.drop_path_rate changed since checkpoint .* \(unset there, 0.1 now\)"):
         resume_rules.check(make_cfg(out, data, model={"drop_path_rate": 0.1}), folder, world_changed=False)
+
+
+def test_a_data_set_moved_elsewhere_is_checked_by_its_files(tmp_path, data):
+    import shutil
+
+    out = tmp_path / "run"
+    fp = {"train": {"classes": 1, "images": 1, "digest": "a"}, "test": {"classes": 1, "images": 1, "digest": "b"}}
+    folder = checkpoint(out, make_cfg(out, data), fingerprint=fp)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert resume_rules.check(make_cfg(out, moved), folder, world_changed=False) == [f"data.root {data} → {moved}"]
+    resume_rules.check_data(folder, fp, moved)  # the same files: resumes
+    with pytest.raises(ConfigError, match="changed since checkpoint"):
+        resume_rules.check_data(folder, {**fp, "test": {"classes": 1, "images": 2, "digest": "c"}}, moved)
