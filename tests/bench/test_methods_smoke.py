@@ -26,7 +26,7 @@ for name in {blocked!r}:
     sys.modules[name] = None
 sys.path.insert(0, ".")
 from bench.methods import main
-main(["--smoke", "--rounds", "2", "--warmup", "1", "--out-dir", {out!r}])
+main(["--smoke", "--rounds", "1", "--warmup", "1", "--out-dir", {out!r}])
 main(["--smoke", "--rounds", "1", "--warmup", "1", "--methods", "mae,mocov2_accel", "--profile", "--name", "prof", "--out-dir", {out!r}])
 for name in {blocked!r}:
     assert sys.modules.get(name) is None, name + " got imported"
