@@ -446,6 +446,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="methods", help="results file stem")
+    p.add_argument("--summarize", type=Path, default=None, help="print the Markdown tables of an existing results JSON and exit")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.providers is None:
@@ -464,8 +465,25 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> Path:
+def summarize(path: Path) -> None:
+    """The Markdown tables of a results JSON written by this script (e.g. one brought back from a GPU)."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    records = [Record(**{**r, "total": Timing(**r["total"]) if r["total"] else None}) for r in doc["records"]]
+    m = doc["meta"]
+    print(f"{doc['device']}, torch {doc['torch']}, {m.get('size')} sizes, providers {m.get('providers')}, "
+          f"load {m.get('load_average_start')} -> {m.get('load_average_end')}\n")
+    print(markdown_summary(records, m.get("profiles", {})))
+    if m.get("profile_categories"):
+        print("\nshare of profiled self time per op category (%)\n" + markdown_categories(m["profile_categories"]))
+
+
+def main(argv=None) -> Path | None:
     args = parse(argv)
+    if args.summarize is not None:
+        summarize(args.summarize)
+        return None
     dev = device()
     if args.threads:
         torch.set_num_threads(args.threads)
