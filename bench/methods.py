@@ -287,6 +287,21 @@ def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> tuple[
     return rows, cats
 
 
+def accel_warmup(n_stages: int = 4, limit: int = 32) -> int:
+    """Steps from 0 until every stage 1 … n has been drawn by partial back-prop (the draws are fixed by
+    the step index: ``StepContext(step).generator()``, seed 0)."""
+    from fastssl.methods.accel import draw_stage
+    from fastssl.methods.accel_config import AccelConfig
+    from fastssl.methods.context import StepContext
+
+    seen = set()
+    for k in range(limit):
+        seen.add(draw_stage(AccelConfig(), n_stages, StepContext(k, steps_per_epoch=100, total_steps=1000, seed=0).generator()))
+        if len(seen) == n_stages:
+            return k + 1
+    return limit
+
+
 def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args, traces: Path | None
                ) -> tuple[list[Record], dict, dict]:
     """Every provider of one method: build, warm up, alternate timed rounds, peak memory, profile.
@@ -304,6 +319,9 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         print(f"  {s.name} {prov}: {errors[prov].splitlines()[0][:160]}", flush=True)
         free_memory()
 
+    warmup = args.warmup
+    if s.name.endswith("_accel"):  # partial back-prop: a compiled step meets a new graph at every new stage, so warm
+        warmup = max(warmup, accel_warmup())  # up until each stage has been drawn once (same count for every provider)
     for prov in providers:
         try:
             r = build_runner(s, prov, dev, amp, shared)
@@ -314,7 +332,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             r.first_step_s = time.perf_counter() - t0
             if not torch.isfinite(torch.tensor(r.first_loss)):
                 raise FloatingPointError(f"non-finite first loss {r.first_loss}")
-            for _ in range(args.warmup - 1):
+            for _ in range(warmup - 1):
                 r.step()
             runners[prov] = r
         except Exception as err:  # noqa: BLE001  (one provider failing must not end the method)
@@ -345,7 +363,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         t = quantiles(samples[prov])
         b = shared["case"]["batch"]
         extra = {"images_per_s": b / (t.median / 1e3), "first_loss": r.first_loss, "first_step_s": r.first_step_s,
-                 "build_s": r.build_s, "timed_steps": len(samples[prov]), **r.info}
+                 "build_s": r.build_s, "warmup_steps": warmup, "timed_steps": len(samples[prov]), **r.info}
         records.append(Record(prov, shared["case"], total=t, peak_mem_mib=peak, extra=extra))
     case = shared.get("case", {"method": s.name})
     for prov, err in errors.items():
