@@ -227,9 +227,36 @@ def peak_mib(fn) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[dict]:
-    """torch.profiler over ``steps`` steps: the top ops by self CPU time (self CUDA time beside it on a
-    GPU), per step; the Chrome trace gzipped to ``trace``."""
+# Where a step's time goes, by kind of op (first match wins; patterns are substrings of aten op names).
+CATEGORIES = (
+    ("autograd engine", ("autograd::",)),  # self time of the engine's wrappers: per-op overhead
+    ("attention", ("attention", "sdpa", "_efficient_attention", "_flash", "softmax")),
+    ("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "einsum", "baddbmm")),
+    ("conv", ("conv", "cudnn_convolution", "mkldnn_convolution")),
+    ("norm", ("layer_norm", "batch_norm", "native_layer_norm", "native_batch_norm", "norm")),
+    ("optimizer", ("adam", "foreach", "optimizer", "lerp")),
+    ("loss", ("cross_entropy", "nll_loss", "log_softmax", "logsumexp", "fastssl::", "triton")),
+    ("elementwise", ("add", "mul", "div", "sub", "relu", "gelu", "threshold", "sqrt", "exp", "pow", "neg", "sigmoid",
+                     "sum", "mean", "max", "min", "clamp")),
+    ("data movement", ("copy", "cat", "index", "gather", "scatter", "stack", "clone", "contiguous", "pad",
+                       "split", "unbind", "fill", "zero", "empty", "to", "masked", "where", "select", "slice")),
+)
+
+
+def categorize(events, key) -> dict[str, float]:
+    """Share (%) of the profiled self time per op category (``CATEGORIES``; "other": the rest)."""
+    totals: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        cat = next((c for c, pats in CATEGORIES if any(p in name for p in pats)), "other")
+        totals[cat] = totals.get(cat, 0.0) + key(e)
+    whole = sum(totals.values()) or 1.0
+    return {c: round(100 * v / whole, 1) for c, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> tuple[list[dict], dict[str, float]]:
+    """torch.profiler over ``steps`` steps: the top ops by self CPU time (self CUDA time on a GPU),
+    per step, and the share of each op category; the Chrome trace gzipped to ``trace``."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -249,6 +276,7 @@ def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[d
             row["self_cuda_ms"] = dev_time(e) / 1e3 / steps
         row["pct"] = 100 * key(e) / total
         rows.append(row)
+    cats = categorize(events, key)
     if trace is not None:
         trace.parent.mkdir(parents=True, exist_ok=True)
         raw = trace.with_suffix("")  # .json
@@ -256,10 +284,26 @@ def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[d
         with open(raw, "rb") as src, gzip.open(trace, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst)
         raw.unlink()
-    return rows
+    return rows, cats
 
 
-def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args, traces: Path | None) -> tuple[list[Record], dict]:
+def accel_warmup(n_stages: int = 4, limit: int = 32) -> int:
+    """Steps from 0 until every stage 1 … n has been drawn by partial back-prop (the draws are fixed by
+    the step index: ``StepContext(step).generator()``, seed 0)."""
+    from fastssl.methods.accel import draw_stage
+    from fastssl.methods.accel_config import AccelConfig
+    from fastssl.methods.context import StepContext
+
+    seen = set()
+    for k in range(limit):
+        seen.add(draw_stage(AccelConfig(), n_stages, StepContext(k, steps_per_epoch=100, total_steps=1000, seed=0).generator()))
+        if len(seen) == n_stages:
+            return k + 1
+    return limit
+
+
+def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args, traces: Path | None
+               ) -> tuple[list[Record], dict, dict]:
     """Every provider of one method: build, warm up, alternate timed rounds, peak memory, profile.
     A provider that fails is recorded with its error; the others go on."""
     shared: dict = {}
@@ -275,6 +319,9 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         print(f"  {s.name} {prov}: {errors[prov].splitlines()[0][:160]}", flush=True)
         free_memory()
 
+    warmup = args.warmup
+    if s.name.endswith("_accel"):  # partial back-prop: a compiled step meets a new graph at every new stage, so warm
+        warmup = max(warmup, accel_warmup())  # up until each stage has been drawn once (same count for every provider)
     for prov in providers:
         try:
             r = build_runner(s, prov, dev, amp, shared)
@@ -285,7 +332,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             r.first_step_s = time.perf_counter() - t0
             if not torch.isfinite(torch.tensor(r.first_loss)):
                 raise FloatingPointError(f"non-finite first loss {r.first_loss}")
-            for _ in range(args.warmup - 1):
+            for _ in range(warmup - 1):
                 r.step()
             runners[prov] = r
         except Exception as err:  # noqa: BLE001  (one provider failing must not end the method)
@@ -303,19 +350,20 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
                 fail(prov, err)
                 samples.pop(prov, None)
     profiles: dict = {}
+    categories: dict = {}
     for prov, r in list(runners.items()):
         try:
             peak = peak_mib(r.step)
             if args.profile:
                 trace = traces / f"{s.name}-{prov}.json.gz" if traces is not None else None
-                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)
+                profiles[f"{s.name}/{prov}"], categories[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)
         except Exception as err:  # noqa: BLE001
             fail(prov, err)
             continue
         t = quantiles(samples[prov])
         b = shared["case"]["batch"]
         extra = {"images_per_s": b / (t.median / 1e3), "first_loss": r.first_loss, "first_step_s": r.first_step_s,
-                 "build_s": r.build_s, "timed_steps": len(samples[prov]), **r.info}
+                 "build_s": r.build_s, "warmup_steps": warmup, "timed_steps": len(samples[prov]), **r.info}
         records.append(Record(prov, shared["case"], total=t, peak_mem_mib=peak, extra=extra))
     case = shared.get("case", {"method": s.name})
     for prov, err in errors.items():
@@ -330,7 +378,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             r.extra["first_loss_rel_diff_vs_fastssl"] = abs(r.extra["first_loss"] - f) / max(abs(f), 1e-12)
     del runners, shared
     free_memory()
-    return records, profiles
+    return records, profiles, categories
 
 
 def print_rows(records: list[Record]) -> None:
@@ -347,6 +395,15 @@ def print_rows(records: list[Record]) -> None:
         pk = f"{r.peak_mem_mib:10.0f}" if r.peak_mem_mib is not None else f"{'-':>10}"
         print(head + f"{t.median:10.1f}{f'{t.p20:.1f}-{t.p80:.1f}':>17}{e['images_per_s']:9.1f}{sp}{pk}"
               f"{e['first_step_s']:11.2f}{e['first_loss']:10.4f}")
+
+
+def markdown_categories(categories: dict) -> str:
+    """Per method and provider: the share of profiled time per op category."""
+    cats = [c for c, _ in CATEGORIES] + ["other"]
+    lines = ["| method/provider | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for key, shares in categories.items():
+        lines.append(f"| {key} | " + " | ".join(f"{shares.get(c, 0.0):.0f}" for c in cats) + " |")
+    return "\n".join(lines)
 
 
 def markdown_summary(records: list[Record], profiles: dict) -> str:
@@ -407,6 +464,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="methods", help="results file stem")
+    p.add_argument("--summarize", type=Path, default=None, help="print the Markdown tables of an existing results JSON and exit")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.providers is None:
@@ -425,8 +483,25 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> Path:
+def summarize(path: Path) -> None:
+    """The Markdown tables of a results JSON written by this script (e.g. one brought back from a GPU)."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    records = [Record(**{**r, "total": Timing(**r["total"]) if r["total"] else None}) for r in doc["records"]]
+    m = doc["meta"]
+    print(f"{doc['device']}, torch {doc['torch']}, {m.get('size')} sizes, providers {m.get('providers')}, "
+          f"load {m.get('load_average_start')} -> {m.get('load_average_end')}\n")
+    print(markdown_summary(records, m.get("profiles", {})))
+    if m.get("profile_categories"):
+        print("\nshare of profiled self time per op category (%)\n" + markdown_categories(m["profile_categories"]))
+
+
+def main(argv=None) -> Path | None:
     args = parse(argv)
+    if args.summarize is not None:
+        summarize(args.summarize)
+        return None
     dev = device()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -448,11 +523,12 @@ def main(argv=None) -> Path:
           f"providers {providers}; {args.rounds} rounds after {args.warmup} warm-up steps", flush=True)
     records: list[Record] = []
     profiles: dict = {}
+    categories: dict = {}
     meta = {"step": "forward + losses + backward + AdamW + zero_grad + after_step, random crops on the device",
             "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "budget_s": args.budget_s,
             "quick": args.quick,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
-            "providers": providers, "profiles": profiles, "optimizer": {"eager": "AdamW (torch defaults)",
+            "providers": providers, "profiles": profiles, "profile_categories": categories, "optimizer": {"eager": "AdamW (torch defaults)",
                                                                         "fastssl": "AdamW over param groups, fused on CUDA"}}
     path = None
     t_all = time.perf_counter()
@@ -463,11 +539,12 @@ def main(argv=None) -> Path:
             print(f"  {s.name}: not run (over --budget-s)", flush=True)
             continue
         try:
-            recs, profs = run_method(s, providers, dev, amp, args, traces)
+            recs, profs, cats = run_method(s, providers, dev, amp, args, traces)
         except Exception as err:  # noqa: BLE001  (a method that cannot even be built: record, go on)
-            recs, profs = [Record(p, {"method": s.name}, error=f"{type(err).__name__}: {err}"[:500]) for p in providers], {}
+            recs, profs, cats = [Record(p, {"method": s.name}, error=f"{type(err).__name__}: {err}"[:500]) for p in providers], {}, {}
         records += recs
         profiles.update(profs)
+        categories.update(cats)
         for r in recs:
             msg = r.error.splitlines()[0][:120] if r.error else (
                 f"{r.total.median:.1f} ms ({r.total.p20:.1f}-{r.total.p80:.1f}), {r.extra['images_per_s']:.1f} img/s, "
@@ -483,6 +560,8 @@ def main(argv=None) -> Path:
     if profiles:
         print_profiles(profiles)
     print("\n" + markdown_summary(records, profiles))
+    if categories:
+        print("\nshare of profiled self time per op category (%)\n" + markdown_categories(categories))
     try:
         png = plot(path, [("step time", lambda r: r.total.median if r.total else None, "ms per step"),
                           ("throughput", lambda r: r.extra.get("images_per_s"), "images/s"),

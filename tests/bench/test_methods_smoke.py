@@ -26,7 +26,7 @@ for name in {blocked!r}:
     sys.modules[name] = None
 sys.path.insert(0, ".")
 from bench.methods import main
-main(["--smoke", "--rounds", "2", "--warmup", "1", "--out-dir", {out!r}])
+main(["--smoke", "--rounds", "1", "--warmup", "1", "--out-dir", {out!r}])
 main(["--smoke", "--rounds", "1", "--warmup", "1", "--methods", "mae,mocov2_accel", "--profile", "--name", "prof", "--out-dir", {out!r}])
 for name in {blocked!r}:
     assert sys.modules.get(name) is None, name + " got imported"
@@ -61,10 +61,12 @@ def test_methods_bench_smoke(tmp_path):
             rtol = 5e-2 if torch.cuda.is_available() else LOSS_RTOL.get(r["case"]["method"], 1e-5)
             assert e["first_loss_rel_diff_vs_fastssl"] <= rtol, r
     (prof,) = tmp_path.glob("prof-*-smoke.json")
-    profiles = json.loads(prof.read_text())["meta"]["profiles"]
+    meta = json.loads(prof.read_text())["meta"]
+    profiles = meta["profiles"]
     for m in ("mae", "mocov2_accel"):
         for p in ("eager", "fastssl"):
             rows = profiles[f"{m}/{p}"]
+            assert math.isclose(sum(meta["profile_categories"][f"{m}/{p}"].values()), 100, abs_tol=1)
             assert rows and all(row["self_cpu_ms"] >= 0 and 0 <= row["pct"] <= 100 for row in rows)
             trace = tmp_path / prof.name.replace(".json", "-traces") / f"{m}-{p}.json.gz"
             assert "traceEvents" in json.loads(gzip.decompress(trace.read_bytes()))
