@@ -114,9 +114,10 @@ OPTIONS = {
     # directly rather than through its custom op (False: through the op, as main did before issue 21).
     "direct_eager": True,
     # The ops' L2 normalisation of kernel-bound operands as one Triton launch forward and one
-    # backward (``unit_rows``) instead of ~5 + ~8 small torch launches. Off until measured on a GPU:
-    # FASTSSL_CONTRASTIVE_FUSED_UNIT=1, or bench --variants (triton[fusedunit]).
-    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "0") == "1",
+    # backward (``unit_rows``) instead of ~5 + ~7 small torch launches: the first H200 run showed the
+    # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
+    # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
+    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
 }
 
 
@@ -786,6 +787,12 @@ def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
                          "fastssl.kernels, or use backend='reference')")
 
 
+def _as_index(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if idx.dtype == torch.int32 and idx.device == device and idx.is_contiguous():
+        return idx
+    return idx.to(device=device, dtype=torch.int32).contiguous()
+
+
 def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
     as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
@@ -799,8 +806,9 @@ def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # int32: the kernels compare every column index of a tile with these; 64-bit compares cost two
     # instructions each in the innermost loop (index arithmetic is int32 anyway, see the docstring).
-    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int32).contiguous()
-    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int32).contiguous()
+    # Already-int32 contiguous indices on the device (the ops build them so) skip the calls: each
+    # is host time a small loss pays.
+    pos_idx, excl_idx = _as_index(pos_idx, rows.device), _as_index(excl_idx, rows.device)
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
     return pos_idx, excl_idx, pos_weight
