@@ -129,14 +129,17 @@ def _token_variants():
             jobs = [
                 (T._rows_kernel, {"x_ptr": X, "ids_ptr": "*i64", "pos_ptr": X, "out_ptr": X}, rows, pr.warps,
                  [{"HAS_POS": h} for h in (True, False)]),
-                (T._expand_kernel, {"x_ptr": X, "ids_ptr": "*i64", "mt_ptr": X, "pos_ptr": X, "out_ptr": X, "part_ptr": F32},
+                (T._expand_kernel, {"x_ptr": X, "ids_ptr": "*i64", "mt_ptr": X, "pos_ptr": X, "out_ptr": X, "part_ptr": F32,
+                                    "sum_ptr": X, "cnt_ptr": "*i32"},
                  tile, pe.warps,
-                 [{"HAS_MT": False, "HAS_POS": False, "NEED_SUM": s} for s in (True, False)]  # gather bwd
-                 + [{"HAS_MT": True, "HAS_POS": h, "NEED_SUM": False} for h in (True, False)]),  # scatter fwd
-                (T._compress_kernel, {"g_ptr": X, "ids_ptr": "*i64", "dx_ptr": X, "pos_part_ptr": F32, "mt_part_ptr": F32},
+                 [{"HAS_MT": False, "HAS_POS": False, "NEED_SUM": s, "FOLD": f} for s, f in ((True, True), (True, False), (False, False))]
+                 + [{"HAS_MT": True, "HAS_POS": h, "NEED_SUM": False, "FOLD": False} for h in (True, False)]),  # scatter fwd
+                (T._compress_kernel, {"g_ptr": X, "ids_ptr": "*i64", "dx_ptr": X, "pos_part_ptr": F32, "mt_part_ptr": F32,
+                                      "pos_ptr": X, "mt_ptr": X, "cnt_ptr": "*i32"},
                  tile, pe.warps,
-                 [{"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c} for a, b, c in
-                  ((True, True, True), (True, False, True), (True, True, False), (False, True, True))]),
+                 [{"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c, "FOLD": f} for a, b, c, f in
+                  ((True, True, True, True), (True, False, True, True), (True, True, False, True), (False, True, True, False),
+                   (True, True, True, False))]),
             ]
             if d == 768:  # no D-dependent constexpr: one compile per dtype (a second would hit the cache)
                 jobs.append((T._reduce_kernel, {"pos_part_ptr": F32, "pos_ptr": X, "mt_part_ptr": F32, "mt_ptr": X},
