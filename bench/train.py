@@ -1,36 +1,44 @@
 """The trainer itself, per method: images/s and MFU of ``fastssl/train.py`` on synthetic batches.
 
 Each row is one ``python fastssl/train.py --config configs/imagenet/<method>.yaml data.synthetic=true
-eval.enabled=false ...`` run (through ``fastssl.train.main`` in a child process: the real CLI, the
-DeepSpeed engine, the method, logging, the final checkpoint and encoder export), bf16 on one device,
-DeepSpeed ZeRO 0 or 2, with or without ``engine.compile``. Every row runs in its own subprocess
-under its own time cap (``--row-timeout``) and the sweep under a total one (``--budget``); the
-JSON is rewritten after every row, so a cap or a crash keeps the rows before it.
+eval.enabled=false ...`` run (``fastssl.train.main``: the real CLI, the DeepSpeed engine, the method,
+logging), bf16 on one device, DeepSpeed ZeRO 0 or 2, with or without ``engine.compile``. Rows run in
+a child process, several in one (``--rows-per-process``: imports and CUDA start-up, ~15 s on the GPU
+machine, are paid once); the parent watches every row: past its cap (``--row-timeout``) or the
+sweep's budget (``--budget``) the child is killed, the row recorded as an error, and a fresh child
+takes the rows after it. The JSON is rewritten after every row, so a cap keeps what was measured.
 
-Per row, in the child, in this order:
-  ceilings   bf16 matmul TFLOP/s and copy GB/s on this device (``bench.common.measure_ceilings``)
+Per row, in order:
+  ceilings   bf16 matmul TFLOP/s and copy GB/s (``bench.common.measure_ceilings``), once per process:
+             every row of a process is measured against the same rate
   flops      model FLOPs of one optimizer step, counted by ``torch.utils.flop_counter.FlopCounterMode``
              over the method's eager forward + backward on one synthetic batch of the row's shape
-             (matmuls, convolutions, SDPA; elementwise work, norms and the optimizer are not FLOPs
-             here, as in nanoGPT's and PaLM's MFU). The count runs the method's losses on their
-             eager reference and attention as one SDPA call per run of equal-length sequences, so
-             that every FLOP is an aten op the counter sees (Triton and varlen kernels are opaque to
-             it; the maths is the same). notes/gpu.md lists the count per method.
-  trainer    ``fastssl.train.main`` for ``warmup + steps`` optimizer steps, loss read every
+             (matmuls, convolutions, attention; elementwise work, norms and the optimizer are not FLOPs
+             here, as in nanoGPT's and PaLM's MFU). The count runs the losses on their eager reference,
+             attention as one SDPA call per run of equal-length sequences on SDPA's math path (two
+             batched matmuls forward, four backward: 12·L·D·T² per view), so every FLOP is an aten op
+             the counter sees and the count is the same on every device; the trainer itself runs the
+             fused kernels (same maths). notes/gpu.md lists the count per method.
+  trainer    ``fastssl.train.main`` for ``warmup + steps`` optimizer steps, the loss read every
              ``warmup`` steps only; images/s = the trainer's steady rate between the first log step
-             (after ``warmup`` steps: compilation, allocator, cuDNN autotune) and the last
-  bare       the model step of ``bench/throughput.py`` at the same shape, for this method: the method's
-             forward + backward + torch fused AdamW + ``after_step``, bf16 autocast, no DeepSpeed,
-             timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions compiled
+             (after ``warmup`` steps: compilation, allocator, autotuning) and the last. The run ends
+             with its summary only (``--full-finish``: the CLI's own end, final checkpoint, encoder
+             export and curves, which the tests cover and a speed row need not pay for).
+             ``--profile N``: N steps under torch.profiler (device-busy time vs wall per step, kernel
+             launches per step, top device and host ops).
+  bare       (``--bare``, default on) the model step of ``bench/throughput.py`` at the same shape, for
+             this method: forward + backward + torch fused AdamW + ``after_step``, bf16 autocast, no
+             DeepSpeed, timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions
   derived    MFU = flops / trainer step time / matmul rate; trainer overhead = bare rate / trainer rate - 1
 
 Shapes: the imagenet templates at ViT-B/16 224 px (``--arch``; ResNet methods keep ResNet-50), bf16,
 B = 256 per GPU for every method unless ``ROW_BATCH`` says otherwise; SimCLR runs its DCL loss.
 
-    python bench/train.py --quick        # GPU: SimCLR/DCL eager + compile + ZeRO 2, then every method eager
-    python bench/train.py                # GPU: every method, eager and compile, ZeRO 0 (+ SimCLR ZeRO 2)
+    python bench/train.py --quick        # GPU: every method eager (QUICK_ORDER), SimCLR ZeRO 2, then compile rows
+    python bench/train.py                # GPU: every method, eager and compile, ZeRO 0
     python bench/train.py --smoke        # anywhere: timm test_vit / test_resnet, 16 px, B=8, 3 steps; not a measurement
-    python bench/train.py --methods simclr,mae --variants eager,compile --zero 0,2
+    python bench/train.py --methods simclr --variants compile --profile 3 --steps 6
+    python bench/train.py --flops        # FLOPs per method only (CPU will do): bench/results/train-flops.json
 """
 from __future__ import annotations
 
