@@ -378,8 +378,8 @@ def make_rows(args) -> list[dict]:
 
     if args.quick and not args.methods:  # every method once (eager) first, then the trainer-overhead rows, compile
         rows = [row(m, "eager", 0) for m in QUICK_ORDER]
-        # ZeRO 0 + bf16 runs DeepSpeed's per-parameter (unfused) fp16/bf16 wrapper; ZeRO 1 its flat BF16_Optimizer,
-        # ZeRO 2 flat partitions: which optimizer path costs the trainer its overhead over the bare step.
+        # ZeRO 0 + bf16 runs DeepSpeed's per-parameter (unfused) fp16/bf16 wrapper, ZeRO 1 and 2 its flat
+        # partitions: which optimizer path costs the trainer its overhead over the bare step (notes/gpu.md).
         rows += [row("simclr", "eager", 2), row("simclr", "eager", 1)]
         prof = {**row("simclr", "compile", 0), "profile": 3, "bare": True, "steps": 6}
         rows += [{**prof, "name": prof["name"] + " +profile"}] + [row(m, "compile", 0) for m in QUICK_ORDER]
