@@ -9,14 +9,16 @@
 #
 # Parts and their time caps (seconds; each part runs under its own `timeout`, so one that hangs or runs
 # long costs only its cap; results written before the cap are kept):
-#   tests        CAP_TESTS=110        pytest -n 8: tests/ops tests/models (without the AOT compile check) + the trainer on CUDA
-#   contrastive  CAP_CONTRASTIVE=70   bench/contrastive.py --quick
+#   tests        CAP_TESTS=80         pytest -n 8: tests/ops tests/models (without the AOT compile check) + the trainer on CUDA
+#   contrastive  CAP_CONTRASTIVE=75   bench/contrastive.py --quick
 #   tokens       CAP_TOKENS=50        bench/tokens.py --quick
-#   attention    CAP_ATTENTION=70     bench/attention.py --quick
+#   attention    CAP_ATTENTION=60     bench/attention.py --quick
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
-#   train        CAP_TRAIN=200        bench/train.py --quick: fastssl/train.py per method on data.synthetic
-#                                     (TRAIN_ROW_CAP=240 per row; TRAIN_ARGS adds bench/train.py options)
-# `all` = tests contrastive tokens attention train: 500 s of caps + ~30 s set-up.
+#   train        CAP_TRAIN=90         bench/train.py --quick --no-bare: fastssl/train.py per method on data.synthetic,
+#                                     the rows in one child process (~15 s start-up, then ~10-15 s per eager row)
+#                                     (TRAIN_ROW_CAP=120 per row; TRAIN_ARGS adds bench/train.py options, e.g.
+#                                     "--bare" for the trainer-overhead column, "--profile 3", "--methods simclr")
+# `all` = tests contrastive tokens attention train: 355 s of caps + ~20 s set-up.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,
 # annotated-types, typing-inspection, hjson, DeepSpeed's source archive) install into /tmp/site with
@@ -100,8 +102,8 @@ PY
 
 # ---- the parts ------------------------------------------------------------------------------------
 cap_of() { case "$1" in
-  tests) echo "${CAP_TESTS:-110}" ;; contrastive) echo "${CAP_CONTRASTIVE:-70}" ;; tokens) echo "${CAP_TOKENS:-50}" ;;
-  attention) echo "${CAP_ATTENTION:-70}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-200}" ;;
+  tests) echo "${CAP_TESTS:-80}" ;; contrastive) echo "${CAP_CONTRASTIVE:-75}" ;; tokens) echo "${CAP_TOKENS:-50}" ;;
+  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-90}" ;;
 esac; }
 
 XDIST=""
@@ -122,9 +124,9 @@ command_of() {  # the command of a part; $1 part, $2 "smoke" for the dry-run's C
     contrastive|tokens|attention|throughput)
       if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
     train)
-      local budget=$(( $(cap_of train) - 15 ))
+      local budget=$(( $(cap_of train) - 8 ))  # the sweep stops itself first: its table and PNG get written
       if [ -n "$smoke" ]; then echo "$PY bench/train.py --smoke --methods simclr,mae --variants eager --budget $budget ${TRAIN_ARGS:-}"
-      else echo "$PY bench/train.py --quick --budget $budget ${TRAIN_ARGS:-}"; fi ;;
+      else echo "$PY bench/train.py --quick --no-bare --budget $budget ${TRAIN_ARGS:-}"; fi ;;
   esac
 }
 
