@@ -320,8 +320,8 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         free_memory()
 
     warmup = args.warmup
-    if s.name.endswith("_accel"):  # partial back-prop: a compiled step meets a new graph at every new stage, so warm
-        warmup = max(warmup, accel_warmup())  # up until each stage has been drawn once (same count for every provider)
+    if s.name.endswith("_accel") and "compile" in providers:  # partial back-prop: a compiled step meets a new graph at
+        warmup = max(warmup, accel_warmup())  # every new stage: warm up until each has been drawn (same count for all)
     for prov in providers:
         try:
             r = build_runner(s, prov, dev, amp, shared)
@@ -363,7 +363,8 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         t = quantiles(samples[prov])
         b = shared["case"]["batch"]
         extra = {"images_per_s": b / (t.median / 1e3), "first_loss": r.first_loss, "first_step_s": r.first_step_s,
-                 "build_s": r.build_s, "warmup_steps": warmup, "timed_steps": len(samples[prov]), **r.info}
+                 "build_s": r.build_s, "warmup_steps": warmup, "timed_steps": len(samples[prov]),
+                 "min_ms": min(samples[prov]), "samples_ms": samples[prov], **r.info}
         records.append(Record(prov, shared["case"], total=t, peak_mem_mib=peak, extra=extra))
     case = shared.get("case", {"method": s.name})
     for prov, err in errors.items():
@@ -459,7 +460,8 @@ def parse(argv=None) -> argparse.Namespace:
                    "default: none (quick: 10)")
     p.add_argument("--budget-s", type=float, default=None, help="wall seconds for the whole run; methods not started "
                    "by then are recorded as not run (default: none; quick on CUDA: 175)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's). On a shared CPU use 1: "
+                   "OpenMP threads spin-wait against other work (measured here: 2 threads 4x slower than 1 at load 5)")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops + a gzipped Chrome trace per method and provider")
     p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
