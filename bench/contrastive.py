@@ -111,6 +111,8 @@ def _cases(args) -> list[Case]:
                 var = VARIANTS if args.variants else QUICK_VARIANTS if args.quick and key in targets else ()
                 auto = not args.quick or kind != "dist" or key in targets
                 out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var, auto=auto))
+    if args.quick:  # the two target shapes first, then the rest in sweep order
+        out.sort(key=lambda c: 0 if f"{c.kind} {c.m}x{c.c}" in targets else 1)
     if args.cases:
         keep = set(args.cases.split(","))
         out = [c for c in out if c.kind in keep]
@@ -202,7 +204,8 @@ def _build(case: Case, dev):
 VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned")
 QUICK_VARIANTS = ("unfused",)  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
 _VARIANT_OPTIONS = {
-    "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False},  # main before issue 21
+    # main before issue 21 (but for the index cache and the one normalisation of both views)
+    "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
     "unfused": {"fused_unit": False},  # the normalisation in torch (~12 small launches) instead of UnitRows
@@ -389,7 +392,7 @@ def _add_args(p) -> None:
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes: bfloat16,float32,float16")
     p.add_argument("--cases", default=None, help="comma-separated subset of square,dist,mmoco,queue")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="start no new row after this many seconds (--quick: 58, for a 75 s cap)")
+                   help="start no new row after this many seconds (--quick: 52, for a 75 s cap with imports)")
     p.add_argument("--compile-at", default=None,
                    help="--quick: shapes that get a torch.compile row, after all other rows, e.g. 'square 8192x8192'")
 
@@ -399,7 +402,7 @@ def main() -> None:
     if args.providers == "eager,compile,triton":  # bench.common's default: add auto here
         args.providers = "eager,compile,triton,auto"
     t_start = time.perf_counter()
-    budget = args.budget_s if args.budget_s is not None else (58.0 if args.quick else float("inf"))
+    budget = args.budget_s if args.budget_s is not None else (52.0 if args.quick else float("inf"))
     dev = device()
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     if hasattr(torch._dynamo.config, "automatic_dynamic_shapes"):  # one static graph per shape, no mark_dynamic

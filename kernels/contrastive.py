@@ -670,34 +670,52 @@ _UNIT_MAX_D = 4096
 
 
 @triton.jit
-def _unit_fwd_kernel(x_ptr, y_ptr, rn_ptr, N, D, stride_x, stride_y, EPS: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """y = x / max(‖x‖, EPS) per row, computed in fp32, stored in y's dtype; rn = 1 / max(‖x‖, EPS)."""
+def _to_storage(x, ptr, RNE: tl.constexpr):
+    """An fp32 tile in ``ptr``'s element type, rounded to nearest even. ``RNE`` (the interpreter,
+    whose bf16 cast truncates): round explicitly first (``_as_operand``), so the cast is exact."""
+    if RNE:
+        x = _as_operand(x, ptr.dtype.element_ty, True, True)
+    return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _unit_fwd_kernel(x1_ptr, x2_ptr, y_ptr, rn_ptr, N1, N, D, stride_x1, stride_x2, stride_y, EPS: tl.constexpr,
+                     RNE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y = x / max(‖x‖, EPS) per row, computed in fp32, stored in y's dtype; rn = 1 / max(‖x‖, EPS).
+    x = [x1; x2] (rows < N1 from x1, the rest from x2): the two views' concatenation without a copy."""
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
-    x = tl.load(x_ptr + offs_r[:, None] * stride_x + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    first = (offs_r < N1)[:, None]
+    x = tl.load(x1_ptr + offs_r[:, None] * stride_x1 + offs_d[None, :], mask=ok & first, other=0.0).to(tl.float32)
+    x += tl.load(x2_ptr + (offs_r - N1)[:, None] * stride_x2 + offs_d[None, :], mask=ok & ~first, other=0.0).to(tl.float32)
     denom = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), EPS)
-    tl.store(y_ptr + offs_r[:, None] * stride_y + offs_d[None, :], (x / denom[:, None]).to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + offs_r[:, None] * stride_y + offs_d[None, :], _to_storage(x / denom[:, None], y_ptr, RNE),
              mask=ok)
     tl.store(rn_ptr + offs_r, 1.0 / denom, mask=offs_r < N)
 
 
 @triton.jit
-def _unit_bwd_kernel(x_ptr, dy_ptr, rn_ptr, dx_ptr, N, D, stride_x, stride_dy, stride_dx, EPS: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dx of y = x / max(‖x‖, EPS): (dy − u·(u·dy)) / ‖x‖ with u = x / ‖x‖; dy / EPS where clamped."""
+def _unit_bwd_kernel(x1_ptr, x2_ptr, dy_ptr, rn_ptr, dx1_ptr, dx2_ptr, N1, N, D, stride_x1, stride_x2, stride_dy,
+                     stride_dx1, stride_dx2, EPS: tl.constexpr, RNE: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """dx of y = x / max(‖x‖, EPS): (dy − u·(u·dy)) / ‖x‖ with u = x / ‖x‖; dy / EPS where clamped.
+    Rows < N1 belong to x1 (gradient into dx1), the rest to x2 (into dx2)."""
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
-    x = tl.load(x_ptr + offs_r[:, None] * stride_x + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    first = (offs_r < N1)[:, None]
+    x = tl.load(x1_ptr + offs_r[:, None] * stride_x1 + offs_d[None, :], mask=ok & first, other=0.0).to(tl.float32)
+    x += tl.load(x2_ptr + (offs_r - N1)[:, None] * stride_x2 + offs_d[None, :], mask=ok & ~first, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs_r[:, None] * stride_dy + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
     rn = tl.load(rn_ptr + offs_r, mask=offs_r < N, other=0.0)
     u = x * rn[:, None]
     proj = tl.sum(u * dy, axis=1)
     clamped = tl.sqrt(tl.sum(x * x, axis=1)) < EPS
     dx = tl.where(clamped[:, None], dy, dy - u * proj[:, None]) * rn[:, None]
-    tl.store(dx_ptr + offs_r[:, None] * stride_dx + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
+    tl.store(dx1_ptr + offs_r[:, None] * stride_dx1 + offs_d[None, :], _to_storage(dx, dx1_ptr, RNE), mask=ok & first)
+    tl.store(dx2_ptr + (offs_r - N1)[:, None] * stride_dx2 + offs_d[None, :], _to_storage(dx, dx2_ptr, RNE),
+             mask=ok & ~first)
 
 
 def _unit_tile(d: int) -> tuple[int, int]:
@@ -707,46 +725,59 @@ def _unit_tile(d: int) -> tuple[int, int]:
 
 
 class UnitRows(torch.autograd.Function):
-    """x [N, D] (fp32/bf16/fp16, unit stride along D) -> x / max(‖x‖, 1e-12) in x's dtype, the norm
-    and the backward in fp32, as ``F.normalize(x.float()).to(x.dtype)``; saves x and 1/‖x‖ [N]."""
+    """[x1; x2] (x2 may be None; [n_i, D], one dtype of fp32/bf16/fp16, unit stride along D) ->
+    the rows / max(‖row‖, 1e-12) as one [n1 + n2, D] tensor in that dtype, the norm and the backward
+    in fp32, as ``F.normalize(torch.cat([x1, x2]).float()).to(dtype)``, without the concatenation's
+    copy and its own launch. Saves the inputs and 1/‖row‖ [n1 + n2]."""
 
     @staticmethod
-    def forward(ctx, x):
-        n, d = x.shape
+    def forward(ctx, x1, x2):
+        n1, d = x1.shape
+        second = x2 if x2 is not None else x1
+        n = n1 + (x2.shape[0] if x2 is not None else 0)
         block_r, block_d = _unit_tile(d)
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        rn = torch.empty(n, device=x.device, dtype=torch.float32)
-        with _device_guard(x):
-            _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x, y, rn, n, d, x.stride(0), y.stride(0), EPS=_UNIT_EPS,
-                                                         BLOCK_R=block_r, BLOCK_D=block_d)
-        ctx.save_for_backward(x, rn)
+        y = torch.empty((n, d), device=x1.device, dtype=x1.dtype)
+        rn = torch.empty(n, device=x1.device, dtype=torch.float32)
+        with _device_guard(x1):
+            _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x1, second, y, rn, n1, n, d, x1.stride(0), second.stride(0),
+                                                         y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r,
+                                                         BLOCK_D=block_d)
+        ctx.save_for_backward(x1, second, rn)
+        ctx.pair = x2 is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, rn = ctx.saved_tensors
-        n, d = x.shape
+        x1, second, rn = ctx.saved_tensors
+        n1, d = x1.shape
+        n = rn.shape[0]
         block_r, block_d = _unit_tile(d)
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        with _device_guard(x):
-            _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x, dy, rn, dx, n, d, x.stride(0), dy.stride(0), dx.stride(0),
-                                                         EPS=_UNIT_EPS, BLOCK_R=block_r, BLOCK_D=block_d)
-        return dx
+        dx1 = torch.empty_like(x1, memory_format=torch.contiguous_format)
+        dx2 = torch.empty_like(second, memory_format=torch.contiguous_format) if ctx.pair else dx1
+        with _device_guard(x1):
+            _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
+                                                         second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0),
+                                                         EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
+        return dx1, (dx2 if ctx.pair else None)
 
 
-def unit_rows(x: torch.Tensor) -> torch.Tensor | None:
-    """``UnitRows`` of a 2-D operand when it applies (``OPTIONS["fused_unit"]``, D <= 4096, a GPU or
-    the interpreter, not under torch.compile, which fuses the eager normalisation itself); None
-    otherwise, and the caller normalises in torch."""
+def unit_rows(x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``UnitRows`` of a 2-D operand (or of two, concatenated) when it applies (``OPTIONS["fused_unit"]``,
+    D <= 4096, one dtype, a GPU or the interpreter, not under torch.compile, which fuses the eager
+    normalisation itself); None otherwise, and the caller normalises in torch."""
     if not OPTIONS["fused_unit"] or x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
         return None
     if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET) or torch.compiler.is_compiling():
         return None
+    if x2 is not None and (x2.shape[1:] != x.shape[1:] or x2.dtype != x.dtype or x2.device != x.device):
+        return None
     if x.stride(1) != 1:
         x = x.contiguous()
-    return UnitRows.apply(x)
+    if x2 is not None and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return UnitRows.apply(x, x2)
 
 
 _KERNELS = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,

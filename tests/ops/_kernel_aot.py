@@ -99,9 +99,10 @@ def _contrastive_variants():
     for dt, ptr in DTYPES.items():
         for d in (128, 256, 4096):
             block_r, block_d = K._unit_tile(d)
-            for fn, types in ((K._unit_fwd_kernel, {"x_ptr": ptr, "y_ptr": ptr, "rn_ptr": F32}),
-                              (K._unit_bwd_kernel, {"x_ptr": ptr, "dy_ptr": ptr, "rn_ptr": F32, "dx_ptr": ptr})):
-                sig, consts, attrs = _signature(fn, types, {"EPS": K._UNIT_EPS, "BLOCK_R": block_r, "BLOCK_D": block_d}, d)
+            for fn, types in ((K._unit_fwd_kernel, {"x1_ptr": ptr, "x2_ptr": ptr, "y_ptr": ptr, "rn_ptr": F32}),
+                              (K._unit_bwd_kernel, {"x1_ptr": ptr, "x2_ptr": ptr, "dy_ptr": ptr, "rn_ptr": F32,
+                                                    "dx1_ptr": ptr, "dx2_ptr": ptr})):
+                sig, consts, attrs = _signature(fn, types, {"EPS": K._UNIT_EPS, "RNE": False, "BLOCK_R": block_r, "BLOCK_D": block_d}, d)
                 yield dict(family="contrastive", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=d,
                            config=f"{block_r}x{block_d}w4"), fn, sig, consts, attrs, 4, 3
     fn = K._contrastive_lse_merge_kernel

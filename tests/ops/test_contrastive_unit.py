@@ -23,7 +23,7 @@ def test_unit_rows_matches_normalize(dtype, n, d):
         x[1] = 0.0  # F.normalize clamps the norm at 1e-12: y = 0, dx = dy / 1e-12
     g = torch.randn(n, d, dtype=torch.float64)
     xl = x.to(dtype).to(DEV).requires_grad_()
-    y = K.UnitRows.apply(xl)
+    y = K.UnitRows.apply(xl, None)
     (dx,) = torch.autograd.grad(y, xl, g.to(dtype).to(DEV))
     ref_x = xl.detach().cpu().double().requires_grad_()
     ref_y = F.normalize(ref_x, dim=-1)
@@ -39,7 +39,23 @@ def test_unit_rows_matches_normalize(dtype, n, d):
 
 def test_unit_rows_strided_input():
     x = torch.randn(40, 66, device=DEV)[:, 1:65]  # unit stride along D, row stride 66
-    torch.testing.assert_close(K.UnitRows.apply(x), F.normalize(x, dim=-1), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(K.UnitRows.apply(x, None), F.normalize(x, dim=-1), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unit_rows_of_two_views_is_the_concatenation(dtype):
+    """[x1; x2] in one launch each way: values and both gradients equal those of the concatenated
+    tensor normalised as one (bit for bit: the same kernel arithmetic per row)."""
+    torch.manual_seed(1)
+    x1 = (torch.randn(19, 40) * 3).to(dtype).to(DEV).requires_grad_()
+    x2 = torch.randn(45, 80).to(dtype).to(DEV)[:, ::2].requires_grad_()  # strided along D: the copy path
+    g = torch.randn(64, 40).to(dtype).to(DEV)
+    y = K.unit_rows(x1, x2) if K.OPTIONS["fused_unit"] else K.UnitRows.apply(x1, x2.contiguous())
+    d1, d2 = torch.autograd.grad(y, (x1, x2), g)
+    c = torch.cat([x1.detach(), x2.detach()]).requires_grad_()
+    yc = K.UnitRows.apply(c, None)
+    (dc,) = torch.autograd.grad(yc, c, g)
+    assert torch.equal(y, yc) and torch.equal(d1, dc[:19]) and torch.equal(d2, dc[19:])
 
 
 @pytest.mark.parametrize("op", ["nt_xent", "dcl", "info_nce", "queue"])
