@@ -2,8 +2,9 @@
 
 Cases (each a loss a user calls, inputs raw projector outputs that require grad):
   square   SimCLR NT-Xent on one GPU: z1, z2 [N, D], the 2N x 2N matrix (rows are cols)
-  dist     NT-Xent with gather_distributed: a rank's 2·N_local rows against the gathered columns
-           (both need grad: the gathered columns' gradients go back to their ranks)
+  dist     NT-Xent with gather_distributed: a rank's 2·N_local raw rows (normalised in the loss)
+           against the gathered columns, unit vectors already (their ranks normalised them), both
+           with grad (the gathered columns' gradients go back to their ranks)
   mmoco    M-MoCo InfoNCE: q [8, N, D] (8 query chunks), keys k [N, D] from the momentum encoder (no grad)
   queue    MoCo v2 InfoNCE: q [N, D] against its key k [N, D] and a queue [65536, D] (neither gets a grad)
 Providers:
@@ -11,9 +12,11 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old], triton[nosplit], triton[twopass]: the kernels with the launch path of main before
-           issue 21 (autotuner, old split rule, two-pass backward), without loop splits, without the
-           symmetric backward; --variants adds them at every case, --quick at the target cases.
+  triton[old|nosplit|twopass|unfused|tuned]: the kernels with the launch path of main before
+           issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without loop
+           splits, without the symmetric backward, with the normalisation in torch instead of one
+           launch each way, with the autotuner over the tile configs; --variants adds them all at every
+           case, --quick adds unfused at the two target cases.
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
 flushes L2 and times with device events, so host work the GPU waits for is counted); "kern" = the
 device time of all kernels of one forward+backward (torch.profiler) and "host" = the CPU time to
@@ -63,6 +66,7 @@ class Case:
     dtype: str
     compile: bool = True  # run the torch.compile provider here
     variants: tuple[str, ...] = ()
+    auto: bool = True  # run the auto provider here
 
     @property
     def cols_grad(self) -> bool:
@@ -90,8 +94,11 @@ def _cases(args) -> list[Case]:
     dims, dtypes = pick_list(args.dims, dims), pick_list(args.dtypes, dtypes, str)
     if args.sizes:
         square = pick_list(args.sizes, square)
-    quick_compile = {("square", 4096), ("square", 8192), ("dist", 1024 * 32768)}
-    targets = {("square", 8192), ("square", 16384), ("dist", 1024 * 32768)}
+    # --quick fits a 75 s cap on one H200 (~0.6 s a row; torch.compile's warm-up took 65 s at
+    # 2N = 8192 there): no compile rows unless --compile-at names shapes (they run after everything
+    # else), auto rows where the size rule could matter, variants at the two target shapes.
+    quick_compile = set(args.compile_at.split(",")) if args.compile_at else set()
+    targets = {"square 8192x8192", "dist 1024x32768"}
     out = []
     for dtype in dtypes:
         for d in dims:
@@ -99,10 +106,11 @@ def _cases(args) -> list[Case]:
                      [("mmoco", MMOCO_CHUNKS * n, n) for n in mmoco] + \
                      [("queue", n, (96 if args.smoke else QUEUE_K)) for n in queue]
             for kind, m, c in shapes:
-                key = (kind, m if kind == "square" else m * c)
+                key = f"{kind} {m}x{c}"
                 comp = not args.quick or key in quick_compile
-                var = VARIANTS if args.variants else ("old",) if args.quick and key in targets else ()
-                out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var))
+                var = VARIANTS if args.variants else QUICK_VARIANTS if args.quick and key in targets else ()
+                auto = not args.quick or kind != "dist" or key in targets
+                out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var, auto=auto))
     if args.cases:
         keep = set(args.cases.split(","))
         out = [c for c in out if c.kind in keep]
@@ -129,18 +137,20 @@ def _dist_index(m: int, c: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def eager_dist(a, b, pos, self_idx):
-    rows, cols = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    sim = rows @ cols.t() / TAU
+    """b: the gathered columns, already unit vectors (each rank normalised its own before the gather)."""
+    rows = F.normalize(a, dim=1)
+    sim = rows @ b.t() / TAU
     sim = sim.scatter(1, self_idx[:, None], float("-inf"))
     return F.cross_entropy(sim, pos)
 
 
 def fastssl_dist(a, b, pos, self_idx, backend):
-    """nt_xent(gather_distributed=True)'s core on one rank, without a process group: the unit rows
-    and gathered columns go to the core the backend picks (the size rule included)."""
-    rows, cols = contrastive_ops._unit(a), contrastive_ops._unit(b)
-    core = contrastive_ops._core(backend, a.device, rows.shape[0] * cols.shape[0])
-    return core(rows, cols, pos, self_idx, TAU).mean()
+    """nt_xent(gather_distributed=True) on one rank, without a process group: the local rows are
+    normalised here (as nt_xent does before its gather), the gathered columns arrive as unit
+    vectors with grad; both go to the core the backend picks (the size rule included)."""
+    kernel = contrastive_ops._kernel(backend, a.device, a.shape[0] * b.shape[0])
+    rows = contrastive_ops._unit(a, kernel)
+    return contrastive_ops._core(backend, a.device, kernel=kernel)(rows, b, pos, self_idx, TAU).mean()
 
 
 def eager_mmoco(q, k):
@@ -169,7 +179,8 @@ def _build(case: Case, dev):
         comp = lambda f: (lambda: f(z1, z2))  # noqa: E731
         return (z1, z2), fns, eager_square, comp
     if case.kind == "dist":
-        a, b = r(case.m, case.d), r(case.c, case.d)
+        a = r(case.m, case.d)
+        b = F.normalize(torch.randn(case.c, case.d, device=dev), dim=1).to(dtype).requires_grad_()
         pos, self_idx = _dist_index(case.m, case.c, dev)
         fns = {"eager": lambda: eager_dist(a, b, pos, self_idx)}
         fns.update({k: (lambda k=k: fastssl_dist(a, b, pos, self_idx, k)) for k in ("triton", "auto")})
@@ -188,11 +199,14 @@ def _build(case: Case, dev):
 # --------------------------------------------------------------------------------------------
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass")
+VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned")
+QUICK_VARIANTS = ("unfused",)  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
 _VARIANT_OPTIONS = {
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False},  # main before issue 21
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
+    "unfused": {"fused_unit": False},  # the normalisation in torch (~12 small launches) instead of UnitRows
+    "tuned": {"autotune": True},  # the new launch path with the autotuner: is the fixed table's tile the best?
 }
 
 
@@ -320,7 +334,33 @@ def _targets(records: list[Record], ceilings) -> list[str]:
             if a.total.median > 1.05 * min(base):
                 slow.append(f"{key[0]} {key[1]}x{key[2]} ({a.total.median:.3f} vs {min(base):.3f} ms)")
     lines.append("auto never slower than min(eager, compile) (+5 %): " + ("met" if not slow else "MISSED at " + "; ".join(slow)))
+    lines.append(_suggest_threshold(get))
     return lines
+
+
+def _suggest_threshold(get: dict) -> str:
+    """The smallest rows × cols from which the kernels beat eager and compile (where measured) at
+    every larger swept shape: the value for fastssl.ops.dispatch.AUTO_SIZE_RULES["contrastive"]."""
+    wins = []
+    for key in {k[1:] for k in get}:
+        t = get.get(("triton",) + key)
+        base = [get[(p,) + key].total.median for p in ("eager", "compile") if (p,) + key in get]
+        if t is not None and base:
+            wins.append((key[1] * key[2], t.total.median <= min(base), f"{key[0]} {key[1]}x{key[2]}"))
+    if not wins:
+        return "auto threshold: no shape with both triton and eager rows"
+    wins.sort()
+    threshold = None
+    for size, won, _ in reversed(wins):
+        if not won:
+            break
+        threshold = size
+    losers = [name for _, won, name in wins if not won]
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if threshold is None:
+        return f"auto threshold: the kernels lose at the largest swept shape ({', '.join(losers)}); keep the placeholder"
+    return (f"auto threshold suggested for {name}: AUTO_SIZE_RULES['contrastive'].min_size = {threshold} "
+            f"(rows x cols; kernels lose at: {', '.join(losers) or 'none'})")
 
 
 def _shape(r: Record) -> str:
@@ -329,7 +369,7 @@ def _shape(r: Record) -> str:
 
 _COLUMNS = [
     Column("case", 7, lambda r: r.case["case"]), Column("dtype", 9, lambda r: r.case["dtype"]),
-    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 16, lambda r: r.provider),
+    Column("D", 5, lambda r: r.case["D"]), Column("MxC", 13, _shape), Column("provider", 18, lambda r: r.provider),
     Column("fwd", 8, lambda r: ms(r.fwd), ".3f"), Column("bwd", 8, lambda r: ms(r.bwd), ".3f"),
     Column("tot", 8, lambda r: ms(r.total), ".3f"), Column("kern", 8, lambda r: r.extra.get("kernel_ms"), ".3f"),
     Column("host", 7, lambda r: r.extra.get("host_ms"), ".3f"),
@@ -349,7 +389,9 @@ def _add_args(p) -> None:
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes: bfloat16,float32,float16")
     p.add_argument("--cases", default=None, help="comma-separated subset of square,dist,mmoco,queue")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting new compile / variant runs after this many seconds (--quick: 200)")
+                   help="start no new row after this many seconds (--quick: 58, for a 75 s cap)")
+    p.add_argument("--compile-at", default=None,
+                   help="--quick: shapes that get a torch.compile row, after all other rows, e.g. 'square 8192x8192'")
 
 
 def main() -> None:
@@ -357,7 +399,7 @@ def main() -> None:
     if args.providers == "eager,compile,triton":  # bench.common's default: add auto here
         args.providers = "eager,compile,triton,auto"
     t_start = time.perf_counter()
-    budget = args.budget_s if args.budget_s is not None else (200.0 if args.quick else float("inf"))
+    budget = args.budget_s if args.budget_s is not None else (58.0 if args.quick else float("inf"))
     dev = device()
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     if hasattr(torch._dynamo.config, "automatic_dynamic_shapes"):  # one static graph per shape, no mark_dynamic
@@ -366,63 +408,72 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; matmul ceiling "
           f"{ceilings.matmul_tflops:.1f} TFLOP/s ({'bf16' if dev.type == 'cuda' else 'fp32'}), copy {ceilings.copy_gbps:.0f} GB/s",
           flush=True)
-    rep_ms = 50 if args.quick else 100
+    rep_ms = 30 if args.quick else 100
     records: list[Record] = []
-    for case in _cases(args):
-        torch.manual_seed(0)
-        torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no stale graphs
-        try:
-            leaves, fns, eager_fn, bind = _build(case, dev)
-        except Exception as err:  # noqa: BLE001  (OOM allocating the inputs: record, go on)
-            records.append(Record(provider="inputs", case=case.meta(), error=f"{type(err).__name__}: {err}"[:300]))
-            free_memory()
+    meta = {"temperature": TAU, "flops_fwd": "2*M*C*D", "flops_total": "8*M*C*D (6*M*C*D when the columns need no grad)",
+            "quick": bool(args.quick), "kernel_ms": "device time of all kernels of one fwd+bwd (torch.profiler)",
+            "host_ms": "CPU time to issue one fwd+bwd"}
+    cases = _cases(args)
+    # compile rows last: each costs a warm-up of up to a minute
+    plan = [(case, p, None) for case in cases for p in providers if p != "compile" and (p != "auto" or case.auto)]
+    plan += [(case, "triton", v) for case in cases for v in case.variants if "triton" in providers]
+    plan.sort(key=lambda r: cases.index(r[0]))  # stable: a case's providers, then its variants
+    plan += [(case, "compile", None) for case in cases if "compile" in providers and case.compile]
+    built: dict = {}
+    first: dict = {}
+    for case, provider, variant in plan:
+        name = provider if variant is None else f"triton[{variant}]"
+        if time.perf_counter() - t_start > budget:
+            records.append(Record(provider=name, case=case.meta(), error="skipped: over the time budget"))
             continue
-        first: dict = {}
-        runs = [(p, None) for p in providers] + [("triton", v) for v in case.variants if "triton" in providers]
-        for provider, variant in runs:
-            name = provider if variant is None else f"triton[{variant}]"
-            elapsed = time.perf_counter() - t_start
-            late = elapsed > budget
-            if provider == "compile" and (not case.compile or late):
+        if case not in built:  # inputs of one case at a time
+            built.clear()
+            free_memory()
+            torch.manual_seed(0)
+            try:
+                built[case] = _build(case, dev)
+            except Exception as err:  # noqa: BLE001  (OOM allocating the inputs: record, go on)
+                records.append(Record(provider=name, case=case.meta(), error=f"inputs: {type(err).__name__}: {err}"[:300]))
                 continue
-            if variant is not None and late:
-                continue
-            if elapsed > budget + 30 and provider != "triton":  # far over: keep only the kernels' own row
-                records.append(Record(provider=name, case=case.meta(), error="skipped: over the time budget"))
-                continue
-            if provider == "compile":
-                fn = bind(torch.compile(eager_fn, dynamic=False))
-            else:
-                fn = fns[provider]
+        leaves, fns, eager_fn, bind = built[case]
+        if provider == "compile":
+            torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no stale graphs
+            fn = bind(torch.compile(eager_fn, dynamic=False))
+        else:
+            fn = fns[provider]
 
-            def run(fn=fn, variant=variant):
-                with _options(variant):
-                    # forward sanity on the benchmark's own inputs (the unit tests are the real check)
-                    loss = fn().detach().float()
-                    torch.testing.assert_close(loss, first.setdefault("loss", loss), rtol=2e-2, atol=2e-2)
-                    del loss
-                    return measure(fn, leaves, case, args.smoke, rep_ms)
+        def run(fn=fn, variant=variant, case=case, leaves=leaves):
+            with _options(variant):
+                # forward sanity on the benchmark's own inputs (the unit tests are the real check)
+                loss = fn().detach().float()
+                torch.testing.assert_close(loss, first.setdefault(case, loss), rtol=2e-2, atol=2e-2)
+                del loss
+                return measure(fn, leaves, case, args.smoke, rep_ms)
 
-            t0 = time.perf_counter()
-            rec = run_guarded(name, case.meta(), run)
-            rec.extra["seconds"] = round(time.perf_counter() - t0, 1)
-            records.append(rec)
-            line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:16}"
-            print(line + (f" ERROR {rec.error[:100]}" if rec.error else
-                          f" tot {rec.total.median:8.3f} ms  kern {rec.extra.get('kernel_ms') or float('nan'):8.3f}"
-                          f"  host {rec.extra['host_ms']:7.3f}  ({rec.extra['seconds']} s)"), flush=True)
-        del leaves, fns, first
-        free_memory()
+        t0 = time.perf_counter()
+        rec = run_guarded(name, case.meta(), run)
+        rec.extra["seconds"] = round(time.perf_counter() - t0, 1)
+        records.append(rec)
+        line = f"  {case.kind:6} {case.m}x{case.c} D={case.d} {case.dtype:8} {name:18}"
+        top = "; ".join(f"{k[:28]} {t:.0f}us x{n:g}" for k, t, n in rec.extra.get("top_kernels", [])[:4])
+        print(line + (f" ERROR {rec.error[:100]}" if rec.error else
+                      f" tot {rec.total.median:8.3f} ms  kern {rec.extra.get('kernel_ms') or float('nan'):8.3f}"
+                      f"  host {rec.extra['host_ms']:7.3f}  ({rec.extra['seconds']} s)"
+                      + (f"  [{top}]" if provider == "triton" and top else "")), flush=True)
+        # after every row: a time cap keeps what was measured
+        write_results("contrastive", records, ceilings, args, meta={**meta, "seconds": round(time.perf_counter() - t_start, 1)})
+    built.clear()
+    free_memory()
     derive_speedups(records, ceilings.matmul_tflops)
     try:
         targets = _targets(records, ceilings) if not args.smoke and dev.type == "cuda" else []
     except Exception as err:  # noqa: BLE001  (never lose the measurements to the summary)
         targets = [f"targets not judged: {type(err).__name__}: {err}"]
     path = write_results("contrastive", records, ceilings, args, meta={
-        "temperature": TAU, "flops_fwd": "2*M*C*D", "flops_total": "8*M*C*D (6*M*C*D when the columns need no grad)",
-        "quick": bool(args.quick), "targets": targets, "seconds": round(time.perf_counter() - t_start, 1),
-        "kernel_ms": "device time of all kernels of one fwd+bwd (torch.profiler)",
-        "host_ms": "CPU time to issue one fwd+bwd"})
+        **meta, "targets": targets, "seconds": round(time.perf_counter() - t_start, 1)})
+    print_table(records, _COLUMNS)
+    for line in targets:
+        print(line, flush=True)
     png = plot(
         path,
         [("forward + backward", lambda r: r.total.median if r.total else None, "ms"),
@@ -431,9 +482,6 @@ def main() -> None:
         x_key="shape",
         series_key=lambda c: f"D={c['D']} {c['dtype']}",
     )
-    print_table(records, _COLUMNS)
-    for line in targets:
-        print(line)
     print(f"\nwrote {path} and {png} in {time.perf_counter() - t_start:.0f} s")
 
 

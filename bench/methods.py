@@ -11,7 +11,9 @@ loader), at the same model, batch and views for every provider:
             AdamW with its defaults (foreach).
   fastssl   the method as ``fastssl.methods.registry`` builds it from the config: one packed ViT
             call for all views, the ``fastssl.ops`` ops (backend "auto": Triton on CUDA, reference
-            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA).
+            on CPU), fused multi-tensor EMA; AdamW over its parameter groups (fused on CUDA). Its
+            step also computes the method's logged metrics (collapse monitors, M-MoCo/M-BYOL's κ),
+            as the trainer does; the eager references compute the loss only.
   compile   fastssl with ``engine.compile`` (``fastssl.engine.compile.compile_regions``: every block
             and head compiled in place). Its first step (the compile) is reported as ``first_step_s``.
 
@@ -99,7 +101,9 @@ def spec(name: str, size: str, batch: int | None = None) -> Spec:
             s.batch = batch or 8
         return s
     base = name.split("_")[0]
-    s = Spec(name, ROOT / "configs" / "imagenet" / f"{base}.yaml", ["data.root=."], batch=batch)
+    # The template's model, method and optimizer; the data section only has to validate (random crops).
+    s = Spec(name, ROOT / "configs" / "imagenet" / f"{base}.yaml", ["data.dataset=fashion-mnist", "data.root=bench/results/no-data"],
+             batch=batch)
     if name in ("simclr_resnet", "simclr_accel"):
         s.overrides += RESNET_SIMCLR
     if name.endswith("_accel"):
@@ -140,9 +144,13 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
     from fastssl.methods.registry import build_method
 
     t0 = time.perf_counter()
-    cfg = load_config(s.config, s.overrides)
-    torch.manual_seed(0)
-    method = build_method(cfg).to(dev).train()
+    # The eager reference copies the weights of a freshly built method and leaves it untouched, so the
+    # next provider takes that method instead of building another (a ViT-B build costs seconds).
+    cfg, method = shared.pop("fresh", (None, None))
+    if method is None:
+        cfg = load_config(s.config, s.overrides)
+        torch.manual_seed(0)
+        method = build_method(cfg).to(dev).train()
     b = s.batch or cfg.optim.batch_size
     if "batch" not in shared:
         shared["batch"] = make_batch(method, cfg.data.image_size, b, dev)
@@ -158,7 +166,7 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
         from bench.eager import after_step, build_eager
 
         ref = build_eager(method)
-        del method
+        shared["fresh"] = (cfg, method)
         opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
         fwd = lambda ctx: ref(batch, ctx)  # noqa: E731
         after = lambda ctx: after_step(ref, ctx)  # noqa: E731
@@ -219,9 +227,36 @@ def peak_mib(fn) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[dict]:
-    """torch.profiler over ``steps`` steps: the top ops by self CPU time (self CUDA time beside it on a
-    GPU), per step; the Chrome trace gzipped to ``trace``."""
+# Where a step's time goes, by kind of op (first match wins; patterns are substrings of aten op names).
+CATEGORIES = (
+    ("autograd engine", ("autograd::",)),  # self time of the engine's wrappers: per-op overhead
+    ("attention", ("attention", "sdpa", "_efficient_attention", "_flash", "softmax")),
+    ("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "einsum", "baddbmm")),
+    ("conv", ("conv", "cudnn_convolution", "mkldnn_convolution")),
+    ("norm", ("layer_norm", "batch_norm", "native_layer_norm", "native_batch_norm", "norm")),
+    ("optimizer", ("adam", "foreach", "optimizer", "lerp")),
+    ("loss", ("cross_entropy", "nll_loss", "log_softmax", "logsumexp", "fastssl::", "triton")),
+    ("elementwise", ("add", "mul", "div", "sub", "relu", "gelu", "threshold", "sqrt", "exp", "pow", "neg", "sigmoid",
+                     "sum", "mean", "max", "min", "clamp")),
+    ("data movement", ("copy", "cat", "index", "gather", "scatter", "stack", "clone", "contiguous", "pad",
+                       "split", "unbind", "fill", "zero", "empty", "to", "masked", "where", "select", "slice")),
+)
+
+
+def categorize(events, key) -> dict[str, float]:
+    """Share (%) of the profiled self time per op category (``CATEGORIES``; "other": the rest)."""
+    totals: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        cat = next((c for c, pats in CATEGORIES if any(p in name for p in pats)), "other")
+        totals[cat] = totals.get(cat, 0.0) + key(e)
+    whole = sum(totals.values()) or 1.0
+    return {c: round(100 * v / whole, 1) for c, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> tuple[list[dict], dict[str, float]]:
+    """torch.profiler over ``steps`` steps: the top ops by self CPU time (self CUDA time on a GPU),
+    per step, and the share of each op category; the Chrome trace gzipped to ``trace``."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -241,6 +276,7 @@ def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[d
             row["self_cuda_ms"] = dev_time(e) / 1e3 / steps
         row["pct"] = 100 * key(e) / total
         rows.append(row)
+    cats = categorize(events, key)
     if trace is not None:
         trace.parent.mkdir(parents=True, exist_ok=True)
         raw = trace.with_suffix("")  # .json
@@ -248,10 +284,26 @@ def profile_steps(step, steps: int, trace: Path | None, top: int = 15) -> list[d
         with open(raw, "rb") as src, gzip.open(trace, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst)
         raw.unlink()
-    return rows
+    return rows, cats
 
 
-def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args, traces: Path | None) -> tuple[list[Record], dict]:
+def accel_warmup(n_stages: int = 4, limit: int = 32) -> int:
+    """Steps from 0 until every stage 1 … n has been drawn by partial back-prop (the draws are fixed by
+    the step index: ``StepContext(step).generator()``, seed 0)."""
+    from fastssl.methods.accel import draw_stage
+    from fastssl.methods.accel_config import AccelConfig
+    from fastssl.methods.context import StepContext
+
+    seen = set()
+    for k in range(limit):
+        seen.add(draw_stage(AccelConfig(), n_stages, StepContext(k, steps_per_epoch=100, total_steps=1000, seed=0).generator()))
+        if len(seen) == n_stages:
+            return k + 1
+    return limit
+
+
+def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args, traces: Path | None
+               ) -> tuple[list[Record], dict, dict]:
     """Every provider of one method: build, warm up, alternate timed rounds, peak memory, profile.
     A provider that fails is recorded with its error; the others go on."""
     shared: dict = {}
@@ -267,6 +319,9 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
         print(f"  {s.name} {prov}: {errors[prov].splitlines()[0][:160]}", flush=True)
         free_memory()
 
+    warmup = args.warmup
+    if s.name.endswith("_accel") and "compile" in providers:  # partial back-prop: a compiled step meets a new graph at
+        warmup = max(warmup, accel_warmup())  # every new stage: warm up until each has been drawn (same count for all)
     for prov in providers:
         try:
             r = build_runner(s, prov, dev, amp, shared)
@@ -277,7 +332,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             r.first_step_s = time.perf_counter() - t0
             if not torch.isfinite(torch.tensor(r.first_loss)):
                 raise FloatingPointError(f"non-finite first loss {r.first_loss}")
-            for _ in range(args.warmup - 1):
+            for _ in range(warmup - 1):
                 r.step()
             runners[prov] = r
         except Exception as err:  # noqa: BLE001  (one provider failing must not end the method)
@@ -295,19 +350,21 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
                 fail(prov, err)
                 samples.pop(prov, None)
     profiles: dict = {}
+    categories: dict = {}
     for prov, r in list(runners.items()):
         try:
             peak = peak_mib(r.step)
             if args.profile:
                 trace = traces / f"{s.name}-{prov}.json.gz" if traces is not None else None
-                profiles[f"{s.name}/{prov}"] = profile_steps(r.step, 1 if args.quick else 2, trace)
+                profiles[f"{s.name}/{prov}"], categories[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)
         except Exception as err:  # noqa: BLE001
             fail(prov, err)
             continue
         t = quantiles(samples[prov])
         b = shared["case"]["batch"]
         extra = {"images_per_s": b / (t.median / 1e3), "first_loss": r.first_loss, "first_step_s": r.first_step_s,
-                 "build_s": r.build_s, "timed_steps": len(samples[prov]), **r.info}
+                 "build_s": r.build_s, "warmup_steps": warmup, "timed_steps": len(samples[prov]),
+                 "min_ms": min(samples[prov]), "samples_ms": samples[prov], **r.info}
         records.append(Record(prov, shared["case"], total=t, peak_mem_mib=peak, extra=extra))
     case = shared.get("case", {"method": s.name})
     for prov, err in errors.items():
@@ -322,7 +379,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
             r.extra["first_loss_rel_diff_vs_fastssl"] = abs(r.extra["first_loss"] - f) / max(abs(f), 1e-12)
     del runners, shared
     free_memory()
-    return records, profiles
+    return records, profiles, categories
 
 
 def print_rows(records: list[Record]) -> None:
@@ -341,6 +398,43 @@ def print_rows(records: list[Record]) -> None:
               f"{e['first_step_s']:11.2f}{e['first_loss']:10.4f}")
 
 
+def markdown_categories(categories: dict) -> str:
+    """Per method and provider: the share of profiled time per op category."""
+    cats = [c for c, _ in CATEGORIES] + ["other"]
+    lines = ["| method/provider | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for key, shares in categories.items():
+        lines.append(f"| {key} | " + " | ".join(f"{shares.get(c, 0.0):.0f}" for c in cats) + " |")
+    return "\n".join(lines)
+
+
+def markdown_summary(records: list[Record], profiles: dict) -> str:
+    """One row per method: ms per step of each provider, its speed-up over eager, and (profiled) the
+    three ops with the most self time of eager and of fastssl."""
+    provs = [p for p in PROVIDERS if any(r.provider == p for r in records)]
+    lines = ["| method | arch, B | " + " | ".join(f"{p} ms (x eager)" for p in provs) + (" | top ops eager / fastssl |" if profiles else " |"),
+             "|---|---|" + "---|" * len(provs) + ("---|" if profiles else "")]
+    by: dict = {}
+    for r in records:
+        by.setdefault(r.case.get("method"), {})[r.provider] = r
+    for name, rows in by.items():
+        ok = [r for r in rows.values() if r.error is None]
+        case = ok[0].case if ok else {}
+        cells = []
+        for p in provs:
+            r = rows.get(p)
+            if r is None or r.error is not None:
+                cells.append("error" if r is not None else "-")
+            else:
+                cells.append(f"{r.total.median:.0f} (x{r.extra.get('speedup_vs_eager', float('nan')):.2f})")
+        line = f"| {name} | {case.get('arch', '?')}, {case.get('batch', '?')} | " + " | ".join(cells) + " |"
+        if profiles:
+            tops = [", ".join(f"{row['op'].removeprefix('aten::')} {row['pct']:.0f}%" for row in profiles.get(f"{name}/{p}", [])[:3])
+                    for p in ("eager", "fastssl")]
+            line += f" {tops[0]} / {tops[1]} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def print_profiles(profiles: dict) -> None:
     for key, rows in profiles.items():
         cuda = rows and "self_cuda_ms" in rows[0]
@@ -355,7 +449,7 @@ def print_profiles(profiles: dict) -> None:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models at 16 px, B = 8: runs anywhere, not a measurement")
-    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 10 s cap per method")
+    p.add_argument("--quick", action="store_true", help="GPU: eager + fastssl, B <= 128, 2 warm-up + up to 6 rounds, 8 s cap per method, 175 s in all")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--providers", default=None, help="comma-separated subset of eager,fastssl,compile "
                    "(default: all three on CUDA without --quick; eager,fastssl otherwise)")
@@ -364,10 +458,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per provider first (the first includes any compile)")
     p.add_argument("--cap-s", type=float, default=None, help="wall seconds per method after which rounds stop (>= 3 rounds); "
                    "default: none (quick: 10)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--budget-s", type=float, default=None, help="wall seconds for the whole run; methods not started "
+                   "by then are recorded as not run (default: none; quick on CUDA: 175)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's). On a shared CPU use 1: "
+                   "OpenMP threads spin-wait against other work (measured here: 2 threads 4x slower than 1 at load 5)")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops + a gzipped Chrome trace per method and provider")
+    p.add_argument("--profile-steps", type=int, default=None, help="steps per profile (default 2; quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="methods", help="results file stem")
+    p.add_argument("--summarize", type=Path, default=None, help="print the Markdown tables of an existing results JSON and exit")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.providers is None:
@@ -375,15 +474,36 @@ def parse(argv=None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 2 if args.smoke else 6 if args.quick else 7
     if args.cap_s is None:
-        args.cap_s = 10.0 if args.quick else float("inf")
+        args.cap_s = 8.0 if args.quick else float("inf")
+    if args.budget_s is None:
+        args.budget_s = 175.0 if args.quick and cuda else float("inf")
     if args.quick and cuda:
         args.batch = min(args.batch or 128, 128)
     args.warmup = max(1, args.warmup)
+    if args.profile_steps is None:
+        args.profile_steps = 1 if args.quick else 2
     return args
 
 
-def main(argv=None) -> Path:
+def summarize(path: Path) -> None:
+    """The Markdown tables of a results JSON written by this script (e.g. one brought back from a GPU)."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    records = [Record(**{**r, "total": Timing(**r["total"]) if r["total"] else None}) for r in doc["records"]]
+    m = doc["meta"]
+    print(f"{doc['device']}, torch {doc['torch']}, {m.get('size')} sizes, providers {m.get('providers')}, "
+          f"load {m.get('load_average_start')} -> {m.get('load_average_end')}\n")
+    print(markdown_summary(records, m.get("profiles", {})))
+    if m.get("profile_categories"):
+        print("\nshare of profiled self time per op category (%)\n" + markdown_categories(m["profile_categories"]))
+
+
+def main(argv=None) -> Path | None:
     args = parse(argv)
+    if args.summarize is not None:
+        summarize(args.summarize)
+        return None
     dev = device()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -405,21 +525,28 @@ def main(argv=None) -> Path:
           f"providers {providers}; {args.rounds} rounds after {args.warmup} warm-up steps", flush=True)
     records: list[Record] = []
     profiles: dict = {}
+    categories: dict = {}
     meta = {"step": "forward + losses + backward + AdamW + zero_grad + after_step, random crops on the device",
-            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "quick": args.quick,
+            "size": size, "rounds": args.rounds, "warmup": args.warmup, "cap_s": args.cap_s, "budget_s": args.budget_s,
+            "quick": args.quick,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
-            "providers": providers, "profiles": profiles, "optimizer": {"eager": "AdamW (torch defaults)",
+            "providers": providers, "profiles": profiles, "profile_categories": categories, "optimizer": {"eager": "AdamW (torch defaults)",
                                                                         "fastssl": "AdamW over param groups, fused on CUDA"}}
     path = None
     t_all = time.perf_counter()
     for s in specs:
         t0 = time.perf_counter()
+        if t0 - t_all > args.budget_s:
+            records += [Record(p, {"method": s.name}, error=f"not run: over --budget-s {args.budget_s:.0f}") for p in providers]
+            print(f"  {s.name}: not run (over --budget-s)", flush=True)
+            continue
         try:
-            recs, profs = run_method(s, providers, dev, amp, args, traces)
+            recs, profs, cats = run_method(s, providers, dev, amp, args, traces)
         except Exception as err:  # noqa: BLE001  (a method that cannot even be built: record, go on)
-            recs, profs = [Record(p, {"method": s.name}, error=f"{type(err).__name__}: {err}"[:500]) for p in providers], {}
+            recs, profs, cats = [Record(p, {"method": s.name}, error=f"{type(err).__name__}: {err}"[:500]) for p in providers], {}, {}
         records += recs
         profiles.update(profs)
+        categories.update(cats)
         for r in recs:
             msg = r.error.splitlines()[0][:120] if r.error else (
                 f"{r.total.median:.1f} ms ({r.total.p20:.1f}-{r.total.p80:.1f}), {r.extra['images_per_s']:.1f} img/s, "
@@ -434,6 +561,9 @@ def main(argv=None) -> Path:
     print_rows(records)
     if profiles:
         print_profiles(profiles)
+    print("\n" + markdown_summary(records, profiles))
+    if categories:
+        print("\nshare of profiled self time per op category (%)\n" + markdown_categories(categories))
     try:
         png = plot(path, [("step time", lambda r: r.total.median if r.total else None, "ms per step"),
                           ("throughput", lambda r: r.extra.get("images_per_s"), "images/s"),

@@ -20,13 +20,16 @@ every output written once (dx in full: its zeros are the gradient too), against 
 copy measured in the same run (``bench.common.measure_ceilings``): "% copy".
 
     python bench/tokens.py            # full GPU sweep -> bench/results/tokens-<device>.{json,png}
-    python bench/tokens.py --quick    # B 256 and 1024, ratio 0.75 + a small launch-table sweep, < 3 min
+    python bench/tokens.py --quick    # B 1024 and 256, ratio 0.75: eager + triton rows first, then main's
+                                      # kernels, then compile; JSON rewritten after every row (a cap keeps it)
+    python bench/tokens.py --quick --sweep   # + the Triton launch-table sweep (kernel-only), last
     python bench/tokens.py --smoke    # tiny sweep that runs anywhere (CPU: Triton interpreter)
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -160,39 +163,72 @@ def check_against_eager(op: str, eager_out, out) -> None:
 
 # ----------------------------------------------------------------------------- kernel-only time
 
-_FLUSH: list = []
+_BUF: dict = {}
 
 
-def kernel_ms(fn, n: int = 20) -> float | None:
-    """Device time of the kernels ``fn`` launches, per call (ms): torch.profiler's CUDA activities
-    (kernels, memsets, copies) summed over ``n`` calls. Each call follows an L2 flush (a 256 MB
-    ``bitwise_not_``, excluded by name) as in do_bench. None without CUDA."""
+def _marker_kernels():
+    """Two Triton kernels with names of our own, so the profiler's device events can be told apart
+    without guessing torch's kernel names: an L2 flush (writes a 256 MB buffer, as do_bench's
+    cache clear) and a one-element phase marker."""
+    if "flush_fn" not in _BUF:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def bench_l2_flush_kernel(ptr, n, BLOCK: tl.constexpr):
+            offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(ptr + offs, tl.zeros((BLOCK,), tl.int32), mask=offs < n)
+
+        @triton.jit
+        def bench_phase_marker_kernel(ptr):
+            tl.store(ptr, 1)
+
+        buf = torch.empty(64 << 20, dtype=torch.int32, device="cuda")
+        mark = torch.zeros(1, dtype=torch.int32, device="cuda")
+        _BUF["flush_fn"] = lambda: bench_l2_flush_kernel[(buf.numel() // 4096,)](buf, buf.numel(), BLOCK=4096)
+        _BUF["mark_fn"] = lambda: bench_phase_marker_kernel[(1,)](mark)
+    return _BUF["flush_fn"], _BUF["mark_fn"]
+
+
+def kernel_ms(phases: dict, n: int = 10) -> dict:
+    """Device time per call (ms) of the kernels each callable in ``phases`` launches, all phases in
+    ONE torch.profiler session (a session costs ~1 s on the GPU machine): device events (kernels,
+    memsets, copies) in start order, phases separated by a marker kernel, each call preceded by an
+    L2 flush as in do_bench; markers and flushes are excluded by name. {} without CUDA."""
     if not torch.cuda.is_available():
-        return None
+        return {}
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(64 << 20, dtype=torch.int32, device="cuda"))
-    flush = _FLUSH[0]
-    fn()
+    flush, mark = _marker_kernels()
+    flush()
+    mark()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            flush.bitwise_not_()
-            fn()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:  # the usual pairing
+        for f in phases.values():
+            for _ in range(n):
+                flush()
+                f()
+            mark()
         torch.cuda.synchronize()
-    us = sum(e.time_range.elapsed_us() for e in prof.events()
-             if e.device_type == DeviceType.CUDA and "bitwise_not" not in e.name)
-    return us / n / 1e3
+    events = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    totals, i = [0.0] * len(phases), 0
+    for e in events:
+        if "bench_phase_marker" in e.name:
+            i += 1
+        elif "bench_l2_flush" not in e.name and i < len(totals):
+            totals[i] += e.time_range.elapsed_us()
+    if i != len(phases):
+        raise RuntimeError(f"profiler saw {i} phase markers, expected {len(phases)}")
+    return {name: t / n / 1e3 for name, t in zip(phases, totals)}
 
 
-def run_case(op, case, provider, smoke) -> Record:
+def run_case(op, case, provider, smoke, rep_ms: float = 100, prof_n: int = 10) -> Record:
     fn = case["fns"][provider]
     leaves = case["leaves"]
     out = fn()
     extra: dict = {}
-    fwd = time_fn(fn, smoke=smoke)
+    fwd = time_fn(fn, smoke=smoke, rep_ms=rep_ms)
     bwd = None
     fns = {"fwd": fn}
     if leaves:
@@ -206,8 +242,8 @@ def run_case(op, case, provider, smoke) -> Record:
         def both():
             torch.autograd.grad(fn(), leaves, grad)
 
-        bwd = time_fn(backward, smoke=smoke)
-        total = time_fn(both, smoke=smoke)
+        bwd = time_fn(backward, smoke=smoke, rep_ms=rep_ms)
+        total = time_fn(both, smoke=smoke, rep_ms=rep_ms)
         peak = peak_memory_mib(both)
         fns.update(bwd=backward, total=both)
     else:
@@ -218,13 +254,12 @@ def run_case(op, case, provider, smoke) -> Record:
         if t is not None:
             extra[f"gbps_{part}"] = nbytes[part] / t.median / 1e6
     try:  # kernel-only device time (CUDA): a profiler failure must not lose the wall-clock record
-        for part, f in fns.items():
-            kt = kernel_ms(f, n=5 if smoke else 20)
-            if kt is not None:
-                extra[f"kernel_ms_{part}"] = kt
-                extra[f"kernel_gbps_{part}"] = nbytes[part] / kt / 1e6
-        if not leaves and "kernel_ms_fwd" in extra:
-            extra["kernel_ms_total"], extra["kernel_gbps_total"] = extra["kernel_ms_fwd"], extra["kernel_gbps_fwd"]
+        kt = kernel_ms(fns, n=3 if smoke else prof_n)
+        if not leaves and "fwd" in kt:
+            kt["total"] = kt["fwd"]
+        for part, t in kt.items():
+            extra[f"kernel_ms_{part}"] = t
+            extra[f"kernel_gbps_{part}"] = nbytes[part] / t / 1e6 if t > 0 else None
     except Exception as err:  # noqa: BLE001
         extra["kernel_error"] = f"{type(err).__name__}: {err}"[:300]
     extra["min_bytes_fwd"] = case["fwd_bytes"]
@@ -235,9 +270,11 @@ def run_case(op, case, provider, smoke) -> Record:
 # ----------------------------------------------------------------------------- launch-table sweep
 
 
-# (tile elements, programs per SM of the reducing kernels, warps; None = the table's choice): a tile
-# change recompiles (~1 s per kernel), a waves change only regrids, so tiles are few.
-_SWEEP = [(t, w, None) for t in (4096, 8192, 16384) for w in (1, 2, 4, 8)] + [(8192, 2, 4), (16384, 2, 8), (4096, 2, 8)]
+# (tile elements, programs per SM of the reducing kernels, warps, pipeline stages; None = the table's
+# choice): a tile / warps / stages change recompiles (~1 s per kernel), a waves change only regrids.
+_SWEEP = ([(t, w, None, 1) for t in (4096, 8192, 16384) for w in (2, 4, 8)]
+          + [(4096, w, 8, 1) for w in (4, 8)] + [(8192, 4, 4, 1)]
+          + [(t, w, None, 3) for t in (4096, 8192) for w in (2, 4, 8)])
 
 
 def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: float) -> list[dict]:
@@ -254,15 +291,16 @@ def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: flo
         def both():
             torch.autograd.grad(fn(), leaves, grad)
 
-        for tile, waves, warps in _SWEEP:
+        for tile, waves, warps, stages in _SWEEP:
             T._OVERRIDE.clear()
-            T._OVERRIDE.update({k: v for k, v in (("tile", tile), ("waves", waves), ("warps", warps)) if v is not None})
+            T._OVERRIDE.update({k: v for k, v in (("tile", tile), ("waves", waves), ("warps", warps), ("stages", stages))
+                                if v is not None})
+            cfg = dict(op=op, B=b, tile=tile, waves=waves, warps=warps, stages=stages)
             try:
-                kt = kernel_ms(both, n=10)
-                rows.append(dict(op=op, B=b, tile=tile, waves=waves, warps=warps, kernel_ms=kt,
-                                 pct_copy=100 * (case["fwd_bytes"] + case["bwd_bytes"]) / kt / 1e6 / copy_gbps))
+                kt = kernel_ms({"total": both}, n=10)["total"]
+                rows.append(dict(cfg, kernel_ms=kt, pct_copy=100 * (case["fwd_bytes"] + case["bwd_bytes"]) / kt / 1e6 / copy_gbps))
             except Exception as err:  # noqa: BLE001
-                rows.append(dict(op=op, B=b, tile=tile, waves=waves, warps=warps, error=f"{type(err).__name__}: {err}"[:200]))
+                rows.append(dict(cfg, error=f"{type(err).__name__}: {err}"[:200]))
         T._OVERRIDE.clear()
         del case
         free_memory()
@@ -292,11 +330,46 @@ def _targets(records, ceilings, b_small, b_large) -> list[str]:
     return lines
 
 
+def _derive(records, copy_gbps: float) -> None:
+    """Share of the copy rate and speed-ups over eager / compile (wall fwd+bwd), per case; idempotent."""
+    by_case: dict = {}
+    for r in records:
+        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
+    for group in by_case.values():
+        for r in group.values():
+            if r.error is not None:
+                continue
+            r.extra["pct_copy"] = 100 * r.extra["gbps_total"] / copy_gbps
+            if r.extra.get("kernel_gbps_total"):
+                r.extra["pct_copy_kernel"] = 100 * r.extra["kernel_gbps_total"] / copy_gbps
+            for base in ("eager", "compile"):
+                o = group.get(base)
+                if o is not None and o.error is None:
+                    r.extra[f"speedup_vs_{base}"] = o.total.median / r.total.median
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _row(r: Record) -> str:
+    """One line per record, printed as soon as it is measured (a time cap keeps what was printed)."""
+    head = f"{r.case['op']:<15} B={r.case['B']:<5} {r.provider:<12}"
+    if r.error:
+        return f"{head} ERROR {r.error.splitlines()[0][:100]}"
+    x = r.extra
+    return (f"{head} wall fwd {_fmt(ms(r.fwd))} bwd {_fmt(ms(r.bwd))} tot {_fmt(ms(r.total))} ms | kernel fwd "
+            f"{_fmt(x.get('kernel_ms_fwd'))} bwd {_fmt(x.get('kernel_ms_bwd'))} tot {_fmt(x.get('kernel_ms_total'))} ms | "
+            f"{(x['min_bytes_fwd'] + x['min_bytes_bwd']) / 1e6:.0f} MB, {_fmt(x.get('pct_copy'), '.0f')}% / "
+            f"{_fmt(x.get('pct_copy_kernel'), '.0f')}% of copy (wall / kernel), x eager {_fmt(x.get('speedup_vs_eager'), '.2f')}"
+            + (f", x compile {_fmt(x.get('speedup_vs_compile'), '.2f')}" if "speedup_vs_compile" in x else ""))
+
+
 def main() -> None:
     def extra_args(p):
-        p.add_argument("--quick", action="store_true", help="B 256 and 1024, ratio 0.75, + launch-table sweep (< 3 min)")
+        p.add_argument("--quick", action="store_true", help="B 1024 and 256, ratio 0.75; most important rows first (~1 min)")
         p.add_argument("--scatter-dim", type=int, default=512, help="decoder width for the scatter case (MAE: 512)")
-        p.add_argument("--no-sweep", action="store_true", help="skip the launch-table sweep of --quick")
+        p.add_argument("--sweep", action="store_true", help="also sweep the Triton launch table (kernel-only, B max; ~1 min)")
 
     args = parse_args(__doc__.splitlines()[0], extra_args)
     dev = device()
@@ -305,56 +378,57 @@ def main() -> None:
         grid, p, dims, batches, ratios, dtype = 4, 4, {"gather": 24, "scatter": 16, "patchify_noise": 0}, [2], [0.75], torch.float32
     else:
         grid, p, dims, dtype = 14, 16, {"gather": 768, "scatter": args.scatter_dim, "patchify_noise": 0}, torch.bfloat16
-        batches, ratios = ([256, 1024], [0.75]) if args.quick else ([64, 256, 1024], [0.75, 0.5])
+        batches, ratios = ([1024, 256], [0.75]) if args.quick else ([1024, 256, 64], [0.75, 0.5])
     if args.providers == "eager,compile,triton" and not args.smoke and _main_kernels() is not None:
         providers.append("triton_main")  # before / after in the same run (GPU runs only)
+    rep_ms = 40 if args.quick else 100
+    # Passes, most important first, so that a time cap cuts the least useful rows: eager + triton for
+    # every case, then torch.compile (the targets compare with it; its warm-ups are slow), then main's
+    # kernels (before / after).
+    passes = [[q for q in ("eager", "triton") if q in providers], [q for q in ("compile",) if q in providers],
+              [q for q in ("triton_main",) if q in providers]]
+    passes = [q for q in passes if q] + [[q for q in providers if q not in ("eager", "triton", "triton_main", "compile")]]
+    t_start = time.perf_counter()
     ceilings = measure_ceilings(smoke=args.smoke)
-    print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; copy {ceilings.copy_gbps:.0f} GB/s")
+    print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; copy {ceilings.copy_gbps:.0f} GB/s", flush=True)
     records: list[Record] = []
-    for op in ("gather", "scatter", "patchify_noise"):
-        for ratio in ratios:
-            for b in batches:
-                torch.manual_seed(0)
-                torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no stale graphs
-                case = make_case(op, b, ratio, grid, p, dims[op], dtype, dev)
-                meta = {"op": op, "B": b, "mask_ratio": ratio, "L": case["L"], "K": case["K"], "D": dims[op] or p * p * 3,
-                        "dtype": str(dtype).replace("torch.", "")}
-                eager_out = case["fns"]["eager"]()
-                for provider in providers:
-                    if provider not in case["fns"]:
+    meta = {"grid": grid, "patch": p, "dims": dims, "quick": bool(args.quick), "launch_sweep": []}
+
+    def save():
+        _derive(records, ceilings.copy_gbps)
+        return write_results("tokens", records, ceilings, args, meta=meta)
+
+    path = save()
+    for todo in passes:
+        for op in ("gather", "scatter", "patchify_noise"):
+            for ratio in ratios:
+                for b in batches:
+                    todo_here = [q for q in todo if q != "triton_main" or op != "patchify_noise"]
+                    if not todo_here:
                         continue
+                    torch.manual_seed(0)
+                    torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no stale graphs
+                    case = make_case(op, b, ratio, grid, p, dims[op], dtype, dev)
+                    case_meta = {"op": op, "B": b, "mask_ratio": ratio, "L": case["L"], "K": case["K"],
+                                 "D": dims[op] or p * p * 3, "dtype": str(dtype).replace("torch.", "")}
+                    eager_out = case["fns"]["eager"]()
+                    for provider in todo_here:
+                        def measure(provider=provider):
+                            if provider != "eager":
+                                check_against_eager(op, eager_out, case["fns"][provider]())
+                            return run_case(op, case, provider, args.smoke, rep_ms, 5 if args.quick else 10)
 
-                    def measure(provider=provider):
-                        if provider != "eager":
-                            check_against_eager(op, eager_out, case["fns"][provider]())
-                        return run_case(op, case, provider, args.smoke)
-
-                    records.append(run_guarded(provider, meta, measure))
-                del case, eager_out
-                free_memory()
-    # speed-up over eager and compile, share of the copy bandwidth, per case
-    by_case = {}
-    for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
-        for r in group.values():
-            if r.error is not None:
-                continue
-            r.extra["pct_copy"] = 100 * r.extra["gbps_total"] / ceilings.copy_gbps
-            if "kernel_gbps_total" in r.extra:
-                r.extra["pct_copy_kernel"] = 100 * r.extra["kernel_gbps_total"] / ceilings.copy_gbps
-            for base in ("eager", "compile"):
-                o = group.get(base)
-                if o is not None and o.error is None:
-                    r.extra[f"speedup_vs_{base}"] = o.total.median / r.total.median
-    sweep = []
-    if args.quick and not args.no_sweep and dev.type == "cuda" and "triton" in providers:
+                        records.append(run_guarded(provider, case_meta, measure))
+                        path = save()  # after every record: a time cap keeps what was measured
+                        print(_row(records[-1]), f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
+                    del case, eager_out
+                    free_memory()
+    if args.sweep and dev.type == "cuda" and "triton" in providers:
         try:
-            sweep = sweep_launch_table(max(batches), grid, dims, dtype, dev, ceilings.copy_gbps)
+            meta["launch_sweep"] = sweep_launch_table(max(batches), grid, dims, dtype, dev, ceilings.copy_gbps)
         except Exception as err:  # noqa: BLE001
-            sweep = [{"error": f"{type(err).__name__}: {err}"[:300]}]
-    path = write_results("tokens", records, ceilings, args,
-                         meta={"grid": grid, "patch": p, "dims": dims, "quick": bool(args.quick), "launch_sweep": sweep})
+            meta["launch_sweep"] = [{"error": f"{type(err).__name__}: {err}"[:300]}]
+        path = save()
     png = plot(
         path,
         [("forward + backward (wall)", lambda r: r.total.median if r.total else None, "ms"),
@@ -376,19 +450,20 @@ def main() -> None:
         Column("x cmp", 6, lambda r: r.extra.get("speedup_vs_compile"), ".2f"),
     ])
     print("(ms: wall, do_bench; k.*: kernel-only device time; %copy: min bytes / time vs the copy rate; x: wall fwd+bwd)")
+    sweep = meta["launch_sweep"]
     if sweep and "error" not in sweep[0]:
         print("\nlaunch-table sweep (kernel-only fwd+bwd, B=%d):" % max(batches))
         for op in ("gather", "scatter"):
             ok = sorted((s for s in sweep if s.get("op") == op and "kernel_ms" in s), key=lambda s: s["kernel_ms"])
-            for s in ok[:4]:
-                print(f"  {op:<8} tile {s['tile']:>5} waves {s['waves']} warps {s['warps'] or 'table'}: {s['kernel_ms']:.3f} ms "
-                      f"({s['pct_copy']:.0f}% of copy)")
+            for s in ok[:5]:
+                print(f"  {op:<8} tile {s['tile']:>5} waves {s['waves']} warps {s['warps'] or 'table'} stages {s['stages']}: "
+                      f"{s['kernel_ms']:.3f} ms ({s['pct_copy']:.0f}% of copy)")
     elif sweep:
         print("launch-table sweep failed:", sweep[0]["error"])
     if not args.smoke:
         for line in _targets(records, ceilings, min(batches), max(batches)):
             print(line)
-    print(f"\nwrote {path} and {png}")
+    print(f"\nwrote {path} and {png} ({time.perf_counter() - t_start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -170,8 +170,8 @@ class TrainConfig(Section):
         from fastssl.engine.run_paths import overlap_problem
         from fastssl.models.encoder import encoder_family
 
-        overlap = overlap_problem(self.run.output_dir, self.data.root)
-        if overlap:
+        overlap = None if self.data.synthetic else overlap_problem(self.run.output_dir, self.data.root)
+        if overlap:  # (synthetic batches read no data.root)
             raise ValueError(overlap)
         img = self.model.img_size or self.data.image_size
         if encoder_family(self.model.arch) == "vit" and img % self.model.patch_size:

@@ -28,11 +28,21 @@ when cols needs no grad (MoCo's momentum keys: no dK work).
 
 Occupancy: one contrastive matrix has no batch/head axis to spread over the SMs, so each kernel
 may also split its reduction loop (columns for the forward and dRows, rows for dCols) into
-``splits`` chunks, a third grid axis, when there are too few programs (``_splits``: ~2 per SM in
-the forward, ~1 in the backward, whose partials are large). The forward's partial (max, sum) pairs
-are merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed
-in a fixed order and cast by ``_sum_cast_kernel`` (one pass). Extra memory stays O(M) in the
-forward and O(splits·M·D) in the backward, only at sizes small enough to need it.
+``splits`` chunks, the last grid axis, chosen by ``contrastive_tiles.split_plan`` so that a launch
+has at least one full wave of programs (issue 21). The forward's partial (max, sum) pairs are
+merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed in a
+fixed order and cast by ``_sum_cast_kernel`` (one pass): deterministic. Extra memory stays O(M)
+in the forward and at most 64 MiB of partials in the backward.
+
+Symmetric backward (``SYM``, rows is cols: single-process NT-Xent/DCL): dZ = (1/τ)(dS + dSᵀ)·Z in
+one row-parallel pass, each score tile computed once for both of its terms (two matmuls per tile
+instead of the four of dRows + dCols).
+
+Launch path (issue 21): no autotuner on the hot path (one config per (kernel, dtype, D) from
+``contrastive_tiles.fixed_config``; ``OPTIONS["autotune"]`` puts it back), grids as tuples from the
+cached ``contrastive_tiles.geometry``, dloss read with its stride (no copy of ``.mean()``'s
+expanded gradient), and ``UnitRows``: the ops' L2 normalisation in one launch each way
+(``OPTIONS["fused_unit"]``, off until measured on a GPU).
 
 Queue mode (MoCo v2, ``queue_rows`` / ``QueueRows``): cols is the queue [K, D] and the positive is
 not among them. The launcher passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
@@ -40,15 +50,14 @@ forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and str
 pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
 positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
 (no gradient into the queue). M is small there (a GPU's share of the batch), so the column loop
-may be split into up to ``_MAX_QUEUE_SPLITS`` chunks.
+is split like any other loop (``split_plan``: 2 row tiles × 66 splits at M = 256, K = 65,536).
 
-Bytes: when rows and cols are one tensor (single-process NT-Xent/DCL) dCols is added onto dRows by
-the dCols kernel itself (``ACCUMULATE``) or by the sum-and-cast pass, so the gradient leaves as one
-tensor: no autograd add of two [M, D] gradients, no separate cast.
+Bytes: when rows and cols are one tensor the symmetric pass writes the whole gradient; with it
+off (``OPTIONS["sym_bwd"]``) dCols is added onto dRows by the dCols kernel itself
+(``ACCUMULATE``) or by the sum-and-cast pass: no autograd add of two [M, D] gradients.
 
-Tiles: ``fastssl.kernels.contrastive_tiles`` lists the autotune configs and prunes them per
-(dtype, D) at launch to those that fit sm_90's shared memory and do not spill;
-tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
+Tiles: ``fastssl.kernels.contrastive_tiles`` lists the configs that fit sm_90's shared memory and
+do not spill, per (dtype, D); tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
 
 D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
 (``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
@@ -104,6 +113,11 @@ OPTIONS = {
     # Outside torch.compile, ``fastssl.ops.library.contrastive_rows`` calls ``ContrastiveRows``
     # directly rather than through its custom op (False: through the op, as main did before issue 21).
     "direct_eager": True,
+    # The ops' L2 normalisation of kernel-bound operands as one Triton launch forward and one
+    # backward (``unit_rows``) instead of ~5 + ~7 small torch launches: the first H200 run showed the
+    # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
+    # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
+    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
 }
 
 
@@ -648,6 +662,93 @@ class ContrastiveRows(torch.autograd.Function):
         return drows, dcols, None, None, None, None, None, None
 
 
+# --------------------------------------------------------------------------------------------
+# Row L2-normalisation (the ops' ``_unit``) in one launch each way
+# --------------------------------------------------------------------------------------------
+_UNIT_EPS = 1e-12  # F.normalize's default
+_UNIT_MAX_D = 4096
+
+
+@triton.jit
+def _unit_fwd_kernel(x_ptr, y_ptr, rn_ptr, N, D, stride_x, stride_y, EPS: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y = x / max(‖x‖, EPS) per row, computed in fp32, stored in y's dtype; rn = 1 / max(‖x‖, EPS)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
+    x = tl.load(x_ptr + offs_r[:, None] * stride_x + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    denom = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), EPS)
+    tl.store(y_ptr + offs_r[:, None] * stride_y + offs_d[None, :], (x / denom[:, None]).to(y_ptr.dtype.element_ty),
+             mask=ok)
+    tl.store(rn_ptr + offs_r, 1.0 / denom, mask=offs_r < N)
+
+
+@triton.jit
+def _unit_bwd_kernel(x_ptr, dy_ptr, rn_ptr, dx_ptr, N, D, stride_x, stride_dy, stride_dx, EPS: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx of y = x / max(‖x‖, EPS): (dy − u·(u·dy)) / ‖x‖ with u = x / ‖x‖; dy / EPS where clamped."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
+    x = tl.load(x_ptr + offs_r[:, None] * stride_x + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs_r[:, None] * stride_dy + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    rn = tl.load(rn_ptr + offs_r, mask=offs_r < N, other=0.0)
+    u = x * rn[:, None]
+    proj = tl.sum(u * dy, axis=1)
+    clamped = tl.sqrt(tl.sum(x * x, axis=1)) < EPS
+    dx = tl.where(clamped[:, None], dy, dy - u * proj[:, None]) * rn[:, None]
+    tl.store(dx_ptr + offs_r[:, None] * stride_dx + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+def _unit_tile(d: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D): whole rows, ~4096 elements per program (16 rows at D = 256)."""
+    block_d = triton.next_power_of_2(d)
+    return max(1, min(64, 4096 // block_d)), block_d
+
+
+class UnitRows(torch.autograd.Function):
+    """x [N, D] (fp32/bf16/fp16, unit stride along D) -> x / max(‖x‖, 1e-12) in x's dtype, the norm
+    and the backward in fp32, as ``F.normalize(x.float()).to(x.dtype)``; saves x and 1/‖x‖ [N]."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, d = x.shape
+        block_r, block_d = _unit_tile(d)
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        rn = torch.empty(n, device=x.device, dtype=torch.float32)
+        with _device_guard(x):
+            _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x, y, rn, n, d, x.stride(0), y.stride(0), EPS=_UNIT_EPS,
+                                                         BLOCK_R=block_r, BLOCK_D=block_d)
+        ctx.save_for_backward(x, rn)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, rn = ctx.saved_tensors
+        n, d = x.shape
+        block_r, block_d = _unit_tile(d)
+        if dy.stride(-1) != 1:
+            dy = dy.contiguous()
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        with _device_guard(x):
+            _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x, dy, rn, dx, n, d, x.stride(0), dy.stride(0), dx.stride(0),
+                                                         EPS=_UNIT_EPS, BLOCK_R=block_r, BLOCK_D=block_d)
+        return dx
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """``UnitRows`` of a 2-D operand when it applies (``OPTIONS["fused_unit"]``, D <= 4096, a GPU or
+    the interpreter, not under torch.compile, which fuses the eager normalisation itself); None
+    otherwise, and the caller normalises in torch."""
+    if not OPTIONS["fused_unit"] or x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
+        return None
+    if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET) or torch.compiler.is_compiling():
+        return None
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    return UnitRows.apply(x)
+
+
 _KERNELS = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
             "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}
 
@@ -686,6 +787,12 @@ def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
                          "fastssl.kernels, or use backend='reference')")
 
 
+def _as_index(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if idx.dtype == torch.int32 and idx.device == device and idx.is_contiguous():
+        return idx
+    return idx.to(device=device, dtype=torch.int32).contiguous()
+
+
 def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
     as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
@@ -699,8 +806,9 @@ def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # int32: the kernels compare every column index of a tile with these; 64-bit compares cost two
     # instructions each in the innermost loop (index arithmetic is int32 anyway, see the docstring).
-    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int32).contiguous()
-    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int32).contiguous()
+    # Already-int32 contiguous indices on the device (the ops build them so) skip the calls: each
+    # is host time a small loss pays.
+    pos_idx, excl_idx = _as_index(pos_idx, rows.device), _as_index(excl_idx, rows.device)
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
     return pos_idx, excl_idx, pos_weight

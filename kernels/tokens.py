@@ -40,9 +40,11 @@ import triton.language as tl
 # launch table
 # ---------------------------------------------------------------------------------------------
 
+FOLD = True  # the last program of a tile sums the batch partials (no _reduce_kernel launch)
+STAGES = 1  # software-pipeline depth of the batch walk (3: ~33 KB of shared memory per program)
 TILE_ELEMS = 8192  # elements per program per step: 16 KB of bf16 in flight, 32 fp32 per thread at 8 warps
-SUM_WAVES = 2  # reducing kernels: aim for this many programs per SM (more programs = more partials)
-_OVERRIDE: dict = {}  # bench/tests: {"tile": int, "waves": int, "warps": int} replace the table's values
+SUM_WAVES = 4  # reducing kernels: aim for this many programs per SM (more programs = more partials)
+_OVERRIDE: dict = {}  # bench/tests: {"tile", "waves", "warps", "stages", "fold"}: replace the table's values
 
 
 def _block_d(d: int) -> int:
@@ -70,10 +72,12 @@ class Plan:
     n_l: int  # l-blocks (_expand / _compress)
     rpp: int  # batch rows walked by one program (_expand / _compress)
     chunks: int  # batch chunks = partials per position
+    stages: int  # pipeline depth of the batch walk
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile: int, waves: int, warps: int | None) -> Plan:
+def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile: int, waves: int, warps: int | None,
+          stages: int = STAGES) -> Plan:
     block_d = _block_d(d)
     block_r = max(1, tile // block_d)
     block_l = min(block_r, triton.next_power_of_2(l))
@@ -86,13 +90,14 @@ def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile:
             rpp = triton.cdiv(b, chunks)
         else:  # no partials: short walks, many programs (the pos / mt tile is reused rpp times)
             rpp = 4
-    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, triton.cdiv(b, rpp))
+    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, triton.cdiv(b, rpp), stages)
 
 
 def plan(b: int, l: int, d: int, device: torch.device, reduce: bool, rpp: int | None = None) -> Plan:
     """Tiling for a [B, L, D] problem; ``reduce``: the kernel also sums over the batch."""
     o = _OVERRIDE
-    return _plan(b, l, d, reduce, _sm_count(device), rpp, o.get("tile", TILE_ELEMS), o.get("waves", SUM_WAVES), o.get("warps"))
+    return _plan(b, l, d, reduce, _sm_count(device), rpp, o.get("tile", TILE_ELEMS), o.get("waves", SUM_WAVES), o.get("warps"),
+                 o.get("stages", STAGES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,24 +124,43 @@ def _rows_kernel(
 
 
 @triton.jit
-def _match(ids_ptr, b, bvalid, l, K, KP: tl.constexpr):
-    """(found [BLOCK_L], k [BLOCK_L] int64): k with ids[b, k] == l, from one read of the ids row."""
+def _ids_row(ids_ptr, b, valid, K, KP: tl.constexpr):
+    """ids[b, :] as [KP] int64, -1 past K (or when not ``valid``): ~K·8 bytes, an L2 hit after the first."""
     kk = tl.arange(0, KP)
-    row = tl.load(ids_ptr + b * K + kk, mask=(kk < K) & bvalid, other=-1).to(tl.int64)
+    return tl.load(ids_ptr + b * K + kk, mask=(kk < K) & valid, other=-1).to(tl.int64)
+
+
+@triton.jit
+def _match(row, l, KP: tl.constexpr):
+    """(found [BLOCK_L], k [BLOCK_L] int64): the k with row[k] == l, by [BLOCK_L, KP] compares."""
     eq = row[None, :] == l[:, None]
     found = tl.max(eq.to(tl.int32), axis=1) > 0
-    k = tl.sum(tl.where(eq, kk[None, :], 0), axis=1).to(tl.int64)
+    k = tl.sum(tl.where(eq, tl.arange(0, KP)[None, :], 0), axis=1).to(tl.int64)
     return found, k
 
 
 @triton.jit
+def _arrive(cnt_ptr, idx, expected):
+    """Count this program in at counter ``idx``; True for the program that arrives last.
+
+    The barrier orders every thread's partial store before the count; the acq_rel atomic (one
+    thread; Triton broadcasts its result) publishes them and, for the last program, makes the
+    other programs' partials visible to it (they are then read with .cg loads, past L1)."""
+    tl.debug_barrier()
+    prev = tl.atomic_add(cnt_ptr + idx, 1, sem="acq_rel", scope="gpu")
+    return prev == expected - 1
+
+
+@triton.jit
 def _expand_kernel(
-    x_ptr, ids_ptr, mt_ptr, pos_ptr, out_ptr, part_ptr, B, K, L, D, rows_per_prog,
-    HAS_MT: tl.constexpr, HAS_POS: tl.constexpr, NEED_SUM: tl.constexpr,
-    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr, ids_ptr, mt_ptr, pos_ptr, out_ptr, part_ptr, sum_ptr, cnt_ptr, B, K, L, D, rows_per_prog,
+    HAS_MT: tl.constexpr, HAS_POS: tl.constexpr, NEED_SUM: tl.constexpr, FOLD: tl.constexpr,
+    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     # out[b, l] = (x[b, k(b, l)] if kept else mt | 0) (+ pos[l]), b over this program's chunk;
-    # NEED_SUM: part[chunk, l] = Σ_b out[b, l] (gather bwd: dpos = Σ_b dx).
+    # NEED_SUM: part[chunk, l] = Σ_b out[b, l] (gather bwd: dpos = Σ_b dx); FOLD: the last program
+    # of each (l-block, D-block) to finish sums the chunks' partials in chunk order into sum[l]
+    # (no second launch; the order, hence the bits, do not depend on which program is last).
     l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     chunk = tl.program_id(2)
@@ -149,10 +173,14 @@ def _expand_kernel(
         fill = tl.load(mt_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b0 = chunk.to(tl.int64) * rows_per_prog
-    for i in range(rows_per_prog):
+    row = _ids_row(ids_ptr, b0, b0 < B, K, KP)
+    for i in tl.range(0, rows_per_prog, num_stages=STAGES):  # STAGES > 1: cp.async pipelining of the row loads
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # the next batch row's ids are requested before this row's data: the ids -> data chain of
+        # dependent loads then costs one memory latency per step, not two
+        nxt = _ids_row(ids_ptr, b + 1, (b + 1 < B) & (i + 1 < rows_per_prog), K, KP)
+        found, k = _match(row, l64, KP)
         mb = m & bvalid
         v = tl.load(x_ptr + (b * K + k)[:, None] * D + cols[None, :], mask=mb & found[:, None], other=0.0).to(tl.float32)
         if HAS_MT:
@@ -162,18 +190,31 @@ def _expand_kernel(
         tl.store(out_ptr + (b * L + l64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mb)
         if NEED_SUM:  # v is 0 outside mb (no fill, no pos in the gather backward)
             acc += v
+        row = nxt
     if NEED_SUM:
         tl.store(part_ptr + (chunk * L + l64)[:, None] * D + cols[None, :], acc.to(part_ptr.dtype.element_ty), mask=m)
+        if FOLD:
+            n_chunks = tl.num_programs(2)
+            tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+            if _arrive(cnt_ptr, tile, n_chunks):
+                tot = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+                for c in range(0, n_chunks):
+                    tot += tl.load(part_ptr + (c * L + l64)[:, None] * D + cols[None, :], mask=m, other=0.0,
+                                   cache_modifier=".cg")
+                tl.store(sum_ptr + l64[:, None] * D + cols[None, :], tot.to(sum_ptr.dtype.element_ty), mask=m)
+                tl.atomic_xchg(cnt_ptr + tile, 0)  # reset for the next launch
 
 
 @triton.jit
 def _compress_kernel(
-    g_ptr, ids_ptr, dx_ptr, pos_part_ptr, mt_part_ptr, B, K, L, D, rows_per_prog,
-    NEED_DX: tl.constexpr, NEED_DPOS: tl.constexpr, NEED_DMT: tl.constexpr,
-    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    g_ptr, ids_ptr, dx_ptr, pos_part_ptr, mt_part_ptr, pos_ptr, mt_ptr, cnt_ptr, B, K, L, D, rows_per_prog,
+    NEED_DX: tl.constexpr, NEED_DPOS: tl.constexpr, NEED_DMT: tl.constexpr, FOLD: tl.constexpr,
+    KP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     # scatter bwd: read g[b, l] once and route it: kept -> dx[b, k(b, l)]; always -> Σ_b (dpos);
-    # removed -> Σ_{b, l} (dmt, partial per (chunk, l-block)).
+    # removed -> Σ_{b, l} (dmt, partial per (chunk, l-block)). FOLD: the last program of each
+    # (l-block, D-block) sums the dpos partials in chunk order, the last of each D-block the dmt
+    # partials in (chunk, l-block) order (see _expand_kernel).
     lb = tl.program_id(0)
     l = lb * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -184,10 +225,11 @@ def _compress_kernel(
     acc_pos = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     acc_mt = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b0 = chunk.to(tl.int64) * rows_per_prog
-    for i in range(rows_per_prog):
+    for i in tl.range(0, rows_per_prog, num_stages=STAGES):  # STAGES > 1: cp.async pipelining of the row loads
         b = b0 + i
         bvalid = b < B
-        found, k = _match(ids_ptr, b, bvalid, l64, K, KP)
+        # g's address does not depend on ids: both loads are in flight together
+        found, k = _match(_ids_row(ids_ptr, b, bvalid, K, KP), l64, KP)
         mb = m & bvalid
         v = tl.load(g_ptr + (b * L + l64)[:, None] * D + cols[None, :], mask=mb, other=0.0).to(tl.float32)
         if NEED_DX:
@@ -196,11 +238,32 @@ def _compress_kernel(
             acc_pos += v
         if NEED_DMT:
             acc_mt += tl.where(found[:, None], 0.0, v)
+    n_l = tl.num_programs(0)
     if NEED_DPOS:
         tl.store(pos_part_ptr + (chunk * L + l64)[:, None] * D + cols[None, :], acc_pos.to(pos_part_ptr.dtype.element_ty), mask=m)
     if NEED_DMT:
-        n_l = tl.num_programs(0)
         tl.store(mt_part_ptr + (chunk * n_l + lb).to(tl.int64) * D + cols, tl.sum(acc_mt, axis=0), mask=cmask)
+    if FOLD:
+        n_chunks = tl.num_programs(2)
+        n_d = tl.num_programs(1)
+        db = tl.program_id(1)
+        if NEED_DPOS:
+            tile = lb * n_d + db
+            if _arrive(cnt_ptr, tile, n_chunks):
+                tot = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+                for c in range(0, n_chunks):
+                    tot += tl.load(pos_part_ptr + (c * L + l64)[:, None] * D + cols[None, :], mask=m, other=0.0,
+                                   cache_modifier=".cg")
+                tl.store(pos_ptr + l64[:, None] * D + cols[None, :], tot.to(pos_ptr.dtype.element_ty), mask=m)
+                tl.atomic_xchg(cnt_ptr + tile, 0)
+        if NEED_DMT:
+            slot = n_l * n_d + db  # counters after the dpos tiles
+            if _arrive(cnt_ptr, slot, n_chunks * n_l):
+                tot_mt = tl.zeros((BLOCK_D,), dtype=tl.float32)
+                for r in range(0, n_chunks * n_l):
+                    tot_mt += tl.load(mt_part_ptr + r * D + cols, mask=cmask, other=0.0, cache_modifier=".cg")  # < 2^31
+                tl.store(mt_ptr + cols, tot_mt.to(mt_ptr.dtype.element_ty), mask=cmask)
+                tl.atomic_xchg(cnt_ptr + slot, 0)
 
 
 @triton.jit
@@ -235,6 +298,23 @@ def _reduce_kernel(
 # ---------------------------------------------------------------------------------------------
 
 _REDUCE_BLOCK_C, _REDUCE_BLOCK_D = 8, 256
+_COUNTERS: dict = {}
+
+
+def _fold() -> bool:
+    return _OVERRIDE.get("fold", FOLD)
+
+
+def _counters(device: torch.device, kind: str, n: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters for the folded reductions, one buffer per (device, kernel),
+    allocated once: each launch's last programs reset the counters they used, so no memset per call.
+    (Two launches of the same kernel running at once on different streams would share them; the
+    token ops run on the autograd stream, one after the other.)"""
+    buf = _COUNTERS.get((device, kind))
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[(device, kind)] = buf
+    return buf
 
 
 def _reduce(pos_part, pos_out, mt_part, mt_out, d: int) -> None:
@@ -291,12 +371,14 @@ def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bo
     part = None
     if need_dpos:
         part = dpos if p.chunks == 1 else torch.empty(p.chunks, l, d, dtype=torch.float32, device=g.device)
+    fold = need_dpos and p.chunks > 1 and _fold()
+    cnt = _counters(g.device, "expand", p.n_l * p.n_d) if fold else g
     _expand_kernel[(p.n_l, p.n_d, p.chunks)](
-        g, ids, g, g, dx, part if part is not None else g, b, k, l, d, p.rpp,
-        HAS_MT=False, HAS_POS=False, NEED_SUM=need_dpos,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        g, ids, g, g, dx, part if part is not None else g, dpos if fold else g, cnt, b, k, l, d, p.rpp,
+        HAS_MT=False, HAS_POS=False, NEED_SUM=need_dpos, FOLD=fold,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
-    if need_dpos and p.chunks > 1:
+    if need_dpos and p.chunks > 1 and not fold:
         _reduce(part, dpos, None, None, d)
     return (dx if need_dx else None), dpos
 
@@ -313,9 +395,9 @@ def scatter_fwd(x, ids, num_patches, mt, pos):
         return out
     p = plan(b, num_patches, d, x.device, reduce=False)
     _expand_kernel[(p.n_l, p.n_d, p.chunks)](
-        x, ids, mt, pos if pos is not None else mt, out, out, b, k, num_patches, d, p.rpp,
-        HAS_MT=True, HAS_POS=pos is not None, NEED_SUM=False,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        x, ids, mt, pos if pos is not None else mt, out, out, out, out, b, k, num_patches, d, p.rpp,
+        HAS_MT=True, HAS_POS=pos is not None, NEED_SUM=False, FOLD=False,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     return out
 
@@ -324,7 +406,8 @@ def scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dp
     """g [B, L, D] -> (dx [B, K, D] | None, dmt [D] | None, dpos [L, D] | None) in the given dtypes.
 
     dx alone is a plain gather of the kept rows (reads only B·K rows of g); with dpos or dmt, g
-    is read in full once and routed (``_compress_kernel``), then one small reduce launch.
+    is read in full once and routed (``_compress_kernel``), its last programs folding the partials
+    (or, with FOLD off, one small reduce launch).
     """
     b, l, d = g.shape
     k = ids.shape[1]
@@ -336,15 +419,22 @@ def scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dp
     dx = torch.empty(b, k, d, dtype=x_dtype, device=g.device) if need_dx else None
     dpos = torch.empty(l, d, dtype=pos_dtype, device=g.device) if need_dpos else None
     dmt = torch.empty(d, dtype=mt_dtype, device=g.device) if need_dmt else None
-    part_pos = (dpos if p.chunks == 1 else torch.empty(p.chunks, l, d, dtype=torch.float32, device=g.device)) if need_dpos else None
+    # dmt always needs a reduction (over l-blocks), so fold whenever it is on; except without dx (a
+    # rare case: the decoder input needs no gradient), whose folded variant spills 8 bytes at
+    # D = 768 on sm_90: it keeps the reduce launch.
+    fold = _fold() and need_dx
+    direct = p.chunks == 1 and not fold  # one chunk: the dpos partial is dpos itself
+    part_pos = (dpos if direct else torch.empty(p.chunks, l, d, dtype=torch.float32, device=g.device)) if need_dpos else None
     part_mt = torch.empty(p.chunks * p.n_l, d, dtype=torch.float32, device=g.device) if need_dmt else None
+    cnt = _counters(g.device, "compress", p.n_l * p.n_d + p.n_d) if fold else g
     _compress_kernel[(p.n_l, p.n_d, p.chunks)](
-        g, ids, dx if need_dx else g, part_pos if need_dpos else g, part_mt if need_dmt else g, b, k, l, d, p.rpp,
-        NEED_DX=need_dx, NEED_DPOS=need_dpos, NEED_DMT=need_dmt,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, num_warps=p.warps,
+        g, ids, dx if need_dx else g, part_pos if need_dpos else g, part_mt if need_dmt else g,
+        dpos if need_dpos else g, dmt if need_dmt else g, cnt, b, k, l, d, p.rpp,
+        NEED_DX=need_dx, NEED_DPOS=need_dpos, NEED_DMT=need_dmt, FOLD=fold,
+        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
-    pos_left = need_dpos and p.chunks > 1
-    if pos_left or need_dmt:
+    pos_left = need_dpos and not direct
+    if not fold and (pos_left or need_dmt):
         _reduce(part_pos if pos_left else None, dpos, part_mt, dmt, d)
     return dx, dmt, dpos
 

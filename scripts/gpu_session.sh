@@ -9,14 +9,16 @@
 #
 # Parts and their time caps (seconds; each part runs under its own `timeout`, so one that hangs or runs
 # long costs only its cap; results written before the cap are kept):
-#   tests        CAP_TESTS=110        pytest -n 8: tests/ops tests/models (without the AOT compile check) + the trainer on CUDA
-#   contrastive  CAP_CONTRASTIVE=70   bench/contrastive.py --quick
+#   tests        CAP_TESTS=80         pytest -n 8: tests/ops tests/models (without the AOT compile check) + the trainer on CUDA
+#   contrastive  CAP_CONTRASTIVE=75   bench/contrastive.py --quick
 #   tokens       CAP_TOKENS=50        bench/tokens.py --quick
-#   attention    CAP_ATTENTION=70     bench/attention.py --quick
+#   attention    CAP_ATTENTION=60     bench/attention.py --quick
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
-#   train        CAP_TRAIN=200        bench/train.py --quick: fastssl/train.py per method on data.synthetic
-#                                     (TRAIN_ROW_CAP=150 per row; TRAIN_ARGS adds bench/train.py options)
-# `all` = tests contrastive tokens attention train: 500 s of caps + ~30 s set-up.
+#   train        CAP_TRAIN=90         bench/train.py --quick --no-bare: fastssl/train.py per method on data.synthetic,
+#                                     the rows in one child process (~15 s start-up, then ~10-15 s per eager row)
+#                                     (TRAIN_ROW_CAP=120 per row; TRAIN_ARGS adds bench/train.py options, e.g.
+#                                     "--bare" for the trainer-overhead column, "--profile 3", "--methods simclr")
+# `all` = tests contrastive tokens attention train: 355 s of caps + ~20 s set-up.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,
 # annotated-types, typing-inspection, hjson, DeepSpeed's source archive) install into /tmp/site with
@@ -56,7 +58,7 @@ say() { echo "[gpu_session +$(( $(date +%s) - START ))s] $*"; }
 
 # ---- set-up: carried wheels, environment ----------------------------------------------------------
 install_wheels() {
-  if "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
+  if [ "$DRY" != 1 ] && "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
     say "deepspeed and pydantic import already: nothing to install"
     return
   fi
@@ -66,6 +68,11 @@ install_wheels() {
   fi
   mkdir -p "$SITE"
   say "installing $(ls "$WHEELS" | wc -l) carried files from $WHEELS into $SITE (no index, no deps)"
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then  # no pip: a wheel is a zip to unpack; DeepSpeed's archive needs pip
+    for f in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$f" "$SITE" && say "unpacked $(basename "$f")"; done
+    say "no pip on this machine: DeepSpeed's source archive cannot be built, the train part will record that"
+    return
+  fi
   local t0=$(date +%s)
   # All at once (one pip start); if one file does not fit this Python (pydantic-core is cp312), one by one.
   if ! DS_BUILD_OPS=0 timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$WHEELS"/* 2>"$LOGS/pip.err"; then
@@ -95,12 +102,15 @@ PY
 
 # ---- the parts ------------------------------------------------------------------------------------
 cap_of() { case "$1" in
-  tests) echo "${CAP_TESTS:-110}" ;; contrastive) echo "${CAP_CONTRASTIVE:-70}" ;; tokens) echo "${CAP_TOKENS:-50}" ;;
-  attention) echo "${CAP_ATTENTION:-70}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-200}" ;;
+  tests) echo "${CAP_TESTS:-80}" ;; contrastive) echo "${CAP_CONTRASTIVE:-75}" ;; tokens) echo "${CAP_TOKENS:-50}" ;;
+  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-90}" ;;
 esac; }
 
 XDIST=""
 "$PY" -c 'import xdist' 2>/dev/null && XDIST="-n ${TEST_WORKERS:-8}"
+# pytest.ini asks for pytest-timeout (--timeout); without the plugin that option is an error, so drop it.
+PYTEST_OPTS=""
+"$PY" -c 'import pytest_timeout' 2>/dev/null || PYTEST_OPTS="-o addopts=-ra"
 # tests/ops/test_kernel_aot.py is the CPU machines' stand-in for a GPU compile: every kernel compiles
 # and launches on the device itself here. tests/data/test_synthetic.py runs the trainer on CUDA.
 TEST_PATHS="tests/ops tests/models tests/data/test_synthetic.py"
@@ -109,20 +119,21 @@ command_of() {  # the command of a part; $1 part, $2 "smoke" for the dry-run's C
   local smoke=${2:-}
   case "$1" in
     tests)
-      if [ -n "$smoke" ]; then echo "$PY -m pytest -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
-      else echo "$PY -m pytest -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
+      if [ -n "$smoke" ]; then echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
+      else echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
     contrastive|tokens|attention|throughput)
       if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
     train)
-      local budget=$(( $(cap_of train) - 15 ))
+      local budget=$(( $(cap_of train) - 8 ))  # the sweep stops itself first: its table and PNG get written
       if [ -n "$smoke" ]; then echo "$PY bench/train.py --smoke --methods simclr,mae --variants eager --budget $budget ${TRAIN_ARGS:-}"
-      else echo "$PY bench/train.py --quick --budget $budget ${TRAIN_ARGS:-}"; fi ;;
+      else echo "$PY bench/train.py --quick --no-bare --budget $budget ${TRAIN_ARGS:-}"; fi ;;
   esac
 }
 
 run_part() {  # $1 part, $2 "smoke" or empty
   local part=$1 cap cmd rc t0
   cap=$(cap_of "$part")
+  [ -n "${2:-}" ] && cap=${DRY_CAP:-600}  # the smoke paths run on a (shared) CPU: GPU caps do not apply
   cmd=$(command_of "$part" "${2:-}")
   say "part $part (cap ${cap} s): $cmd"
   t0=$(date +%s)

@@ -1,5 +1,6 @@
 """The methods' losses as their official PyTorch code writes them: full logits matrices and
-``F.cross_entropy``, no fused kernel, no custom autograd."""
+``F.cross_entropy``, no fused kernel, no custom autograd. The logits matmuls run in the input dtype
+(bf16 under autocast, as the official code under AMP); cross-entropy and softmax are autocast to fp32."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
     """SimCLR: the 2N×2N cosine logits, self-similarity masked out, cross-entropy to the other view."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = (z @ z.t()) / t
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     labels = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
@@ -18,7 +19,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
 
 def dcl(z1: torch.Tensor, z2: torch.Tensor, t: float, sigma: float | None = None) -> torch.Tensor:
     """DCL (eq. 5) / DCLW (eq. 6): the positive left out of the log-sum-exp; mean over both views' anchors."""
-    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     n = a.shape[0]
     off = ~torch.eye(n, dtype=torch.bool, device=a.device)
     w = 1.0
@@ -35,16 +36,16 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, t: float, sigma: float | None = None
 
 def moco_v3(q: torch.Tensor, k: torch.Tensor, t: float) -> torch.Tensor:
     """MoCo v3's ``contrastive_loss``: N×N logits against the keys, labels on the diagonal, ×2τ."""
-    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     logits = q @ k.t() / t
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device)) * (2 * t)
 
 
 def moco_v2(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> torch.Tensor:
     """MoCo (v1/v2) ``builder.py``: positive logit + queue logits, label 0. queue: ``[D, K]``."""
-    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
-    l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach().float())
+    l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
     logits = torch.cat([l_pos, l_neg], dim=1) / t
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=q.device))
 

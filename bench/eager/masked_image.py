@@ -3,9 +3,10 @@
 Encoder input as MAE: conv patch embedding of every patch, positional table added, the kept tokens
 gathered (``torch.gather``), CLS prepended, dense blocks; the decoder appends mask tokens and
 unshuffles with ``ids_restore``; losses as ``forward_loss`` with ``(loss * mask).sum() / mask.sum()``.
-Masks (and CAN's σ and noise) come from ``ctx.generator()`` in the fastssl method's order, so MAE and
-DAC see the same masks as the fastssl step (CAN's fastssl path draws its noise inside
-``patchify_noise``, so its noise differs).
+Masks (and CAN's σ) come from ``ctx.generator()`` in the fastssl method's order, so MAE, DAC and CAN
+see the same masks as the fastssl step; CAN's image noise is drawn on the device from torch's RNG,
+as ``torch.randn_like`` in a training loop (fastssl draws it inside ``patchify_noise``: another
+stream of the same distribution).
 
 CAN  both views in one batch: noise added to the whole image, MAE masking, the σ embedding added to
      every decoder token, L_rec on masked patches, L_denoise on visible ones (weights ``mask`` and
@@ -67,7 +68,7 @@ class EagerCAN(_MaskedImage):
         gen = ctx.generator()
         ids_keep, ids_restore, mask = mae_masking(n, self.length, c.mask_ratio, gen, dev)
         sigma = (torch.rand(n, generator=gen) * c.sigma_max).to(dev)
-        noise = sigma.view(-1, 1, 1, 1).to(imgs.dtype) * torch.randn(imgs.shape, generator=gen).to(dev, imgs.dtype)
+        noise = sigma.view(-1, 1, 1, 1).to(imgs.dtype) * torch.randn_like(imgs)  # on the device, torch's RNG
         latent = self.encode_masked(imgs + noise, ids_keep)
         emb = self.sigma_fc(sinusoid(sigma * self.sigma_scale, self.sigma_dim).to(self.sigma_fc[0].weight.dtype))
         pred, _ = self.decoder(latent, ids_restore, emb)

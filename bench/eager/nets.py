@@ -20,8 +20,15 @@ def timm_vit(packed) -> nn.Module:
     import fastssl  # noqa: F401  (the torchvision shim timm needs on a CPU-only torch)
     from timm.models.vision_transformer import VisionTransformer
 
-    vit = VisionTransformer(**packed.timm_kwargs())
-    vit.load_state_dict(packed.state_dict(), strict=True)
+    # Built on the meta device (no random init of weights that are overwritten: seconds for a ViT-B on
+    # a CPU), then given copies of the packed model's tensors.
+    with torch.device("meta"):
+        vit = VisionTransformer(**packed.timm_kwargs())
+    state = {k: v.detach().clone() for k, v in packed.state_dict().items()}
+    vit.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in (*vit.parameters(), *vit.buffers())):  # a tensor outside the state_dict
+        vit = VisionTransformer(**packed.timm_kwargs())
+        vit.load_state_dict(state, strict=True)
     return vit.to(packed.pos_embed.device)
 
 

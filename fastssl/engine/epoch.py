@@ -30,6 +30,21 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], device: torch.device) -> d
     return dict(zip(keys, t.tolist()))
 
 
+def _who_stopped(stop, s: Session) -> str:
+    """'SIGTERM to rank 1' (the lowest rank that got a request), agreed over ranks: the rank that
+    prints the line may not be the one the signal reached."""
+    from fastssl.engine.signals import describe
+
+    codes = torch.zeros(s.world, device=s.device)
+    codes[s.rank] = float(stop.code)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+    for rank, code in enumerate(codes.tolist()):
+        if code:
+            return describe(int(code), rank)
+    return "a stop request"
+
+
 def _is_check_step(step: int, s: Session) -> bool:
     """Optimizer steps at which the loss is read on the host (one device sync): log and checkpoint
     steps and the last one. The same on every rank, so the ranks' collectives stay in step."""
@@ -96,7 +111,8 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
         if bar is not None:
             bar.update(1)
         if terminate:
-            raise stop.stopped(s.save())
+            who = _who_stopped(stop, s)
+            raise stop.stopped(s.save(), who)
         if state.global_step % cfg.engine.ckpt_every_steps == 0:
             s.save()
         if state.global_step >= plan.total_steps:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastssl.config import TrainConfig
-from fastssl.engine import disk, run_dir
+from fastssl.engine import disk, run_dir, signals
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
 from fastssl.engine.signals import StopSignals
@@ -103,6 +103,7 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
 
 
 def run(cfg: TrainConfig) -> RunSummary:
+    signals.phase[0] = "set-up"
     s = setup(cfg)
     eval_init = evaluate_at_init(s)
     every = cfg.eval.knn_every_epochs
@@ -111,6 +112,7 @@ def run(cfg: TrainConfig) -> RunSummary:
             epoch_done = train_one_epoch(s, stop, bar)
             if epoch_done and every and s.state.epoch % every == 0 and s.state.global_step < s.plan.total_steps:
                 evaluate(s)
+    signals.phase[0] = "the final evaluation and export"
     summary = finish(s, eval_init)
     if s.is_main:
         run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"

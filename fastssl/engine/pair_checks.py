@@ -7,7 +7,8 @@ case failed after start-up with a rank traceback, or trained on something else t
 - more chunks (online or target) than the image has patches;
 - a per-rank batch a method cannot use: one image gives an in-batch contrastive loss no negative,
   and a BatchNorm head cannot normalise a single value per channel;
-- a warm-up (or SwAV's prototype freeze) not shorter than the run, when both are in epochs. With
+- a key queue that does not take whole batches (MoCo v2, SwAV; again with the rank count at set-up);
+- a warm-up (or SwAV's prototype freeze or queue start) not shorter than the run, in epochs. With
   ``optim.max_steps`` the run's length in epochs needs the data set; ``session.setup`` then says
   in one line that the warm-up is shortened to fit.
 """
@@ -82,6 +83,24 @@ def _batch_problem(cfg) -> str | None:
     return None
 
 
+def queue_problem(cfg, world: int = 1) -> str | None:
+    """A key queue must take whole batches (``KeyQueue.enqueue``): MoCo v2's ``queue_size`` a multiple
+    of the keys enqueued per step (the global micro-batch with gather_distributed), SwAV's per-rank
+    ``queue_length`` of the per-rank batch. ``world``: the rank count (1 at config time)."""
+    m, b = cfg.method, cfg.optim.batch_size
+    size = getattr(m, "queue_size", None) if m.name == "mocov2" else getattr(m, "queue_length", 0) if m.name == "swav" else None
+    if not size:
+        return None
+    per_step = b * world if (m.name == "mocov2" and getattr(m, "gather_distributed", True)) else b
+    key = "method.queue_size" if m.name == "mocov2" else "method.queue_length"
+    if size % per_step:
+        ranks = f" × {world} ranks" if per_step != b else ""
+        fit = size - size % per_step or per_step
+        return (f"{key}={size} must be a multiple of the {per_step} keys enqueued per step (optim.batch_size={b}{ranks}); "
+                f"use {key}={fit} or a batch size that divides it")
+    return None
+
+
 def _length_problem(cfg) -> str | None:
     o = cfg.optim
     if o.max_steps is not None:
@@ -93,6 +112,9 @@ def _length_problem(cfg) -> str | None:
     if freeze >= o.epochs:
         return (f"method.freeze_prototypes_epochs={freeze:g} is not shorter than optim.epochs={o.epochs}: the "
                 "prototypes would never train; lower it")
+    if getattr(cfg.method, "queue_length", 0) and cfg.method.queue_start_epoch >= o.epochs:
+        return (f"method.queue_start_epoch={cfg.method.queue_start_epoch:g} is not before optim.epochs={o.epochs}: the "
+                "queue (method.queue_length) would never be used; lower it or set method.queue_length=0")
     return None
 
 
@@ -103,7 +125,7 @@ def problem(cfg) -> str | None:
         found = _mask_problem(cfg, n) or _chunk_problem(cfg, n)
         if found:
             return found
-    return _batch_problem(cfg) or _length_problem(cfg)
+    return _batch_problem(cfg) or queue_problem(cfg) or _length_problem(cfg)
 
 
 def shortened_warmup(cfg, plan) -> str | None:

@@ -50,6 +50,11 @@ def check_batches(cfg: TrainConfig, n_train: int, world: int) -> None:
             f"{o.batch_size} per rank per epoch); lower optim.grad_accum to at most {micro_steps}"
         )
     from fastssl.engine.ds_keys import check_batch_keys
+    from fastssl.engine.pair_checks import queue_problem
+
+    queue = queue_problem(cfg, world)  # with the rank count: MoCo v2 gathers the keys of every rank
+    if queue:
+        raise ConfigError(queue)
 
     check_batch_keys(cfg.deepspeed, micro=o.batch_size, accum=o.grad_accum, world=world)
 

@@ -62,6 +62,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("optim.batch_size", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("optim.grad_accum", GLOBAL_BATCH, "the data position is kept per micro-batch"),
     ("model.attn_backend", APPLY, "the same attention, another kernel"),
+    ("data.root", APPLY, "a data set moved elsewhere: its files are compared by their fingerprint instead"),
+    ("data.source", APPLY, "read only to prepare a missing data set, which the fingerprint then checks"),
     ("model", REFUSE, "the checkpoint holds weights of this model"),
     ("method", REFUSE, "one run trains one objective"),
     ("data", REFUSE, "the data stream and its augmentation continue from the checkpoint"),
@@ -98,6 +100,42 @@ def changes(old: dict, new: dict) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def _default_of(cfg: TrainConfig, key: str):
+    """The documented default of ``key`` in ``cfg``'s schema (the method's own section for method.*), JSON-like."""
+    obj = cfg
+    *parents, last = key.split(".")
+    for part in parents:
+        obj = getattr(obj, part, None)
+    field = type(obj).model_fields.get(last) if obj is not None and hasattr(type(obj), "model_fields") else None
+    if field is None:
+        return _NO_DEFAULT
+    value = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(value.model_dump(mode="json") if hasattr(value, "model_dump") else value, default=str))
+
+
+_NO_DEFAULT = object()
+
+
+def _new_key_at_its_default(key: str, old_flat: dict, cfg: TrainConfig, now) -> bool:
+    """A key the checkpoint's config does not have (added to fastssl since) left at its default: the
+    run goes on as it was configured, so it is no change. Set to anything else, the table decides."""
+    if key in old_flat:
+        return False
+    if now is None:
+        return True  # a section that is absent on both sides in effect (None / {})
+    default = _default_of(cfg, key)
+    return default is not _NO_DEFAULT and json.loads(json.dumps(default)) == now
+
+
+def real_changes(old: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """``changes`` less what is no change in effect: how the run was started (``_UNSAID``), a key added
+    to fastssl since ``old`` was written and left at its default, a key fastssl no longer has."""
+    new = cfg.model_dump(mode="json")
+    old_flat, new_flat = flatten(old), flatten(new)
+    return {k: v for k, v in changes(old, new).items()
+            if k not in _UNSAID and k in new_flat and not _new_key_at_its_default(k, old_flat, cfg, v[1])}
+
+
 def saved_config(folder: Path) -> tuple[dict | None, Path | None]:
     """The config the checkpoint was trained with, and the file it came from (None, None if unknown)."""
     for path in (Path(folder) / "config.yaml", Path(folder).parent.parent / "config.yaml"):
@@ -123,10 +161,8 @@ def check(cfg: TrainConfig, folder: Path | None, *, world_changed: bool) -> list
         log.warning("checkpoint %s has no record of its settings: resuming with this config as it is", folder)
         return []
     applied, refused = [], []
-    for key, (before, now) in changes(old, cfg.model_dump(mode="json")).items():
+    for key, (before, now) in real_changes(old, cfg).items():
         rule, why = rule_for(key)
-        if key in _UNSAID:
-            continue
         if rule == APPLY or (rule == GLOBAL_BATCH and world_changed):  # world_change.adapt keeps the global batch
             applied.append(f"{key} {_show(before)} → {_show(now)}")
         else:
@@ -150,6 +186,8 @@ def check_data(folder: Path | None, fingerprint: dict, root: Path) -> None:
         saved = json.loads((Path(folder) / DATA_FILE).read_text())
     except (OSError, ValueError):
         return  # a checkpoint from before data fingerprints: nothing to compare
+    if not isinstance(saved, dict) or not isinstance(fingerprint, dict):
+        return  # synthetic batches (no data set) on either side; data.synthetic itself is in the table
     for split in ("train", "test"):
         a, b = saved.get(split), fingerprint.get(split)
         if a != b and a is not None:

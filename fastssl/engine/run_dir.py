@@ -5,10 +5,10 @@ Rules (also in README, "Resume"):
   keeps it until the process ends; the kernel drops it on any exit, ``kill -9`` included, so a
   stale lock never blocks a re-run. A second run on the same directory is refused at start with one
   line naming the holder's PID and host.
-- **A fresh start moves the old run aside.** ``run.resume=never`` into a directory that holds
-  anything moves all of it into ``<output_dir>/previous-<UTC time>/``: nothing of the earlier run
-  (checkpoints above all) is left where a later ``run.resume=auto`` could pick it up, and nothing is
-  deleted.
+- **A fresh start moves the old run aside.** ``run.resume=never`` into a directory that holds a
+  run moves its outputs (``RUN_OUTPUTS``) into ``<output_dir>/previous-<UTC time>/``: nothing of
+  the earlier run (checkpoints above all) is left where a later ``run.resume=auto`` could pick it
+  up, nothing is deleted, and files a run did not write are not touched.
 - **Changed settings** on a resume are applied or refused key by key (``resume_rules.RULES``), in
   ``session.setup`` before anything is written.
 - **A finished run stays finished.** ``finished.json`` is written at the very end (with the step
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 from fastssl.config import ConfigError, TrainConfig
+
+log = logging.getLogger("fastssl")
 
 LOCK_NAME = ".fastssl.lock"
 FINISHED_NAME = "finished.json"
@@ -90,9 +93,26 @@ def release_lock(f) -> None:
     f.close()
 
 
+#: What a run writes into its output directory; a fresh start moves these aside and nothing else.
+RUN_OUTPUTS = ("checkpoints", "config.yaml", "deepspeed.json", "metrics.jsonl", "tensorboard", "curves.png",
+               "knn_init.json", "summary.json", "encoder.pt", "encoder.json", FINISHED_NAME)
+
+
+def _ours(p: Path) -> bool:
+    return p.name in RUN_OUTPUTS or p.name.endswith(".tmp") or p.name.startswith(".curves.tmp")
+
+
 def _move_aside(out: Path) -> Path | None:
-    """Move everything but the lock and earlier ``previous-*`` folders into ``previous-<UTC time>``."""
-    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PREVIOUS_PREFIX)]
+    """Move the run's own outputs (``RUN_OUTPUTS``) into ``previous-<UTC time>``.
+
+    Only what a run writes is moved: an output directory that also holds other files (a folder of
+    the user's, given as run.output_dir by mistake) keeps them where they are, untouched."""
+    entries = [p for p in out.iterdir() if _ours(p)]
+    foreign = [p.name for p in out.iterdir() if not _ours(p) and p.name != LOCK_NAME
+               and not p.name.startswith((PREVIOUS_PREFIX, "."))]
+    if foreign:
+        log.warning("run.output_dir %s also holds %d entries fastssl did not write (e.g. %s): left where they are",
+                    out, len(foreign), ", ".join(sorted(foreign)[:3]))
     if not entries:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -115,7 +135,9 @@ def _asked_steps(cfg: TrainConfig, record: dict) -> int | None:
 
 
 def _finished(out: Path, cfg: TrainConfig) -> None:
-    """RunFinished when ``out`` holds a finished run that this config would not continue."""
+    """RunFinished when ``out`` holds a finished run that this config would not continue (exit 0, no
+    output changes); ConfigError when the config also changes a setting, which without a step to
+    train it could not be honoured."""
     try:
         record = json.loads((out / FINISHED_NAME).read_text())
     except (OSError, ValueError):
@@ -135,14 +157,25 @@ def _finished(out: Path, cfg: TrainConfig) -> None:
         return
     if asked > steps:
         return  # continuing: the resume rules apply
-    from fastssl.engine.resume_rules import changes
+    from fastssl.engine.resume_rules import real_changes
 
-    differ = [k for k in changes(record.get("config") or {}, now) if not k.startswith(("optim.max_steps", "optim.epochs"))]
-    note = f"; not applied either: {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}" if differ else ""
+    diff = {k: v for k, v in real_changes(record.get("config") or {}, cfg).items()
+            if k not in ("optim.max_steps", "optim.epochs") and k not in _VOLATILE}
+    if diff:  # a setting this run would not honour, and no step to train with it: refused
+        key, (before, after) = next(iter(diff.items()))
+        more = f" (also changed: {', '.join(list(diff)[1:4])})" if len(diff) > 1 else ""
+        raise ConfigError(
+            f"{out} holds a run finished at step {steps} with {key}={before} (this config: {after}){more}; a finished run "
+            f"changes only by continuing it (more steps, under the resume rules): use another run.output_dir, or "
+            f"run.resume=never to move it aside and start fresh"
+        )
+    if asked == steps:  # the very same run
+        raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
+                          "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
     raise RunFinished(
         f"{out} holds this run, finished at step {steps}; this config asks for {asked} steps, so nothing is trained and "
-        f"outputs left unchanged{note} (a finished run changes only by continuing: raise optim.max_steps or "
-        f"optim.epochs; to start over, run.resume=never)"
+        f"outputs left unchanged (a finished run changes only by continuing: raise optim.max_steps or optim.epochs; "
+        f"to start over, run.resume=never)"
     )
 
 
@@ -151,19 +184,26 @@ def _prepare_main(cfg: TrainConfig) -> Path | None:
     from fastssl.engine.run_paths import overlap_problem
 
     out = Path(cfg.run.output_dir)
-    overlap = overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
+    overlap = None if cfg.data.synthetic else overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
     if overlap:
         raise ConfigError(overlap)
+    from fastssl.engine import disk
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out) from None
         raise ConfigError(f"run.output_dir {out} cannot be created ({err.strerror}); choose a writable folder") from None
     try:
         acquire_lock(out)
     except OSError as err:  # e.g. a read-only file system
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out / LOCK_NAME) from None
         raise ConfigError(f"run.output_dir {out} is not writable ({err.strerror}); choose another run.output_dir") from None
     if cfg.run.resume == "never":
-        return _move_aside(out)
+        with disk.written(out / f"{PREVIOUS_PREFIX}…"):  # a rename needs no space, the new folder does
+            return _move_aside(out)
     if cfg.run.resume == "auto":
         _finished(out, cfg)
     return None
@@ -182,11 +222,13 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
     """
     import torch.distributed as dist
 
+    from fastssl.engine.disk import DiskFull
+
     outcome: tuple[str, object] = ("ok", None)
     if rank == 0:
         try:
             outcome = ("ok", _prepare_main(cfg))
-        except (ConfigError, RunFinished) as err:
+        except (ConfigError, RunFinished, DiskFull) as err:
             outcome = (type(err).__name__, str(err))
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [outcome]
@@ -197,6 +239,8 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
         raise ConfigError(value)
     if kind == "RunFinished":
         raise RunFinished(value)
+    if kind == "DiskFull":
+        raise DiskFull(Path(cfg.run.output_dir), message=value)
     return value  # type: ignore[return-value]
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, pair_checks, preflight, resume_rules, run_dir, world_change
+from fastssl.engine import disk, pair_checks, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
@@ -150,6 +150,7 @@ def setup(cfg: TrainConfig) -> Session:
     from fastssl.data.synthetic import SyntheticLoader
 
     rank, local_rank, world = init_distributed()
+    peers.record(rank)  # who is who, so that a rank that dies later can be named
     device = device_for(local_rank)
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished

@@ -21,7 +21,7 @@ def _run(out_dir: Path, *extra: str) -> tuple[dict, str]:
 
 
 def test_a_trainer_row_measures_images_flops_mfu_and_overhead(tmp_path):
-    doc, out = _run(tmp_path, "--methods", "simclr")
+    doc, out = _run(tmp_path, "--methods", "simclr", "--full-finish")  # the CLI's own end: checkpoint, export
     assert doc["smoke"] and len(doc["records"]) == 1
     r = doc["records"][0]
     assert r["error"] is None, r["error"]
@@ -35,6 +35,17 @@ def test_a_trainer_row_measures_images_flops_mfu_and_overhead(tmp_path):
 
 
 def test_a_row_past_its_cap_is_an_error_and_the_sweep_goes_on(tmp_path):
+    """Rows share a process; the one past its cap is killed and a fresh process takes the next."""
     doc, _ = _run(tmp_path, "--methods", "simclr,byol", "--row-timeout", "1")
     assert [r["case"]["method"] for r in doc["records"]] == ["simclr", "byol"]
     assert all("time cap" in (r["error"] or "") for r in doc["records"])
+
+
+def test_rows_share_a_process_and_end_lean(tmp_path):
+    doc, _ = _run(tmp_path, "--methods", "simclr,mocov2", "--no-bare")
+    assert [r["case"]["method"] for r in doc["records"]] == ["simclr", "mocov2"]
+    for r in doc["records"]:
+        x = r["extra"]
+        assert r["error"] is None and x["trainer_images_per_s"] > 0 and x["flops_per_step"] > 0
+        assert x["checkpoints"] == [] and not x["encoder_exported"] and "bare_images_per_s" not in x
+    assert doc["records"][0]["extra"]["ceilings"] == doc["records"][1]["extra"]["ceilings"]  # one reference

@@ -168,3 +168,31 @@ def test_a_link_inside_the_output_dir_pointing_at_the_data_is_refused_resolved(t
     (tmp_path / "out" / "d").symlink_to(data, target_is_directory=True)
     err = one_line_exit_2(capsys, ["--config", str(write_cfg(tmp_path, tmp_path / "out" / "d" / ".", tmp_path / "out" / "d" / "train" / ".."))])
     assert "data folder" in err
+
+
+def test_a_fresh_start_moves_only_what_a_run_wrote(tmp_path, caplog):
+    """run.output_dir pointed at a folder of the user's (a project, a home folder) with run.resume=never:
+    the run's own outputs move aside, everything else stays where it is, untouched."""
+    from fastssl.engine import run_dir
+
+    data = folder(tmp_path / "ds")
+    out = tmp_path / "project"
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "main.py").write_text("print(1)\n")
+    (out / "README.md").write_text("mine\n")
+    (out / ".git").mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "encoder.pt.tmp"):
+        (out / name).write_text("run\n")
+    (out / "checkpoints" / "step4").mkdir(parents=True)
+    before = {p: p.read_bytes() for p in (out / "src" / "main.py", out / "README.md")}
+    cfg = load_config(write_cfg(tmp_path, data, out), ["run.resume=never"])
+    with caplog.at_level("WARNING", logger="fastssl"):
+        moved = run_dir.prepare(cfg, 0)
+    try:
+        assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "config.yaml", "curves.png", "encoder.pt.tmp", "metrics.jsonl"]
+        assert sorted(p.name for p in out.iterdir()) == sorted([".fastssl.lock", ".git", "README.md", "src", moved.name])
+        assert {p: p.read_bytes() for p in before} == before
+        assert "also holds 2 entries fastssl did not write (e.g. README.md, src): left where they are" in caplog.text
+    finally:
+        for f in list(run_dir._held):
+            run_dir.release_lock(f)

@@ -39,7 +39,8 @@ def full_fs(tmp_path):
         pass
     f.close()
     yield run
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _leftovers(run: Path) -> list[str]:
@@ -158,3 +159,28 @@ def test_the_cli_says_a_full_disk_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loop, "run", lambda c: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied")))
     with pytest.raises(OSError):  # not a full disk: not said as one
         train.main(["--config", str(cfg)])
+
+
+def test_a_full_disk_at_the_start_of_a_run(full_fs):
+    """The output folder, its lock and the folder a fresh start moves the old run into need space too."""
+    from fastssl.config import TrainConfig
+    from fastssl.engine import run_dir
+
+    data = full_fs.parent.parent / "d"
+    for split in ("train", "test"):
+        (data / split / "c").mkdir(parents=True)
+        (data / split / "c" / "0.png").write_bytes(b"x")
+
+    def cfg(out, resume="auto"):
+        return TrainConfig.model_validate({"run": {"output_dir": str(out), "resume": resume},
+                                           "data": {"dataset": "folder", "root": str(data)},
+                                           "model": {"arch": "test_vit", "patch_size": 4}})
+
+    many = [full_fs / f"sub{i}" for i in range(200)]  # a tmpfs has inodes left: fill the directory blocks
+    with pytest.raises(disk.DiskFull, match="no space left on device while writing"):
+        for path in many:
+            run_dir.prepare(cfg(path / "deeper" / "run"), rank=0)
+            for f in list(run_dir._held):
+                run_dir.release_lock(f)
+    for f in list(run_dir._held):
+        run_dir.release_lock(f)

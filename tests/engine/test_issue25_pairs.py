@@ -70,6 +70,9 @@ def refused(capsys, path: Path, *overrides: str) -> str:
     ({"name": "simclr"}, ["optim.epochs=5", "optim.warmup_epochs=5"], "optim.warmup_epochs=5 is not shorter than optim.epochs=5"),
     ({"name": "simclr"}, ["optim.epochs=3"], None),  # the default warm-up (10 epochs) in a 3-epoch run
     ({"name": "swav", "freeze_prototypes_epochs": 2}, ["optim.epochs=2", "optim.warmup_epochs=0"], "method.freeze_prototypes_epochs=2 is not shorter"),
+    ({"name": "mocov2", "queue_size": 102}, [], "method.queue_size=102 must be a multiple of the 4 keys enqueued per step (optim.batch_size=4); use method.queue_size=100"),
+    ({"name": "swav", "queue_length": 10, "freeze_prototypes_epochs": 0}, [], "method.queue_length=10 must be a multiple of the 4 keys"),
+    ({"name": "swav", "queue_length": 8, "queue_start_epoch": 10, "freeze_prototypes_epochs": 0}, [], "method.queue_start_epoch=10 is not before optim.epochs=10"),
 ])
 def test_two_key_mistakes_are_one_line_before_any_work(tmp_path, data, capsys, method, overrides, needle):
     path = write_cfg(tmp_path, data, method)
@@ -92,6 +95,8 @@ def test_two_key_mistakes_are_one_line_before_any_work(tmp_path, data, capsys, m
     ({"name": "simclr"}, ["optim.epochs=1", "optim.warmup_epochs=0.5"]),
     ({"name": "simclr"}, ["optim.epochs=1", "optim.max_steps=3"]),  # in steps: set-up says if the warm-up is cut
     ({"name": "simclr"}, ["model.arch=test_resnet", "model.small_stem=true", "optim.batch_size=2"]),
+    ({"name": "mocov2", "queue_size": 96}, []),
+    ({"name": "swav", "queue_length": 8, "queue_start_epoch": 2, "freeze_prototypes_epochs": 0}, []),
 ])
 def test_settings_that_work_pass(tmp_path, data, method, overrides):
     load_config(write_cfg(tmp_path, data, method), overrides)
@@ -106,3 +111,15 @@ def test_a_warm_up_cut_by_max_steps_is_said_in_one_line(tmp_path, data):
     long_run = plan_steps(images_per_epoch=64, micro_batch=4, grad_accum=1, world_size=1, epochs=10, max_steps=100,
                           warmup_epochs=2, base_lr=1e-3)
     assert pair_checks.shortened_warmup(cfg, long_run) is None
+
+
+def test_the_queue_against_the_rank_count_at_set_up(tmp_path, data):
+    from fastssl.config import ConfigError
+    from fastssl.engine import preflight
+
+    cfg = load_config(write_cfg(tmp_path, data, {"name": "mocov2", "queue_size": 12}))  # 12 = 3 × 4: fine on 1 rank
+    preflight.check_batches(cfg, 8, 1)
+    with pytest.raises(ConfigError, match=r"method.queue_size=12 must be a multiple of the 8 keys enqueued per step \(optim.batch_size=4 × 2 ranks\); use method.queue_size=8"):
+        preflight.check_batches(cfg, 16, 2)
+    per_rank = load_config(write_cfg(tmp_path, data, {"name": "mocov2", "queue_size": 12, "gather_distributed": False}))
+    preflight.check_batches(per_rank, 16, 2)

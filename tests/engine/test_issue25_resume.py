@@ -22,7 +22,7 @@ from fastssl.engine.schedule import lr_scheduler, plan_steps
 
 def make_cfg(out: Path, data_root: Path, **sections) -> TrainConfig:
     tree = {"run": {"output_dir": str(out), "seed": 1}, "data": {"dataset": "folder", "root": str(data_root)},
-            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 1}}
+            "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 16, "warmup_epochs": 0.5}}
     for key, value in sections.items():
         tree.setdefault(key, {}).update(value)
     return TrainConfig.model_validate(tree)
@@ -145,7 +145,7 @@ def test_a_changed_data_set_is_refused(tmp_path, data):
 
 
 @pytest.mark.parametrize("sections, needle", [({"optim": {"max_steps": 4}}, "optim.max_steps=4 ends before it"),
-                                              ({"optim": {"epochs": 1}}, "optim.epochs=1 (5 steps) ends before it")])
+                                              ({"optim": {"epochs": 1, "warmup_epochs": 0}}, "optim.epochs=1 (5 steps) ends before it")])
 def test_a_run_is_never_shortened(tmp_path, data, sections, needle):
     out = tmp_path / "run"
     folder = checkpoint(out, make_cfg(out, data))
@@ -219,21 +219,30 @@ def _mtimes(out: Path) -> dict:
     ({"optim": {"max_steps": 8}}, 8),
     ({"optim": {"epochs": 1}}, 4),
     ({"optim": {"epochs": 2}}, 8),
-    ({"optim": {"epochs": 2, "base_lr": 1.0}}, 8),  # another setting but no more steps: still nothing changes
+    ({"optim": {"epochs": 2, "base_lr": 1.0}}, 8),  # another setting but no more steps: refused, nothing changes
     ({"optim": {"epochs": 2}, "eval": {"knn_k": 3}}, 8),
+    ({"optim": {"epochs": 2}, "run": {"seed": 3}}, 8),
+    ({"optim": {"epochs": 2}, "engine": {"progress": False, "log_every_steps": 3}}, 8),  # how it is shown: no change
 ])
 def test_a_finished_run_changes_only_by_continuing(tmp_path, data, sections, asked):
     out = tmp_path / "run"
     finished_run(out, data, optim={"epochs": 2})
     before = _mtimes(out)
     time.sleep(0.01)
-    with pytest.raises(run_dir.RunFinished) as err:
+    other = {k: v for k, v in sections.items() if k != "optim"} or len(sections["optim"]) > 1
+    with pytest.raises(ConfigError if other and "engine" not in sections else run_dir.RunFinished) as err:
         run_dir.prepare(make_cfg(out, data, **sections), rank=0)
     msg = str(err.value)
-    assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
+    if isinstance(err.value, ConfigError):  # a setting that no step would honour: refused, naming it
+        key = {"optim": "optim.base_lr", "eval": "eval.knn_k", "run": "run.seed"}[[k for k in sections if k != "optim"][0]
+                                                                                   if len(sections) > 1 else "optim"]
+        assert f"holds a run finished at step 8 with {key}=" in msg and "changes only by continuing it" in msg
+    elif asked == 8:  # the very same run
+        assert msg.endswith("holds this run, finished at step 8; outputs left unchanged (to train more, raise "
+                            "optim.max_steps or optim.epochs; to start over, run.resume=never)")
+    else:
+        assert f"finished at step 8; this config asks for {asked} steps, so nothing is trained and outputs left unchanged" in msg
     assert "\n" not in msg
-    if "base_lr" in str(sections) or "eval" in sections:
-        assert "not applied either: " in msg
     assert _mtimes(out) == before
 
 
@@ -251,3 +260,34 @@ def test_a_fresh_start_is_still_possible(tmp_path, data):
     finished_run(out, data, optim={"epochs": 2})
     moved = run_dir.prepare(make_cfg(out, data, optim={"epochs": 1}, run={"resume": "never"}), rank=0)
     assert moved is not None and (moved / "finished.json").is_file() and not (out / "finished.json").exists()
+
+
+def test_keys_added_to_fastssl_since_the_checkpoint(tmp_path, data):
+    """A checkpoint written before a key existed: the key at its default is no change; set otherwise, the table decides;
+    a key fastssl no longer has is ignored."""
+    import yaml
+
+    out = tmp_path / "run"
+    folder = checkpoint(out, make_cfg(out, data))
+    tree = yaml.safe_load((folder / "config.yaml").read_text())
+    del tree["data"]["synthetic"], tree["eval"]["enabled"], tree["eval"]["knn_k"], tree["model"]["drop_path_rate"]
+    tree["optim"]["removed_since"] = 3
+    (folder / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert resume_rules.check(make_cfg(out, data), folder, world_changed=False) == []
+    assert resume_rules.check(make_cfg(out, data, eval={"knn_k": 7}), folder, world_changed=False) == ["eval.knn_k unset → 7"]
+    with pytest.raises(ConfigError, match=r"model.drop_path_rate changed since checkpoint .* \(unset there, 0.1 now\)"):
+        resume_rules.check(make_cfg(out, data, model={"drop_path_rate": 0.1}), folder, world_changed=False)
+
+
+def test_a_data_set_moved_elsewhere_is_checked_by_its_files(tmp_path, data):
+    import shutil
+
+    out = tmp_path / "run"
+    fp = {"train": {"classes": 1, "images": 1, "digest": "a"}, "test": {"classes": 1, "images": 1, "digest": "b"}}
+    folder = checkpoint(out, make_cfg(out, data), fingerprint=fp)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert resume_rules.check(make_cfg(out, moved), folder, world_changed=False) == [f"data.root {data} → {moved}"]
+    resume_rules.check_data(folder, fp, moved)  # the same files: resumes
+    with pytest.raises(ConfigError, match="changed since checkpoint"):
+        resume_rules.check_data(folder, {**fp, "test": {"classes": 1, "images": 2, "digest": "c"}}, moved)

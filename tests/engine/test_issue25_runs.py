@@ -1,19 +1,24 @@
-"""Issue 25 end to end: one output directory taken through the resume and finished-run rules by real
-``fastssl/train.py`` processes (one rank; each process costs a start-up, so the cases share a run).
+"""Issue 25 end to end. First, one output directory taken through the resume and finished-run rules by
+real ``fastssl/train.py`` processes (one rank; each process costs a start-up, so the cases share a run):
 
 1. a 4-step run finishes; 2. re-run asking for fewer steps: exit 0, no output changes; 3. a changed
 loss: one line naming key and values, exit 2, nothing written; 4. more steps with a new base_lr:
 the new LR trains (checked in metrics.jsonl) and config.yaml records it; 5. an image added to the
-data: one line, exit 2.
+data: one line, exit 2. Then two ranks under ``deepspeed``: SIGTERM to rank 1 only, and kill -9 of
+rank 1 after the resume (class 8).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+from pathlib import Path
 
 from test_reliability_runs import one_line
-from test_train_run import tiny_config, tiny_folder, train  # noqa: F401  (tiny_folder: a fixture)
+from test_train_run import REPO, TRAIN, VENV_BIN, _wait_for_step, env, losses, tiny_config, tiny_folder, train  # noqa: F401
 
 from fastssl.engine.schedule import lr_factor
 
@@ -58,3 +63,53 @@ def test_resume_rules_and_a_finished_run_end_to_end(tmp_path, tiny_folder):
     assert changed.returncode == 2, changed.stderr[-3000:]
     one_line(changed.stderr, "/train changed since checkpoint")
     assert "(96 images in 4 classes there, 97 in 4 now)" in changed.stderr
+
+
+def _rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{local rank: pid} of the train.py processes below a deepspeed launcher."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(c.endswith(b"train.py") for c in cmd) and b"MASTER_PORT=" + str(_port()).encode() in environ:
+            for item in environ:
+                if item.startswith(b"LOCAL_RANK="):
+                    found[int(item[11:])] = int(proc.name)
+    return found
+
+
+def _port() -> int:
+    return 29500 + os.getpid() % 150
+
+
+def test_two_ranks_sigterm_to_one_then_kill_9_of_the_other(tmp_path, tiny_folder):
+    """SIGTERM to rank 1 only: rank 0 names it (no empty field); after the resume, kill -9 of rank 1: rank 0
+    names the dead rank and the last complete checkpoint in one line, no traceback."""
+    run = tmp_path / "run"
+    cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 60, "batch_size": 8, "warmup_epochs": 0},
+                      engine={"ckpt_every_steps": 2}, eval={"knn_at_init": False, "linear_probe": False})
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), str(TRAIN), "--config", str(cfg)]
+    for round_, (signum, step) in enumerate(((signal.SIGTERM, 3), (signal.SIGKILL, None))):
+        log_path = tmp_path / f"ranks{round_}.log"
+        with open(log_path, "w") as log:
+            launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
+            start = max(losses(run), default=0) if (run / "metrics.jsonl").exists() else 0
+            _wait_for_step(run, start + 3, launcher, timeout=400)
+            os.kill(_rank_pids(launcher.pid)[1], signum)
+            launcher.wait(timeout=240)
+        text = log_path.read_text()
+        lines = [line for line in text.splitlines() if "fastssl:" in line]
+        if signum == signal.SIGTERM:
+            assert any("SIGTERM to rank 1: checkpoint saved at" in line for line in lines), text[-3000:]
+            assert not any("fastssl: :" in line for line in lines)
+        else:
+            said = [line for line in lines if "rank 0 stops: rank 1 (pid" in line]
+            assert len(said) == 1 and "died; the last complete checkpoint is " in said[0], text[-4000:]
+            assert "Traceback" not in text, text[-4000:]
+            last = said[0].split("the last complete checkpoint is ")[1].split(" ")[0]
+            assert Path(last).is_dir() and Path(last).name.startswith("step")

@@ -140,11 +140,16 @@ def test_gather_matches_mae_encoder(backend):
     torch.testing.assert_close(out.cpu().double(), mae_encoder_tokens(x, ids_keep, pos))
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gather_triton_batch_loop_and_chunks(dtype):
+def test_gather_triton_batch_loop_and_chunks(dtype, fold, monkeypatch):
     """Backward with several batch rows per program and several chunks (the loop, the partials and
-    their reduce), one chunk (dpos written directly), a ragged last chunk, dx / dpos alone."""
+    their reduction: folded into the last program of each tile, or the separate reduce kernel), one
+    chunk (dpos written directly), a ragged last chunk, dx / dpos alone."""
+    import fastssl.kernels.tokens as T
     from fastssl.kernels.tokens import gather_bwd
+
+    monkeypatch.setitem(T._OVERRIDE, "fold", fold)
 
     b, l, d = 37, 9, 300  # D = 300: D-blocks of 128 with a ragged last one; L = 9: a ragged l-block
     ids_keep, _ = _ids(b, l, 0.5)
@@ -162,17 +167,32 @@ def test_gather_triton_batch_loop_and_chunks(dtype):
                 torch.testing.assert_close(dpos.cpu().double(), dpos_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_gather_triton_reduction_is_deterministic():
-    """The batch reduction has no atomics: the same call gives the same bits."""
-    from fastssl.kernels.tokens import gather_bwd
+def test_triton_reductions_are_deterministic_and_reset_their_counters():
+    """The batch reductions add no floats atomically (only arrival counts): the same call gives the
+    same bits, folded or not, and the folded launches leave their arrival counters at zero."""
+    import fastssl.kernels.tokens as T
+    from fastssl.kernels.tokens import gather_bwd, scatter_bwd
 
     b, l, d = 23, 13, 40
     ids_keep, _ = _ids(b, l, 0.5)
     dev = _device("triton")
+    ids_keep = ids_keep.to(dev)
     g = torch.randn(b, ids_keep.shape[1], d, device=dev)
-    runs = [gather_bwd(g, ids_keep.to(dev), (b, l, d), torch.float32, torch.float32, True, True, rows_per_program=3)[1]
-            for _ in range(2)]
-    assert torch.equal(runs[0], runs[1])
+    gs = torch.randn(b, l, d, device=dev)
+    runs = []
+    for fold in (True, True, False):
+        T._OVERRIDE["fold"] = fold
+        try:
+            dpos = gather_bwd(g, ids_keep, (b, l, d), torch.float32, torch.float32, True, True, rows_per_program=3)[1]
+            _, dmt, dpos2 = scatter_bwd(gs, ids_keep, torch.float32, torch.float32, torch.float32, True, True, True,
+                                        rows_per_program=3)
+        finally:
+            T._OVERRIDE.pop("fold")
+        runs.append((dpos, dmt, dpos2))
+    for a, c in zip(runs[0], runs[1]):
+        assert torch.equal(a, c)
+    for cnt in T._COUNTERS.values():
+        assert int(cnt.abs().sum()) == 0
 
 
 # ------------------------------------------------------------------------------------ scatter
@@ -214,10 +234,15 @@ def test_scatter_matches_mae_decoder(backend):
     assert mt.grad.shape == (1, 1, d)
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scatter_triton_batch_loop_and_chunks(dtype):
-    """Backward: chunk counts from 37 to 1, every subset of gradients (dx alone is a plain gather)."""
+def test_scatter_triton_batch_loop_and_chunks(dtype, fold, monkeypatch):
+    """Backward: chunk counts from 37 to 1, every subset of gradients (dx alone is a plain gather),
+    partials folded by the last programs or summed by the reduce kernel."""
+    import fastssl.kernels.tokens as T
     from fastssl.kernels.tokens import scatter_bwd
+
+    monkeypatch.setitem(T._OVERRIDE, "fold", fold)
 
     b, l, d = 37, 9, 300
     ids_keep, _ = _ids(b, l, 0.5)
@@ -343,3 +368,35 @@ def test_rejects_bad_shapes():
     with pytest.raises(ValueError):
         gather_tokens(x, ids_keep, backend="cuda")
 
+
+
+def test_compiled_door_is_one_graph_and_matches_the_eager_door():
+    """Under torch.compile the ops go through the custom ops (fastssl.ops.library), in eager code
+    through the kernels' autograd.Functions: same launchers, so the same values and gradients, and
+    the compiled region has no graph break."""
+    from torch._dynamo.utils import counters
+
+    b, l, d = 3, 9, 24
+    ids_keep, _ = _ids(b, l, 0.5)
+    dev = _device("triton")
+    ids_keep = ids_keep.to(dev)
+    x0, pos0, mt0 = torch.randn(b, l, d), torch.randn(l, d), torch.randn(d)
+
+    def step(x, pos, mt):
+        y = gather_tokens(x, ids_keep, pos, backend="triton")
+        return scatter_tokens(y * 2, ids_keep, l, mt, pos, backend="triton")
+
+    results = []
+    for compiled in (False, True):
+        leaves = [_leaf(t, dev) for t in (x0, pos0, mt0)]
+        fn = step
+        if compiled:
+            torch._dynamo.reset()
+            counters.clear()
+            fn = torch.compile(step, fullgraph=True, backend="aot_eager")
+        out = fn(*leaves)
+        out.backward(torch.ones_like(out))
+        results.append([out.detach().cpu()] + [t.grad.cpu() for t in leaves])
+    assert sum(counters["graph_break"].values()) == 0
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
