@@ -152,7 +152,8 @@ class Padded:
 
     def __init__(self, vit: PackedViT, compiled: bool = False):
         self.vit = vit
-        self.timm = vit.to_timm()
+        with torch.device(vit.pos_embed.device):  # timm's initialisation of ViT-B on the host takes seconds
+            self.timm = vit.to_timm()
         if compiled:
             for blk in self.timm.blocks:
                 blk.compile()

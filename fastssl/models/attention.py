@@ -89,9 +89,12 @@ def attend_sdpa_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
 
 
 def _run_view(t: torch.Tensor, start: int, count: int, length: int) -> torch.Tensor:
-    """``[count*length, H, Dh]`` slice -> ``[count, H, length, Dh]`` (strided view, no copy)."""
+    """``[count*length, H, Dh]`` slice -> ``[count, H, length, Dh]`` (strided view, no copy; no slice
+    op when the run is the whole tensor: the usual one-run pack pays two view ops per operand)."""
     h, dh = t.shape[1], t.shape[2]
-    return t[start:start + count * length].view(count, length, h, dh).transpose(1, 2)
+    if start or count * length != t.shape[0]:
+        t = t[start:start + count * length]
+    return t.view(count, length, h, dh).transpose(1, 2)
 
 
 def attend_sdpa_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout) -> torch.Tensor:
