@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fastssl.config_base import Section
+from fastssl.config_base import ConfigError, Section  # ConfigError: fastssl.config.ConfigError for callers
+from fastssl.config_deepspeed import check_batch_keys, warn_unknown
+from fastssl.config_pairs import problem as two_key_problem
+from fastssl.config_paths import output_dir_problem, overlap_problem, resume_problem
 from fastssl.data.config import DataConfig
 from fastssl.methods.registry import method_config_union, method_names
 from fastssl.methods.simclr import SimCLRConfig
@@ -28,8 +31,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _usable_paths(self) -> "RunConfig":
-        from fastssl.engine.run_paths import output_dir_problem, resume_problem
-
         problem = output_dir_problem(self.output_dir) or resume_problem(self.resume)
         if problem:
             raise ValueError(problem)
@@ -167,7 +168,6 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        from fastssl.engine.run_paths import overlap_problem
         from fastssl.models.encoder import encoder_family
 
         overlap = None if self.data.synthetic else overlap_problem(self.run.output_dir, self.data.root)
@@ -182,16 +182,12 @@ class TrainConfig(Section):
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
         _synthetic_needs_no_eval(self)
-        from fastssl.engine.pair_checks import problem
-
-        two_keys = problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
+        two_keys = two_key_problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
         if two_keys:
             raise ValueError(two_keys)
         if self.deepspeed:
-            from fastssl.engine import ds_keys
-
-            ds_keys.check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
-            ds_keys.warn_unknown(self.deepspeed)
+            check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
+            warn_unknown(self.deepspeed)
         return self
 
 
@@ -200,10 +196,6 @@ def _synthetic_needs_no_eval(cfg: "TrainConfig") -> None:
     if cfg.data.synthetic and cfg.eval.enabled:
         raise ValueError("data.synthetic=true makes batches without real labels, so the kNN / linear probe "
                          "evaluation cannot run: add eval.enabled=false")
-
-
-class ConfigError(Exception):
-    """A bad config: the message is one line naming the key or path."""
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -9,7 +9,6 @@ Assumes ``output_dir`` is on a file system every rank sees (as DeepSpeed's own r
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ import torch
 import torch.distributed as dist
 
 from fastssl.engine import disk
+from fastssl.engine.disk import STEP_DIR, checkpoints  # the listing sits in disk: DiskFull names the last one
 
 SHAPE_FILE = "shape.json"
-_STEP_DIR = re.compile(r"^step(\d+)$")
 
 
 @dataclass
@@ -35,14 +34,6 @@ class TrainState:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
 
 
 def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, rank: int,
@@ -123,7 +114,7 @@ def saved_step(folder: Path) -> int:
     shape = saved_shape(folder)
     if "global_step" in shape:
         return int(shape["global_step"])
-    m = _STEP_DIR.match(Path(folder).name)
+    m = STEP_DIR.match(Path(folder).name)
     return int(m.group(1)) if m else 0
 
 

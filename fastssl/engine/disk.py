@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _WRITER_FAILURE = ("inline_container", "PytorchStreamWriter", "iostream error", "file write failed")
 #: Below this many free bytes a failed torch write is taken to be a full disk.
 LOW_SPACE = 64 << 20
+#: A complete checkpoint folder (``engine/checkpoint.py`` writes ``.tmp-step<N>`` and renames it to this).
+STEP_DIR = re.compile(r"^step(\d+)$")
 
 
 class DiskFull(Exception):
@@ -36,13 +39,19 @@ class DiskFull(Exception):
 
 def last_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint of the run whose output directory is ``out`` (or holds ``out``)."""
-    from fastssl.engine.checkpoint import checkpoints
-
     for folder in (Path(out), *Path(out).parents[:2]):
         found = checkpoints(folder / "checkpoints")
         if found:
             return found[-1][1]
     return None
+
+
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
 
 
 def free_bytes(path: Path) -> int:

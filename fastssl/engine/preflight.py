@@ -49,8 +49,8 @@ def check_batches(cfg: TrainConfig, n_train: int, world: int) -> None:
             f"optim.grad_accum={o.grad_accum} leaves no optimizer step in an epoch ({micro_steps} batch(es) of "
             f"{o.batch_size} per rank per epoch); lower optim.grad_accum to at most {micro_steps}"
         )
-    from fastssl.engine.ds_keys import check_batch_keys
-    from fastssl.engine.pair_checks import queue_problem
+    from fastssl.config_deepspeed import check_batch_keys
+    from fastssl.config_pairs import queue_problem
 
     queue = queue_problem(cfg, world)  # with the rank count: MoCo v2 gathers the keys of every rank
     if queue:

@@ -181,7 +181,7 @@ def _finished(out: Path, cfg: TrainConfig) -> None:
 
 def _prepare_main(cfg: TrainConfig) -> Path | None:
     """Rank 0's part: create + lock, then apply the rules above. Returns the folder things were moved to."""
-    from fastssl.engine.run_paths import overlap_problem
+    from fastssl.config_paths import overlap_problem
 
     out = Path(cfg.run.output_dir)
     overlap = None if cfg.data.synthetic else overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read

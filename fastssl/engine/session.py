@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fastssl import config_pairs as pair_checks
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, pair_checks, peers, preflight, resume_rules, run_dir, world_change
+from fastssl.engine import disk, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision

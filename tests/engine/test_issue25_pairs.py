@@ -14,7 +14,7 @@ from PIL import Image
 
 from fastssl import train
 from fastssl.config import load_config
-from fastssl.engine import pair_checks
+from fastssl import config_pairs as pair_checks
 from fastssl.engine.schedule import plan_steps
 
 
