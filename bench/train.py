@@ -538,6 +538,13 @@ def run_parent(args) -> None:
                 break
             now = time.time()
             current = seen  # the row in progress
+            if current >= len(group):  # every row reported; the child is only finishing (or over budget): end it
+                if now - started > args.budget:
+                    os.killpg(child.pid, 9)
+                    child.wait()
+                    break
+                time.sleep(0.5)
+                continue
             over_row = now - row_started.get(current, t_group) > args.row_timeout
             over_all = now - started > args.budget
             if over_row or over_all:
