@@ -40,11 +40,16 @@ class SizeRule:
 
 
 AUTO_SIZE_RULES: dict[str, SizeRule] = {
-    # M·C = anchors × candidate columns (the logits the eager path materialises). Placeholder,
-    # PENDING GPU MEASUREMENT: set from `python bench/contrastive.py --quick` (its "auto" rows and the
-    # eager/compile/triton crossing). 2048 × 2048: the smallest square case of that sweep is 4096².
-    "contrastive": SizeRule(min_size=2048 * 2048, size="rows x cols of the similarity matrix",
-                            measured_on="pending GPU measurement (placeholder, not measured)"),
+    # M·C = anchors × candidate columns (the logits the eager path materialises). Measured with
+    # `python bench/contrastive.py --quick` on one NVIDIA H200 (2026-12-04, bf16, D = 256,
+    # bench/results/contrastive-nvidia-h200.json): the kernels' device time is below eager's at every
+    # swept shape, the smallest 512 × 8192 (0.092 vs 0.118 ms) and MoCo v2's queue 256 × 65536 (0.161 vs
+    # 0.362 ms). Wall time of one isolated call under ~1.5 ms is host-bound on that machine (eager's too) and
+    # moves by ±0.2 ms between rows, so it cannot place a threshold; in a training step the host work
+    # overlaps the GPU's queue and the device time is what the step pays. Below the smallest swept size
+    # the kernel stays unmeasured, so auto keeps the reference there.
+    "contrastive": SizeRule(min_size=512 * 8192, size="rows x cols of the similarity matrix",
+                            measured_on="NVIDIA H200, 2026-12-04 (device time; smallest swept shape 512 x 8192)"),
 }
 
 
