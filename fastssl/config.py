@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fastssl.config_base import Section
+from fastssl.config_base import ConfigError, Section  # ConfigError: fastssl.config.ConfigError for callers
+from fastssl.config_deepspeed import check_batch_keys, warn_unknown
+from fastssl.config_pairs import problem as two_key_problem
+from fastssl.config_paths import output_dir_problem, overlap_problem, resume_problem
 from fastssl.data.config import DataConfig
 from fastssl.methods.registry import method_config_union, method_names
 from fastssl.methods.simclr import SimCLRConfig
@@ -28,8 +31,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _usable_paths(self) -> "RunConfig":
-        from fastssl.engine.run_paths import output_dir_problem, resume_problem
-
         problem = output_dir_problem(self.output_dir) or resume_problem(self.resume)
         if problem:
             raise ValueError(problem)
@@ -128,6 +129,7 @@ class KnnPoint(Section):
 
 
 class EvalConfig(Section):
+    enabled: bool = Field(True, description="False: no kNN and no linear probe at all (speed runs, data.synthetic=true).")
     knn_every_epochs: int = Field(0, ge=0, description="kNN every N epochs (0: only at the end).")
     knn_at_init: bool = Field(True, description="Also evaluate the randomly initialised encoder before training.")
     knn_k: int = Field(200, ge=1, description="kNN neighbours (the headline number).")
@@ -168,6 +170,9 @@ class TrainConfig(Section):
     def _consistent(self) -> "TrainConfig":
         from fastssl.models.encoder import encoder_family
 
+        overlap = None if self.data.synthetic else overlap_problem(self.run.output_dir, self.data.root)
+        if overlap:  # (synthetic batches read no data.root)
+            raise ValueError(overlap)
         img = self.model.img_size or self.data.image_size
         if encoder_family(self.model.arch) == "vit" and img % self.model.patch_size:
             raise ValueError(f"model.patch_size={self.model.patch_size} must divide the image size {img}")
@@ -176,23 +181,30 @@ class TrainConfig(Section):
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
+        _synthetic_needs_no_eval(self)
+        two_keys = two_key_problem(self)  # mask ratio / chunks against the patch grid, batch against the method, warm-up
+        if two_keys:
+            raise ValueError(two_keys)
         if self.deepspeed:
-            from fastssl.engine import ds_keys
-
-            ds_keys.check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
-            ds_keys.warn_unknown(self.deepspeed)
+            check_batch_keys(self.deepspeed, micro=self.optim.batch_size, accum=self.optim.grad_accum, world=None)
+            warn_unknown(self.deepspeed)
         return self
 
 
-class ConfigError(Exception):
-    """A bad config: the message is one line naming the key or path."""
+def _synthetic_needs_no_eval(cfg: "TrainConfig") -> None:
+    """data.synthetic: the batches carry no labels, so the kNN / linear probe would score noise."""
+    if cfg.data.synthetic and cfg.eval.enabled:
+        raise ValueError("data.synthetic=true makes batches without real labels, so the kNN / linear probe "
+                         "evaluation cannot run: add eval.enabled=false")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     keys = dotted.split(".")
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # absent, or a section written with nothing under it (`optim:`)
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
     node[keys[-1]] = value
@@ -213,20 +225,67 @@ def _describe(err: ValidationError) -> str:
     return f"{where}: {msg}{shown}{extra}" if where else f"{msg}{extra}"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one section (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """``<file> line L, column C: <what is wrong>`` (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    what = " ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) or str(err).splitlines()[0]
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}{where}: not valid YAML ({what})"
+
+
+def read_config_tree(path: str | Path) -> dict:
+    """The YAML mapping of a config file; ConfigError (one line naming the file, and the line) otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML file (e.g. configs/fmnist/simclr.yaml)")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a YAML config") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror})") from None
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(path, err)) from None
+    if tree is None:
+        # The defaults describe a full-size job (Fashion-MNIST prepared, 100 epochs): an empty file
+        # is far more likely a mistake than a request for it.
+        raise ConfigError(f"{path} holds no settings (it is empty or only comments); a config states at least the "
+                          "sections it changes (see configs/); to run every default on purpose write `run: {}`")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, data:, model:, ...), "
+                          f"not a {type(tree).__name__}")
+    return tree
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read YAML, apply ``a.b.c=value`` overrides (values parsed as YAML), validate.
 
-    Raises ConfigError with a single line naming the offending key, override or path.
+    Raises ConfigError with a single line naming the offending key, override or path (and the line
+    of a YAML syntax error). An empty or comment-only file is refused, as is a key given twice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree = read_config_tree(path)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -5,7 +5,9 @@
 
 Config mistakes end before any work with one line naming the key or path and exit code 2.
 Exit codes: 0 done (or already finished), 2 config error, 3 non-finite loss, 4 disk full,
-130 Ctrl-C, 143 SIGTERM or the launcher gone (a checkpoint is saved for 130 and 143).
+5 another rank died (the line names it and the last complete checkpoint), 130 Ctrl-C, 143 SIGTERM
+or the launcher gone (a checkpoint is saved for 130 and 143 inside the train loop; outside it, set-up
+or the final evaluation, the line says so and the complete checkpoints are kept).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os  # noqa: E402
 
 EXIT_CONFIG = 2
 EXIT_STOPPED = 3
+EXIT_RANK_LOST = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +36,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class _SigtermOutsideLoop(BaseException):
+    """SIGTERM outside the train loop (set-up, final evaluation), where no step boundary reads a flag.
+
+    A BaseException, like KeyboardInterrupt, so that no library's ``except Exception`` swallows it;
+    the train loop's own handler (``engine.signals.StopSignals``) takes over while it runs."""
+
+
+def _sigterm_outside_loop(signum, frame):
+    raise _SigtermOutsideLoop()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _sigterm_outside_loop)  # first of all: no silent 143 at start-up
+    try:
+        return _main(argv)
+    except _SigtermOutsideLoop:
+        signals = sys.modules.get("fastssl.engine.signals")
+        phase = signals.phase[0] if signals is not None else "start-up"
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"fastssl: SIGTERM during {phase}; complete checkpoints are kept: re-run the same command to continue",
+                  file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -68,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         say(str(err))
         return err.exit_code
     except DiskFull as err:
+        from fastssl.engine.disk import sweep_temps
+
+        sweep_temps(Path(cfg.run.output_dir))  # belt and braces: no *.tmp is left in the output directory
         print(f"fastssl: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     except TrainingStopped as err:
@@ -76,6 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the train loop (set-up or final evaluation)
         say("interrupted (Ctrl-C); complete checkpoints are kept: re-run the same command to continue")
         return EXIT_SIGINT
+    except Exception as err:  # another rank gone (exit 5), or a full disk anywhere else (a library's file): one line
+        from fastssl.engine import disk, peers
+
+        out = Path(cfg.run.output_dir)
+        if peers.looks_like_peer_loss(err):  # a collective failed because another rank is gone
+            if peers.should_speak():
+                print(f"fastssl: {peers.lost_rank_message(out)}", file=sys.stderr, flush=True)
+            return EXIT_RANK_LOST
+        if not disk.is_disk_full(err, out):
+            raise
+        disk.sweep_temps(out)
+        where = getattr(err, "filename", None) or f"a file under {out}"
+        print(f"fastssl: {disk.DiskFull(Path(where), disk.last_checkpoint(out))}", file=sys.stderr, flush=True)
+        return disk.EXIT_DISK_FULL
     if rank == 0:
         from fastssl.report import print_summary
 

@@ -28,11 +28,21 @@ when cols needs no grad (MoCo's momentum keys: no dK work).
 
 Occupancy: one contrastive matrix has no batch/head axis to spread over the SMs, so each kernel
 may also split its reduction loop (columns for the forward and dRows, rows for dCols) into
-``splits`` chunks, a third grid axis, when there are too few programs (``_splits``: ~2 per SM in
-the forward, ~1 in the backward, whose partials are large). The forward's partial (max, sum) pairs
-are merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed
-in a fixed order and cast by ``_sum_cast_kernel`` (one pass). Extra memory stays O(M) in the
-forward and O(splits·M·D) in the backward, only at sizes small enough to need it.
+``splits`` chunks, the last grid axis, chosen by ``contrastive_tiles.split_plan`` so that a launch
+has at least one full wave of programs (issue 21). The forward's partial (max, sum) pairs are
+merged by ``_contrastive_lse_merge_kernel``; the backward's fp32 partial gradients are summed in a
+fixed order and cast by ``_sum_cast_kernel`` (one pass): deterministic. Extra memory stays O(M)
+in the forward and at most 64 MiB of partials in the backward.
+
+Symmetric backward (``SYM``, rows is cols: single-process NT-Xent/DCL): dZ = (1/τ)(dS + dSᵀ)·Z in
+one row-parallel pass, each score tile computed once for both of its terms (two matmuls per tile
+instead of the four of dRows + dCols).
+
+Launch path (issue 21): no autotuner on the hot path (one config per (kernel, dtype, D) from
+``contrastive_tiles.fixed_config``; ``OPTIONS["autotune"]`` puts it back), grids as tuples from the
+cached ``contrastive_tiles.geometry``, dloss read with its stride (no copy of ``.mean()``'s
+expanded gradient), and ``UnitRows``: the ops' L2 normalisation in one launch each way
+(``OPTIONS["fused_unit"]``, off until measured on a GPU).
 
 Queue mode (MoCo v2, ``queue_rows`` / ``QueueRows``): cols is the queue [K, D] and the positive is
 not among them. The launcher passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
@@ -40,15 +50,14 @@ forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and str
 pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
 positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
 (no gradient into the queue). M is small there (a GPU's share of the batch), so the column loop
-may be split into up to ``_MAX_QUEUE_SPLITS`` chunks.
+is split like any other loop (``split_plan``: 2 row tiles × 66 splits at M = 256, K = 65,536).
 
-Bytes: when rows and cols are one tensor (single-process NT-Xent/DCL) dCols is added onto dRows by
-the dCols kernel itself (``ACCUMULATE``) or by the sum-and-cast pass, so the gradient leaves as one
-tensor: no autograd add of two [M, D] gradients, no separate cast.
+Bytes: when rows and cols are one tensor the symmetric pass writes the whole gradient; with it
+off (``OPTIONS["sym_bwd"]``) dCols is added onto dRows by the dCols kernel itself
+(``ACCUMULATE``) or by the sum-and-cast pass: no autograd add of two [M, D] gradients.
 
-Tiles: ``fastssl.kernels.contrastive_tiles`` lists the autotune configs and prunes them per
-(dtype, D) at launch to those that fit sm_90's shared memory and do not spill;
-tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
+Tiles: ``fastssl.kernels.contrastive_tiles`` lists the configs that fit sm_90's shared memory and
+do not spill, per (dtype, D); tests/ops/test_kernel_aot.py compiles each for sm_90 and checks it.
 
 D handling: BLOCK_D = next power of two of D, clamped to [16, 256]. When D <= BLOCK_D
 (``ONE_D``) the program's own tile (rows for the forward and dRows, cols for dCols) is loaded once
@@ -71,6 +80,7 @@ Index arithmetic is int32 (pos/excl included): M·D and C·D must stay below 2³
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -85,30 +95,43 @@ from fastssl.kernels import contrastive_tiles as tiles
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
-_SPLIT_GRAIN = 128  # reduction-axis splits are multiples of this (and of every BLOCK_M / BLOCK_N)
-_MAX_SPLITS = 8
-# Queue mode (MoCo v2): M is a GPU's share of the batch (32-256 rows) and C the queue (65,536): few
-# row blocks, a long loop. Its partials stay small (forward O(splits·M); dRows [splits, M, D] fp32,
-# 4 MB at M = 256, D = 128, 32 splits), so the queue may be cut into more chunks.
-_MAX_QUEUE_SPLITS = 64
+_SPLIT_GRAIN = 128  # the legacy split rule's chunks are multiples of this (``_legacy_split``)
 
 
-def _autotune(kernel: str):
-    """Autotuner of ``kernel``: the configs of ``fastssl.kernels.contrastive_tiles``, pruned per
-    (dtype, D) at launch to those that fit sm_90's shared memory and do not spill.
+OPTIONS = {
+    # The autotuner over ``contrastive_tiles.launch_configs`` instead of the fixed table (one
+    # config per (kernel, dtype, D)): FASTSSL_CONTRASTIVE_AUTOTUNE=1. Off by default: on the hot path it
+    # hashes a key per call and benchmarks every config on the first call of each shape.
+    "autotune": os.environ.get("FASTSSL_CONTRASTIVE_AUTOTUNE", "0") == "1",
+    # Reduction-loop splits: "wave" (``contrastive_tiles.split_plan``: at least one full wave of
+    # programs), "legacy" (main before issue 21: ~2 programs per SM in the forward, 1 in the
+    # backward, at most 8 splits, counted on 64-row tiles) or "none".
+    "split": os.environ.get("FASTSSL_CONTRASTIVE_SPLIT", "wave"),
+    # rows is cols (single-process NT-Xent/DCL): one symmetric backward pass (``SYM``) instead of
+    # dRows + dCols. FASTSSL_CONTRASTIVE_SYM=0 turns it off (before/after timing, bench --variants).
+    "sym_bwd": os.environ.get("FASTSSL_CONTRASTIVE_SYM", "1") != "0",
+    # Outside torch.compile, ``fastssl.ops.library.contrastive_rows`` calls ``ContrastiveRows``
+    # directly rather than through its custom op (False: through the op, as main did before issue 21).
+    "direct_eager": True,
+    # The ops' L2 normalisation of kernel-bound operands as one Triton launch forward and one
+    # backward (``unit_rows``) instead of ~5 + ~7 small torch launches: the first H200 run showed the
+    # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
+    # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
+    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
+}
 
-    One 64×64 config in the interpreter (multi-config autotune needs a GPU): few enough Python-level
-    iterations to keep the CPU tests quick, while the tests' N = 129 (M = 258) still spans several
-    tiles with a ragged last one. ``restore``: arguments the kernel reads and writes (dCols adds onto
-    dRows), put back after each timed trial so that autotuning cannot change the result.
-    """
-    if _INTERPRET:
-        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    else:
-        configs = tiles.all_configs(kernel)
+
+@functools.lru_cache(maxsize=None)
+def _autotuned(kernel: str):
+    """The autotuner of ``kernel`` (``OPTIONS["autotune"]`` only): the configs of
+    ``fastssl.kernels.contrastive_tiles``, pruned per (dtype, D) at launch to those that fit sm_90's
+    shared memory and do not spill. ``restore``: arguments the kernel reads and writes (dCols adds
+    onto dRows), put back after each timed trial so that autotuning cannot change the result."""
+    jit = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
+           "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}[kernel]
     restore = ["dcols_ptr"] if kernel == "bwd_cols" else None
-    return triton.autotune(configs=configs, key=["M", "C", "D"], restore_value=restore,
-                           prune_configs_by={"early_config_prune": tiles.pruner(kernel)})
+    return triton.autotune(configs=tiles.all_configs(kernel), key=["M", "C", "D"], restore_value=restore,
+                           prune_configs_by={"early_config_prune": tiles.pruner(kernel)})(jit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +196,6 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
-@_autotune("fwd")
 @triton.jit
 def _contrastive_fwd_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, pdot_ptr, loss_ptr, lse_ptr, part_ptr,
@@ -286,21 +308,27 @@ def _contrastive_lse_merge_kernel(part_ptr, loss_ptr, lse_ptr, M, n_splits, BLOC
 # --------------------------------------------------------------------------------------------
 # Backward: row-parallel dRows
 # --------------------------------------------------------------------------------------------
-@_autotune("bwd_rows")
 @triton.jit
 def _contrastive_bwd_rows_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
     M, C, D, chunk,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd, stride_dl,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
-    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, SYM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block].
 
     Grid (row blocks, output D-blocks, column splits); split s sums columns [s·chunk, (s+1)·chunk)
     into drows[s] (fp32 partials summed by the launcher when there are several splits).
+
+    ``SYM`` (rows and cols are one tensor Z, M = C: single-process NT-Xent/DCL): the whole
+    gradient dZ = (1/τ)(dS + dSᵀ)·Z in this one pass. t[a, c] = t[c, a], so each score tile, computed
+    once, gives both dS[a, c] (row a's softmax, LSE[a]) and dS[c, a] (row c's softmax, LSE[c],
+    c's own pos/excl/g read as column vectors); their sum is the operand of the second matmul.
+    Two matmuls per tile instead of the four of the dRows + dCols passes.
+    ``stride_dl``: dloss's stride (0 for the expanded gradient of ``.mean()``: no copy).
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -314,7 +342,7 @@ def _contrastive_bwd_rows_kernel(
     else:
         excl_b = excl
     lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
-    g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)  # upstream gradient per row
+    g = tl.load(dloss_ptr + offs_m * stride_dl, mask=row_ok, other=0.0)  # upstream gradient per row
     gw = g
     if HAS_W:
         gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
@@ -339,6 +367,23 @@ def _contrastive_bwd_rows_kernel(
         allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
         p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
         ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
+        if SYM:  # + dS[c, a]: column c as an anchor row (its LSE, g, pos, excl), row a as its column
+            pos_c = tl.load(pos_ptr + offs_n, mask=col_ok, other=-1)
+            excl_c = tl.load(excl_ptr + offs_n, mask=col_ok, other=-1)
+            if EXCLUDE_POS:
+                excl_bc = pos_c
+            else:
+                excl_bc = excl_c
+            lse_c = tl.load(lse_ptr + offs_n, mask=col_ok, other=0.0)
+            g_c = tl.load(dloss_ptr + offs_n * stride_dl, mask=col_ok, other=0.0)
+            gw_c = g_c
+            if HAS_W:
+                gw_c = g_c * tl.load(w_ptr + offs_n, mask=col_ok, other=0.0)
+            a = offs_m[:, None]
+            allowed_t = (col_ok[None, :] & row_ok[:, None] & (a != excl_c[None, :])
+                         & (a != excl_bc[None, :]))
+            p_t = tl.where(allowed_t, tl.exp2(t - lse_c[None, :]), 0.0)
+            ds += g_c[None, :] * p_t - tl.where(a == pos_c[None, :], gw_c[None, :], 0.0)
         ds = _as_operand(ds, rows_ptr.dtype.element_ty, UPCAST, ROUND)
         acc = tl.dot(ds, tl.trans(ct), acc, input_precision=PRECISION)
 
@@ -351,12 +396,11 @@ def _contrastive_bwd_rows_kernel(
 # --------------------------------------------------------------------------------------------
 # Backward: column-parallel dCols (deterministic, no atomics)
 # --------------------------------------------------------------------------------------------
-@_autotune("bwd_cols")
 @triton.jit
 def _contrastive_bwd_cols_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, dcols_ptr,
     M, C, D, chunk,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd, stride_dl,
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -391,7 +435,7 @@ def _contrastive_bwd_cols_kernel(
         else:
             excl_b = excl
         lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
-        g = tl.load(dloss_ptr + offs_m, mask=row_ok, other=0.0)
+        g = tl.load(dloss_ptr + offs_m * stride_dl, mask=row_ok, other=0.0)
         gw = g
         if HAS_W:
             gw = g * tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
@@ -445,8 +489,10 @@ ROUND_TILES = os.environ.get("FASTSSL_INTERPRET_ROUND", "1") != "0"
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+@functools.lru_cache(maxsize=None)
 def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
-    """The constexpr flags a launch uses for tiles of ``dtype`` ('fp32'/'bf16'/'fp16') and feature size d."""
+    """The constexpr flags a launch uses for tiles of ``dtype`` ('fp32'/'bf16'/'fp16') and feature size d.
+    Cached (one dict per combination): callers unpack it, never mutate it."""
     block_d = tiles.block_d(d)
     return dict(
         HAS_W=has_w, EXCLUDE_POS=bool(exclude_pos), ONE_D=d <= block_d, UPCAST=_INTERPRET,
@@ -454,12 +500,11 @@ def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
     )
 
 
-def _flags(rows: torch.Tensor, d: int, has_w: bool, exclude_pos: bool) -> dict:
-    return launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=has_w, exclude_pos=exclude_pos)
-
-
 def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    """Launch on ``t``'s GPU; a no-op (no device switch) when it is already the current one."""
+    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -467,91 +512,131 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(device: torch.device, programs: int, length: int, per_sm: int = 2,
-            max_splits: int = _MAX_SPLITS) -> tuple[int, int]:
-    """(splits, chunk) of a reduction axis of ``length`` over which ``programs`` programs would loop.
-
-    A single contrastive matrix has no batch or head axis to fill the GPU with: at 2N = 8192 and
-    64-row tiles that is 128 programs for 132 SMs, each looping over every column. Splitting the
-    loop into chunks (merged by the launcher: LSE partials in the forward, fp32 gradient partials
-    in the backward, a fixed-order sum, so still deterministic) aims at ~``per_sm`` programs per SM:
-    2 in the forward, whose partials are O(M); 1 in the backward, whose fp32 partials are
-    [splits, rows, D], several times the gradient's own bytes (2N = 8192, 64-row tiles: no split). Chunks
-    are multiples of 128, so every BLOCK_N/BLOCK_M of the autotune space tiles them exactly. The
-    interpreter splits whenever there are two chunks, so the CPU tests exercise the merge.
-    """
-    grains = triton.cdiv(length, _SPLIT_GRAIN)
+def _sms(device: torch.device) -> int | None:
+    """SMs of ``device``; None in the interpreter (``contrastive_tiles.split_plan``'s CPU rule)."""
     if _INTERPRET or device.type != "cuda":
-        want = 2
-    else:
-        want = max(1, (per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())) // programs)
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _legacy_split(sms: int, kernel: str, out: int, d_blocks: int, length: int, queue: bool) -> tuple[int, int]:
+    """main before issue 21 (``OPTIONS["split"] = "legacy"``, for before/after timing only): ~2
+    programs per SM in the forward and 1 in the backward counted on 64-row tiles, chunks multiples
+    of 128, at most 8 splits (64 for MoCo v2's queue)."""
+    per_sm = 2 if kernel == "fwd" else 1
+    max_splits = 64 if queue and kernel in ("fwd", "bwd_rows") else 8
+    grains = triton.cdiv(length, _SPLIT_GRAIN)
+    want = max(1, (per_sm * sms) // (triton.cdiv(out, 64) * d_blocks))
     splits = max(1, min(max_splits, grains, want))
     chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
     return triton.cdiv(length, chunk), chunk
+
+
+def plan(kernel: str, rows: torch.Tensor, m: int, c: int, d: int, queue: bool = False) -> tiles.Launch:
+    """The launch of ``kernel`` ('fwd', 'bwd_rows', 'bwd_sym', 'bwd_cols') for these operands:
+    ``contrastive_tiles.geometry`` (cached per shape), or the split rule ``OPTIONS["split"]`` names."""
+    sms = _sms(rows.device)
+    geo = tiles.geometry(kernel, _DTYPE_NAMES[rows.dtype], d, m, c, sms)
+    mode = OPTIONS["split"]
+    if mode == "wave" or sms is None:
+        return geo
+    length = m if kernel == "bwd_cols" else c
+    if mode == "none":
+        splits, chunk = 1, length
+    else:
+        out = c if kernel == "bwd_cols" else m
+        splits, chunk = _legacy_split(sms, kernel, out, 1 if kernel == "fwd" else geo.grid[1], length, queue)
+    return dataclasses.replace(geo, grid=geo.grid[:-1] + (splits,), splits=splits, chunk=chunk)
+
+
+def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: dict) -> None:
+    """Launch ``kernel`` with the fixed tile of ``geo`` (or through its autotuner, whose grid then
+    follows the config it picks; the split of the loop stays ``geo``'s)."""
+    jit = _KERNELS[kernel]
+    own = "BLOCK_N" if kernel == "bwd_cols" else "BLOCK_M"
+    if OPTIONS["autotune"] and not _INTERPRET:
+        rest = geo.grid[1:]
+        _autotuned(kernel)[lambda meta: (triton.cdiv(out_rows, meta[own]),) + rest](*args, **consts)
+        return
+    jit[geo.grid](*args, **consts, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
+                  num_warps=geo.warps, num_stages=geo.stages)
 
 
 def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
     """loss [M] fp32 and LSE₂ [M] fp32. ``pdot`` [M] fp32: the positives' dot products (queue mode)."""
     m, d = rows.shape
     c = cols.shape[0]
-    flags = _flags(rows, d, w is not None, exclude_pos)
-    # Queue mode: few rows (a GPU's share of the batch) against K = 65,536 columns; the forward's
-    # partials are O(splits·M), so it may split the queue further to fill the SMs.
-    max_splits = _MAX_QUEUE_SPLITS if pdot is not None else _MAX_SPLITS
-    splits, chunk = _splits(rows.device, triton.cdiv(m, 64), c, max_splits=max_splits)
+    flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
+    geo = plan("fwd", rows, m, c, d, queue=pdot is not None)
+    splits = geo.splits
     loss = torch.empty(m, device=rows.device, dtype=torch.float32)  # holds w·t_pos when split
     lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
-    part = torch.empty((2, splits, m) if splits > 1 else (1,), device=rows.device, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
+    part = torch.empty((2, splits, m), device=rows.device, dtype=torch.float32) if splits > 1 else lse2
+    args = (rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
+            loss, lse2, part, m, c, d, geo.chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0),
+            cols.stride(1), _LOG2E / temperature)
     with _device_guard(rows):
-        _contrastive_fwd_kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
-            loss, lse2, part, m, c, d, chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            _LOG2E / temperature, SPLIT=splits > 1, POS_DOT=pdot is not None, **flags,
-        )
+        _launch("fwd", geo, m, args, dict(SPLIT=splits > 1, POS_DOT=pdot is not None, **flags))
         if splits > 1:
             _contrastive_lse_merge_kernel[(triton.cdiv(m, 1024),)](part, loss, lse2, m, splits, BLOCK=1024)
     return loss, lse2
 
 
 def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
-         for_cols: bool, onto: torch.Tensor | None = None, max_splits: int = _MAX_SPLITS):
-    """dRows [M, D] (row-parallel kernel) or dCols [C, D] (column-parallel kernel), in the input dtype.
+         onto: torch.Tensor | None = None, queue: bool = False):
+    """One backward pass, in the input dtype: ``kernel`` 'bwd_rows' (dRows [M, D], row-parallel),
+    'bwd_sym' (rows is cols: the whole dZ [M, D]) or 'bwd_cols' (dCols [C, D], column-parallel).
 
     ``onto`` (dCols only; rows and cols are one tensor): add dCols onto this dRows in place and
     return it. One split: the kernel writes (or adds onto) the gradient itself. Several: fp32
     partials [splits, rows, D], then one ``_sum_cast_kernel`` pass sums, casts (and adds).
+    ``dloss`` [M] fp32, any stride (the expanded gradient of ``.mean()`` is read with stride 0).
     """
     m, d = rows.shape
     c = cols.shape[0]
-    flags = _flags(rows, d, w is not None, exclude_pos)
-    out_rows, loop_len, block = (c, m, "BLOCK_N") if for_cols else (m, c, "BLOCK_M")
-    d_blocks = triton.cdiv(d, flags["BLOCK_D"])
-    splits, chunk = _splits(rows.device, triton.cdiv(out_rows, 64) * d_blocks, loop_len, per_sm=1, max_splits=max_splits)
+    for_cols = kernel == "bwd_cols"
+    flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
+    geo = plan(kernel, rows, m, c, d, queue=queue)
+    splits = geo.splits
+    out_rows = c if for_cols else m
     out = onto if onto is not None else torch.empty((out_rows, d), device=rows.device, dtype=(cols if for_cols else rows).dtype)
     dest = out if splits == 1 else torch.empty((splits, out_rows, d), device=rows.device, dtype=torch.float32)
     stride_s = dest.stride(0) if splits > 1 else 0
-    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else {}
-    grid = lambda meta: (triton.cdiv(out_rows, meta[block]), d_blocks, splits)  # noqa: E731
+    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else dict(SYM=kernel == "bwd_sym")
+    if dloss.dtype != torch.float32:
+        dloss = dloss.float()
+    args = (rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
+            m, c, d, geo.chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
+            stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, 1.0 / temperature)
     with _device_guard(rows):
-        kernel[grid](
-            rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
-            m, c, d, chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            stride_s, dest.stride(-2), dest.stride(-1), _LOG2E / temperature, 1.0 / temperature,
-            ROUND=_INTERPRET and ROUND_TILES, **extra, **flags,
-        )
+        _launch(kernel, geo, out_rows, args, dict(ROUND=_INTERPRET and ROUND_TILES, **extra, **flags))
         if splits > 1:
             n = out_rows * d
             _sum_cast_kernel[(triton.cdiv(n, 1024),)](dest, out, n, splits, ACCUMULATE=onto is not None, BLOCK=1024)
     return out
 
 
-def _bwd_rows(*args, max_splits=_MAX_SPLITS):
-    return _bwd(_contrastive_bwd_rows_kernel, *args, for_cols=False, max_splits=max_splits)
+def _bwd_rows(*args, queue: bool = False):
+    return _bwd("bwd_rows", *args, queue=queue)
 
 
 def _bwd_cols(*args, onto=None):
-    return _bwd(_contrastive_bwd_cols_kernel, *args, for_cols=True, onto=onto)
+    return _bwd("bwd_cols", *args, onto=onto)
+
+
+def backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos,
+             need_rows: bool, need_cols: bool, same: bool):
+    """(dRows or None, dCols or None) of Σ_a dloss[a]·loss[a]. ``same`` (rows is cols): the whole
+    gradient in the dRows slot, from the symmetric pass (``OPTIONS["sym_bwd"]``) or from dCols
+    added onto dRows. Shared by ``ContrastiveRows`` and the custom op (``fastssl.ops.library``)."""
+    args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos)
+    if same:
+        if OPTIONS["sym_bwd"]:
+            return _bwd("bwd_sym", *args), None
+        return _bwd_cols(*args, onto=_bwd_rows(*args)), None
+    drows = _bwd_rows(*args) if need_rows else None
+    dcols = _bwd_cols(*args) if need_cols else None  # no dK work for momentum keys
+    return drows, dcols
 
 
 class ContrastiveRows(torch.autograd.Function):
@@ -567,16 +652,136 @@ class ContrastiveRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         rows, cols, pos_idx, excl_idx, w, lse2 = ctx.saved_tensors
-        # The gradient of .mean() arrives as an expanded (stride-0) view: make it a real [M] fp32 array.
-        dloss = dloss.float().contiguous()
-        args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos)
-        if ctx.same and ctx.needs_input_grad[0]:
-            # rows is cols (single-process NT-Xent/DCL): dCols is added onto dRows by the kernel, and
-            # the whole gradient returns through the rows slot (autograd sums the two slots anyway).
-            return _bwd_cols(*args, onto=_bwd_rows(*args)), None, None, None, None, None, None, None
-        drows = _bwd_rows(*args) if ctx.needs_input_grad[0] else None
-        dcols = _bwd_cols(*args) if ctx.needs_input_grad[1] else None  # no dK work for momentum keys
+        same = ctx.same and ctx.needs_input_grad[0]
+        if not (same or ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None, None, None, None, None, None
+        # rows is cols (single-process NT-Xent/DCL): the whole gradient returns through the rows
+        # slot (autograd would sum the two slots anyway).
+        drows, dcols = backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos,
+                                ctx.needs_input_grad[0], ctx.needs_input_grad[1], same)
         return drows, dcols, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Row L2-normalisation (the ops' ``_unit``) in one launch each way
+# --------------------------------------------------------------------------------------------
+_UNIT_EPS = 1e-12  # F.normalize's default
+_UNIT_MAX_D = 4096
+
+
+@triton.jit
+def _to_storage(x, ptr, RNE: tl.constexpr):
+    """An fp32 tile in ``ptr``'s element type, rounded to nearest even. ``RNE`` (the interpreter,
+    whose bf16 cast truncates): round explicitly first (``_as_operand``), so the cast is exact."""
+    if RNE:
+        x = _as_operand(x, ptr.dtype.element_ty, True, True)
+    return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _unit_fwd_kernel(x1_ptr, x2_ptr, y_ptr, rn_ptr, N1, N, D, stride_x1, stride_x2, stride_y, EPS: tl.constexpr,
+                     RNE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y = x / max(‖x‖, EPS) per row, computed in fp32, stored in y's dtype; rn = 1 / max(‖x‖, EPS).
+    x = [x1; x2] (rows < N1 from x1, the rest from x2): the two views' concatenation without a copy."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
+    first = (offs_r < N1)[:, None]
+    x = tl.load(x1_ptr + offs_r[:, None] * stride_x1 + offs_d[None, :], mask=ok & first, other=0.0).to(tl.float32)
+    x += tl.load(x2_ptr + (offs_r - N1)[:, None] * stride_x2 + offs_d[None, :], mask=ok & ~first, other=0.0).to(tl.float32)
+    denom = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), EPS)
+    tl.store(y_ptr + offs_r[:, None] * stride_y + offs_d[None, :], _to_storage(x / denom[:, None], y_ptr, RNE),
+             mask=ok)
+    tl.store(rn_ptr + offs_r, 1.0 / denom, mask=offs_r < N)
+
+
+@triton.jit
+def _unit_bwd_kernel(x1_ptr, x2_ptr, dy_ptr, rn_ptr, dx1_ptr, dx2_ptr, N1, N, D, stride_x1, stride_x2, stride_dy,
+                     stride_dx1, stride_dx2, EPS: tl.constexpr, RNE: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """dx of y = x / max(‖x‖, EPS): (dy − u·(u·dy)) / ‖x‖ with u = x / ‖x‖; dy / EPS where clamped.
+    Rows < N1 belong to x1 (gradient into dx1), the rest to x2 (into dx2)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_r < N)[:, None] & (offs_d < D)[None, :]
+    first = (offs_r < N1)[:, None]
+    x = tl.load(x1_ptr + offs_r[:, None] * stride_x1 + offs_d[None, :], mask=ok & first, other=0.0).to(tl.float32)
+    x += tl.load(x2_ptr + (offs_r - N1)[:, None] * stride_x2 + offs_d[None, :], mask=ok & ~first, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs_r[:, None] * stride_dy + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    rn = tl.load(rn_ptr + offs_r, mask=offs_r < N, other=0.0)
+    u = x * rn[:, None]
+    proj = tl.sum(u * dy, axis=1)
+    clamped = tl.sqrt(tl.sum(x * x, axis=1)) < EPS
+    dx = tl.where(clamped[:, None], dy, dy - u * proj[:, None]) * rn[:, None]
+    tl.store(dx1_ptr + offs_r[:, None] * stride_dx1 + offs_d[None, :], _to_storage(dx, dx1_ptr, RNE), mask=ok & first)
+    tl.store(dx2_ptr + (offs_r - N1)[:, None] * stride_dx2 + offs_d[None, :], _to_storage(dx, dx2_ptr, RNE),
+             mask=ok & ~first)
+
+
+def _unit_tile(d: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D): whole rows, ~4096 elements per program (16 rows at D = 256)."""
+    block_d = triton.next_power_of_2(d)
+    return max(1, min(64, 4096 // block_d)), block_d
+
+
+class UnitRows(torch.autograd.Function):
+    """[x1; x2] (x2 may be None; [n_i, D], one dtype of fp32/bf16/fp16, unit stride along D) ->
+    the rows / max(‖row‖, 1e-12) as one [n1 + n2, D] tensor in that dtype, the norm and the backward
+    in fp32, as ``F.normalize(torch.cat([x1, x2]).float()).to(dtype)``, without the concatenation's
+    copy and its own launch. Saves the inputs and 1/‖row‖ [n1 + n2]."""
+
+    @staticmethod
+    def forward(ctx, x1, x2):
+        n1, d = x1.shape
+        second = x2 if x2 is not None else x1
+        n = n1 + (x2.shape[0] if x2 is not None else 0)
+        block_r, block_d = _unit_tile(d)
+        y = torch.empty((n, d), device=x1.device, dtype=x1.dtype)
+        rn = torch.empty(n, device=x1.device, dtype=torch.float32)
+        with _device_guard(x1):
+            _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x1, second, y, rn, n1, n, d, x1.stride(0), second.stride(0),
+                                                         y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r,
+                                                         BLOCK_D=block_d)
+        ctx.save_for_backward(x1, second, rn)
+        ctx.pair = x2 is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x1, second, rn = ctx.saved_tensors
+        n1, d = x1.shape
+        n = rn.shape[0]
+        block_r, block_d = _unit_tile(d)
+        if dy.stride(-1) != 1:
+            dy = dy.contiguous()
+        dx1 = torch.empty_like(x1, memory_format=torch.contiguous_format)
+        dx2 = torch.empty_like(second, memory_format=torch.contiguous_format) if ctx.pair else dx1
+        with _device_guard(x1):
+            _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
+                                                         second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0),
+                                                         EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
+        return dx1, (dx2 if ctx.pair else None)
+
+
+def unit_rows(x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``UnitRows`` of a 2-D operand (or of two, concatenated) when it applies (``OPTIONS["fused_unit"]``,
+    D <= 4096, one dtype, a GPU or the interpreter, not under torch.compile, which fuses the eager
+    normalisation itself); None otherwise, and the caller normalises in torch."""
+    if not OPTIONS["fused_unit"] or x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
+        return None
+    if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET) or torch.compiler.is_compiling():
+        return None
+    if x2 is not None and (x2.shape[1:] != x.shape[1:] or x2.dtype != x.dtype or x2.device != x.device):
+        return None
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if x2 is not None and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return UnitRows.apply(x, x2)
+
+
+_KERNELS = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
+            "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}
 
 
 def contrastive_rows(
@@ -613,6 +818,12 @@ def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
                          "fastssl.kernels, or use backend='reference')")
 
 
+def _as_index(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if idx.dtype == torch.int32 and idx.device == device and idx.is_contiguous():
+        return idx
+    return idx.to(device=device, dtype=torch.int32).contiguous()
+
+
 def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
     as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
@@ -626,8 +837,9 @@ def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # int32: the kernels compare every column index of a tile with these; 64-bit compares cost two
     # instructions each in the innermost loop (index arithmetic is int32 anyway, see the docstring).
-    pos_idx = pos_idx.to(device=rows.device, dtype=torch.int32).contiguous()
-    excl_idx = excl_idx.to(device=rows.device, dtype=torch.int32).contiguous()
+    # Already-int32 contiguous indices on the device (the ops build them so) skip the calls: each
+    # is host time a small loss pays.
+    pos_idx, excl_idx = _as_index(pos_idx, rows.device), _as_index(excl_idx, rows.device)
     if pos_weight is not None:
         pos_weight = pos_weight.detach().to(device=rows.device, dtype=torch.float32).reshape(m).contiguous()
     return pos_idx, excl_idx, pos_weight
@@ -652,11 +864,11 @@ class QueueRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         rows, queue, none, pdot, lse2 = ctx.saved_tensors
-        dloss = dloss.float().contiguous()
+        dloss = dloss.float()
         tau = ctx.temperature
         drows = None
         if ctx.needs_input_grad[0]:
-            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, max_splits=_MAX_QUEUE_SPLITS)
+            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, queue=True)
         dpdot = None
         if ctx.needs_input_grad[2]:
             p_pos = torch.exp2(pdot * (_LOG2E / tau) - lse2)

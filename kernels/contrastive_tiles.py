@@ -22,18 +22,26 @@ notes/contrastive.md):
   their mask and the per-row vectors come on top: at BLOCK_D = 256 both backward kernels stream
   32 (64 spilled 20–256 bytes in dRows and dCols, 128 more), and they never stream 128 (dCols
   spilled 300–480 bytes at every D).
-The first config that survives pruning is the one ``FASTSSL_TRITON_AUTOTUNE=0`` pins.
+The first config that survives pruning is the one the launchers use (``fixed_config``): no
+autotuner on the hot path (issue 21). ``FASTSSL_CONTRASTIVE_AUTOTUNE=1`` puts the autotuner back
+over ``launch_configs``; ``FASTSSL_TRITON_AUTOTUNE=0`` narrows that list to the first config.
+
+Launch geometry (``split_plan``, ``geometry``): pure functions of the shapes and the SM count, so the
+CPU tests can check the grid a GPU launch would get (one full wave of programs at every benchmarked
+shape) without a GPU.
 """
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 
 import triton
 
 SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KB)
-_SMEM_SCRATCH = {"bwd_cols": 4096}  # reductions and layout conversions; 1 KB for the other kernels
+_SMEM_SCRATCH = {"bwd_cols": 4096, "bwd_sym": 4096}  # reductions and layout conversions; 1 KB for the other kernels
 MAX_BLOCK_D = 256
-KERNELS = ("fwd", "bwd_rows", "bwd_cols")
+KERNELS = ("fwd", "bwd_rows", "bwd_sym", "bwd_cols")  # bwd_sym: dRows + dCols of rows = cols in one pass
 
 # (own, stream, warps, stages), best guess first. own = 64·warps/4 (one warpgroup per 64 own rows).
 _SHAPES = {
@@ -114,3 +122,100 @@ def pruner(kernel: str):
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in keep]
 
     return prune
+
+
+@functools.lru_cache(maxsize=None)
+def fixed_config(kernel: str, dtype: str, d: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) the launchers use for ``kernel`` without autotuning:
+    the first config of ``launch_configs`` (the best guess of ``_SHAPES`` that fits). One table
+    look-up per (kernel, dtype, D) per process; the autotuner's per-call key hashing and its
+    first-call benchmark of every config are gone from the hot path."""
+    shapes = [s for s in _shapes(kernel) if _allowed(kernel, s, dtype, d)]
+    shapes = shapes or [s for s in _FALLBACK if _allowed(kernel, s, dtype, d)][:1]
+    if not shapes:
+        raise ValueError(f"no {kernel} tile fits for {dtype} at D={d}")
+    cfg = _config(kernel, shapes[0])
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+
+
+# Reduction-loop splits. The forward's partials are O(splits·M) floats; the backward's are fp32
+# [splits, rows, D], so their count is capped by bytes (2^24 floats = 64 MiB) as well.
+MAX_SPLITS = 128
+MAX_PARTIAL_ELEMS = 1 << 24
+
+
+def split_plan(tiles: int, length: int, block: int, sms: int | None, max_splits: int = MAX_SPLITS) -> tuple[int, int]:
+    """(splits, chunk) for ``tiles`` programs that each loop over ``length`` in steps of ``block``.
+
+    One contrastive matrix has no batch or head axis: its programs are its row (or column) tiles,
+    64 at 2N = 8192 with 128-row tiles, 4 to 16 for a rank's rows against gathered columns, fewer
+    than the 132 SMs of an H100/H200. Splitting the loop into chunks multiplies the programs. The
+    choice minimises the modelled time ``waves · (iterations per chunk + 1)`` (the +1: a program's
+    prologue/epilogue, i.e. its own tile and its partial output), among the splits that give at
+    least one full wave of programs when any does (one program per SM: the kernels' registers and
+    shared memory allow no second one). ``chunk`` need not be a multiple of ``block``: the kernels
+    mask the last tile of each chunk. ``sms=None`` (the interpreter): two splits whenever the loop
+    has more than one tile, so the CPU tests exercise the merges with a ragged chunk boundary.
+    """
+    steps = triton.cdiv(length, block)
+    if sms is None:
+        splits = 2 if steps > 1 else 1
+        chunk = triton.cdiv(length, splits)
+        return triton.cdiv(length, chunk), chunk
+    if tiles >= sms or steps == 1:
+        return 1, length
+    best = None
+    for want in range(1, min(max_splits, steps) + 1):
+        chunk = triton.cdiv(length, want)
+        splits = triton.cdiv(length, chunk)
+        programs = tiles * splits
+        cost = triton.cdiv(programs, sms) * (triton.cdiv(chunk, block) + 1)
+        key = (programs < sms, cost, splits)  # a full wave first, then the modelled time, then fewer partials
+        if best is None or key < best[0]:
+            best = (key, splits, chunk)
+    return best[1], best[2]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: tile config, grid and the split of its reduction loop."""
+
+    kernel: str
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int
+    grid: tuple[int, ...]
+    splits: int
+    chunk: int
+
+    @property
+    def programs(self) -> int:
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+
+@functools.lru_cache(maxsize=4096)
+def geometry(kernel: str, dtype: str, d: int, m: int, c: int, sms: int | None) -> Launch:
+    """The launch of ``kernel`` for rows [m, d] against cols [c, d] on a GPU with ``sms`` SMs
+    (None: the interpreter, which runs 64x64 tiles). Pure: the CPU tests call it with sms=132.
+
+    fwd: grid (row tiles, column splits). bwd_rows / bwd_sym: (row tiles, D-blocks, column
+    splits). bwd_cols: (column tiles, D-blocks, row splits).
+    """
+    bm, bn, warps, stages = (64, 64, 4, 1) if sms is None else fixed_config(kernel, dtype, d)
+    bd = block_d(d)
+    d_blocks = 1 if kernel == "fwd" else triton.cdiv(d, bd)
+    if kernel == "bwd_cols":
+        out, length, own, step = c, m, bn, bm
+    else:
+        out, length, own, step = m, c, bm, bn
+    tiles = triton.cdiv(out, own) * d_blocks
+    max_splits = MAX_SPLITS
+    if kernel != "fwd":
+        max_splits = max(1, min(MAX_SPLITS, MAX_PARTIAL_ELEMS // (out * d)))
+    splits, chunk = split_plan(tiles, length, step, sms, max_splits)
+    grid = (triton.cdiv(out, own), splits) if kernel == "fwd" else (triton.cdiv(out, own), d_blocks, splits)
+    return Launch(kernel, bm, bn, warps, stages, grid, splits, chunk)

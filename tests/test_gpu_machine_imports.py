@@ -15,7 +15,8 @@ BLOCKED = ("deepspeed", "nvidia.dali", "xformers", "xformers.ops")
 MODULES = (
     "fastssl.kernels.contrastive", "fastssl.kernels.contrastive_tiles", "fastssl.kernels.tokens",
     "fastssl.kernels.patchify", "fastssl.ops", "fastssl.models", "fastssl.engine.sync_bn",
-    "bench.common", "bench.contrastive", "bench.tokens", "bench.attention", "bench.throughput",
+    "bench.common", "bench.contrastive", "bench.tokens", "bench.attention", "bench.throughput", "bench.train",
+    "fastssl.data.synthetic",
 )
 
 _PROBE = f"""
@@ -33,7 +34,8 @@ for name in {BLOCKED!r}:
 for name in {MODULES!r}:
     importlib.import_module(name)
 import pytest
-code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests/ops", "tests/models", "tests/bench"])
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests/ops", "tests/models", "tests/bench",
+                    "tests/data/test_synthetic.py"])
 for name in {BLOCKED!r}:
     assert sys.modules.get(name) is None, f"{{name}} got imported"
 raise SystemExit(int(code))
@@ -45,3 +47,27 @@ def test_kernel_paths_import_without_deepspeed_dali_xformers():
     done = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     assert "tests collected" in done.stdout, done.stdout[-1000:]
+
+
+_TRAIN_NO_DALI = """
+import sys
+for name in ("nvidia.dali", "xformers", "xformers.ops"):
+    sys.modules[name] = None
+from fastssl import train
+code = train.main(sys.argv[1:])
+for name in ("nvidia.dali", "xformers"):
+    assert sys.modules.get(name) is None, name + " got imported"
+raise SystemExit(code)
+"""
+
+
+def test_the_trainer_runs_on_synthetic_data_without_dali_xformers(tmp_path):
+    """What scripts/gpu_session.sh's train part runs: the CLI on data.synthetic, DeepSpeed carried, no DALI."""
+    args = ["--config", str(ROOT / "configs/imagenet/simclr.yaml"), "data.synthetic=true", "eval.enabled=false",
+            f"run.output_dir={tmp_path / 'run'}", "engine.progress=false", "optim.batch_size=4", "optim.max_steps=2",
+            "data.image_size=16", "model.patch_size=4", "model.arch=test_vit", "method.head.hidden_dim=32", "method.head.out_dim=16"]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-c", _TRAIN_NO_DALI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "encoder.pt").is_file()

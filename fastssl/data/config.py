@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fastssl.config_base import Section
-from fastssl.data.folder_checks import foreign_entry, split_problem
+from fastssl.data.folder_checks import class_mismatch, foreign_entry, split_problem
 from fastssl.data.sources import DEBIAN_SOURCE, INSTALL_HINT, is_prepared, missing_source_files
 
 # Fashion-MNIST pixel statistics over the 60k training images (grey, so the same for R, G, B).
@@ -100,6 +100,14 @@ class DataConfig(Section):
     )
     prefetch: int = Field(2, ge=1, le=16, description="DALI prefetch queue depth (batches prepared ahead).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Two-view training augmentation.")
+    synthetic: bool = Field(
+        False,
+        description="Random batches made on the training device (every crop the method declares, at its size), seeded: "
+        "measures the trainer without the data pipeline and runs where DALI is absent. No labels: needs eval.enabled=false.",
+    )
+    synthetic_images: int = Field(
+        1_281_167, ge=1, description="Images per epoch the synthetic source stands for (default: ImageNet-1k's train split)."
+    )
 
     @field_validator("std")
     @classmethod
@@ -111,6 +119,8 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _check_root(self) -> DataConfig:
         # Only cheap existence checks here; the file scan (and its bad-file report) happens in the loaders.
+        if self.synthetic:  # no files are read: root, dataset and source do not matter
+            return self
         if self.dataset == "folder":
             root = self.root
             if not root.is_dir():
@@ -124,6 +134,9 @@ class DataConfig(Section):
                 problem = split_problem(root / split)
                 if problem:
                     raise ValueError(f"data.root: {problem} (dataset: folder)")
+            mismatch = class_mismatch(root)  # different class sets would shift every label
+            if mismatch:
+                raise ValueError(f"data.root: {mismatch}")
         elif not is_prepared(self.root):
             foreign = foreign_entry(self.root)
             if foreign is not None:

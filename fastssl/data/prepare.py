@@ -188,10 +188,14 @@ def prepare_fashion_mnist(root: Path, source: Path = DEBIAN_SOURCE, *, progress:
     shutil.rmtree(partial, ignore_errors=True)
     total = sum(images.shape[0] for images, _ in arrays.values())
     info: dict = {"source": str(source), "format": "png-gray", "splits": {}}
-    with tqdm(total=total, desc=f"preparing {root}", unit="img", disable=not progress) as bar:
-        for split, (images, labels) in arrays.items():
-            info["splits"][split] = _write_split(images, labels, partial / split, bar)
-    _write_marker(partial, info)
+    try:
+        with tqdm(total=total, desc=f"preparing {root}", unit="img", disable=not progress) as bar:
+            for split, (images, labels) in arrays.items():
+                info["splits"][split] = _write_split(images, labels, partial / split, bar)
+        _write_marker(partial, info)
+    except BaseException:  # e.g. a full disk or Ctrl-C: the partial copy goes now, not at the next run
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     try:
         os.rename(partial, root)
     except OSError:

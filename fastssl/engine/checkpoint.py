@@ -9,7 +9,6 @@ Assumes ``output_dir`` is on a file system every rank sees (as DeepSpeed's own r
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ import torch
 import torch.distributed as dist
 
 from fastssl.engine import disk
+from fastssl.engine.disk import STEP_DIR, checkpoints  # the listing sits in disk: DiskFull names the last one
 
 SHAPE_FILE = "shape.json"
-_STEP_DIR = re.compile(r"^step(\d+)$")
 
 
 @dataclass
@@ -37,16 +36,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
+def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, rank: int,
+         records: dict[str, str] | None = None) -> Path:
+    """Save everything needed to resume exactly; all ranks must call. Returns the final folder.
 
-
-def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, rank: int) -> Path:
-    """Save everything needed to resume exactly; all ranks must call. Returns the final folder."""
+    ``records``: {file name: text} rank 0 writes into the checkpoint as well (the config it was
+    trained with, the data fingerprint), read back by ``resume_rules`` when it is resumed."""
     tag = f"step{state.global_step}"
     tmp_tag = f".tmp-{tag}"
     if rank == 0:
@@ -60,6 +55,9 @@ def save(engine, root: Path, state: TrainState, rank_state: dict, *, keep: int, 
         engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"train_state": asdict(state)}, save_latest=False)
         torch.save(rank_state, root / tmp_tag / f"rank{rank}.pt")
         _write_shape(root / tmp_tag, rank, state, engine)
+        if rank == 0:
+            for name, text in (records or {}).items():
+                (root / tmp_tag / name).write_text(text)
     except Exception as err:  # noqa: BLE001  (decided below, after every rank reports)
         failed = err
     if _any_rank(failed is not None):
@@ -109,6 +107,15 @@ def saved_shape(folder: Path) -> dict:
         return json.loads((Path(folder) / SHAPE_FILE).read_text())
     except (OSError, ValueError):
         return {"world_size": len(list(Path(folder).glob("rank*.pt")))}
+
+
+def saved_step(folder: Path) -> int:
+    """The optimizer step a checkpoint was taken at (``shape.json``, else the ``step<N>`` folder name)."""
+    shape = saved_shape(folder)
+    if "global_step" in shape:
+        return int(shape["global_step"])
+    m = STEP_DIR.match(Path(folder).name)
+    return int(m.group(1)) if m else 0
 
 
 def load(engine, folder: Path, rank: int) -> tuple[TrainState, dict | None]:

@@ -1,18 +1,23 @@
-"""``engine.compile``: torch.compile of the encoder's blocks and of the heads, in place, per region.
+"""``engine.compile``: torch.compile of the encoder's block stacks and of the heads, in place, per region.
 
-What is compiled: every ``PackedBlock`` (the ViT's transformer blocks, online and EMA target),
-every ``ClassAttentionBlock`` (M-MoCo's cross-attention) and every ``MLPHead`` (projectors and
-predictors), each with ``nn.Module.compile()``. Everything else (packing the views into one token
-tensor, the losses, the EMA update) stays eager; the fastssl Triton ops are custom ops
-(``fastssl.ops.library``), so a compiled region that calls one keeps it in its graph.
+What is compiled: the block stack of every ``PackedViT`` (online and EMA target) as *one* region
+(``PackedViT.compile_blocks``: blocks 0..max_block with their taps in one graph), every other
+``PackedBlock`` (a decoder's), every ``ClassAttentionBlock`` (M-MoCo's cross-attention) and every
+``MLPHead`` (projectors and predictors), each with ``nn.Module.compile()``. A ViT with gradient
+checkpointing keeps one region per block. Everything else (packing the views into one token
+tensor, the attention backend's choice and block masks, the losses, the EMA update) stays eager;
+the fastssl Triton ops are custom ops (``fastssl.ops.library``), so a compiled region that calls
+one keeps it in its graph.
 
 Why regions and not the whole method (DeepSpeed's ``engine.compile()`` is ``module.compile()`` on
 the whole method): a method's forward builds the pack on the host from Python lists of views and
-lengths, which Dynamo would trace as guards on every length and host-side tensor creation, and a
-new guard set is a new compile. A block sees only ``x [T, D]`` plus the attention layout, and all
-blocks of a model share one code object and (with Dynamo's inlining of nn modules, the default in
-torch >= 2.5) one graph: a 12-block ViT compiles one block graph, as timm and DINOv3 do. DeepCompile
-(DeepSpeed's own compiler passes) needs ZeRO >= 1 and targets its collectives, not this.
+lengths, which Dynamo would trace as guards on every length, and a new guard set is a new compile.
+The block stack sees only ``x [T, D]`` plus the attention layout. Why the stack and not each block
+(timm's and DINOv3's way, and this module's first version): every compiled call pays a guard check
+and the compiled forward / backward wrappers on the host; twelve per encoder call made the M-MoCo
+step host-bound on the H200 (8 chunks, ViT-B, B = 64: 31.0 ms wall over 20.0 ms of kernels, the
+eager padded batch 26.3). One region per encoder call pays that once. DeepCompile (DeepSpeed's own
+compiler passes) needs ZeRO >= 1 and targets its collectives, not this.
 
 Why in place: ``module.compile()`` keeps the module object and its parameter names, so checkpoints
 and ``encoder.pt`` have exactly the keys of an eager run (``torch.compile(module)`` would wrap it
@@ -58,8 +63,11 @@ def compile_stats() -> CompileStats:
 def _region_types() -> tuple[type[nn.Module], ...]:
     from fastssl.models.blocks import PackedBlock
     from fastssl.models.cross_attention import ClassAttentionBlock
-    from fastssl.models.heads import MLPHead
 
+    try:  # heads carry their pydantic config; a bare GPU machine (bench/attention.py) may lack pydantic
+        from fastssl.models.heads import MLPHead
+    except ImportError:
+        return PackedBlock, ClassAttentionBlock
     return PackedBlock, ClassAttentionBlock, MLPHead
 
 
@@ -80,16 +88,24 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
 
     ``mode``: "default" or "max-autotune-no-cudagraphs" (CUDA graphs are left out: the packed
     layouts and EMA targets change buffers between calls). ``device`` / ``dtype``: where and in
-    which precision training runs; the attention backend is chosen for them now, because its
-    probe (a small forward + backward) must not run under the tracer. ``backend``: torch.compile's
+    which precision training runs; what attention backends run there is probed now, because the
+    probes (small forwards + backwards) must not run under the tracer; the backend of each pack
+    and its block mask are decided in ``PackedViT.forward_packed``, before the compiled blocks. ``backend``: torch.compile's
     (tests use "aot_eager", which skips code generation).
     """
     resolve_attention(method, device, dtype)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     kwargs = {} if mode == "default" else {"mode": mode}
+    from fastssl.models.vit import PackedViT
+
+    stacks = [m for m in method.modules() if isinstance(m, PackedViT) and not m.grad_checkpointing]
+    in_stack = {id(b) for v in stacks for b in v.blocks}
     names = []
     for name, m in method.named_modules():
-        if isinstance(m, _region_types()):
+        if any(m is v for v in stacks):
+            m.compile_blocks(backend=backend, dynamic=None, **kwargs)
+            names.append(f"{name}.blocks" if name else "blocks")
+        elif isinstance(m, _region_types()) and id(m) not in in_stack:
             m.compile(backend=backend, dynamic=None, **kwargs)
             names.append(name)
     log.info("engine.compile: %d regions (%s) compile at their first call", len(names), mode)

@@ -29,7 +29,8 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
     """micro-batch, accumulation, precision, ZeRO stage, clipping and AdamW at the peak LR.
 
     The optimizer is torch's AdamW (``torch_adam``): DeepSpeed's fused Adam would JIT-compile a CUDA/C++
-    extension on first use, which a CPU machine cannot and a GPU machine need not pay for.
+    extension on first use, which a CPU machine cannot and a GPU machine need not pay for; on CUDA it
+    is torch's ``fused=True`` implementation (DeepSpeed passes the extra key through to torch).
     The LR schedule is ours (``fastssl.engine.schedule.lr_scheduler``, handed to ``deepspeed.initialize``):
     DeepSpeed's WarmupCosineLR spends its first two steps at LR 0.
     """
@@ -53,6 +54,8 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if torch.cuda.is_available():  # torch's fused (one multi-tensor kernel) AdamW: no per-parameter launches
+        ds["optimizer"]["params"]["fused"] = True
     if o.clip_grad is not None:
         ds["gradient_clipping"] = o.clip_grad
     return _merge(ds, cfg.deepspeed)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastssl.config import TrainConfig
-from fastssl.engine import run_dir
+from fastssl.engine import disk, run_dir, signals
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
 from fastssl.engine.signals import StopSignals
@@ -33,6 +33,7 @@ class RunSummary:
     eval_init: list[Score]
     eval_final: list[Score]
     encoder_path: Path | None
+    steady_images_per_second: float | None = None  # from the first log step to the last (warm-up left out)
 
 
 class _ProgressBar:
@@ -54,6 +55,8 @@ class _ProgressBar:
 
 
 def evaluate(s: Session) -> list[Score]:
+    if s.evaluator is None:  # eval.enabled=false
+        return []
     scores = s.evaluator(s.method.encoder, s.dtype)
     s.metrics.write(s.state.global_step, {x.label: x.accuracy for x in scores}, kind="eval")
     return scores
@@ -81,20 +84,26 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
     if s.last_checkpoint is None or s.last_checkpoint.name != f"step{s.state.global_step}":
         s.save()
     sd = encoder_state_dict(s.method.encoder)  # exported before the evaluation, which must not be able to cost it
-    encoder_path = save_encoder(sd, s.out / "encoder.pt", export_spec(s.method.encoder)) if s.is_main else None
+    encoder_path = None
+    if s.is_main:  # every file follows the checkpoint rule: temp + rename, a full disk is one line (exit 4)
+        target = s.out / "encoder.pt"
+        with disk.written(target, target.with_name("encoder.pt.tmp"), target.with_name("encoder.json.tmp")):
+            encoder_path = save_encoder(sd, target, export_spec(s.method.encoder))
     eval_final = evaluate(s)
     s.metrics.close()
     if s.is_main:
         from fastssl.report import plot_curves
 
-        plot_curves(s.metrics.path, s.out / "curves.png")
-    summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path)
+        disk.atomic_write(s.out / "curves.png", lambda tmp: plot_curves(s.metrics.path, tmp), tmp=s.out / ".curves.tmp.png")
+    summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, eval_final, encoder_path,
+                         s.speed.steady_images_per_second)
     if s.is_main:
         write_json(s.out / "summary.json", asdict(summary))
     return summary
 
 
 def run(cfg: TrainConfig) -> RunSummary:
+    signals.phase[0] = "set-up"
     s = setup(cfg)
     eval_init = evaluate_at_init(s)
     every = cfg.eval.knn_every_epochs
@@ -103,7 +112,8 @@ def run(cfg: TrainConfig) -> RunSummary:
             epoch_done = train_one_epoch(s, stop, bar)
             if epoch_done and every and s.state.epoch % every == 0 and s.state.global_step < s.plan.total_steps:
                 evaluate(s)
+    signals.phase[0] = "the final evaluation and export"
     summary = finish(s, eval_init)
     if s.is_main:
-        run_dir.mark_finished(cfg, s.state.global_step)  # a re-run of this config now says "finished"
+        run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"
     return summary

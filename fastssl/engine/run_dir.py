@@ -5,16 +5,16 @@ Rules (also in README, "Resume"):
   keeps it until the process ends; the kernel drops it on any exit, ``kill -9`` included, so a
   stale lock never blocks a re-run. A second run on the same directory is refused at start with one
   line naming the holder's PID and host.
-- **A fresh start moves the old run aside.** ``run.resume=never`` into a directory that holds
-  anything moves all of it into ``<output_dir>/previous-<UTC time>/``: nothing of the earlier run
-  (checkpoints above all) is left where a later ``run.resume=auto`` could pick it up, and nothing is
-  deleted.
-- **Same run or refuse.** Resuming (``auto`` or a folder) into a directory holding checkpoints of a
-  run with another ``model.arch`` / ``optim.batch_size`` / ``run.seed`` (or the other keys in
-  ``IDENTITY``) is refused with one line saying how to proceed.
-- **A finished run stays finished.** ``finished.json`` is written at the very end; re-running the
-  same config says so and exits 0 without touching any output. A changed config (e.g. more steps)
-  continues from the newest checkpoint as usual.
+- **A fresh start moves the old run aside.** ``run.resume=never`` into a directory that holds a
+  run moves its outputs (``RUN_OUTPUTS``) into ``<output_dir>/previous-<UTC time>/``: nothing of
+  the earlier run (checkpoints above all) is left where a later ``run.resume=auto`` could pick it
+  up, nothing is deleted, and files a run did not write are not touched.
+- **Changed settings** on a resume are applied or refused key by key (``resume_rules.RULES``), in
+  ``session.setup`` before anything is written.
+- **A finished run stays finished.** ``finished.json`` is written at the very end (with the step
+  count and steps per epoch); re-running with a config that asks for no more steps than were done
+  says so and exits 0 without touching any output (a finished run's outputs change only by
+  continuing it). A config asking for more steps continues from the newest checkpoint.
 
 Errors are ``ConfigError`` (one line, exit 2); a finished run raises ``RunFinished`` (exit 0).
 """
@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
 import time
 from pathlib import Path
 
-import yaml
-
 from fastssl.config import ConfigError, TrainConfig
+
+log = logging.getLogger("fastssl")
 
 LOCK_NAME = ".fastssl.lock"
 FINISHED_NAME = "finished.json"
 PREVIOUS_PREFIX = "previous-"
 
-#: Keys whose change makes an output directory's checkpoints unusable or mixes two runs' curves.
-IDENTITY = ("model.arch", "model.patch_size", "model.img_size", "data.image_size", "method.name",
-            "optim.batch_size", "run.seed")
 #: Keys that do not change what a run computes; ignored when deciding whether a run is "the same, finished".
 _VOLATILE = ("run.resume", "run.output_dir", "engine.progress", "engine.log_every_steps")
 
@@ -95,15 +93,26 @@ def release_lock(f) -> None:
     f.close()
 
 
-def _has_checkpoints(out: Path) -> bool:
-    from fastssl.engine.checkpoint import checkpoints
+#: What a run writes into its output directory; a fresh start moves these aside and nothing else.
+RUN_OUTPUTS = ("checkpoints", "config.yaml", "deepspeed.json", "metrics.jsonl", "tensorboard", "curves.png",
+               "knn_init.json", "summary.json", "encoder.pt", "encoder.json", FINISHED_NAME)
 
-    return bool(checkpoints(out / "checkpoints"))
+
+def _ours(p: Path) -> bool:
+    return p.name in RUN_OUTPUTS or p.name.endswith(".tmp") or p.name.startswith(".curves.tmp")
 
 
 def _move_aside(out: Path) -> Path | None:
-    """Move everything but the lock and earlier ``previous-*`` folders into ``previous-<UTC time>``."""
-    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PREVIOUS_PREFIX)]
+    """Move the run's own outputs (``RUN_OUTPUTS``) into ``previous-<UTC time>``.
+
+    Only what a run writes is moved: an output directory that also holds other files (a folder of
+    the user's, given as run.output_dir by mistake) keeps them where they are, untouched."""
+    entries = [p for p in out.iterdir() if _ours(p)]
+    foreign = [p.name for p in out.iterdir() if not _ours(p) and p.name != LOCK_NAME
+               and not p.name.startswith((PREVIOUS_PREFIX, "."))]
+    if foreign:
+        log.warning("run.output_dir %s also holds %d entries fastssl did not write (e.g. %s): left where they are",
+                    out, len(foreign), ", ".join(sorted(foreign)[:3]))
     if not entries:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -117,54 +126,92 @@ def _move_aside(out: Path) -> Path | None:
     return dest
 
 
-def _check_identity(out: Path, cfg: TrainConfig) -> None:
-    saved = out / "config.yaml"
+def _asked_steps(cfg: TrainConfig, record: dict) -> int | None:
+    """The step count this config asks for, as far as it can be known before the data is scanned."""
+    if cfg.optim.max_steps is not None:
+        return cfg.optim.max_steps
+    spe = record.get("steps_per_epoch")
+    return cfg.optim.epochs * int(spe) if spe else None
+
+
+def _finished(out: Path, cfg: TrainConfig) -> None:
+    """RunFinished when ``out`` holds a finished run that this config would not continue (exit 0, no
+    output changes); ConfigError when the config also changes a setting, which without a step to
+    train it could not be honoured."""
     try:
-        old = yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return  # no readable record of the earlier run: nothing to compare (its checkpoints still load or fail loudly)
-    new = cfg.model_dump(mode="json")
-    for key in IDENTITY:
-        before, now = _get(old, key), _get(new, key)
-        if before != now:
-            raise ConfigError(
-                f"run.output_dir {out} holds a run with {key}={before} (this config: {now}); use another "
-                f"run.output_dir, or run.resume=never to move that run aside and start fresh"
-            )
+        record = json.loads((out / FINISHED_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    from fastssl.engine.checkpoint import checkpoints
+
+    found = checkpoints(out / "checkpoints")
+    steps = record.get("steps")
+    if not (found and found[-1][0] == steps):
+        return  # the record does not describe the newest checkpoint: let the resume rules decide
+    now = _comparable(cfg.model_dump(mode="json"))
+    asked = _asked_steps(cfg, record)
+    if asked is None:  # a record from before steps_per_epoch was kept: only the very same config is "finished"
+        if record.get("config") == now:
+            raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
+                              "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
+        return
+    if asked > steps:
+        return  # continuing: the resume rules apply
+    from fastssl.engine.resume_rules import real_changes
+
+    diff = {k: v for k, v in real_changes(record.get("config") or {}, cfg).items()
+            if k not in ("optim.max_steps", "optim.epochs") and k not in _VOLATILE}
+    if diff:  # a setting this run would not honour, and no step to train with it: refused
+        key, (before, after) = next(iter(diff.items()))
+        more = f" (also changed: {', '.join(list(diff)[1:4])})" if len(diff) > 1 else ""
+        raise ConfigError(
+            f"{out} holds a run finished at step {steps} with {key}={before} (this config: {after}){more}; a finished run "
+            f"changes only by continuing it (more steps, under the resume rules): use another run.output_dir, or "
+            f"run.resume=never to move it aside and start fresh"
+        )
+    if asked == steps:  # the very same run
+        raise RunFinished(f"{out} holds this run, finished at step {steps}; outputs left unchanged "
+                          "(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)")
+    raise RunFinished(
+        f"{out} holds this run, finished at step {steps}; this config asks for {asked} steps, so nothing is trained and "
+        f"outputs left unchanged (a finished run changes only by continuing: raise optim.max_steps or optim.epochs; "
+        f"to start over, run.resume=never)"
+    )
 
 
 def _prepare_main(cfg: TrainConfig) -> Path | None:
     """Rank 0's part: create + lock, then apply the rules above. Returns the folder things were moved to."""
+    from fastssl.config_paths import overlap_problem
+
     out = Path(cfg.run.output_dir)
+    overlap = None if cfg.data.synthetic else overlap_problem(out, cfg.data.root)  # again: a symlink may have changed since the config was read
+    if overlap:
+        raise ConfigError(overlap)
+    from fastssl.engine import disk
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out) from None
         raise ConfigError(f"run.output_dir {out} cannot be created ({err.strerror}); choose a writable folder") from None
     try:
         acquire_lock(out)
     except OSError as err:  # e.g. a read-only file system
+        if disk.is_disk_full(err, out):
+            raise disk.DiskFull(out / LOCK_NAME) from None
         raise ConfigError(f"run.output_dir {out} is not writable ({err.strerror}); choose another run.output_dir") from None
-    finished = out / FINISHED_NAME
     if cfg.run.resume == "never":
-        return _move_aside(out)
-    if _has_checkpoints(out):
-        _check_identity(out, cfg)
-    if cfg.run.resume == "auto" and finished.is_file():
-        try:
-            record = json.loads(finished.read_text())
-        except (OSError, ValueError):
-            record = {}
-        from fastssl.engine.checkpoint import checkpoints
-
-        found = checkpoints(out / "checkpoints")
-        same = record.get("config") == _comparable(cfg.model_dump(mode="json"))
-        if same and found and found[-1][0] == record.get("steps"):
-            raise RunFinished(
-                f"{out} holds this run, finished at step {record['steps']}; outputs left unchanged "
-                f"(to train more, raise optim.max_steps or optim.epochs; to start over, run.resume=never)"
-            )
-    finished.unlink(missing_ok=True)  # training will change the outputs: the run is no longer finished
+        with disk.written(out / f"{PREVIOUS_PREFIX}…"):  # a rename needs no space, the new folder does
+            return _move_aside(out)
+    if cfg.run.resume == "auto":
+        _finished(out, cfg)
     return None
+
+
+def unfinish(out: Path) -> None:
+    """Rank 0, once every check passed: training will change the outputs, so the run is no longer finished."""
+    (Path(out) / FINISHED_NAME).unlink(missing_ok=True)
 
 
 def prepare(cfg: TrainConfig, rank: int) -> Path | None:
@@ -175,11 +222,13 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
     """
     import torch.distributed as dist
 
+    from fastssl.engine.disk import DiskFull
+
     outcome: tuple[str, object] = ("ok", None)
     if rank == 0:
         try:
             outcome = ("ok", _prepare_main(cfg))
-        except (ConfigError, RunFinished) as err:
+        except (ConfigError, RunFinished, DiskFull) as err:
             outcome = (type(err).__name__, str(err))
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [outcome]
@@ -190,12 +239,15 @@ def prepare(cfg: TrainConfig, rank: int) -> Path | None:
         raise ConfigError(value)
     if kind == "RunFinished":
         raise RunFinished(value)
+    if kind == "DiskFull":
+        raise DiskFull(Path(cfg.run.output_dir), message=value)
     return value  # type: ignore[return-value]
 
 
-def mark_finished(cfg: TrainConfig, steps: int) -> None:
+def mark_finished(cfg: TrainConfig, steps: int, steps_per_epoch: int | None = None) -> None:
     """Rank 0, after the last output is written: record that this config finished at ``steps``."""
+    from fastssl.engine import disk
+
     out = Path(cfg.run.output_dir)
-    tmp = out / f".{FINISHED_NAME}.tmp"
-    tmp.write_text(json.dumps({"steps": steps, "config": _comparable(cfg.model_dump(mode="json"))}, indent=1))
-    tmp.replace(out / FINISHED_NAME)
+    record = {"steps": steps, "steps_per_epoch": steps_per_epoch, "config": _comparable(cfg.model_dump(mode="json"))}
+    disk.atomic_write_json(out / FINISHED_NAME, record)

@@ -1,4 +1,8 @@
-"""Schedules laid out in optimizer steps: warm-up + cosine learning rate, and the EMA momentum."""
+"""Schedules laid out in optimizer steps: warm-up + cosine learning rate.
+
+The EMA momentum schedule lives with the EMA target (``fastssl.models.ema.cosine_momentum``): the
+methods call it, and they sit below the engine.
+"""
 from __future__ import annotations
 
 import math
@@ -68,8 +72,3 @@ def lr_scheduler(plan: StepPlan, min_ratio: float, groups=None):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_lr(plan, min_ratio, g.lr_scale, g.fixed_lr) for g in groups])
 
     return build
-
-
-def cosine_momentum(base: float, progress: float) -> float:
-    """BYOL's target-momentum schedule: base → 1 along a half cosine as progress goes 0 → 1."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1.0) / 2.0

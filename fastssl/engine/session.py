@@ -5,6 +5,7 @@ applied at its end, so what follows never cares whether the run is fresh.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fastssl import config_pairs as pair_checks
 from fastssl.config import TrainConfig, dump_config
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, preflight, run_dir, world_change
+from fastssl.engine import disk, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config, resolve_precision
@@ -36,12 +38,19 @@ class TrainingStopped(Exception):
 
 @dataclass
 class Throughput:
-    """Images/s over the optimizer steps timed so far (evaluation pauses excluded)."""
+    """Images/s over the optimizer steps timed so far (evaluation pauses excluded).
+
+    ``images_per_second`` counts from the first step (compilation and warm-up included) and reads a
+    host clock at step ends, which runs ahead of the device when nothing syncs. ``mark(step)`` is
+    called right after a device sync (the log steps read the loss): the steady rate is taken
+    between the first mark and the last one, so it leaves out the steps before the first log.
+    """
 
     images_per_step: int
     seconds: float = 0.0
     steps: int = 0
     _tick: float = field(default_factory=time.perf_counter)
+    _marks: list = field(default_factory=list)  # (optimizer step, training-clock seconds) after a sync
 
     def restart(self) -> None:
         self._tick = time.perf_counter()
@@ -56,6 +65,18 @@ class Throughput:
     def images_per_second(self) -> float:
         return self.images_per_step * self.steps / max(self.seconds, 1e-9)
 
+    def mark(self, step: int) -> None:
+        """Record the training clock at ``step``, just after a device sync."""
+        self._marks.append((step, self.seconds + time.perf_counter() - self._tick))
+
+    @property
+    def steady_images_per_second(self) -> float | None:
+        """Images/s from the first mark to the last (None before two marks of one run)."""
+        if len(self._marks) < 2 or self._marks[-1][0] <= self._marks[0][0]:
+            return None
+        (s0, t0), (s1, t1) = self._marks[0], self._marks[-1]
+        return self.images_per_step * (s1 - s0) / max(t1 - t0, 1e-9)
+
 
 @dataclass
 class Session:
@@ -65,9 +86,9 @@ class Session:
     device: torch.device
     out: Path
     plan: StepPlan
-    loader: object  # fastssl.data.loader.TrainLoader
+    loader: object  # fastssl.data.loader.TrainLoader or fastssl.data.synthetic.SyntheticLoader
     engine: object  # deepspeed.DeepSpeedEngine; engine.module is the method
-    evaluator: Evaluator
+    evaluator: Evaluator | None
     metrics: MetricsLog
     state: ckpt.TrainState
     dtype: torch.dtype
@@ -75,6 +96,7 @@ class Session:
     last_checkpoint: Path | None
     speed: Throughput
     compile_watch: CompileWatch | None = None  # engine.compile: graph counts for the metrics
+    records: dict = field(default_factory=dict)  # files saved in every checkpoint (resume_rules reads them)
 
     @property
     def is_main(self) -> bool:
@@ -97,7 +119,7 @@ class Session:
         """Checkpoint now (all ranks); remembers it as the last good one."""
         rank_state = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
         self.last_checkpoint = ckpt.save(self.engine, self.ckpt_root, self.state, rank_state,
-                                         keep=self.cfg.engine.keep_checkpoints, rank=self.rank)
+                                         keep=self.cfg.engine.keep_checkpoints, rank=self.rank, records=self.records)
         return self.last_checkpoint
 
     def barrier(self) -> None:
@@ -126,14 +148,23 @@ def setup(cfg: TrainConfig) -> Session:
     import deepspeed
 
     from fastssl.data.loader import EvalLoader, TrainLoader
+    from fastssl.data.synthetic import SyntheticLoader
 
     rank, local_rank, world = init_distributed()
+    peers.record(rank)  # who is who, so that a rank that dies later can be named
     device = device_for(local_rank)
     out = Path(cfg.run.output_dir)
-    run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); refuse another run's dir; stop if finished
+    run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
+    saved_world = int(ckpt.saved_shape(folder).get("world_size") or 0) if folder is not None else 0
     cfg = world_change.adapt(cfg, folder, world)  # another rank count: keep the global batch
-    preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+    applied = resume_rules.check(cfg, folder, world_changed=saved_world not in (0, world))  # refuse before any write
+    fingerprint = None  # synthetic batches have no data set to fingerprint
+    if cfg.data.synthetic:  # no data set: only the batch arithmetic against the images it stands for
+        preflight.check_batches(cfg, cfg.data.synthetic_images, world)
+    else:
+        _, fingerprint = preflight.prepare_data(cfg, rank, world)  # data set ready, batch arithmetic checked (one-line errors)
+        resume_rules.check_data(folder, fingerprint, Path(cfg.data.root))
     if dist.is_initialized():
         dist.barrier()
 
@@ -143,15 +174,23 @@ def setup(cfg: TrainConfig) -> Session:
     # before the optimizer groups are taken, since the converted layers are new modules.
     method = convert_sync_batchnorm(build_method(cfg), device, world)
     o = cfg.optim
-    loader = TrainLoader(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
+    loader_type = SyntheticLoader if cfg.data.synthetic else TrainLoader
+    loader = loader_type(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
                          seed=cfg.run.seed, crops=method.crops())
     plan = plan_steps(images_per_epoch=len(loader) * o.batch_size * world, micro_batch=o.batch_size, grad_accum=o.grad_accum,
                       world_size=world, epochs=o.epochs, max_steps=o.max_steps, warmup_epochs=o.warmup_epochs, base_lr=o.base_lr)
+    if rank == 0 and (note := pair_checks.shortened_warmup(cfg, plan)):
+        log.warning(note)
+    if folder is not None:
+        resume_rules.check_length(folder, ckpt.saved_step(folder), plan.total_steps, cfg)
 
     # ---- DeepSpeed engine --------------------------------------------------------------------------
+    # Nothing was written so far (but the lock); from here on the outputs belong to this config.
     ds_cfg = deepspeed_config(cfg, plan, world)
+    records = {"config.yaml": dump_config(cfg), resume_rules.DATA_FILE: json.dumps(fingerprint)}
     if rank == 0:
-        disk.atomic_write_text(out / "config.yaml", dump_config(cfg), last_complete=folder)
+        run_dir.unfinish(out)  # training will change the outputs: the run is no longer finished
+        disk.atomic_write_text(out / "config.yaml", records["config.yaml"], last_complete=folder)
         write_json(out / "deepspeed.json", ds_cfg)
     precision = resolve_precision(cfg.engine.precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -163,17 +202,21 @@ def setup(cfg: TrainConfig) -> Session:
 
     # ---- evaluation --------------------------------------------------------------------------------
     ev = cfg.eval
-    evaluator = Evaluator(
-        ev,
-        EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
-        EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
-        progress=rank == 0 and cfg.engine.progress,
-    )
+    evaluator = None  # eval.enabled=false (always so with data.synthetic): no scores
+    if ev.enabled:
+        evaluator = Evaluator(
+            ev,
+            EvalLoader(cfg.data, "train", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.train_samples),
+            EvalLoader(cfg.data, "test", batch_size=ev.batch_size, rank=rank, world_size=world, device=device, max_samples=ev.test_samples),
+            progress=rank == 0 and cfg.engine.progress,
+        )
 
     # ---- resume ------------------------------------------------------------------------------------
     state = ckpt.TrainState()
     if folder is not None:
+        fresh = resume_rules.fresh_optimizer_settings(engine)
         state, rank_state = ckpt.load(engine, folder, rank)
+        resume_rules.apply_optimizer_settings(engine, fresh)  # the configured LR, weight decay, betas win
         if rank_state is not None:
             loader.load_state_dict(rank_state["loader"])
             ckpt.set_rng_state(rank_state["rng"])
@@ -181,8 +224,9 @@ def setup(cfg: TrainConfig) -> Session:
             world_change.skip_to(loader, state, o.grad_accum)
         if rank == 0:
             log.info("resumed from %s (step %d, epoch %d)", folder, state.global_step, state.epoch)
+            resume_rules.say_applied(applied, folder, state.global_step)
     # A fresh start (nothing to resume) forgets the metrics of whatever ran in this folder before.
     metrics = MetricsLog(out, enabled=rank == 0, resume_step=state.global_step if folder is not None else -1)
     return Session(cfg, rank, world, device, out, plan, loader, engine, evaluator, metrics, state, dtype,
                    resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch),
-                   compile_watch=CompileWatch() if cfg.engine.compile else None)
+                   compile_watch=CompileWatch() if cfg.engine.compile else None, records=records)

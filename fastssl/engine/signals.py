@@ -23,6 +23,18 @@ from pathlib import Path
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 _NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+LAUNCHER_GONE = 1000  # the stop code of a launcher's death (a signal number otherwise)
+
+#: What the process is doing outside the train loop, for the line a SIGTERM there prints
+#: (``fastssl/train.py`` installs that handler before anything else).
+phase = ["set-up"]
+
+
+def describe(code: int, rank: int) -> str:
+    """The stop request of another rank, for the line this rank prints (e.g. 'SIGTERM to rank 1')."""
+    if code == LAUNCHER_GONE:
+        return f"the deepspeed launcher of rank {rank} is gone"
+    return f"{_NAMES.get(code, f'signal {code}')} to rank {rank}"
 
 
 class Interrupted(Exception):
@@ -92,6 +104,13 @@ class StopSignals:
     def raised(self) -> bool:
         return self.signum is not None
 
+    @property
+    def code(self) -> int:
+        """0: no request; a signal number; or LAUNCHER_GONE (agreed over ranks to name who was stopped)."""
+        if self.signum is None:
+            return 0
+        return LAUNCHER_GONE if self.reason.startswith("the deepspeed launcher") else int(self.signum)
+
     def _request(self, signum: int, reason: str) -> None:
         if self.signum is None:
             self.signum, self.reason = signum, reason
@@ -113,10 +132,12 @@ class StopSignals:
                     self._request(signal.SIGTERM, f"the deepspeed launcher (pid {pid}) is gone")
                     return
 
-    def stopped(self, saved: Path) -> Interrupted:
-        """The exception to raise once the checkpoint at ``saved`` is committed."""
+    def stopped(self, saved: Path, who: str | None = None) -> Interrupted:
+        """The exception to raise once the checkpoint at ``saved`` is committed. ``who``: the request
+        as agreed over ranks (``describe``), used when the signal reached another rank, not this one."""
         signum = self.signum or signal.SIGTERM
-        return Interrupted(f"{self.reason}: checkpoint saved at {saved}; re-run the same command to resume", 128 + signum)
+        reason = self.reason or who or "a stop request to another rank"
+        return Interrupted(f"{reason}: checkpoint saved at {saved}; re-run the same command to resume", 128 + signum)
 
     def restore(self) -> None:
         self._done.set()

@@ -42,7 +42,9 @@ def adapt(cfg: TrainConfig, folder: Path | None, world: int) -> TrainConfig:
         return cfg
     shape = saved_shape(folder)
     saved = int(shape.get("world_size") or 0)
-    if saved in (0, world):
+    if saved == world:
+        return _same_rank_count(cfg, folder, shape, world)
+    if saved == 0:
         return cfg
     stage = int(shape.get("zero_stage", cfg.engine.zero_stage))
     if stage != 0:
@@ -54,11 +56,19 @@ def adapt(cfg: TrainConfig, folder: Path | None, world: int) -> TrainConfig:
     micro = cfg.optim.batch_size
     if global_batch is None:
         raise ConfigError(f"checkpoint {folder} was written by {saved} ranks and does not record its global batch; resume on {saved} ranks")
+    if global_batch % world:
+        fits = [n for n in range(1, global_batch + 1) if global_batch % n == 0 and n <= 4 * max(saved, world)][:6]
+        raise ConfigError(
+            f"checkpoint {folder} was trained with a global batch of {global_batch} on {saved} ranks, which {world} ranks "
+            f"cannot share evenly; resume on a rank count that divides {global_batch} (e.g. {', '.join(map(str, fits))})"
+        )
     if global_batch % (micro * world):
+        per_rank = global_batch // world
+        best = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
         raise ConfigError(
             f"checkpoint {folder} was trained with a global batch of {global_batch} on {saved} ranks; on {world} ranks "
-            f"optim.batch_size must divide {global_batch // world if global_batch % world == 0 else global_batch} "
-            f"(it is {micro}) to keep it; set optim.batch_size accordingly"
+            f"optim.batch_size must divide {per_rank} (it is {micro}) to keep it: add optim.batch_size={best} to the "
+            f"command (optim.grad_accum is then set to {per_rank // best})"
         )
     accum = global_batch // (micro * world)
     if accum != cfg.optim.grad_accum:
@@ -67,6 +77,26 @@ def adapt(cfg: TrainConfig, folder: Path | None, world: int) -> TrainConfig:
     else:
         log.warning("checkpoint %s was written by %d ranks, resuming on %d (global batch %d kept)", folder, saved, world, global_batch)
     return cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"grad_accum": accum})})
+
+
+def _same_rank_count(cfg: TrainConfig, folder: Path, shape: dict, world: int) -> TrainConfig:
+    """The same rank count, but a checkpoint whose grad_accum was set by an earlier resume on another
+    rank count (2 ranks → 1 made it 2): the same command again must resume, so grad_accum is set to
+    keep the checkpoint's global batch again. Only with the checkpoint's own per-rank batch: the data
+    position is kept per micro-batch, so another batch size is for the resume rules to refuse."""
+    from fastssl.engine.resume_rules import saved_config
+
+    global_batch = _saved_global_batch(folder, shape)
+    micro, accum = cfg.optim.batch_size, cfg.optim.grad_accum
+    if global_batch is None or global_batch == micro * accum * world or global_batch % (micro * world):
+        return cfg
+    old, _ = saved_config(folder)
+    if not old or (old.get("optim") or {}).get("batch_size") != micro:
+        return cfg
+    keep = global_batch // (micro * world)
+    log.warning("checkpoint %s keeps a global batch of %d: optim.grad_accum %d -> %d (set when it was resumed on "
+                "another rank count)", folder, global_batch, accum, keep)
+    return cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"grad_accum": keep})})
 
 
 def skip_to(loader, state, grad_accum: int) -> int:

@@ -29,6 +29,7 @@ from torch import nn
 
 from fastssl import ops
 from fastssl.methods.accel_config import AccelConfig
+from fastssl.methods.losses import swapped_prediction
 from fastssl.methods.output import StepOutput
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.heads import MLPHead
@@ -230,8 +231,6 @@ class AccelSwAV(_Accel):
         return F.normalize(_pool_head(method.encoder, head, maps), dim=1)
 
     def stage_loss(self, method, i, za, zb):
-        from fastssl.methods.swav import swapped_prediction
-
         proto = self.protos(method, i)
         sa, sb = proto(za), proto(zb)
         with torch.no_grad():

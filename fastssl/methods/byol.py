@@ -16,7 +16,7 @@ from torch import nn
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.engine.schedule import cosine_momentum
+from fastssl.models.ema import cosine_momentum
 from fastssl.methods.context import StepContext
 from fastssl.methods.losses import normalized_mse
 from fastssl.methods.output import StepOutput

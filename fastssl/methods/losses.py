@@ -1,4 +1,7 @@
-"""The regression losses of the non-contrastive methods (the contrastive ones are ``fastssl.ops``)."""
+"""The losses of the non-contrastive methods (the contrastive ones are ``fastssl.ops``).
+
+Shared here rather than kept in one method's file: SwAV and Accel-SwAV both use ``swapped_prediction``.
+"""
 from __future__ import annotations
 
 import torch
@@ -18,3 +21,15 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's ‖p̄ − z̄‖² = 2 − 2·cos(p, z), averaged over ``[B, D]`` rows, in fp32 or wider."""
     return 2.0 + 2.0 * negative_cosine(p, z)
+
+
+def swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """SwAV's loss. scores: per crop ``[B, K]`` (the first ``len(codes)`` are the crops with codes),
+    codes: per coded crop ``[B, K]`` (rows sum to 1, no gradient). Each coded crop i is predicted
+    by every other crop v: mean over i of the mean over v ≠ i of −Σ_k Q_i · log softmax(s_v / τ)."""
+    total = scores[0].new_zeros((), dtype=torch.float32)
+    for i, q in enumerate(codes):
+        others = [v for v in range(len(scores)) if v != i]
+        sub = sum(-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(1).mean() for v in others)
+        total = total + sub / len(others)
+    return total / len(codes)

@@ -18,7 +18,7 @@ from fastssl import ops
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.engine.schedule import cosine_momentum
+from fastssl.models.ema import cosine_momentum
 from fastssl.methods.context import StepContext
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup

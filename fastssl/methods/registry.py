@@ -10,6 +10,7 @@ from typing import Annotated, Union
 from pydantic import Field
 from torch import nn
 
+from fastssl.config_base import ConfigError
 from fastssl.methods.byol import BYOL
 from fastssl.methods.can import CAN
 from fastssl.methods.dac import DAC
@@ -37,7 +38,6 @@ def method_config_union():
 def build_method(cfg) -> nn.Module:
     """The configured method around the encoder ``cfg.model`` names (a ``TrainConfig``): a
     ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``)."""
-    from fastssl.config import ConfigError
     from fastssl.models.encoder import build_encoder
 
     encoder = build_encoder(cfg.model, cfg.data.image_size)

@@ -32,6 +32,7 @@ from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
 from fastssl.methods.context import StepContext
+from fastssl.methods.losses import swapped_prediction
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype
@@ -65,18 +66,6 @@ class SwAVConfig(Section):
         if self.accel is not None and self.n_local:
             raise ValueError("method.accel on swav needs method.n_local: 0 (the paper's Accel-SwAV runs without multi-crop)")
         return self
-
-
-def swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """SwAV's loss. scores: per crop ``[B, K]`` (the first ``len(codes)`` are the crops with codes),
-    codes: per coded crop ``[B, K]`` (rows sum to 1, no gradient). Each coded crop i is predicted
-    by every other crop v: mean over i of the mean over v ≠ i of −Σ_k Q_i · log softmax(s_v / τ)."""
-    total = scores[0].new_zeros((), dtype=torch.float32)
-    for i, q in enumerate(codes):
-        others = [v for v in range(len(scores)) if v != i]
-        sub = sum(-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(1).mean() for v in others)
-        total = total + sub / len(others)
-    return total / len(codes)
 
 
 class SwAV(nn.Module):

@@ -7,8 +7,15 @@ plain modules of one dtype.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """BYOL's target-momentum schedule: base → 1 along a half cosine as progress goes 0 → 1."""
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1.0) / 2.0
 
 
 @torch.no_grad()

@@ -32,14 +32,28 @@ class AttnLayout:
     """Host-side lengths (no device sync is ever needed to read them) plus their device prefix sums.
 
     ``q_lens``/``k_lens``: S ints each. ``cu_q``/``cu_k``: ``[S+1]`` int32 on the tokens' device,
-    ``cu[0] = 0``, ``cu[i+1] - cu[i] = len[i]`` (flash-attention's varlen convention).
+    ``cu[0] = 0``, ``cu[i+1] - cu[i] = len[i]`` (flash-attention's varlen convention). Every device
+    tensor here is *computed on the device* from host ints (``torch.arange`` per run of equal
+    lengths), never copied from host memory: no pinned buffer, no pageable copy (which syncs the
+    stream), so building a layout is legal and sync-free inside a ``torch.compile`` region.
     """
 
     q_lens: tuple[int, ...]
     k_lens: tuple[int, ...]
     cu_q: torch.Tensor
     cu_k: torch.Tensor
+    # sums and maxima of the lengths, computed once: read per block and per call on the host
+    total_q: int
+    total_k: int
+    max_q: int
+    max_k: int
     runs: tuple[Run, ...] = field(repr=False)
+    # FlexAttention's block mask for this layout, set by ``AttentionDispatch.prepare`` before the
+    # (possibly compiled) blocks run, so that no block builds it inside its graph.
+    flex_mask: object = field(default=None, repr=False)
+    # The backend ``auto`` picked for this layout (host decision made once in ``prepare``): a compiled
+    # block then reads one string instead of tracing the rule over every sequence length.
+    backend: str | None = field(default=None, repr=False)
 
     @staticmethod
     def build(q_lens: tuple[int, ...], k_lens: tuple[int, ...] | None, device: torch.device) -> "AttnLayout":
@@ -53,27 +67,12 @@ class AttnLayout:
             raise ValueError("every sequence needs at least one query and one key")
         cu_q = prefix_sums(q_lens, device)
         cu_k = cu_q if k_lens is q_lens else prefix_sums(k_lens, device)
-        return AttnLayout(q_lens, k_lens, cu_q, cu_k, _runs(q_lens, k_lens))
+        return AttnLayout(q_lens, k_lens, cu_q, cu_k, sum(q_lens), sum(k_lens), max(q_lens), max(k_lens),
+                          _runs(q_lens, k_lens))
 
     @property
     def num_seqs(self) -> int:
         return len(self.q_lens)
-
-    @property
-    def total_q(self) -> int:
-        return sum(self.q_lens)
-
-    @property
-    def total_k(self) -> int:
-        return sum(self.k_lens)
-
-    @property
-    def max_q(self) -> int:
-        return max(self.q_lens)
-
-    @property
-    def max_k(self) -> int:
-        return max(self.k_lens)
 
     @property
     def device(self) -> torch.device:
@@ -83,10 +82,9 @@ class AttnLayout:
     def block_mask(self) -> torch.Tensor:
         """``[Tq, Tk]`` bool, True where query i and key j belong to the same sequence.
         O(T²) memory: only for the CPU path and for tests."""
-        dev = self.device
-        sq = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), host_to_device(self.q_lens, torch.int64, dev), output_size=self.total_q)
-        sk = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), host_to_device(self.k_lens, torch.int64, dev), output_size=self.total_k)
-        return sq[:, None] == sk[None, :]
+        sq = seq_ids(self.q_lens, self.device)
+        sk = sq if self.k_lens is self.q_lens else seq_ids(self.k_lens, self.device)
+        return sq.unsqueeze(1) == sk.unsqueeze(0)
 
     @cached_property
     def xformers_bias(self):
@@ -97,23 +95,37 @@ class AttnLayout:
         return BlockDiagonalMask.from_seqlens(list(self.q_lens), kv, device=self.device)
 
 
-def host_to_device(values: list[int] | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Small host ints -> device tensor without stalling the host: a plain ``torch.tensor(...,
-    device="cuda")`` copies from pageable memory, which synchronises the stream (the CPU would wait
-    for all queued GPU work once per forward); a pinned buffer copied with non_blocking does not."""
-    t = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+def length_groups(lens: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
+    """Consecutive equal lengths as ``(length, count)`` pairs: packs of views have a handful."""
+    groups: list[tuple[int, int]] = []
+    for n in lens:
+        if groups and groups[-1][0] == n:
+            groups[-1] = (n, groups[-1][1] + 1)
+        else:
+            groups.append((n, 1))
+    return groups
 
 
 def prefix_sums(lens: list[int] | tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``[0, l0, l0+l1, ...]`` as int32 on ``device`` (varlen's cu_seqlens)."""
-    cu = [0]
-    for n in lens:
-        cu.append(cu[-1] + n)
-    return host_to_device(cu, torch.int32, device)
+    """``[0, l0, l0+l1, ...]`` as int32 on ``device`` (varlen's cu_seqlens), computed there: one
+    strided ``arange`` per group of equal lengths, so no host memory is copied (a pageable copy
+    syncs the stream; a pinned one is not traceable: ``aten._pin_memory`` has no fake kernel)."""
+    parts = [torch.zeros(1, dtype=torch.int32, device=device)]
+    start = 0
+    for n, count in length_groups(lens):
+        parts.append(torch.arange(start + n, start + n * count + 1, n, dtype=torch.int32, device=device))
+        start += n * count
+    return torch.cat(parts)
 
+
+def seq_ids(lens: list[int] | tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``[Σ lens]`` int64: the index of the sequence each token belongs to, computed on ``device``
+    (``repeat_interleave`` by a host int per group: the output size is known, nothing syncs)."""
+    parts, seq = [], 0
+    for n, count in length_groups(lens):
+        parts.append(torch.arange(seq, seq + count, device=device).repeat_interleave(n))
+        seq += count
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _runs(q_lens: tuple[int, ...], k_lens: tuple[int, ...]) -> tuple[Run, ...]:

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from fastssl.models.layout import AttnLayout, host_to_device
+from fastssl.models.layout import AttnLayout, seq_ids
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,7 @@ class PackInfo:
     @cached_property
     def token_seq(self) -> torch.Tensor:
         """``[T]`` int64: the sequence each token belongs to."""
-        lens = host_to_device(self.seqlens, torch.int64, self.device)
-        # output_size given: repeat_interleave on CUDA would otherwise sync to learn the length
-        return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.device), lens, output_size=self.num_tokens)
+        return seq_ids(self.seqlens, self.device)
 
     @property
     def all_have_cls(self) -> bool:

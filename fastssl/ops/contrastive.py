@@ -21,31 +21,57 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.ops import reference
-from fastssl.ops.dispatch import Backend, use_triton
-from fastssl.ops.distributed import gather_rows
+from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
+from fastssl.ops.distributed import gather_rows, world_info
 
 
-def _core(backend: Backend, device: torch.device):
-    """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` (``fastssl.ops.dispatch``)."""
-    if use_triton(backend, device):
+def _kernel(backend: Backend, device: torch.device, size: int | None) -> bool:
+    """Whether an op call runs the Triton kernels (``fastssl.ops.dispatch``: on CUDA under "auto"
+    only from the size rule's threshold up), for a similarity matrix of ``size`` = rows × cols."""
+    return use_triton(backend, device) and auto_size_ok("contrastive", backend, size)
+
+
+def _core(backend: Backend, device: torch.device, size: int | None = None, *, kernel: bool | None = None):
+    """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` and a
+    similarity matrix of ``size`` elements; ``kernel``: that decision, already taken by the caller."""
+    if kernel if kernel is not None else _kernel(backend, device, size):
         from fastssl.ops.library import contrastive_rows as triton_rows  # the kernel as a custom op (torch.compile)
 
         return triton_rows
     return reference.contrastive_rows
 
 
-def _queue_core(backend: Backend, device: torch.device):
-    """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for ``device``."""
-    if use_triton(backend, device):
+def _queue_core(backend: Backend, device: torch.device, size: int | None = None, *, kernel: bool | None = None):
+    """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for
+    ``device`` and ``size`` = rows × queue length."""
+    if kernel if kernel is not None else _kernel(backend, device, size):
         from fastssl.kernels.contrastive import queue_rows as triton_queue_rows
 
         return triton_queue_rows
     return reference.queue_rows
 
 
-def _unit(z: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim in fp32 (forward and backward), return in z's dtype."""
-    return F.normalize(z.float(), dim=-1).to(z.dtype)
+def _unit(z: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """L2-normalise the last dim in fp32 (forward and backward), return in z's dtype.
+
+    ``fused`` (the call runs the Triton kernels): one Triton launch each way
+    (``fastssl.kernels.contrastive.unit_rows``) where it applies, the same maths.
+
+    Without a gradient (momentum keys, MoCo v2's queue of 65,536 keys) the norm is still taken in
+    fp32 and the division computed in fp32, but neither materialises an fp32 copy of z: two passes
+    over z's own bytes instead of five over twice as many (the queue's normalisation cost more HBM
+    traffic than the kernel that then reads it). Same values as the fp32 path to the last rounding.
+    """
+    if fused:
+        from fastssl.kernels.contrastive import unit_rows
+
+        y = unit_rows(z)
+        if y is not None:
+            return y
+    if (torch.is_grad_enabled() and z.requires_grad) or z.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return F.normalize(z.float(), dim=-1).to(z.dtype)
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12)
+    return torch.div(z, norm, out=torch.empty_like(z, memory_format=torch.contiguous_format))
 
 
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_distributed: bool) -> None:
@@ -57,14 +83,30 @@ def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_d
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _two_view_rows(z1, z2, gather_distributed):
+def _pair_size(z1: torch.Tensor, gather_distributed: bool) -> int:
+    """rows × cols of the two-view losses' similarity matrix: 2n local rows against 2n·world columns."""
+    n = z1.shape[0]
+    return 2 * n * 2 * n * (world_info()[1] if gather_distributed else 1)
+
+
+def _two_view_rows(z1, z2, gather_distributed, fused=False):
     """Local rows [2n, D], gathered cols [2N, D] and the index arrays of the two-view losses.
 
     Row a < n is view 1 of local sample i = a (global g = offset + i): positive col N + g, self col g.
     Row a >= n is view 2 of local sample i = a - n: positive col g, self col N + g.
     """
-    z1, z2 = _unit(z1), _unit(z2)
     n = z1.shape[0]
+    # One normalisation of the concatenated views (row-wise: the same maths as two), so the rows
+    # tensor comes out of it directly: 5 small launches instead of 9 in torch; with the kernels, one
+    # launch that reads both views (no concatenation), host time a small loss pays.
+    rows = None
+    if fused:
+        from fastssl.kernels.contrastive import unit_rows
+
+        rows = unit_rows(z1, z2)
+    if rows is None:
+        rows = _unit(torch.cat([z1, z2], dim=0), fused)
+    z1, z2 = rows[:n], rows[n:]
     if gather_distributed:
         g1, offset = gather_rows(z1)
         g2, _ = gather_rows(z2)
@@ -73,14 +115,34 @@ def _two_view_rows(z1, z2, gather_distributed):
     total = g1.shape[0]
     if total < 2:
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got N={total}")
-    rows = torch.cat([z1, z2], dim=0)
     # Single process: rows and cols hold the same vectors; pass one tensor twice (autograd adds the
     # two gradients) instead of concatenating a second copy.
     cols = torch.cat([g1, g2], dim=0) if gather_distributed else rows
-    g = offset + torch.arange(n, device=z1.device)
-    pos_idx = torch.cat([total + g, g])
-    self_idx = torch.cat([g, total + g])
+    pos_idx, self_idx = _two_view_index(n, total, offset, z1.device)
     return rows, cols, pos_idx, self_idx, (g1, g2, offset)
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_idx, self_idx) int32 [2n] of the two-view losses (what the kernels read: ``prepare``'s
+    cast is a no-op). Eager calls reuse them per (n, total, offset, device): four small launches a
+    step that a training loop would repeat with the same values. The cached tensors are only ever
+    read (indexing, kernel arguments, saved for backward). Under torch.compile they are built in
+    the graph, as constants of the trace."""
+    key = (n, total, offset, device)
+    hit = None if torch.compiler.is_compiling() else _INDEX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    g = torch.arange(offset, offset + n, device=device, dtype=torch.int32)
+    pos_idx = torch.cat([g + total, g])
+    self_idx = pos_idx.roll(n)  # [g, total + g]
+    if not torch.compiler.is_compiling():
+        if len(_INDEX_CACHE) >= 64:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = (pos_idx, self_idx)
+    return pos_idx, self_idx
 
 
 def nt_xent(
@@ -97,8 +159,9 @@ def nt_xent(
     2N-2 embeddings as negatives (itself excluded); likewise for z2[i]. Returns a scalar.
     """
     _check_pair(z1, z2, temperature, gather_distributed)
-    rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed)
-    return _core(backend, z1.device)(rows, cols, pos_idx, self_idx, temperature).mean()
+    kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
+    rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed, kernel)
+    return _core(backend, z1.device, kernel=kernel)(rows, cols, pos_idx, self_idx, temperature).mean()
 
 
 def dcl(
@@ -117,7 +180,8 @@ def dcl(
     over the (global) batch and carrying no gradient; the paper uses σ = 0.5.
     """
     _check_pair(z1, z2, temperature, gather_distributed)
-    rows, cols, pos_idx, self_idx, (g1, g2, offset) = _two_view_rows(z1, z2, gather_distributed)
+    kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
+    rows, cols, pos_idx, self_idx, (g1, g2, offset) = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:
         if not weight_sigma > 0:
@@ -127,7 +191,7 @@ def dcl(
             w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
             local = w[offset : offset + z1.shape[0]]
             pos_weight = torch.cat([local, local])
-    core = _core(backend, z1.device)
+    core = _core(backend, z1.device, kernel=kernel)
     return core(rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True).mean()
 
 
@@ -167,13 +231,15 @@ def info_nce(
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives), got N={n}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = _unit(q).reshape(chunks * n, d)
-    cols = _unit(k)
+    width = queue.shape[0] if queue is not None else n * (world_info()[1] if gather_distributed else 1)
+    kernel = _kernel(backend, q.device, chunks * n * width)
+    rows = _unit(q.reshape(chunks * n, d), kernel)
+    cols = _unit(k, kernel)
     if queue is not None:
         # No gather: the negatives are the queue (identical on every rank), the positives local.
-        negatives = _unit(queue.detach()).to(rows.dtype)
+        negatives = _unit(queue.detach(), kernel).to(rows.dtype)
         pos_idx = torch.arange(n, device=q.device).repeat(chunks)
-        return _queue_core(backend, q.device)(rows, cols, pos_idx, negatives, temperature).mean()
+        return _queue_core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, negatives, temperature).mean()
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)
@@ -181,7 +247,7 @@ def info_nce(
             raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
     pos_idx = (offset + torch.arange(n, device=q.device)).repeat(chunks)
     no_excl = torch.full_like(pos_idx, -1)
-    return _core(backend, q.device)(rows, cols, pos_idx, no_excl, temperature).mean()
+    return _core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, no_excl, temperature).mean()
 
 
 def spherical_mean(keys: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,15 @@ Every op in ``fastssl.ops`` takes ``backend: Backend``:
   tests use).
 Kernel modules are imported by the ops only when this says Triton, so CPU-only use never needs
 Triton to import, and an import failure under "auto" on CUDA is raised rather than hidden.
+
+Size rules (``AUTO_SIZE_RULES``, ``auto_size_ok``): an op family whose kernel cannot win at tiny
+sizes (a fixed cost per call against little arithmetic) names one threshold here, with the device
+it was measured on; under "auto" on CUDA it takes the reference below it. One table, so the
+thresholds are set in one place from a benchmark run.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,3 +28,33 @@ def use_triton(backend: Backend, device: torch.device) -> bool:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
     return backend == "triton" or (backend == "auto" and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """backend="auto" takes the kernel when ``size >= min_size`` (the op defines ``size``)."""
+
+    min_size: int
+    size: str  # what the op measures, in words
+    measured_on: str  # the device and run the threshold comes from
+
+
+AUTO_SIZE_RULES: dict[str, SizeRule] = {
+    # M·C = anchors × candidate columns (the logits the eager path materialises). Measured with
+    # `python bench/contrastive.py --quick` on one NVIDIA H200 (2026-12-04, bf16, D = 256,
+    # bench/results/contrastive-nvidia-h200.json): the kernels' device time is below eager's at every
+    # swept shape, the smallest 512 × 8192 (0.092 vs 0.118 ms) and MoCo v2's queue 256 × 65536 (0.161 vs
+    # 0.362 ms). Wall time of one isolated call under ~1.5 ms is host-bound on that machine (eager's too) and
+    # moves by ±0.2 ms between rows, so it cannot place a threshold; in a training step the host work
+    # overlaps the GPU's queue and the device time is what the step pays. Below the smallest swept size
+    # the kernel stays unmeasured, so auto keeps the reference there.
+    "contrastive": SizeRule(min_size=512 * 8192, size="rows x cols of the similarity matrix",
+                            measured_on="NVIDIA H200, 2026-12-04 (device time; smallest swept shape 512 x 8192)"),
+}
+
+
+def auto_size_ok(op: str, backend: Backend, size: int | None) -> bool:
+    """Whether a call that ``use_triton`` sends to the kernel keeps it by the size rule of ``op``:
+    always for backend="triton" or an unknown size; under "auto", when ``size`` reaches the threshold."""
+    rule = AUTO_SIZE_RULES.get(op)
+    return backend != "auto" or size is None or rule is None or size >= rule.min_size

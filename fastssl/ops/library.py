@@ -101,15 +101,12 @@ def _contrastive_bwd(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tens
                      need_rows: bool, need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
     """-> (dRows [M, D], dCols [C, D]), empty where not needed. ``same`` (cols is rows): the whole
     gradient comes back in the dRows slot, dCols added onto it by the kernel itself."""
-    from fastssl.kernels.contrastive import _bwd_cols, _bwd_rows
+    from fastssl.kernels.contrastive import backward
 
-    # The gradient of .mean() arrives as an expanded (stride-0) view: the kernels read a real [M] fp32 array.
-    args = (rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss.float().contiguous(), temperature, exclude_pos)
-    if same:
-        return _bwd_cols(*args, onto=_bwd_rows(*args)), _empty_like_flag(cols)
-    drows = _bwd_rows(*args) if need_rows else _empty_like_flag(rows)
-    dcols = _bwd_cols(*args) if need_cols else _empty_like_flag(cols)  # no dK work for momentum keys
-    return drows, dcols
+    # dloss may be the expanded (stride-0) gradient of .mean(): the kernels read it with its stride.
+    drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
+                            need_rows, need_cols, same)
+    return (drows if drows is not None else _empty_like_flag(rows)), (dcols if dcols is not None else _empty_like_flag(cols))
 
 
 @_contrastive_bwd.register_fake
@@ -154,11 +151,20 @@ _contrastive_self_fwd.register_autograd(_contrastive_self_backward, setup_contex
 
 def contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, temperature: float,
                      pos_weight: Tensor | None = None, exclude_pos: bool = False) -> Tensor:
-    """``fastssl.kernels.contrastive.contrastive_rows`` as a custom op (same contract): loss [M] fp32."""
-    from fastssl.kernels.contrastive import prepare
+    """``fastssl.kernels.contrastive.contrastive_rows`` as a custom op (same contract): loss [M] fp32.
+
+    Outside ``torch.compile`` the call goes straight to the kernels' autograd Function
+    (``ContrastiveRows``): the same launchers and the same ``backward``, without the dispatcher's
+    per-call work for a custom op (schema defaults, output-aliasing checks, the generated autograd
+    wrapper): ~0.15 ms of host time per forward + backward measured on CPU (issue 21), which a
+    small GPU launch cannot hide. Under compile, the custom op keeps the kernels in the graph.
+    """
+    from fastssl.kernels.contrastive import OPTIONS, ContrastiveRows, prepare
 
     pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
     t, excl = float(temperature), bool(exclude_pos)
+    if OPTIONS["direct_eager"] and not torch.compiler.is_compiling():
+        return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, t, pos_weight, excl, rows is cols)
     if rows is cols:
         return _contrastive_self_fwd(rows, pos_idx, excl_idx, pos_weight, t, excl)[0]
     return _contrastive_fwd(rows, cols, pos_idx, excl_idx, pos_weight, t, excl)[0]
@@ -224,8 +230,8 @@ def gather_tokens(x: Tensor, ids_keep: Tensor, pos_embed: Tensor | None = None) 
 
 
 @torch.library.custom_op("fastssl::scatter_tokens", mutates_args=())
-def _scatter_fwd(x: Tensor, ids: Tensor, num_patches: int, mt: Tensor, pos: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """x [B, K, D], ids [B, K], mt [D], pos [L, D] or None -> (out [B, L, D], slot [B, L] int32)."""
+def _scatter_fwd(x: Tensor, ids: Tensor, num_patches: int, mt: Tensor, pos: Optional[Tensor]) -> Tensor:
+    """x [B, K, D], ids [B, K], mt [D], pos [L, D] or None -> out [B, L, D]."""
     from fastssl.kernels.tokens import scatter_fwd
 
     return scatter_fwd(x.contiguous(), ids.contiguous(), num_patches, mt.reshape(-1).contiguous(),
@@ -237,25 +243,25 @@ def _(x, ids, num_patches, mt, pos):
     dtype = torch.promote_types(x.dtype, mt.dtype)
     if pos is not None:
         dtype = torch.promote_types(dtype, pos.dtype)
-    b = x.shape[0]
-    return x.new_empty((b, num_patches, x.shape[2]), dtype=dtype), x.new_empty((b, num_patches), dtype=torch.int32)
+    return x.new_empty((x.shape[0], num_patches, x.shape[2]), dtype=dtype)
 
 
 @torch.library.custom_op("fastssl::scatter_tokens_bwd", mutates_args=())
-def _scatter_bwd(g: Tensor, slot: Tensor, k: int, x_dtype: torch.dtype, mt_dtype: torch.dtype, pos_dtype: torch.dtype,
+def _scatter_bwd(g: Tensor, ids: Tensor, x_dtype: torch.dtype, mt_dtype: torch.dtype, pos_dtype: torch.dtype,
                  need_dx: bool, need_dmt: bool, need_dpos: bool) -> tuple[Tensor, Tensor, Tensor]:
     """g [B, L, D] -> (dx [B, K, D], dmt [D], dpos [L, D]) in the inputs' dtypes, empty where not needed."""
     from fastssl.kernels.tokens import scatter_bwd
 
-    dx, dmt, dpos = scatter_bwd(g, slot, k, x_dtype, need_dx, need_dmt, need_dpos)
+    dx, dmt, dpos = scatter_bwd(g, ids.contiguous(), x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos)
     return (dx if need_dx else _empty_like_flag(g, x_dtype),
-            dmt.to(mt_dtype) if need_dmt else _empty_like_flag(g, mt_dtype),
-            dpos.to(pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype))
+            dmt if need_dmt else _empty_like_flag(g, mt_dtype),
+            dpos if need_dpos else _empty_like_flag(g, pos_dtype))
 
 
 @_scatter_bwd.register_fake
-def _(g, slot, k, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
+def _(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
     b, l, d = g.shape
+    k = ids.shape[1]
     return (g.new_empty((b, k, d), dtype=x_dtype) if need_dx else _empty_like_flag(g, x_dtype),
             g.new_empty((d,), dtype=mt_dtype) if need_dmt else _empty_like_flag(g, mt_dtype),
             g.new_empty((l, d), dtype=pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype))
@@ -263,17 +269,17 @@ def _(g, slot, k, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
 
 def _scatter_setup(ctx, inputs, output):
     x, ids, num_patches, mt, pos = inputs
-    ctx.save_for_backward(output[1])
-    ctx.meta = (x.shape[1], x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else x.dtype)
+    ctx.save_for_backward(ids)
+    ctx.meta = (x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else x.dtype)
 
 
-def _scatter_backward(ctx, g, _dslot):
-    (slot,) = ctx.saved_tensors
-    k, x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
+def _scatter_backward(ctx, g):
+    (ids,) = ctx.saved_tensors
+    x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
     need_dx, _, _, need_dmt, need_dpos = ctx.needs_input_grad
     if not (need_dx or need_dmt or need_dpos):
         return None, None, None, None, None
-    dx, dmt, dpos = _scatter_bwd(g, slot, k, x_dtype, mt_dtype, pos_dtype, bool(need_dx), bool(need_dmt), bool(need_dpos))
+    dx, dmt, dpos = _scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, bool(need_dx), bool(need_dmt), bool(need_dpos))
     return (dx if need_dx else None), None, None, (dmt.reshape(mt_shape) if need_dmt else None), (dpos if need_dpos else None)
 
 
@@ -282,7 +288,7 @@ _scatter_fwd.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 def scatter_tokens(x: Tensor, ids_keep: Tensor, num_patches: int, mask_token: Tensor, pos_embed: Tensor | None = None) -> Tensor:
     """``fastssl.kernels.tokens.scatter_tokens`` as a custom op (shapes in ``fastssl.ops.tokens``)."""
-    return _scatter_fwd(x, ids_keep, num_patches, mask_token, pos_embed)[0]
+    return _scatter_fwd(x, ids_keep, num_patches, mask_token, pos_embed)
 
 
 # =============================================================================================

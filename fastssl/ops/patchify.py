@@ -7,6 +7,9 @@ reference elsewhere; "reference" / "triton" force one.
 Gradients: ``patchify`` is differentiable (its backward is the inverse permutation, one cheap
 kernel). ``patchify_noise`` is not: its image comes from the data loader and never needs a
 gradient, and the op refuses an image that requires one instead of silently dropping it.
+
+As in ``fastssl.ops.tokens``: the custom ops of ``fastssl.ops.library`` under torch.compile, the
+kernels' launchers directly in eager code (the custom op costs tens of µs of Python per call).
 """
 from __future__ import annotations
 
@@ -45,7 +48,10 @@ def patchify(imgs: torch.Tensor, patch_size: int, *, backend: Backend = "auto") 
     """
     _check_imgs(imgs, patch_size)
     if use_triton(backend, imgs.device):
-        from fastssl.ops.library import patchify as triton_patchify  # the kernel as a custom op
+        if torch.compiler.is_compiling():
+            from fastssl.ops.library import patchify as triton_patchify  # the kernel as a custom op
+        else:  # eager: the kernel's autograd.Function, without the custom op's Python overhead
+            from fastssl.kernels.patchify import patchify as triton_patchify
 
         return triton_patchify(imgs, patch_size)
     return reference.patchify(imgs, patch_size)
@@ -93,10 +99,16 @@ def patchify_noise(
         raise ValueError("norm_target needs at least 2 values per patch (unbiased variance)")
     imgs = imgs.detach()
     if use_triton(backend, imgs.device):
-        from fastssl.ops.library import patchify_noise as triton_patchify_noise  # the kernel as a custom op
+        # The Philox seed is drawn from torch's RNG (``generator`` or the default CPU one), so
+        # torch.manual_seed / a seeded generator reproduce the noise and every call gets new noise;
+        # a CUDA generator costs one device sync (the seed reaches the launch as a host int).
+        if torch.compiler.is_compiling():
+            from fastssl.ops.library import patchify_noise as triton_patchify_noise  # the kernel as a custom op
 
-        # The Philox seed is drawn from torch's RNG (``generator`` or the default CPU one) inside the
-        # wrapper, so torch.manual_seed / a seeded generator reproduce the noise and every call gets
-        # new noise; a CUDA generator costs one device sync (the seed reaches the launch as a host int).
-        return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
+            return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
+        from fastssl.kernels.patchify import patchify_noise as kernel_patchify_noise  # eager: no custom-op overhead
+
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
+        return PatchNoise(*kernel_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, seed))
     return PatchNoise(*reference.patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))

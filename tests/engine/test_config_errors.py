@@ -16,7 +16,8 @@ from PIL import Image
 
 from fastssl import train
 from fastssl.config import ConfigError, load_config
-from fastssl.engine import ds_keys, preflight
+from fastssl import config_deepspeed as ds_keys
+from fastssl.engine import preflight
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def test_one_rank_ctrl_c_finish_rerun_and_directory_rules(tmp_path, folder_with_
 
     changed = train(cfg, "run.seed=2")
     assert changed.returncode == 2
-    one_line(changed.stderr, "holds a run with run.seed=1 (this config: 2); use another run.output_dir")
+    one_line(changed.stderr, "holds a run finished at step 12 with run.seed=1 (this config: 2); a finished run changes only by continuing")
 
     too_big = train(cfg, "optim.batch_size=128", f"run.output_dir={tmp_path / 'other'}")
     assert too_big.returncode == 2

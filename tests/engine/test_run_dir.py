@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastssl.config import ConfigError, TrainConfig
-from fastssl.engine import run_dir
+from fastssl.engine import resume_rules, run_dir
 
 
 def make_cfg(out: Path, data: Path, **sections) -> TrainConfig:
@@ -90,10 +90,12 @@ def test_fresh_start_moves_the_old_run_aside(tmp_path, data):
 def test_changed_identity_in_a_used_directory_is_one_line(tmp_path, data, key, section, value):
     out = tmp_path / "run"
     used_run(out, make_cfg(out, data))
+    new = make_cfg(out, data, **{section: value})
+    run_dir.prepare(new, rank=0)  # the directory rules pass; the resume rules (in set-up, before any write) refuse
     with pytest.raises(ConfigError) as err:
-        run_dir.prepare(make_cfg(out, data, **{section: value}), rank=0)
+        resume_rules.check(new, out / "checkpoints" / "step8", world_changed=False)
     msg = str(err.value)
-    assert f"holds a run with {key}=" in msg and "use another run.output_dir" in msg and "\n" not in msg
+    assert msg.startswith(f"{key} changed since checkpoint") and "another run.output_dir" in msg and "\n" not in msg
     assert (out / "checkpoints" / "step8").is_dir()  # nothing touched
 
 
@@ -116,7 +118,9 @@ def test_a_changed_config_continues_a_finished_run(tmp_path, data):
     used_run(out, cfg)
     run_dir.mark_finished(cfg, 8)
     run_dir.prepare(make_cfg(out, data, optim={"max_steps": 20}), rank=0)  # more steps: resume and train on
-    assert not (out / run_dir.FINISHED_NAME).exists()  # training will change the outputs
+    assert (out / run_dir.FINISHED_NAME).exists()  # nothing is written before the resume rules pass ...
+    run_dir.unfinish(out)  # ... then set-up marks it unfinished: training will change the outputs
+    assert not (out / run_dir.FINISHED_NAME).exists()
 
 
 def test_output_dir_that_cannot_be_created(tmp_path, data):

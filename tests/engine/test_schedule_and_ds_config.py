@@ -9,7 +9,8 @@ from fastssl.config import TrainConfig
 from fastssl.engine.ds_config import deepspeed_config
 from fastssl.engine.params import optimizer_groups
 from fastssl.methods.param_groups import ParamGroup, one_group, trainable
-from fastssl.engine.schedule import cosine_momentum, lr_factor, lr_scheduler, plan_steps
+from fastssl.models.ema import cosine_momentum
+from fastssl.engine.schedule import lr_factor, lr_scheduler, plan_steps
 
 
 def test_plan_scales_lr_linearly_and_counts_steps():

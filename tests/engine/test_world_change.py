@@ -46,7 +46,7 @@ def test_global_batch_is_kept_through_grad_accum(tmp_path, saved, now, batch, ac
 
 
 def test_a_global_batch_that_does_not_divide_is_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="global batch of 16 on 2 ranks; on 1 ranks optim.batch_size must divide 16"):
+    with pytest.raises(ConfigError, match="global batch of 16 on 2 ranks; on 1 ranks optim.batch_size must divide 16 .*add optim.batch_size=4 to the command"):
         world_change.adapt(cfg(tmp_path, batch=5), checkpoint(tmp_path, 2, 16), 1)
 
 

@@ -223,8 +223,11 @@ def test_dac_mask_ratio_without_a_square_kept_count_is_a_one_line_config_error(t
     for split in ("train", "test"):
         (tmp_path / split / "a").mkdir(parents=True)
         (tmp_path / split / "a" / "0.png").touch()
-    cfg = TrainConfig.model_validate({"data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
-                                      "model": {"arch": "test_vit", "patch_size": 4},
-                                      "method": {"name": "dac", "mask_ratio": 0.5}})
-    with pytest.raises(ConfigError, match="keeps 8 of 16 patches, not a square number"):
+    # Since the two-key checks moved to config time (issue 25, class 4) the same line comes from
+    # validation (pydantic's ValidationError is a ValueError; load_config turns it into one line);
+    # build_method keeps its own check for configs built in code.
+    with pytest.raises((ConfigError, ValueError), match="keeps 8 of 16 patches, not a square number"):
+        cfg = TrainConfig.model_validate({"data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
+                                          "model": {"arch": "test_vit", "patch_size": 4},
+                                          "method": {"name": "dac", "mask_ratio": 0.5}})
         build_method(cfg)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastssl.engine.schedule import cosine_momentum
+from fastssl.models.ema import cosine_momentum
 from fastssl.models.ema import ema_update_
 
 

@@ -90,7 +90,7 @@ def _loss(outs, weights):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("backend", ["sdpa_mask", "sdpa_grouped"])
+@pytest.mark.parametrize("backend", ["sdpa_mask", "sdpa_grouped", "sdpa_tiles"])
 def test_packed_equals_each_sequence_alone(dtype, backend):
     t = tiny_timm().to(dtype)
     vit = PackedViT.from_timm(t, attn_backend=backend).to(dtype)
@@ -226,7 +226,7 @@ def test_view_validation():
         vit.encode([])
 
 
-@pytest.mark.parametrize("backend", ["sdpa_mask", "sdpa_grouped"])
+@pytest.mark.parametrize("backend", ["sdpa_mask", "sdpa_grouped", "sdpa_tiles"])
 def test_bf16_autocast_within_rule(backend):
     """Under bf16 autocast the packed model is as accurate as timm under the same autocast:
     |packed − ref64| ≤ 2·|timm_bf16 − ref64| + atol on full images (DESIGN.md's rule)."""
@@ -242,3 +242,20 @@ def test_bf16_autocast_within_rule(backend):
     assert ours.dtype == eager.dtype
     err, bound = (ours.double() - ref).abs(), 2 * (eager.double() - ref).abs() + 5e-2
     assert bool((err <= bound).all()), (err - bound).max()
+
+
+def test_flex_forward_of_the_whole_pack_equals_each_sequence_alone():
+    """flex on the whole ViT (forward: torch has no CPU backward for flex; its gradients are checked
+    in test_vit_attention_cuda.py), and the block mask is prepared once per structure."""
+    from fastssl.models import attention as A
+
+    t = tiny_timm().double()
+    vit = PackedViT.from_timm(t, attn_backend="flex").double()
+    views = _views(torch.float64)
+    with torch.no_grad():
+        enc = vit.encode(views)
+        ref = _reference(t, views)
+    for out, (rc, rm, rt, _) in zip(enc.views, ref):
+        torch.testing.assert_close(out.tokens, rt, **TOL[torch.float64])
+        torch.testing.assert_close(out.mean, rm, **TOL[torch.float64])
+    assert enc.pack.layout.flex_mask is A.flex_block_mask(enc.pack.layout)

@@ -10,7 +10,7 @@ shared memory a launch requests: the number the launch checks against the device
 
 Variants:
 - contrastive (``fastssl.kernels.contrastive``): forward, forward with a queue (``POS_DOT``), dRows,
-  dCols × fp32/bf16/fp16 × one D per
+  the symmetric dRows + dCols pass (``SYM``), dCols × fp32/bf16/fp16 × one D per
   BLOCK_D class the launcher makes (16 … 256, and D > 256 with the D-block loop) × every config the
   autotuner keeps for that (kernel, dtype, D) (``launch_configs``), plus the LSE merge kernel;
 - tokens / patchify: every constexpr combination the launchers use, × the three dtypes, at the MAE
@@ -74,9 +74,11 @@ def _contrastive_variants():
     for dt, ptr in DTYPES.items():
         for d in CONTRASTIVE_DS:
             # fwd_queue: the forward with POS_DOT (info_nce with a MoCo v2 queue), same tiles as fwd.
+            # bwd_sym: the dRows kernel with SYM (rows is cols: dS + dSᵀ in one pass), its own configs.
             for record, kname, queue in (("fwd", "fwd", False), ("fwd_queue", "fwd", True),
-                                         ("bwd_rows", "bwd_rows", False), ("bwd_cols", "bwd_cols", False)):
-                fn = getattr(K, f"_contrastive_{kname}_kernel").fn
+                                         ("bwd_rows", "bwd_rows", False), ("bwd_sym", "bwd_sym", False),
+                                         ("bwd_cols", "bwd_cols", False)):
+                fn = K._KERNELS[kname]
                 types = {a: ptr for a in ("rows_ptr", "cols_ptr", "drows_ptr", "dcols_ptr")}
                 types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
@@ -85,14 +87,24 @@ def _contrastive_variants():
                     if "POS_DOT" in fn.arg_names:
                         consts["POS_DOT"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows
-                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True))
-                                   if k in fn.arg_names})
+                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True),
+                                                     ("SYM", kname == "bwd_sym")) if k in fn.arg_names})
                     sig, consts, attrs = _signature(fn, types, consts, d)
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
+    # the ops' fused row normalisation (``UnitRows``), at the projector widths and the largest D it takes
+    for dt, ptr in DTYPES.items():
+        for d in (128, 256, 4096):
+            block_r, block_d = K._unit_tile(d)
+            for fn, types in ((K._unit_fwd_kernel, {"x1_ptr": ptr, "x2_ptr": ptr, "y_ptr": ptr, "rn_ptr": F32}),
+                              (K._unit_bwd_kernel, {"x1_ptr": ptr, "x2_ptr": ptr, "dy_ptr": ptr, "rn_ptr": F32,
+                                                    "dx1_ptr": ptr, "dx2_ptr": ptr})):
+                sig, consts, attrs = _signature(fn, types, {"EPS": K._UNIT_EPS, "RNE": False, "BLOCK_R": block_r, "BLOCK_D": block_d}, d)
+                yield dict(family="contrastive", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=d,
+                           config=f"{block_r}x{block_d}w4"), fn, sig, consts, attrs, 4, 3
     fn = K._contrastive_lse_merge_kernel
     sig, consts, attrs = _signature(fn, {"part_ptr": F32, "loss_ptr": F32, "lse_ptr": F32}, {"BLOCK": 1024})
     yield dict(family="contrastive", kernel="lse_merge", dtype="fp32", D=0, config="1024w4"), fn, sig, consts, attrs, 4, 3
@@ -110,25 +122,36 @@ def _token_variants():
 
     for dt, X in DTYPES.items():
         for d in (768, 512):  # MAE ViT-B encoder width, MAE decoder width
-            block_d = T._block_d(d)
-            block_r, warps = T._row_tile(block_d)
-            tile = {"BLOCK_R": block_r, "BLOCK_D": block_d}
+            # the launch table's choices at MAE sizes (B 1024, L 196, K 49), rows and reducing kernels
+            pr = T._plan(1024 * 49, 1, d, False, 132, None, T.TILE_ELEMS, T.SUM_WAVES, None)
+            pe = T._plan(1024, 196, d, True, 132, None, T.TILE_ELEMS, T.SUM_WAVES, None)
+            rows = {"BLOCK_R": pr.block_r, "BLOCK_D": pr.block_d}
+            tile = {"KP": 64, "BLOCK_L": pe.block_l, "BLOCK_D": pe.block_d, "STAGES": pe.stages}
             jobs = [
-                (T._gather_fwd_kernel, {"x_ptr": X, "ids_ptr": "*i64", "pos_ptr": F32, "out_ptr": X},
+                (T._rows_kernel, {"x_ptr": X, "ids_ptr": "*i64", "pos_ptr": X, "out_ptr": X}, rows, pr.warps,
                  [{"HAS_POS": h} for h in (True, False)]),
-                (T._gather_bwd_kernel, {"g_ptr": X, "slot_ptr": "*i32", "dx_ptr": X, "dpos_part_ptr": F32},
-                 [{"NEED_DX": a, "NEED_DPOS": b} for a, b in ((True, True), (True, False), (False, True))]),
-                (T._scatter_fwd_kernel, {"x_ptr": X, "slot_ptr": "*i32", "mt_ptr": X, "pos_ptr": X, "out_ptr": X},
-                 [{"HAS_POS": h} for h in (True, False)]),
-                (T._scatter_bwd_kernel, {"g_ptr": X, "slot_ptr": "*i32", "dx_ptr": X, "dpos_part_ptr": F32, "dmt_part_ptr": F32},
-                 [{"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c} for a, b, c in ((True, True, True), (True, False, False), (False, True, True))]),
+                (T._expand_kernel, {"x_ptr": X, "ids_ptr": "*i64", "mt_ptr": X, "pos_ptr": X, "out_ptr": X, "part_ptr": F32,
+                                    "sum_ptr": X, "cnt_ptr": "*i32"},
+                 tile, pe.warps,
+                 [{"HAS_MT": False, "HAS_POS": False, "NEED_SUM": s, "FOLD": f} for s, f in ((True, True), (True, False), (False, False))]
+                 + [{"HAS_MT": True, "HAS_POS": h, "NEED_SUM": False, "FOLD": False} for h in (True, False)]),  # scatter fwd
+                (T._compress_kernel, {"g_ptr": X, "ids_ptr": "*i64", "dx_ptr": X, "pos_part_ptr": F32, "mt_part_ptr": F32,
+                                      "pos_ptr": X, "mt_ptr": X, "cnt_ptr": "*i32"},
+                 tile, pe.warps,
+                 [{"NEED_DX": a, "NEED_DPOS": b, "NEED_DMT": c, "FOLD": f} for a, b, c, f in
+                  ((True, True, True, True), (True, False, True, True), (True, True, False, True), (False, True, True, False),
+                   (True, True, True, False))]),
             ]
-            for fn, types, flag_sets in jobs:
+            if d == 768:  # no D-dependent constexpr: one compile per dtype (a second would hit the cache)
+                jobs.append((T._reduce_kernel, {"pos_part_ptr": F32, "pos_ptr": X, "mt_part_ptr": F32, "mt_ptr": X},
+                             {"BLOCK_C": T._REDUCE_BLOCK_C, "BLOCK_D": T._REDUCE_BLOCK_D}, 4, [{}]))
+            for fn, types, consts0, warps, flag_sets in jobs:
                 for flags in flag_sets:
-                    sig, consts, attrs = _signature(fn, types, {**flags, **tile}, d)
+                    sig, consts, attrs = _signature(fn, types, {**flags, **consts0}, d)
                     name = fn.__name__.strip("_").replace("_kernel", "")
-                    yield dict(family="tokens", kernel=name, dtype=dt, D=d, config=f"{block_r}x{block_d}w{warps}"), \
-                        fn, sig, consts, attrs, warps, 3
+                    cfg = "x".join(str(v) for k, v in consts0.items() if k.startswith("BLOCK")) + f"w{warps}"
+                    yield dict(family="tokens", kernel=name, dtype=dt, D=d, config=cfg,
+                               flags=",".join(f"{k}={v}" for k, v in flags.items())), fn, sig, consts, attrs, warps, 3
         for patch, chans in ((16, 3), (4, 3)):
             P = patch * patch * chans
             geo = {"P": P, "PATCH": patch, "C": chans}
@@ -138,14 +161,14 @@ def _token_variants():
                 sig, consts, attrs = _signature(fn, types, {**geo, "BLOCK_R": block_r, "BLOCK_P": block_p})
                 yield dict(family="tokens", kernel=fn.__name__.strip("_").replace("_kernel", ""), dtype=dt, D=P,
                            config=f"{block_r}x{block_p}w4"), fn, sig, consts, attrs, 4, 3
-            block_r, block_p = PF._tile(P, max_rows=1 if P >= 512 else 2048)
+            block_r, pp, qp = PF._noise_tile(patch, chans)
             fn = PF._patchify_noise_kernel
-            types = {"img_ptr": X, "slot_ptr": "*i32", "sigma_ptr": F32, "inputs_ptr": X, "noise_ptr": X, "target_ptr": X}
+            types = {"img_ptr": X, "ids_ptr": "*i64", "sigma_ptr": F32, "inputs_ptr": X, "noise_ptr": X, "target_ptr": X}
             for has_ids in (True, False):
                 for norm in (True, False):
-                    sig, consts, attrs = _signature(fn, types, {**geo, "HAS_IDS": has_ids, "NORM": norm,
-                                                                "BLOCK_R": block_r, "BLOCK_P": block_p})
-                    yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x{block_p}w4",
+                    sig, consts, attrs = _signature(fn, types, {**geo, "HAS_IDS": has_ids, "NORM": norm, "KP": 64,
+                                                                "BLOCK_R": block_r, "PP": pp, "QP": qp})
+                    yield dict(family="tokens", kernel="patchify_noise", dtype=dt, D=P, config=f"{block_r}x4x{pp}x{pp}w4",
                                flags=f"ids={has_ids},norm={norm}"), fn, sig, consts, attrs, 4, 3
 
 

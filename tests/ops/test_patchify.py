@@ -20,7 +20,8 @@ from fastssl.ops import PatchNoise, patchify, patchify_noise, random_masking  # 
 
 BACKENDS = ["reference", "triton"]
 # (B, C, H, W, p): H != W, C = 1 and 3, B = 1, odd L (9, 15), patch vectors of odd length (27, 75)
-SHAPES = [(2, 3, 8, 12, 4), (1, 1, 9, 9, 3), (3, 3, 15, 25, 5), (2, 1, 16, 16, 4), (1, 3, 6, 10, 2)]
+# the last: ViT-sized 16-pixel RGB patches (one patch per program in the patchify_noise kernel)
+SHAPES = [(2, 3, 8, 12, 4), (1, 1, 9, 9, 3), (3, 3, 15, 25, 5), (2, 1, 16, 16, 4), (1, 3, 6, 10, 2), (2, 3, 32, 48, 16)]
 
 
 def _device(backend: str) -> torch.device:

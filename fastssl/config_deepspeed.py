@@ -19,7 +19,7 @@ import logging
 import os
 import re
 
-from fastssl.config import ConfigError
+from fastssl.config_base import ConfigError
 
 log = logging.getLogger("fastssl")
 
