@@ -63,7 +63,8 @@ if not torch.cuda.is_available():  # the fastssl ops' Triton code runs in the in
 from bench.common import RESULTS, Record, Timing, _slug, device, device_name, free_memory, is_oom, measure_ceilings, plot, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("simclr", "byol", "simsiam", "mocov3", "mmoco", "mbyol", "mae", "can", "dac", "mocov2", "swav",
+# In run order: first the methods no other benchmark compares with eager code (a --budget-s cut drops the tail).
+METHODS = ("simclr", "byol", "simsiam", "mocov3", "mocov2", "swav", "mae", "can", "dac", "mmoco", "mbyol",
            "simclr_resnet", "simclr_accel", "mocov2_accel", "swav_accel")
 PROVIDERS = ("eager", "fastssl", "compile")
 # The Accel settings of configs/fmnist/*_accel.yaml, for the ResNet-50 GPU rows.
