@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _config_cli import no_training, one_line_exit_2, write_tree  # noqa: F401 (autouse fixture)
+
 from fastssl import train
 from fastssl.config import ConfigError, load_config
 from fastssl import config_deepspeed as ds_keys
@@ -34,27 +36,7 @@ def data(tmp_path_factory) -> Path:
 def write_cfg(tmp_path: Path, data: Path, **sections) -> Path:
     tree = {"run": {"output_dir": str(tmp_path / "run")}, "data": {"dataset": "folder", "root": str(data), "image_size": 16},
             "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 4}, "eval": {"knn_k": 2, "knn_extra": []}}
-    for key, value in sections.items():
-        tree.setdefault(key, {}).update(value)
-    path = tmp_path / "c.yaml"
-    path.write_text(json.dumps(tree))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_training(monkeypatch):
-    """These mistakes must stop before any work: reaching the train loop is a failure of the test."""
-    import fastssl.engine.loop as loop
-
-    monkeypatch.setattr(loop, "run", lambda cfg: pytest.fail("the config was accepted and training started"))
-
-
-def one_line_exit_2(capsys, argv) -> str:
-    code = train.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("fastssl: config error:"), err
-    return err
+    return write_tree(tmp_path, tree, sections)
 
 
 def test_override_value_that_is_not_yaml(tmp_path, data, capsys):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _config_cli import no_training, one_line_exit_2, write_tree  # noqa: F401 (autouse fixture)
+
 from fastssl import train
 from fastssl.config import load_config
 from fastssl import config_pairs as pair_checks
@@ -32,26 +34,11 @@ def write_cfg(tmp_path: Path, data: Path, method: dict | None = None, **sections
     tree = {"run": {"output_dir": str(tmp_path / "run")}, "data": {"dataset": "folder", "root": str(data), "image_size": 16},
             "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": 4, "epochs": 10, "warmup_epochs": 1},
             "eval": {"knn_k": 2, "knn_extra": []}, "method": method or {"name": "simclr"}}
-    for key, value in sections.items():
-        tree.setdefault(key, {}).update(value)
-    path = tmp_path / "c.yaml"
-    path.write_text(json.dumps(tree))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_training(monkeypatch):
-    import fastssl.engine.loop as loop
-
-    monkeypatch.setattr(loop, "run", lambda cfg: pytest.fail("the config was accepted and training started"))
+    return write_tree(tmp_path, tree, sections)
 
 
 def refused(capsys, path: Path, *overrides: str) -> str:
-    code = train.main(["--config", str(path), *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("fastssl: config error:"), err
-    return err
+    return one_line_exit_2(capsys, ["--config", str(path), *overrides])
 
 
 # 16 px / patch 4 = 16 patches per image
