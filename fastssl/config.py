@@ -118,7 +118,7 @@ class EngineConfig(Section):
     ckpt_every_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and always at the end and on SIGTERM).")
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     progress: bool = Field(True, description="Show a progress bar (rank 0).")
-    compile: bool = Field(False, description="torch.compile the encoder blocks and heads in place (fastssl/engine/compile.py; notes/compile.md).")
+    compile: bool = Field(False, description="torch.compile the encoder blocks and heads in place (fastssl/engine/compile.py; notes/engine.md).")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode when engine.compile is on (max-autotune-no-cudagraphs: slower compile, tuned GPU kernels).")
 
