@@ -42,7 +42,7 @@ plain arguments. Then add the op to ``tests/ops/test_library.py`` (opcheck + a c
 with ``fullgraph=True``) and let ``fastssl.ops.<family>`` call the wrapper here when
 ``use_triton`` says so.
 
-Registered: ``contrastive_rows`` (fwd/bwd, serves nt_xent, dcl/dclw, info_nce), ``gather_tokens``
+Registered: ``gather_tokens``
 and ``scatter_tokens`` (fwd/bwd), ``patchify`` (fwd/bwd) and ``patchify_noise`` (no gradient).
 ``random_masking`` is plain torch (argsort of uniform noise), which the compiler traces as it is.
 """
@@ -59,115 +59,6 @@ _EMPTY = (0,)
 def _empty_like_flag(ref: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The stand-in for an output that a flag switched off (mapped back to None by the wrappers)."""
     return ref.new_empty(_EMPTY, dtype=dtype or ref.dtype)
-
-
-# =============================================================================================
-# contrastive rows (kernels/contrastive.py): loss[a] = -w·s[a, pos] + LSE over allowed columns
-# =============================================================================================
-
-
-@torch.library.custom_op("fastssl::contrastive_rows", mutates_args=())
-def _contrastive_fwd(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
-                     temperature: float, exclude_pos: bool) -> tuple[Tensor, Tensor]:
-    """-> (loss [M] fp32, LSE₂ [M] fp32); indices int32, pos_weight fp32 (``kernels.contrastive.prepare``)."""
-    from fastssl.kernels.contrastive import _fwd
-
-    return _fwd(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
-
-
-@torch.library.custom_op("fastssl::contrastive_rows_self", mutates_args=())
-def _contrastive_self_fwd(rows: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
-                          temperature: float, exclude_pos: bool) -> tuple[Tensor, Tensor]:
-    """``contrastive_rows`` with cols = rows (single-process NT-Xent/DCL). A separate op because the
-    backward's "add dCols onto dRows" needs to know the two are one tensor, and an op's inputs do
-    not say so (the wrapper decides with ``rows is cols``, which Dynamo resolves while tracing)."""
-    from fastssl.kernels.contrastive import _fwd
-
-    return _fwd(rows, rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
-
-
-def _fake_loss_lse(rows, *_):
-    m = rows.shape[0]
-    return rows.new_empty(m, dtype=torch.float32), rows.new_empty(m, dtype=torch.float32)
-
-
-_contrastive_fwd.register_fake(_fake_loss_lse)
-_contrastive_self_fwd.register_fake(_fake_loss_lse)
-
-
-@torch.library.custom_op("fastssl::contrastive_rows_bwd", mutates_args=())
-def _contrastive_bwd(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
-                     lse2: Tensor, dloss: Tensor, temperature: float, exclude_pos: bool,
-                     need_rows: bool, need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
-    """-> (dRows [M, D], dCols [C, D]), empty where not needed. ``same`` (cols is rows): the whole
-    gradient comes back in the dRows slot, dCols added onto it by the kernel itself."""
-    from fastssl.kernels.contrastive import backward
-
-    # dloss may be the expanded (stride-0) gradient of .mean(): the kernels read it with its stride.
-    drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
-                            need_rows, need_cols, same)
-    return (drows if drows is not None else _empty_like_flag(rows)), (dcols if dcols is not None else _empty_like_flag(cols))
-
-
-@_contrastive_bwd.register_fake
-def _(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos, need_rows, need_cols, same):
-    drows = rows.new_empty(rows.shape) if (need_rows or same) else _empty_like_flag(rows)
-    dcols = cols.new_empty(cols.shape) if (need_cols and not same) else _empty_like_flag(cols)
-    return drows, dcols
-
-
-def _contrastive_setup(ctx, inputs, output):
-    rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos = inputs
-    ctx.save_for_backward(rows, cols, pos_idx, excl_idx, pos_weight, output[1])
-    ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
-
-
-def _contrastive_backward(ctx, dloss, _dlse2):
-    rows, cols, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
-    need_rows, need_cols = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    drows, dcols = _contrastive_bwd(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature,
-                                    ctx.exclude_pos, need_rows, need_cols, False)
-    return (drows if need_rows else None), (dcols if need_cols else None), None, None, None, None, None
-
-
-def _contrastive_self_setup(ctx, inputs, output):
-    rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos = inputs
-    ctx.save_for_backward(rows, pos_idx, excl_idx, pos_weight, output[1])
-    ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
-
-
-def _contrastive_self_backward(ctx, dloss, _dlse2):
-    rows, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
-    if not ctx.needs_input_grad[0]:
-        return None, None, None, None, None, None
-    drows, _ = _contrastive_bwd(rows, rows, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature,
-                                ctx.exclude_pos, True, True, True)
-    return drows, None, None, None, None, None
-
-
-_contrastive_fwd.register_autograd(_contrastive_backward, setup_context=_contrastive_setup)
-_contrastive_self_fwd.register_autograd(_contrastive_self_backward, setup_context=_contrastive_self_setup)
-
-
-def contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, temperature: float,
-                     pos_weight: Tensor | None = None, exclude_pos: bool = False) -> Tensor:
-    """``fastssl.kernels.contrastive.contrastive_rows`` as a custom op (same contract): loss [M] fp32.
-
-    Outside ``torch.compile`` the call goes straight to the kernels' autograd Function
-    (``ContrastiveRows``): the same launchers and the same ``backward``, without the dispatcher's
-    per-call work for a custom op (schema defaults, output-aliasing checks, the generated autograd
-    wrapper): ~0.15 ms of host time per forward + backward measured on CPU (issue 21), which a
-    small GPU launch cannot hide. Under compile, the custom op keeps the kernels in the graph.
-    """
-    from fastssl.kernels.contrastive import OPTIONS, ContrastiveRows, prepare
-
-    pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
-    t, excl = float(temperature), bool(exclude_pos)
-    if OPTIONS["direct_eager"] and not torch.compiler.is_compiling():
-        return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, t, pos_weight, excl, rows is cols)
-    if rows is cols:
-        return _contrastive_self_fwd(rows, pos_idx, excl_idx, pos_weight, t, excl)[0]
-    return _contrastive_fwd(rows, cols, pos_idx, excl_idx, pos_weight, t, excl)[0]
 
 
 # =============================================================================================

@@ -19,6 +19,7 @@ from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats,
 from fastssl.eval.export import encoder_state_dict
 from fastssl.methods.context import StepContext
 from fastssl.methods.registry import build_method
+import fastssl.ops.contrastive as contrastive_ops
 from fastssl.ops import library
 
 HEAD = {"hidden_dim": 32, "out_dim": 16}
@@ -93,8 +94,8 @@ def test_contrastive_ops_pass_opcheck():
     pos = torch.randint(0, 9, (7,), dtype=torch.int32)
     excl = torch.full((7,), -1, dtype=torch.int32)
     w = torch.rand(7)
-    _opcheck(library._contrastive_fwd, (rows, cols, pos, excl, w, 0.2, True))
-    _opcheck(library._contrastive_self_fwd, (rows, pos % 7, excl, None, 0.1, False))
+    _opcheck(contrastive_ops._rows_op, (rows, cols, pos, excl, w, 0.2, True))
+    _opcheck(contrastive_ops._rows_self_op, (rows, pos % 7, excl, None, 0.1, False))
 
 
 def test_token_and_patchify_ops_pass_opcheck():
