@@ -42,8 +42,7 @@ plain arguments. Then add the op to ``tests/ops/test_library.py`` (opcheck + a c
 with ``fullgraph=True``) and let ``fastssl.ops.<family>`` call the wrapper here when
 ``use_triton`` says so.
 
-Registered: ``gather_tokens``
-and ``scatter_tokens`` (fwd/bwd), ``patchify`` (fwd/bwd) and ``patchify_noise`` (no gradient).
+Registered: ``patchify`` (fwd/bwd) and ``patchify_noise`` (no gradient).
 ``random_masking`` is plain torch (argsort of uniform noise), which the compiler traces as it is.
 """
 from __future__ import annotations
@@ -59,127 +58,6 @@ _EMPTY = (0,)
 def _empty_like_flag(ref: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The stand-in for an output that a flag switched off (mapped back to None by the wrappers)."""
     return ref.new_empty(_EMPTY, dtype=dtype or ref.dtype)
-
-
-# =============================================================================================
-# tokens (kernels/tokens.py): gather kept tokens (+ pos), scatter them back with the mask token
-# =============================================================================================
-
-
-@torch.library.custom_op("fastssl::gather_tokens", mutates_args=())
-def _gather_fwd(x: Tensor, ids: Tensor, pos: Optional[Tensor]) -> Tensor:
-    """x [B, L, D], ids [B, K], pos [L, D] or None -> [B, K, D]."""
-    from fastssl.kernels.tokens import gather_fwd
-
-    return gather_fwd(x.contiguous(), ids.contiguous(), pos.contiguous() if pos is not None else None)
-
-
-@_gather_fwd.register_fake
-def _(x, ids, pos):
-    dtype = x.dtype if pos is None else torch.promote_types(x.dtype, pos.dtype)
-    return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]), dtype=dtype)
-
-
-@torch.library.custom_op("fastssl::gather_tokens_bwd", mutates_args=())
-def _gather_bwd(g: Tensor, ids: Tensor, x_shape: list[int], x_dtype: torch.dtype, pos_dtype: torch.dtype,
-                need_dx: bool, need_dpos: bool) -> tuple[Tensor, Tensor]:
-    """g [B, K, D] -> (dx [B, L, D], dpos [L, D]), empty where not needed."""
-    from fastssl.kernels.tokens import gather_bwd
-
-    dx, dpos = gather_bwd(g, ids.contiguous(), tuple(x_shape), x_dtype, pos_dtype, need_dx, need_dpos)
-    return (dx if need_dx else _empty_like_flag(g, x_dtype)), (dpos if need_dpos else _empty_like_flag(g, pos_dtype))
-
-
-@_gather_bwd.register_fake
-def _(g, ids, x_shape, x_dtype, pos_dtype, need_dx, need_dpos):
-    dx = g.new_empty(x_shape, dtype=x_dtype) if need_dx else _empty_like_flag(g, x_dtype)
-    dpos = g.new_empty((x_shape[1], x_shape[2]), dtype=pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype)
-    return dx, dpos
-
-
-def _gather_setup(ctx, inputs, output):
-    x, ids, pos = inputs
-    ctx.save_for_backward(ids)
-    ctx.x_meta = (list(x.shape), x.dtype, pos.dtype if pos is not None else x.dtype)
-
-
-def _gather_backward(ctx, g):
-    (ids,) = ctx.saved_tensors
-    need_dx, _, need_dpos = ctx.needs_input_grad
-    if not (need_dx or need_dpos):
-        return None, None, None
-    dx, dpos = _gather_bwd(g, ids, *ctx.x_meta, bool(need_dx), bool(need_dpos))
-    return (dx if need_dx else None), None, (dpos if need_dpos else None)
-
-
-_gather_fwd.register_autograd(_gather_backward, setup_context=_gather_setup)
-
-
-def gather_tokens(x: Tensor, ids_keep: Tensor, pos_embed: Tensor | None = None) -> Tensor:
-    """``fastssl.kernels.tokens.gather_tokens`` as a custom op (shapes in ``fastssl.ops.tokens``)."""
-    return _gather_fwd(x, ids_keep, pos_embed)
-
-
-@torch.library.custom_op("fastssl::scatter_tokens", mutates_args=())
-def _scatter_fwd(x: Tensor, ids: Tensor, num_patches: int, mt: Tensor, pos: Optional[Tensor]) -> Tensor:
-    """x [B, K, D], ids [B, K], mt [D], pos [L, D] or None -> out [B, L, D]."""
-    from fastssl.kernels.tokens import scatter_fwd
-
-    return scatter_fwd(x.contiguous(), ids.contiguous(), num_patches, mt.reshape(-1).contiguous(),
-                       pos.contiguous() if pos is not None else None)
-
-
-@_scatter_fwd.register_fake
-def _(x, ids, num_patches, mt, pos):
-    dtype = torch.promote_types(x.dtype, mt.dtype)
-    if pos is not None:
-        dtype = torch.promote_types(dtype, pos.dtype)
-    return x.new_empty((x.shape[0], num_patches, x.shape[2]), dtype=dtype)
-
-
-@torch.library.custom_op("fastssl::scatter_tokens_bwd", mutates_args=())
-def _scatter_bwd(g: Tensor, ids: Tensor, x_dtype: torch.dtype, mt_dtype: torch.dtype, pos_dtype: torch.dtype,
-                 need_dx: bool, need_dmt: bool, need_dpos: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """g [B, L, D] -> (dx [B, K, D], dmt [D], dpos [L, D]) in the inputs' dtypes, empty where not needed."""
-    from fastssl.kernels.tokens import scatter_bwd
-
-    dx, dmt, dpos = scatter_bwd(g, ids.contiguous(), x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos)
-    return (dx if need_dx else _empty_like_flag(g, x_dtype),
-            dmt if need_dmt else _empty_like_flag(g, mt_dtype),
-            dpos if need_dpos else _empty_like_flag(g, pos_dtype))
-
-
-@_scatter_bwd.register_fake
-def _(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dpos):
-    b, l, d = g.shape
-    k = ids.shape[1]
-    return (g.new_empty((b, k, d), dtype=x_dtype) if need_dx else _empty_like_flag(g, x_dtype),
-            g.new_empty((d,), dtype=mt_dtype) if need_dmt else _empty_like_flag(g, mt_dtype),
-            g.new_empty((l, d), dtype=pos_dtype) if need_dpos else _empty_like_flag(g, pos_dtype))
-
-
-def _scatter_setup(ctx, inputs, output):
-    x, ids, num_patches, mt, pos = inputs
-    ctx.save_for_backward(ids)
-    ctx.meta = (x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else x.dtype)
-
-
-def _scatter_backward(ctx, g):
-    (ids,) = ctx.saved_tensors
-    x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
-    need_dx, _, _, need_dmt, need_dpos = ctx.needs_input_grad
-    if not (need_dx or need_dmt or need_dpos):
-        return None, None, None, None, None
-    dx, dmt, dpos = _scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, bool(need_dx), bool(need_dmt), bool(need_dpos))
-    return (dx if need_dx else None), None, None, (dmt.reshape(mt_shape) if need_dmt else None), (dpos if need_dpos else None)
-
-
-_scatter_fwd.register_autograd(_scatter_backward, setup_context=_scatter_setup)
-
-
-def scatter_tokens(x: Tensor, ids_keep: Tensor, num_patches: int, mask_token: Tensor, pos_embed: Tensor | None = None) -> Tensor:
-    """``fastssl.kernels.tokens.scatter_tokens`` as a custom op (shapes in ``fastssl.ops.tokens``)."""
-    return _scatter_fwd(x, ids_keep, num_patches, mask_token, pos_embed)
 
 
 # =============================================================================================

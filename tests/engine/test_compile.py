@@ -20,6 +20,7 @@ from fastssl.eval.export import encoder_state_dict
 from fastssl.methods.context import StepContext
 from fastssl.methods.registry import build_method
 import fastssl.ops.contrastive as contrastive_ops
+import fastssl.ops.tokens as token_ops
 from fastssl.ops import library
 
 HEAD = {"hidden_dim": 32, "out_dim": 16}
@@ -102,10 +103,10 @@ def test_token_and_patchify_ops_pass_opcheck():
     x = torch.randn(3, 10, 6, requires_grad=True)
     ids = torch.stack([torch.randperm(10)[:4] for _ in range(3)])
     pos = torch.randn(10, 6, requires_grad=True)
-    _opcheck(library._gather_fwd, (x, ids, pos))
+    _opcheck(token_ops._gather_op, (x, ids, pos))
     kept = torch.randn(3, 4, 6, requires_grad=True)
     mt = torch.randn(1, 1, 6, requires_grad=True)
-    _opcheck(library._scatter_fwd, (kept, ids, 10, mt, pos))
+    _opcheck(token_ops._scatter_op, (kept, ids, 10, mt, pos))
     imgs = torch.randn(2, 3, 8, 12, requires_grad=True)
     _opcheck(library._patchify_fwd, (imgs, 4))
     keep = torch.stack([torch.randperm(6)[:3] for _ in range(2)])  # 8×12 px, patch 4: 6 patches
