@@ -12,12 +12,13 @@ under ``torch.compile`` (one graph node, see ``fastssl.ops``) and through the op
 otherwise: an autograd.Function built from the very functions the op registers (its body, its
 ``setup_context``, its backward), so each backward formula is written once. Why two entry points:
 the dispatcher's per-call work for a custom op (schema, alias checks, the generated autograd
-wrapper) is host time a small kernel launch cannot hide. Measured on this project's CPU machine
-(``torch`` 2.13, 64x32 fp32 operands, op bodies that only allocate their outputs, fwd + bwd of a
-contrastive-rows-shaped op, median of 7 x 500 calls, minus the 39 µs of ``.sum().backward()``
-itself): the custom op 99 µs, the door 23 µs (64 µs when its backward still called the backward
-op: hence ``backward_impl`` runs the backward op's body directly in the door). Issue 21 saw the
-same on an H200's host (~0.8 ms per eager NT-Xent through the custom ops before the door).
+wrapper) is host time that a small kernel launch cannot hide. Measured on this project's 2-core
+CPU machine (torch 2.13; ``triton_contrastive_rows`` on 64x32 fp32 rows and cols, fwd + bwd, the
+kernel launchers replaced by stubs that only allocate their outputs; fastest of 7 x 500 calls,
+minus the 39 µs that ``(rows * 1).sum().backward()`` takes): 136-161 µs through the custom op,
+28-35 µs through the door (two runs on a shared machine). A door whose backward still called the
+backward op paid ~40 µs more, hence ``backward_impl``: the door runs the backward op's body
+directly. Issue 21 measured ~0.8 ms per eager NT-Xent on an H200's host through the custom ops.
 
 Size rules (``AUTO_SIZE_RULES``, ``auto_size_ok``): an op family whose kernel cannot win at tiny
 sizes (a fixed cost per call against little arithmetic) names one threshold here, with the device
