@@ -6,7 +6,7 @@ What is compiled: the block stack of every ``PackedViT`` (online and EMA target)
 ``MLPHead`` (projectors and predictors), each with ``nn.Module.compile()``. A ViT with gradient
 checkpointing keeps one region per block. Everything else (packing the views into one token
 tensor, the attention backend's choice and block masks, the losses, the EMA update) stays eager;
-the fastssl Triton ops are custom ops (``fastssl.ops.library``), so a compiled region that calls
+the fastssl Triton ops are custom ops (``fastssl/ops/<family>.py``), so a compiled region that calls
 one keeps it in its graph.
 
 Why regions and not the whole method (DeepSpeed's ``engine.compile()`` is ``module.compile()`` on
