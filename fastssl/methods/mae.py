@@ -16,9 +16,8 @@ from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import param_dtype
-from fastssl.models.dense import eager_encode
 from fastssl.models.views import MaskedView
-from fastssl.ops import masked_patch_loss, patchify, reference
+from fastssl.ops import masked_patch_loss, patchify
 
 
 class MAEConfig(MaskedImageFields):
@@ -44,8 +43,6 @@ class MAE(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """``images [N, C, H, W]``, ``ids_keep [N, K]`` -> ``pred [N, L, p·p·C]`` (patchify order)."""
-        if self.cfg.impl == "eager":
-            return self.decoder.forward_eager(eager_encode(self.encoder, images, ids_keep), ids_keep)[0]
         out = self.encoder.encode([MaskedView(images, ids_keep)])[0]
         return self.decoder(out.final.dense(), out.cls, ids_keep, backend=self.cfg.backend)[0]
 
@@ -55,11 +52,8 @@ class MAE(nn.Module):
         num_patches = self.encoder.grid[0] * self.encoder.grid[1]
         ids_keep, mask = draw_masks(ctx.generator(), 1, b, num_patches, self.cfg.mask_ratio, images.device)
         pred = self.reconstruct(images, ids_keep)
-        if self.cfg.impl == "eager":
-            loss = reference.masked_patch_loss(pred, reference.patchify(images, p), mask, self.cfg.norm_pix)
-        else:
-            masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
-            target = patchify(images, p, backend=self.cfg.backend)
-            loss = masked_patch_loss(pred, target, mask, norm_pix=self.cfg.norm_pix, num_masked=masked,
-                                     backend="reference" if self.cfg.backend == "reference" else "auto")
+        masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
+        target = patchify(images, p, backend=self.cfg.backend)
+        loss = masked_patch_loss(pred, target, mask, norm_pix=self.cfg.norm_pix, num_masked=masked,
+                                 backend="reference" if self.cfg.backend == "reference" else "auto")
         return StepOutput(loss=loss, metrics={"loss_rec": loss.detach()})
