@@ -20,7 +20,7 @@ from fastssl.methods.accel_config import AccelConfig
 from fastssl.methods.context import StepContext
 from fastssl.methods.output import StepOutput
 from fastssl.methods.param_groups import ParamGroup, one_group
-from fastssl.methods.parts import encode_views, pair_metrics
+from fastssl.methods.parts import encode_views, pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
 
 
@@ -45,11 +45,6 @@ class SimCLR(nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.projector = MLPHead(encoder.num_features, cfg.head)
-        self.accel = None
-        if cfg.accel is not None:
-            from fastssl.methods.accel import AccelSimCLR
-
-            self.accel = AccelSimCLR(encoder, cfg.accel)
 
     def crops(self) -> tuple[CropSpec, ...]:
         return TWO_VIEWS
@@ -66,7 +61,17 @@ class SimCLR(nn.Module):
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["views"]: [2, B, 3, S, S]."""
-        if self.accel is not None:
-            return self.accel.forward(self, batch, ctx)
         z1, z2 = self.projector(encode_views(self.encoder, batch["views"])).chunk(2)
         return StepOutput(loss=self.loss(z1, z2), metrics=pair_metrics(z1, z2))
+
+    # A loss after every ResNet stage (``method.accel``: ``build_method`` wraps the method in
+    # ``methods/accel.py``'s ``Accel``, which calls these; ``stages`` holds the heads of stages 1 … n−1).
+    def stage_inputs(self, batch: Batch, stages):
+        v = batch["views"].to(param_dtype(self.encoder))
+        return (self.encoder, v[0]), (self.encoder, v[1])
+
+    def embed_stage(self, i: int, side: int, maps: torch.Tensor, stages) -> torch.Tensor:
+        return stages.head(i, self.projector)(self.encoder.pool(maps))
+
+    def stage_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor, stages) -> torch.Tensor:
+        return self.loss(za, zb)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.data.batch import Batch
-from fastssl.methods.accel import cosine_pair_loss, draw_stage, hardest_pair, pick, region_crops
+from fastssl.methods.accel import Accel, cosine_pair_loss, draw_stage, hardest_pair, pick, region_crops
 from fastssl.methods.accel_config import AccelConfig
 from fastssl.methods.context import StepContext
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
@@ -86,11 +86,11 @@ def test_stage_draw_is_the_same_on_every_rank_and_after_a_resume():
     assert draw_stage(AccelConfig(partial_backprop=False), 4, torch.Generator()) == 4  # no PB: always the last
 
 
-def _simclr_accel(**accel) -> SimCLR:
+def _simclr_accel(**accel) -> Accel:
     torch.manual_seed(0)
     h = HeadConfig(hidden_dim=16, out_dim=8)
-    return SimCLR(SimCLRConfig(loss="nt_xent", head=h, gather_distributed=False, accel=AccelConfig(stage_head=h, **accel)),
-                  ResNetTaps.from_timm("test_resnet", small_stem=True))
+    cfg = SimCLRConfig(loss="nt_xent", head=h, gather_distributed=False, accel=AccelConfig(stage_head=h, **accel))
+    return Accel(SimCLR(cfg, ResNetTaps.from_timm("test_resnet", small_stem=True)), cfg.accel)  # as build_method does
 
 
 def _step_with_stage(stage: int) -> int:
