@@ -21,7 +21,7 @@ from fastssl.data.batch import Batch
 from fastssl.engine.params import optimizer_groups
 from fastssl.methods.accel import Accel, draw_stage
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
 from fastssl.methods.swav import SwAV, SwAVConfig

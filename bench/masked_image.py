@@ -28,10 +28,9 @@ from fastssl.config import load_config
 from fastssl.data.batch import Batch
 from fastssl.engine.params import optimizer_groups
 from fastssl.methods.can import CAN
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext, StepOutput
 from fastssl.methods.dac import DAC
 from fastssl.methods.mae import MAE
-from fastssl.methods.output import StepOutput
 from fastssl.models.encoder import build_vit
 
 METHODS = {"mae": MAE, "can": CAN, "dac": DAC}

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.base import ParamGroup, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics
 from fastssl.models.heads import MLPHead
 from fastssl.models.resnet import ResNetTaps

@@ -29,10 +29,8 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, rank_rows, world_size
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.sigma_embed import SigmaEmbedding

@@ -31,12 +31,9 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype
-from fastssl.methods.siamese import SiamesePair, simsiam_loss, simsiam_predictor
+from fastssl.methods.parts import SiamesePair, pair_metrics, param_dtype, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig
 from fastssl.models.views import ImageView, MaskedView
 from fastssl.ops import masked_patch_loss, patchify

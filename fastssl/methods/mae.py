@@ -11,10 +11,8 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import param_dtype
 from fastssl.models.views import MaskedView
 from fastssl.ops import masked_patch_loss, patchify

@@ -31,9 +31,7 @@ from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.models.ema import cosine_momentum
 from fastssl.methods.kappa import vmf_kappa
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks
 from fastssl.models.chunks import random_permutation
 from fastssl.models.cross_attention import ClassAttentionHead

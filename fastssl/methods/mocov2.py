@@ -29,13 +29,12 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.queue import KeyQueue
+from fastssl.ops.dispatch import Backend
 
 
 def _head() -> HeadConfig:
@@ -49,7 +48,7 @@ class MoCoV2Config(Section):
     queue_size: int = Field(65536, ge=1, description="K negative keys; a multiple of the global batch (MoCo v2: 65,536).")
     gather_distributed: bool = Field(True, description="Enqueue the keys of every rank (the global batch).")
     blur_p: float = Field(0.5, ge=0, le=1, description="Gaussian blur probability of both views (MoCo v2's augmentation: 0.5, no solarize).")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    backend: Backend = Field("auto", description="Contrastive op implementation.")
     head: HeadConfig = Field(default_factory=_head, description="MLP head; hidden_dim = the encoder width in the paper.")
     accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 

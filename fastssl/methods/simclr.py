@@ -17,11 +17,10 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, one_group
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, one_group
 from fastssl.methods.parts import encode_views, pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.ops.dispatch import Backend
 
 
 class SimCLRConfig(Section):
@@ -30,7 +29,7 @@ class SimCLRConfig(Section):
     temperature: float = Field(0.1, gt=0, description="τ; the DCL paper uses 0.1 on ImageNet, 0.07 on CIFAR/STL.")
     weight_sigma: float = Field(0.5, gt=0, description="σ of the DCLW weight (loss=dclw only); the paper's choice is 0.5.")
     gather_distributed: bool = Field(True, description="Negatives from all ranks (the global batch), as SimCLR does.")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    backend: Backend = Field("auto", description="Contrastive op implementation.")
     head: HeadConfig = Field(default_factory=HeadConfig)
     accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 

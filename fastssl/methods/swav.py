@@ -31,11 +31,8 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
-from fastssl.methods.losses import swapped_prediction
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype, swapped_prediction
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.queue import KeyQueue
 

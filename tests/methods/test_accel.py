@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastssl.data.batch import Batch
 from fastssl.methods.accel import Accel, cosine_pair_loss, draw_stage, hardest_pair, pick, region_crops
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
 from fastssl.models.heads import HeadConfig
 from fastssl.models.resnet import ResNetTaps
@@ -62,7 +62,7 @@ def _stages(seed: int, steps: int = 24) -> list[int]:
 # and draws with draw_stage's rule, uniform over 1 … 4 from ctx.generator(); light imports only.
 _DRAW_ELSEWHERE = """
 import torch
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 print([int(torch.randint(1, 5, (1,), generator=StepContext(s, 10, 100, 7).generator())) for s in range(24)])
 """
 

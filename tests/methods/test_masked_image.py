@@ -12,7 +12,7 @@ import torch
 import fastssl.methods.can as can_mod
 from fastssl.data.batch import Batch
 from fastssl.methods.can import CAN, CANConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.dac import DAC, DACConfig, small_size
 from fastssl.methods.mae import MAE, MAEConfig
 from fastssl.methods.masked_image import draw_masks
