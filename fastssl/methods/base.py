@@ -1,6 +1,6 @@
 """The method contract: what a method is, what it is given, what it returns. One page.
 
-A method is one file holding its pydantic config and an ``nn.Module``:
+A method is one file holding its pydantic config and a ``MethodModule`` (an ``nn.Module``):
 
     Config                                   its config section (``name: Literal["..."]``)
     __init__(cfg, encoder)                   builds its heads around the given encoder
@@ -43,6 +43,16 @@ class Method(Protocol):
     def param_groups(self) -> list: ...
 
     def forward(self, batch, ctx) -> StepOutput: ...
+
+
+class MethodModule(nn.Module):
+    """What every method derives from: an ``nn.Module`` with its config section ``cfg`` and its
+    ``encoder`` (registered first, so its parameters lead the state_dict)."""
+
+    def __init__(self, cfg, encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
 
 
 @runtime_checkable

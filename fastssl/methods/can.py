@@ -29,7 +29,7 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, rank_rows, world_size
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
@@ -53,13 +53,11 @@ class CANConfig(MaskedImageFields):
     projector: HeadConfig = Field(default_factory=_projector)
 
 
-class CAN(nn.Module):
+class CAN(MethodModule):
     Config = CANConfig
 
     def __init__(self, cfg: CANConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
         d = cfg.decoder.embed_dim
         self.sigma_embed = SigmaEmbedding(d, scale=1000.0 / cfg.sigma_max if cfg.sigma_max > 0 else 1.0)

@@ -31,7 +31,7 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
 from fastssl.methods.parts import SiamesePair, pair_metrics, param_dtype, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig
@@ -65,13 +65,11 @@ def small_size(img_size: int, patch_size: int, ratio: float) -> int:
     return side * patch_size
 
 
-class DAC(nn.Module):
+class DAC(MethodModule):
     Config = DACConfig
 
     def __init__(self, cfg: DACConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
         self.small = small_size(encoder.config["img_size"], encoder.patch_size, cfg.mask_ratio)
         self.heads = SiamesePair(cfg.decoder.embed_dim, cfg.projector, cfg.predictor)

@@ -11,7 +11,7 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
 from fastssl.methods.parts import param_dtype
 from fastssl.models.views import MaskedView
@@ -24,13 +24,11 @@ class MAEConfig(MaskedImageFields):
     crop_scale: tuple[float, float] = Field((0.2, 1.0), description="MAE's RandomResizedCrop scale (crop + flip only).")
 
 
-class MAE(nn.Module):
+class MAE(MethodModule):
     Config = MAEConfig
 
     def __init__(self, cfg: MAEConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
 
     def crops(self) -> tuple[CropSpec, ...]:

@@ -29,7 +29,7 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
@@ -53,13 +53,11 @@ class MoCoV2Config(Section):
     accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 
 
-class MoCoV2(nn.Module):
+class MoCoV2(MethodModule):
     Config = MoCoV2Config
 
     def __init__(self, cfg: MoCoV2Config, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
         self.queue = KeyQueue(cfg.queue_size, cfg.head.out_dim, seed=0)
         self.online = (self.encoder, self.projector)  # what the key encoder follows

@@ -16,7 +16,7 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.models.ema import EmaTarget, cosine_momentum
 from fastssl.models.heads import HeadConfig, MLPHead
 
@@ -130,7 +130,7 @@ class SiamesePair(nn.Module):
 
 # ---- skeleton ----------------------------------------------------------------------------------
 
-class MomentumSiamese(nn.Module):
+class MomentumSiamese(MethodModule):
     """BYOL's and MoCo v3's common step: both views through the online encoder (one packed call),
     projector and predictor per view -> q ``[2B, P]``; the EMA target's projections -> k ``[2B, P]``
     (no gradient); ``loss(q, k)``. The target follows encoder + projector with the cosine momentum
@@ -138,9 +138,7 @@ class MomentumSiamese(nn.Module):
     ``base_momentum``) and ``loss``."""
 
     def __init__(self, cfg, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.projector)
         self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
         self.target = EmaTarget(self.encoder, self.projector)

@@ -17,7 +17,7 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, one_group
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, one_group
 from fastssl.methods.parts import encode_views, pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.ops.dispatch import Backend
@@ -34,15 +34,13 @@ class SimCLRConfig(Section):
     accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 
 
-class SimCLR(nn.Module):
+class SimCLR(MethodModule):
     """encoder [B,3,H,W] → [B,E]; projector [B,E] → [B,out_dim]; loss on the two views' projections."""
 
     Config = SimCLRConfig
 
     def __init__(self, cfg: SimCLRConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
 
     def crops(self) -> tuple[CropSpec, ...]:

@@ -15,7 +15,7 @@ from torch import nn
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import encode_views, pair_metrics, per_view, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig, MLPHead
 
@@ -35,15 +35,13 @@ class SimSiamConfig(Section):
     predictor: HeadConfig = Field(default_factory=_predictor, description="Its input width is projector.out_dim; out_dim must equal it.")
 
 
-class SimSiam(nn.Module):
+class SimSiam(MethodModule):
     Config = SimSiamConfig
 
     def __init__(self, cfg: SimSiamConfig, encoder: nn.Module):
-        super().__init__()
+        super().__init__(cfg, encoder)
         if cfg.predictor.out_dim != cfg.projector.out_dim:
             raise ValueError(f"method.predictor.out_dim ({cfg.predictor.out_dim}) must equal method.projector.out_dim ({cfg.projector.out_dim})")
-        self.cfg = cfg
-        self.encoder = encoder
         self.projector = MLPHead(encoder.num_features, cfg.projector)
         self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
 

@@ -31,7 +31,7 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype, swapped_prediction
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.queue import KeyQueue
@@ -65,13 +65,11 @@ class SwAVConfig(Section):
         return self
 
 
-class SwAV(nn.Module):
+class SwAV(MethodModule):
     Config = SwAVConfig
 
     def __init__(self, cfg: SwAVConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
         self.prototypes = nn.Linear(cfg.head.out_dim, cfg.n_prototypes, bias=False)
         self.queues = nn.ModuleList(KeyQueue(cfg.queue_length, cfg.head.out_dim, seed=i) for i in range(2)) if cfg.queue_length else None
