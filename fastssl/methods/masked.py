@@ -30,9 +30,8 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.models.ema import cosine_momentum
-from fastssl.methods.kappa import vmf_kappa
 from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks
+from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks, vmf_kappa
 from fastssl.models.chunks import random_permutation
 from fastssl.models.cross_attention import ClassAttentionHead
 from fastssl.models.ema import EmaTarget
