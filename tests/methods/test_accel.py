@@ -122,3 +122,28 @@ def test_partial_backprop_leaves_later_stages_untouched(stage):
     # (some parameters of a used block get an exactly zero gradient: timm zero-initialises the last BN
     # of every residual branch, so only "something moved in every used stage" is checked)
     assert {f"layer{i}" for i in range(1, stage + 1)} <= moved and "conv1" in moved, moved
+
+
+def test_the_wrapper_keeps_the_checkpoint_keys_of_the_methods():
+    """``Accel`` around MoCo v2 / SwAV: the state_dict keys runs have always written (the method's own,
+    ``accel.*`` for the stage parts, the key encoder following the stage heads as ``target.net.2``),
+    and the stage parameters in the method's parameter groups (resume of existing runs)."""
+    from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
+    from fastssl.methods.swav import SwAV, SwAVConfig
+
+    h = HeadConfig(hidden_dim=16, out_dim=8)
+    acc = AccelConfig(stage_head=h)
+    enc = lambda: ResNetTaps.from_timm("test_resnet", small_stem=True)  # noqa: E731
+    moco = Accel(MoCoV2(MoCoV2Config(head=h.model_copy(update={"norm": "none"}), queue_size=16, accel=acc), enc()), acc)
+    swav = Accel(SwAV(SwAVConfig(head=h, n_local=0, n_prototypes=5, accel=acc), enc()), acc)
+    for model, want in ((moco, ["encoder", "projector", "queue", "accel.heads", "accel.queues", "target.net.0", "target.net.1", "target.net.2"]),
+                        (swav, ["encoder", "projector", "prototypes", "accel.heads", "accel.prototypes"])):
+        tops = []
+        for k in model.state_dict():
+            top = ".".join(k.split(".")[:3 if k.startswith("target") else 2 if k.startswith("accel") else 1])
+            if top not in tops:
+                tops.append(top)
+        assert tops == want
+    assert [n for n, _ in moco.param_groups()[0].params if n.startswith("accel")] == [n for n, _ in moco.named_parameters() if n.startswith("accel.heads")]
+    groups = {g.name: {n.split(".")[0] + "." + n.split(".")[1] for n, _ in g.params} for g in swav.param_groups()}
+    assert "accel.heads" in groups["online"] and "accel.prototypes" in groups["prototypes"]
