@@ -19,9 +19,9 @@ import torch
 
 from fastssl.data.batch import Batch
 from fastssl.engine.params import optimizer_groups
-from fastssl.methods.accel import draw_stage
+from fastssl.methods.accel import Accel, draw_stage
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
 from fastssl.methods.swav import SwAV, SwAVConfig
@@ -36,10 +36,12 @@ def build(method: str, arch: str, small_stem: bool, batch: int, accel: dict | No
     enc = ResNetTaps.from_timm(arch, small_stem=small_stem)
     acc = AccelConfig(stage_head=head, **accel) if accel is not None else None
     if method == "simclr":
-        return SimCLR(SimCLRConfig(loss="nt_xent", head=head, backend="reference", accel=acc), enc)
-    if method == "mocov2":
-        return MoCoV2(MoCoV2Config(head=head.model_copy(update={"norm": "none"}), queue_size=16 * batch, backend="reference", accel=acc), enc)
-    return SwAV(SwAVConfig(head=head, n_local=0, n_prototypes=300, accel=acc), enc)
+        model = SimCLR(SimCLRConfig(loss="nt_xent", head=head, backend="reference", accel=acc), enc)
+    elif method == "mocov2":
+        model = MoCoV2(MoCoV2Config(head=head.model_copy(update={"norm": "none"}), queue_size=16 * batch, backend="reference", accel=acc), enc)
+    else:
+        model = SwAV(SwAVConfig(head=head, n_local=0, n_prototypes=300, accel=acc), enc)
+    return Accel(model, acc) if acc is not None else model  # as build_method wraps it
 
 
 def _step_for(stage: int | None, cfg: AccelConfig | None) -> int:

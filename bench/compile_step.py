@@ -32,8 +32,7 @@ from fastssl.config import load_config
 from fastssl.data.batch import Batch
 from fastssl.engine.compile import compile_regions, compile_stats
 from fastssl.engine.params import optimizer_groups
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import AfterStep
+from fastssl.methods.base import AfterStep, StepContext
 from fastssl.methods.registry import build_method, method_names
 
 REPO = Path(__file__).resolve().parent.parent

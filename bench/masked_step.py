@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import Record, device, measure_ceilings, peak_memory_mib, plot, sync, time_fn, write_results
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.masked import global_permutations
 from fastssl.methods.mbyol import MBYOL, MBYOLConfig
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig

@@ -117,7 +117,7 @@ def row_overrides(row: dict, out_dir: Path) -> list[str]:
 
 def _model_and_batch(cfg, dev: torch.device):
     from fastssl.data.synthetic import SyntheticLoader
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
     from fastssl.methods.registry import build_method
 
     torch.manual_seed(cfg.run.seed)
@@ -173,7 +173,7 @@ def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
     from bench.common import make_train_step, time_fn
     from fastssl.engine.compile import compile_regions
     from fastssl.engine.params import optimizer_groups
-    from fastssl.methods.output import AfterStep
+    from fastssl.methods.base import AfterStep
 
     method, batch, ctx = _model_and_batch(cfg, dev)
     if cfg.engine.compile:

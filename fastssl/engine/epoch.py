@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from fastssl.engine.session import Session, TrainingStopped
-from fastssl.methods.output import AfterStep
+from fastssl.methods.base import AfterStep
 
 
 class Terminated(Exception):

@@ -25,7 +25,7 @@ from fastssl.engine.metrics_log import MetricsLog
 from fastssl.engine.params import optimizer_groups
 from fastssl.engine.schedule import StepPlan, lr_scheduler, plan_steps
 from fastssl.eval.run_knn import Evaluator
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.engine.sync_bn import convert_sync_batchnorm
 from fastssl.methods.registry import build_method
 

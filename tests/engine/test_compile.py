@@ -16,7 +16,7 @@ from fastssl.config import TrainConfig
 from fastssl.data.batch import Batch
 from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats, resolve_attention
 from fastssl.eval.export import encoder_state_dict
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.registry import build_method
 
 HEAD = {"hidden_dim": 32, "out_dim": 16}

@@ -19,7 +19,7 @@ from fastssl.methods.byol import BYOL, BYOLConfig  # noqa: E402
 from fastssl.methods.masked import global_permutations  # noqa: E402
 from fastssl.methods.mbyol import MBYOL, MBYOLConfig  # noqa: E402
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
 from fastssl.methods.mocov3 import MoCoV3, MoCoV3Config  # noqa: E402
 from fastssl.models import ChunkedView, MaskedView  # noqa: E402
 from fastssl.models.chunks import chunk_sizes  # noqa: E402
