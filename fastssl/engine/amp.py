@@ -23,21 +23,24 @@ import torch
 AUTOCAST, DEEPSPEED, NONE = "autocast", "deepspeed", "none"
 
 
-def resolve_precision(precision: str) -> str:
-    """``engine.precision`` on this machine: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+def resolve_precision(precision: str, cuda: bool | None = None) -> str:
+    """``engine.precision`` on this machine (``cuda``: on a machine with / without CUDA): ``auto`` is
+    bf16 on CUDA, fp32 elsewhere."""
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
+        return "bf16" if (torch.cuda.is_available() if cuda is None else cuda) else "fp32"
     return precision
 
 
-def resolve_amp(engine_cfg) -> str:
-    """``autocast``, ``deepspeed`` or ``none`` (fp32) for an ``EngineConfig``, on this machine."""
-    precision = resolve_precision(engine_cfg.precision)
+def resolve_amp(engine_cfg, cuda: bool | None = None) -> str:
+    """``autocast``, ``deepspeed`` or ``none`` (fp32) for an ``EngineConfig``, on this machine (or, with
+    ``cuda``, on one with / without CUDA)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    precision = resolve_precision(engine_cfg.precision, cuda)
     if precision == "fp32":
         return NONE
     if engine_cfg.amp != "auto":
         return engine_cfg.amp
-    return AUTOCAST if precision == "bf16" and engine_cfg.zero_stage == 0 and torch.cuda.is_available() else DEEPSPEED
+    return AUTOCAST if precision == "bf16" and engine_cfg.zero_stage == 0 and cuda else DEEPSPEED
 
 
 def dtypes(engine_cfg) -> tuple[torch.dtype, torch.dtype]:
