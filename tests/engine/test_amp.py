@@ -7,7 +7,9 @@
 - ``autocast`` at ZeRO 2 builds DeepSpeed's ZeRO optimizer over fp32 weights and steps;
 - ``auto`` picks autocast only at ZeRO 0 on CUDA, so CPU runs and ZeRO 1/2 keep their DeepSpeed config;
 - the loop's multi-tensor clipping has the maths of DeepSpeed's ``gradient_clipping``.
-The engines are built in this process (one gloo group of one rank for the module).
+The engines are built in this process (one process group of one rank for the module). On a CUDA
+machine (scripts/gpu_session.sh) the same tests build the engines on the GPU, where the optimizer is
+torch's fused AdamW; the step-by-step comparison with the written-out step is exact on CPU only.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def test_autocast_at_zero0_steps_torch_adamw_over_fp32_weights_in_bf16(tmp_path,
     s = setup(cfg)
     e = s.engine
     assert type(e.optimizer) is torch.optim.AdamW and e.optimizer is e.basic_optimizer  # no DeepSpeed wrapper
+    assert bool(e.optimizer.defaults.get("fused")) == (s.device.type == "cuda")  # one multi-tensor kernel on CUDA
     assert s.autocast is torch.bfloat16 and s.dtype is torch.float32 and s.clip_grad == 0.01
     assert not e.bfloat16_enabled() and e.torch_autocast_enabled()
     params = list(s.method.parameters())
@@ -81,7 +84,7 @@ def test_autocast_at_zero0_steps_torch_adamw_over_fp32_weights_in_bf16(tmp_path,
 
     # The bare step written out on a copy: autocast forward, backward, clipping, torch AdamW with the
     # engine's groups and hyperparameters.
-    ref = build_method(cfg)
+    ref = build_method(cfg).to(s.device)
     ref.load_state_dict(s.method.state_dict())
     where = {id(p): i for i, p in enumerate(params)}
     ref_params = list(ref.parameters())
@@ -100,15 +103,16 @@ def test_autocast_at_zero0_steps_torch_adamw_over_fp32_weights_in_bf16(tmp_path,
     before = [p.detach().clone() for p in params]
     e.step()
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(s.device.type, dtype=torch.bfloat16):
         want = ref(batch, ctx)
     want.loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in ref_params if p.grad is not None], 0.01)
     ref_opt.step()
-    torch.testing.assert_close(out.loss, want.loss)
     assert all(p.dtype is torch.float32 for p in params)
-    for p, q in zip(params, ref_params):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+    if s.device.type == "cpu":  # (CUDA's attention backward accumulates in a run-dependent order)
+        torch.testing.assert_close(out.loss, want.loss)
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
     assert sum(not torch.equal(a, p.detach()) for a, p in zip(before, params)) > len(params) // 2
 
 
