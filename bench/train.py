@@ -14,8 +14,9 @@ takes the rows after it. The JSON is rewritten after every row, so a cap keeps w
 Per row, in order:
   ceilings   bf16 matmul TFLOP/s and copy GB/s (``bench.common.measure_ceilings``), once per process:
              every row of a process is measured against the same rate
-  flops      (once per method and shape in a process) model FLOPs of one optimizer step, counted by ``torch.utils.flop_counter.FlopCounterMode``
-             over the method's eager forward + backward on one synthetic batch of the row's shape
+  flops      model FLOPs of one optimizer step (once per method and shape in a process), counted by
+             ``torch.utils.flop_counter.FlopCounterMode`` over the method's eager forward + backward on
+             one synthetic batch of the row's shape
              (matmuls, convolutions, attention; elementwise work, norms and the optimizer are not FLOPs
              here, as in nanoGPT's and PaLM's MFU). The count runs the losses on their eager reference,
              attention as one SDPA call per run of equal-length sequences on SDPA's math path (two
