@@ -113,6 +113,10 @@ class OptimConfig(Section):
 
 class EngineConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    amp: Literal["auto", "autocast", "deepspeed"] = Field(
+        "auto", description="How bf16 runs: autocast (fp32 weights, torch.autocast, torch's AdamW stepped as it is) or "
+        "deepspeed (a bf16 model, fp32 master weights in DeepSpeed's optimizer wrapper); auto: autocast at ZeRO 0 on CUDA "
+        "(fastssl/engine/amp.py).")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     log_every_steps: int = Field(10, ge=1, description="Metrics to TensorBoard / metrics.jsonl every N optimizer steps.")
     ckpt_every_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and always at the end and on SIGTERM).")
@@ -179,6 +183,8 @@ class TrainConfig(Section):
         if self.engine.precision == "fp16" and self.engine.zero_stage == 0:
             # DeepSpeed's fp16 path needs its loss-scaling optimizer wrapper, which ZeRO provides.
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
+        if self.engine.precision == "fp16" and self.engine.amp == "autocast":
+            raise ValueError("engine.amp=autocast runs bf16 only; fp16 needs engine.amp=deepspeed (its loss scaling)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
         _synthetic_needs_no_eval(self)
