@@ -37,7 +37,7 @@ from fastssl.methods.masked import global_permutations
 from fastssl.methods.mbyol import MBYOL, MBYOLConfig
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig
 from fastssl.methods.parts import per_view_chunks
-from fastssl.models.chunks import chunk_sizes
+from fastssl.models.vit.chunks import chunk_sizes
 from fastssl.models.encoder import build_vit
 from fastssl.ops.contrastive import spherical_mean
 from fastssl.data.batch import Batch

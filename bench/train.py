@@ -147,7 +147,7 @@ def reference_config(cfg):
 def reference_attention(method) -> None:
     """Attention as one SDPA call per run of equal-length sequences: counted exactly (a varlen or
     xformers kernel is opaque to the counter; a masked call over a whole pack would over-count)."""
-    from fastssl.models.attention import AttentionDispatch
+    from fastssl.models.vit.attention import AttentionDispatch
 
     for m in method.modules():
         dispatch = getattr(m, "dispatch", None)

@@ -45,7 +45,7 @@ class ModelConfig(Section):
     freeze_patch_embed: bool = Field(False, description="ViT only: keep the random patch projection fixed (MoCo v3's stability trick).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
     attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
-        "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
+        "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/vit/attention.py)."
     )
 
     @field_validator("arch")

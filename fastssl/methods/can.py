@@ -34,7 +34,7 @@ from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_
 from fastssl.methods.parts import pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.sigma_embed import SigmaEmbedding
-from fastssl.models.views import PatchesView
+from fastssl.models.vit.views import PatchesView
 from fastssl.ops import gather_tokens, masked_patch_loss, nt_xent, patchify_noise
 
 

@@ -35,7 +35,7 @@ from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutp
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
 from fastssl.methods.parts import SiamesePair, pair_metrics, param_dtype, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig
-from fastssl.models.views import ImageView, MaskedView
+from fastssl.models.vit.views import ImageView, MaskedView
 from fastssl.ops import masked_patch_loss, patchify
 
 

@@ -14,7 +14,7 @@ from fastssl.data.crops import CropSpec
 from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
 from fastssl.methods.parts import param_dtype
-from fastssl.models.views import MaskedView
+from fastssl.models.vit.views import MaskedView
 from fastssl.ops import masked_patch_loss, patchify
 
 

@@ -32,12 +32,12 @@ from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.models.ema import cosine_momentum
 from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks, vmf_kappa
-from fastssl.models.chunks import random_permutation
-from fastssl.models.cross_attention import ClassAttentionHead
+from fastssl.models.vit.chunks import random_permutation
+from fastssl.models.vit.cross_attention import ClassAttentionHead
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
-from fastssl.models.outputs import split_per_view
-from fastssl.models.views import ChunkedView, ImageView
+from fastssl.models.vit.outputs import split_per_view
+from fastssl.models.vit.views import ChunkedView, ImageView
 from fastssl.ops.contrastive import spherical_mean
 
 

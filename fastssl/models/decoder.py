@@ -22,9 +22,9 @@ from pydantic import Field
 from torch import nn
 
 from fastssl.config_base import Section
-from fastssl.models.attention import AttentionDispatch
-from fastssl.models.blocks import PackedBlock
-from fastssl.models.layout import AttnLayout
+from fastssl.models.vit.attention import AttentionDispatch
+from fastssl.models.vit.blocks import PackedBlock
+from fastssl.models.vit.layout import AttnLayout
 from fastssl.models.sincos import sincos_2d
 from fastssl.ops.dispatch import Backend
 from fastssl.ops.tokens import scatter_tokens

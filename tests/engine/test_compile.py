@@ -163,7 +163,7 @@ class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
 def test_layouts_build_on_fake_cuda_without_host_copies():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from fastssl.models.layout import AttnLayout
+    from fastssl.models.vit.layout import AttnLayout
 
     with FakeTensorMode():
         dev = torch.device("cuda")
@@ -184,7 +184,7 @@ def _on_meta(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("backend", ["sdpa_grouped", "sdpa_mask", "varlen"])
 def test_packed_step_on_a_device_has_no_host_sync_or_host_copy(backend):
     from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT
-    from fastssl.models.cross_attention import ClassAttentionHead
+    from fastssl.models.vit.cross_attention import ClassAttentionHead
     from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from torch import nn
 from fastssl.methods.masked_image import draw_masks, rank_rows, world_size
 from fastssl.methods.base import StepOutput
 from fastssl.methods.parts import pair_metrics, param_dtype, simsiam_loss
-from fastssl.models.pos_embed import resample_patch_pos
+from fastssl.models.vit.pos_embed import resample_patch_pos
 from fastssl.ops import nt_xent, reference
 
 

@@ -18,7 +18,7 @@ from fastssl.methods.mae import MAE, MAEConfig
 from fastssl.methods.masked_image import draw_masks
 from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 from fastssl.models.encoder import build_vit
-from fastssl.models.views import MaskedView, PatchesView
+from fastssl.models.vit.views import MaskedView, PatchesView
 from fastssl.ops import patchify, patchify_noise, reference
 
 import _masked_image_ref as ref
