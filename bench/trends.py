@@ -271,7 +271,8 @@ def run_claim(claim: Claim, seeds: int, train: TrainFn, runs_dir: Path, stored: 
         rows[row.label] = {**seed_row(runs), "row": row.label, "key": row_key(row), "batch": row.batch}
         r = rows[row.label]
         print(f"[trends] {claim.name} / {row.label}: " + ", ".join(
-            f"{m} {100 * r['scores'][k]:.2f}±{100 * r['std'][k]:.2f}" for m, k in METRICS.items()) + f" ({r['wall_s']} s/run)",
+            f"{m} {100 * r['scores'][k]:.2f}±{100 * r['std'][k]:.2f}" for m, k in METRICS.items() if k in r["scores"])
+            + f" ({r['wall_s']} s/run)",
             flush=True)
     outcomes = [check_outcome(c, rows, claim.metric) for c in claim.checks]
     return {"claim": claim.name, "paper": claim.paper, "statement": claim.statement, "metric": claim.metric,
