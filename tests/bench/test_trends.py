@@ -45,9 +45,12 @@ def test_claims_are_well_formed_and_fit_the_budget(capsys):
 
 
 def test_same_run_in_two_claims_shares_one_directory():
-    dcl = {r.label: r for r in t.CLAIMS[0].rows}
+    """The run directory is named by the validated settings, not the label: the same run is trained once."""
     accel = {r.label: r for r in t.CLAIMS[3].rows}
-    assert t.run_name(dcl["nt_xent@128"]) == t.run_name(accel["SimCLR"])
+    twin = t.Row("another label", "simclr_resnet18", ("method.loss=nt_xent",))  # the config's own loss, spelled out
+    assert t.run_name(twin) == t.run_name(accel["SimCLR"])
+    dcl = {r.label: r for r in t.CLAIMS[0].rows}
+    assert t.run_name(dcl["nt_xent@128"]) != t.run_name(accel["SimCLR"])  # τ 0.07 (DCL paper) vs 0.2
     assert t.run_name(dcl["nt_xent@128"]) != t.run_name(dcl["dcl@128"])
 
 
