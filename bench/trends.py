@@ -272,7 +272,8 @@ def run_claim(claim: Claim, seeds: int, train: TrainFn, runs_dir: Path, stored: 
             rows[row.label] = old
             continue
         runs = [train(row, s, runs_dir / run_name(row) / f"seed{s}") for s in range(seeds)]
-        rows[row.label] = {**seed_row(runs), "row": row.label, "key": row_key(row), "batch": row.batch}
+        rows[row.label] = {**seed_row(runs), "row": row.label, "key": row_key(row), "batch": row.batch,
+                           "config": row.config, "changes": list(row.overrides)}
         r = rows[row.label]
         print(f"[trends] {claim.name} / {row.label}: " + ", ".join(
             f"{m} {100 * r['scores'][k]:.2f}±{100 * r['std'][k]:.2f}" for m, k in METRICS.items() if k in r["scores"])
@@ -295,6 +296,16 @@ def fake_train(row: Row, seed: int, out_dir: Path) -> dict:
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
+def _where(row: dict) -> str:
+    """The CPU(s) a row's runs were trained on and the highest 1-min load average seen around them: a
+    load above the core count means its wall time is not an idle measurement."""
+    machines = [s["machine"] for s in row.get("per_seed", []) if s.get("machine")]
+    if not machines:
+        return "-"
+    cpus = ", ".join(dict.fromkeys(f"{m['cpu']} ×{m['cores']}" for m in machines))
+    return f"{cpus}; {max(max(m['load_before'], m['load_after']) for m in machines):.1f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.2f}"
 
@@ -309,16 +320,15 @@ def write_outputs(claims: list[dict], meta: dict, stem: str) -> None:
     lines += [f"| {c['claim']} | {c['paper']} | {c['metric']} | **{c['verdict']}** |" for c in claims]
     for c in claims:
         lines += ["", f"## {c['claim']} ({c['paper']}): {c['verdict']}", "", c["statement"][0].upper() + c["statement"][1:] + ".", ""]
-        lines += ["| row | " + " | ".join(METRICS) + " | steps × batch | seeds | wall (s/run) | load (1 min) |",
-                  "|---|" + "---|" * (len(METRICS) + 4)]
+        lines += ["| row | " + " | ".join(METRICS) + " | steps × batch | seeds | wall (s/run) | CPU, max load | config + changes |",
+                  "|---|" + "---|" * (len(METRICS) + 5)]
         for r in c["rows"]:
-            loads = [s["machine"]["load_after"] for s in r.get("per_seed", []) if s.get("machine")]
-            load = f"{max(loads):.1f}" if loads else "-"
             cells = " | ".join(score_cell(r, k) for k in METRICS.values())
+            changes = " ".join(f"`{o}`" for o in r.get("changes", []))
             lines.append(f"| {r['row']} | {cells} | {r['steps']} × {r.get('batch', '-')} | {r.get('seeds', 1)} | "
-                         f"{r['wall_s']} | {load} |")
+                         f"{r['wall_s']} | {_where(r)} | {r.get('config', r.get('method', '-'))} {changes} |")
         for label, why in c["not_run"].items():
-            lines.append(f"| {label} | not run: {why} |" + " |" * (len(METRICS) + 3))
+            lines.append(f"| {label} | not run: {why} |" + " |" * (len(METRICS) + 4))
         lines += ["", f"| check ({c['metric']}) | gap (points) | spread | outcome |", "|---|---|---|---|"]
         for o in c["checks"]:
             spread = "-" if o["spread"] is None else f"{100 * o['spread']:.2f}"
@@ -390,22 +400,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     previous = json.loads((RESULTS / f"{stem}.json").read_text()) if (RESULTS / f"{stem}.json").is_file() else None
     stored = {c["claim"]: {r["row"]: r for r in c["rows"]} for c in (previous or {}).get("claims", [])}
     train = fake_train if args.smoke else train_real
-    done = {c.name: run_claim(c, args.seeds, train, args.runs_dir, {} if args.smoke else stored.get(c.name, {}))
-            for c in chosen}
     # Claims not run now keep their stored results (in the table's order).
     kept = {c["claim"]: c for c in (previous or {}).get("claims", []) if not args.smoke}
-    claims = [done.get(c.name) or kept[c.name] for c in CLAIMS if c.name in done or c.name in kept]
-    meta = {
-        "device": "CPU (smoke: made-up scores)" if args.smoke else f"CPU, {os.cpu_count()} cores",
+    done: dict[str, dict] = {}
+    for c in chosen:  # the table is rewritten after every claim: a session cut short keeps what it finished
+        done[c.name] = run_claim(c, args.seeds, train, args.runs_dir, {} if args.smoke else stored.get(c.name, {}))
+        claims = [done.get(k.name) or kept[k.name] for k in CLAIMS if k.name in done or k.name in kept]
+        write_outputs(claims, _meta(args), stem)
+    print((RESULTS / f"{stem}.md").read_text())
+    return claims
+
+
+def _meta(args) -> dict:
+    from bench.quality import cpu_name
+
+    return {
+        "device": "CPU (smoke: made-up scores)" if args.smoke else f"CPU, {os.cpu_count()} cores ({cpu_name()})",
         "budget": f"{STEPS} steps × 128 images per row unless the row says otherwise, configs/fmnist/<config>.yaml",
         "seeds": f"{args.seeds} seeds per row (run.seed 0..{args.seeds - 1}), mean ± sample std",
         "verdicts": "a check holds when its gap exceeds √Σ std² of its rows, fails below minus that; "
                     "reproduced = every check holds, not reproduced = one fails, else inconclusive",
         "python": sys.version.split()[0],
     }
-    write_outputs(claims, meta, stem)
-    print((RESULTS / f"{stem}.md").read_text())
-    return claims
 
 
 if __name__ == "__main__":
