@@ -193,16 +193,31 @@ def score_cell(row: dict, key: str) -> str:
     return f"{100 * row['scores'][key]:.2f}%"
 
 
+def where_cell(row: dict) -> str:
+    """The CPU(s) a row's runs were trained on and the highest 1-min load average seen around them
+    (``AMD EPYC ×2; 1.4``): a load above the core count means its wall time is not an idle measurement."""
+    machines = [s["machine"] for s in row.get("per_seed", []) if s.get("machine")] or \
+        ([row["machine"]] if row.get("machine") else [])
+    if not machines:
+        return "-"
+    cpus = ", ".join(dict.fromkeys(f"{m['cpu']} ×{m['cores']}" for m in machines))
+    return f"{cpus}; {max(max(m['load_before'], m['load_after']) for m in machines):.1f}"
+
+
 def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     cols = list(dict.fromkeys(c for r in rows for c in r["scores"]))  # every score, first-seen order
-    head = "| row | " + " | ".join(cols) + " | steps | wall (s) | images/s |"
-    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    where = any(where_cell(r) != "-" for r in rows)  # rows record their machine since --seeds; older tables do not
+    head = "| row | " + " | ".join(cols) + " | steps | wall (s) | images/s |" + (" CPU; max load |" if where else "")
+    lines = [head, "|" + "---|" * (len(cols) + 4 + where)]
     for r in rows:
         cells = [score_cell(r, c) for c in cols]
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |")
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |"
+                     + (f" {where_cell(r)} |" if where else ""))
     note = f"\n\n{meta['device']}; {meta['budget']}; evaluation on {meta['eval']}.\n"
+    if meta.get("seeds"):
+        note += f"\n{meta['seeds']}; a gap between two rows counts only when it exceeds their spread.\n"
     if meta.get("notes"):  # how and when the rows were measured (kept across --merge)
         note += "\n" + meta["notes"].strip() + "\n"
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + note)

@@ -306,16 +306,6 @@ def fake_train(row: Row, seed: int, out_dir: Path) -> dict:
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
-def _where(row: dict) -> str:
-    """The CPU(s) a row's runs were trained on and the highest 1-min load average seen around them: a
-    load above the core count means its wall time is not an idle measurement."""
-    machines = [s["machine"] for s in row.get("per_seed", []) if s.get("machine")]
-    if not machines:
-        return "-"
-    cpus = ", ".join(dict.fromkeys(f"{m['cpu']} ×{m['cores']}" for m in machines))
-    return f"{cpus}; {max(max(m['load_before'], m['load_after']) for m in machines):.1f}"
-
-
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.2f}"
 
@@ -323,7 +313,7 @@ def _pct(x: float | None) -> str:
 def write_outputs(claims: list[dict], meta: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "claims": claims}, indent=1))
-    from bench.quality import score_cell
+    from bench.quality import score_cell, where_cell
 
     lines = [f"# Trends: the papers' claims at CPU scale ({meta['device']})", "",
              "| claim | paper | metric | verdict |", "|---|---|---|---|"]
@@ -336,7 +326,7 @@ def write_outputs(claims: list[dict], meta: dict, stem: str) -> None:
             cells = " | ".join(score_cell(r, k) for k in METRICS.values())
             changes = " ".join(f"`{o}`" for o in r.get("changes", []))
             lines.append(f"| {r['row']} | {cells} | {r['steps']} × {r.get('batch', '-')} | {r.get('seeds', 1)} | "
-                         f"{r['wall_s']} | {_where(r)} | {r.get('config', r.get('method', '-'))} {changes} |")
+                         f"{r['wall_s']} | {where_cell(r)} | {r.get('config', r.get('method', '-'))} {changes} |")
         for label, why in c["not_run"].items():
             lines.append(f"| {label} | not run: {why} |" + " |" * (len(METRICS) + 4))
         lines += ["", f"| check ({c['metric']}) | gap (points) | spread | outcome |", "|---|---|---|---|"]

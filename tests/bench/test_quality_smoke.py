@@ -21,7 +21,8 @@ def test_quality_smoke(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "quality-smoke.json").read_text())
     assert len(saved["rows"]) == len(rows)
     assert (tmp_path / "quality-smoke.png").stat().st_size > 0
-    assert "| raw pixels |" in (tmp_path / "quality-smoke.md").read_text()
+    md = (tmp_path / "quality-smoke.md").read_text()
+    assert "| raw pixels |" in md and "CPU; max load" in md  # trained rows name their machine
 
 
 def test_one_random_init_row_per_encoder():
@@ -86,3 +87,14 @@ def test_seeds_run_each_row_k_times_and_report_mean_and_std(tmp_path, monkeypatc
     seen.clear()
     q.train_seeds("simclr", tmp_path / "simclr", None, [], "simclr", False, 1)  # K = 1: the layout without --seeds
     assert seen == [("simclr", -1)]  # one run in the row's own directory, the config's seed
+
+
+def test_where_cell_names_the_cpu_and_the_highest_load():
+    sys.path.insert(0, str(ROOT))
+    import bench.quality as q
+
+    a = {"cpu": "AMD EPYC", "cores": 2, "load_before": 0.4, "load_after": 1.2}
+    b = {"cpu": "AMD EPYC", "cores": 2, "load_before": 3.5, "load_after": 0.9}
+    assert q.where_cell({"machine": a}) == "AMD EPYC ×2; 1.2"
+    assert q.where_cell({"per_seed": [{"machine": a}, {"machine": b}]}) == "AMD EPYC ×2; 3.5"
+    assert q.where_cell({"row": "raw pixels"}) == "-"
