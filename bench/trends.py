@@ -195,8 +195,9 @@ def estimate_s(row: Row) -> float:
 
 
 def row_key(row: Row) -> dict:
-    """What makes two runs of a row the same experiment (compared before reusing a stored row)."""
-    return {"config": row.config, "overrides": row.args(), "steps": row.steps}
+    """What makes two runs of a row the same experiment (compared before reusing a stored row); ``run``
+    digests the validated settings, so an edited configs/fmnist/*.yaml retrains the rows that use it."""
+    return {"config": row.config, "overrides": row.args(), "steps": row.steps, "run": run_name(row)}
 
 
 def run_name(row: Row) -> str:
