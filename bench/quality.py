@@ -6,13 +6,16 @@
     python bench/quality.py --smoke              # tiny: 2 steps of timm's test ViT per method (the test suite)
     python bench/quality.py --methods mae --long mae:600 --merge   # re-run some rows, keep the others
     python bench/quality.py --methods "" --long byol:600 --merge   # only a longer row
+    python bench/quality.py --methods simclr,dac --seeds 3        # each row 3 times: mean ± std
 
 Each method trains as a user would start it (``fastssl/train.py`` in a subprocess, one process),
 with the same steps, batch, model and evaluation subset; the rows are read from each run's
 ``summary.json``. Two reference rows need no training: **random init** (the encoder every run
 starts from — the same seed builds the same encoder before any head) and **raw pixels** (the
 normalised 28×28×3 pixels as features, through the same kNN and probe); one random-init row per
-encoder (arch + stem) among the rows. Writes
+encoder (arch + stem) among the rows. With ``--seeds K`` every trained row runs K times (``run.seed``
+0 … K−1, one run directory each) and reports the mean and the sample standard deviation of each score
+over the seeds: a difference between two rows counts only when it is larger than that spread. Writes
 ``bench/results/quality-<device>.json``, ``.png`` and ``.md`` (``-smoke`` for smoke runs).
 """
 from __future__ import annotations
@@ -55,21 +58,72 @@ def train_method(name: str, out_dir: Path, steps: int | None, extra: list[str], 
     if steps is not None:
         cmd.append(f"optim.max_steps={steps}")
     timing = out_dir / "quality_wall_s.txt"
+    where = out_dir / "quality_machine.json"  # the machine and its load, so merged rows name where they ran
     if reuse and (out_dir / "summary.json").is_file():
         wall = float(timing.read_text()) if timing.is_file() else float("nan")
+        machine = json.loads(where.read_text()) if where.is_file() else None
     else:
+        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2)}
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        machine["load_after"] = round(os.getloadavg()[0], 2)  # 1-min load average: > cores means the wall time is not idle
         timing.write_text(f"{wall:.1f}")
+        where.write_text(json.dumps(machine))
     summary = json.loads((out_dir / "summary.json").read_text())
     scores = {_label(s): s["accuracy"] for s in summary["eval_final"]}
     init = {_label(s): s["accuracy"] for s in summary["eval_init"]}
     return {"row": label, "method": name, "encoder": _encoder_name(Path(cmd[3]), extra), "steps": summary["steps"], "wall_s": round(wall, 1),
             "images_per_s": round(summary["images_per_second"], 1), "scores": scores, "init": init,
-            "overrides": [c for c in cmd[5:] if "=" in c]}
+            "overrides": [c for c in cmd[5:] if "=" in c], "machine": machine}
+
+
+def cpu_name() -> str:
+    """The CPU model string (Linux /proc/cpuinfo), else the platform's processor name."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train_seeds(name: str, out_dir: Path, steps: int | None, extra: list[str], label: str, reuse: bool,
+                seeds: int) -> dict:
+    """``seeds`` = 1: one run in ``out_dir`` (the table as before). More: one run per seed in
+    ``out_dir/seed<s>`` with ``run.seed=s``; the row holds each seed's scores and their mean ± std."""
+    if seeds == 1:
+        return train_method(name, out_dir, steps, extra, label, reuse)
+    runs = [train_method(name, out_dir / f"seed{s}", steps, [*extra, f"run.seed={s}"], label, reuse) for s in range(seeds)]
+    return seed_row(runs)
+
+
+def seed_row(runs: list[dict]) -> dict:
+    """One row from the same row's runs at several seeds: scores = mean, ``std`` = sample standard
+    deviation (ddof 1) per score, wall time and images/s averaged, each run kept under ``per_seed``."""
+    import statistics
+
+    keys = list(runs[0]["scores"])
+
+    def mean_std(get):
+        vals = [get(r) for r in runs]
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    row = {k: v for k, v in runs[0].items() if k not in ("scores", "wall_s", "images_per_s", "overrides", "machine")}
+    row["scores"] = {k: mean_std(lambda r: r["scores"][k])[0] for k in keys}
+    row["std"] = {k: mean_std(lambda r: r["scores"][k])[1] for k in keys}
+    row["wall_s"] = round(mean_std(lambda r: r["wall_s"])[0], 1)
+    row["images_per_s"] = round(mean_std(lambda r: r["images_per_s"])[0], 1)
+    row["seeds"] = len(runs)
+    row["overrides"] = [o for o in runs[0]["overrides"] if not o.startswith("run.seed=") and not o.startswith("run.output_dir=")]
+    row["per_seed"] = [{"seed": s, "scores": r["scores"], "wall_s": r["wall_s"], "images_per_s": r["images_per_s"],
+                        "machine": r.get("machine")} for s, r in enumerate(runs)]
+    return row
 
 
 def random_init_rows(rows: list[dict]) -> list[dict]:
@@ -130,16 +184,40 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return merged + [r for r in new if r["row"] in fresh]
 
 
+def score_cell(row: dict, key: str) -> str:
+    """``63.65%``, or ``63.65 ± 0.41%`` for a row trained at several seeds."""
+    if key not in row["scores"]:
+        return "-"
+    if key in row.get("std", {}):
+        return f"{100 * row['scores'][key]:.2f} ± {100 * row['std'][key]:.2f}%"
+    return f"{100 * row['scores'][key]:.2f}%"
+
+
+def where_cell(row: dict) -> str:
+    """The CPU(s) a row's runs were trained on and the highest 1-min load average seen around them
+    (``AMD EPYC ×2; 1.4``): a load above the core count means its wall time is not an idle measurement."""
+    machines = [s["machine"] for s in row.get("per_seed", []) if s.get("machine")] or \
+        ([row["machine"]] if row.get("machine") else [])
+    if not machines:
+        return "-"
+    cpus = ", ".join(dict.fromkeys(f"{m['cpu']} ×{m['cores']}" for m in machines))
+    return f"{cpus}; {max(max(m['load_before'], m['load_after']) for m in machines):.1f}"
+
+
 def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     cols = list(dict.fromkeys(c for r in rows for c in r["scores"]))  # every score, first-seen order
-    head = "| row | " + " | ".join(cols) + " | steps | wall (s) | images/s |"
-    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    where = any(where_cell(r) != "-" for r in rows)  # rows record their machine since --seeds; older tables do not
+    head = "| row | " + " | ".join(cols) + " | steps | wall (s) | images/s |" + (" CPU; max load |" if where else "")
+    lines = [head, "|" + "---|" * (len(cols) + 4 + where)]
     for r in rows:
-        cells = [f"{100 * r['scores'][c]:.2f}%" if c in r["scores"] else "-" for c in cols]
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |")
+        cells = [score_cell(r, c) for c in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('steps', '-')} | {r.get('wall_s', '-')} | {r.get('images_per_s', '-')} |"
+                     + (f" {where_cell(r)} |" if where else ""))
     note = f"\n\n{meta['device']}; {meta['budget']}; evaluation on {meta['eval']}.\n"
+    if meta.get("seeds"):
+        note += f"\n{meta['seeds']}; a gap between two rows counts only when it exceeds their spread.\n"
     if meta.get("notes"):  # how and when the rows were measured (kept across --merge)
         note += "\n" + meta["notes"].strip() + "\n"
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + note)
@@ -154,6 +232,11 @@ def write_outputs(rows: list[dict], meta: dict, stem: str) -> None:
     for j, c in enumerate(cols):
         ax.bar([i + j * width for i in range(len(rows))], [100 * r["scores"].get(c, 0) for r in rows], width, label=c)
     ax.set_xticks([i + width * (len(cols) - 1) / 2 for i in range(len(rows))], [r["row"] for r in rows], rotation=20, ha="right")
+    for j, c in enumerate(cols):  # error bars: the spread over seeds (rows with --seeds)
+        xs = [i + j * width for i, r in enumerate(rows) if c in r.get("std", {})]
+        if xs:
+            ax.errorbar(xs, [100 * r["scores"][c] for r in rows if c in r.get("std", {})],
+                        [100 * r["std"][c] for r in rows if c in r.get("std", {})], fmt="none", ecolor="k", capsize=2)
     ax.set_ylabel("top-1 on the test subset (%)")
     ax.set_title(f"Fashion-MNIST, {meta['budget']}")
     lo = min(100 * v for r in rows for v in r["scores"].values())
@@ -175,11 +258,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--smoke", action="store_true", help="2 steps of a tiny ViT per method; not a measurement")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run, e.g. optim.batch_size=64")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="train every row K times (run.seed 0..K-1) and report mean ± std over the seeds")
     p.add_argument("--reuse", action="store_true", help="use finished runs already in --runs-dir instead of training again")
     p.add_argument("--merge", action="store_true",
                    help="keep the other rows (and notes) of the existing results JSON; replace rows with the same label")
     args = p.parse_args(argv)
 
+    if args.seeds < 1:
+        p.error(f"--seeds takes K >= 1, got {args.seeds}")
     names = [n for n in args.methods.split(",") if n]  # may be empty: only --long rows (with --merge)
     bad = [spec for spec in args.long if not spec.partition(":")[2].isdigit()]
     if bad:
@@ -196,10 +283,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     for name in names:
         extra = [*SMOKE_OVERRIDES, *_smoke_heads(name)] if args.smoke else []
-        rows.append(train_method(name, runs_dir / name, args.steps, extra + args.set, name, args.reuse))
+        rows.append(train_seeds(name, runs_dir / name, args.steps, extra + args.set, name, args.reuse, args.seeds))
         print(f"[quality] {name}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
     for name, steps in longs:
-        rows.append(train_method(name, runs_dir / f"{name}-{steps}", steps, args.set, f"{name} ({steps} steps)", args.reuse))
+        rows.append(train_seeds(name, runs_dir / f"{name}-{steps}", steps, args.set, f"{name} ({steps} steps)", args.reuse,
+                                args.seeds))
         print(f"[quality] {name}:{steps}: {rows[-1]['scores']} in {rows[-1]['wall_s']} s", flush=True)
     stem = "quality-smoke" if args.smoke else "quality-cpu"
     previous = None
@@ -216,6 +304,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "eval": "kNN bank = fixed train subset, queries = fixed test subset (eval.train_samples / test_samples)",
         "python": sys.version.split()[0],
     }
+    if args.seeds > 1:
+        meta["seeds"] = f"{args.seeds} seeds per trained row (run.seed 0..{args.seeds - 1}): mean ± sample std"
     if previous is not None and previous["meta"].get("notes"):
         meta["notes"] = previous["meta"]["notes"]
     write_outputs(rows, meta, stem)
