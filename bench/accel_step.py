@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from bench.common import parse_args, time_fn  # noqa: E402
 from fastssl.data.batch import Batch  # noqa: E402
 from fastssl.engine.params import optimizer_groups  # noqa: E402
-from fastssl.methods.accel import draw_stage  # noqa: E402
+from fastssl.methods.accel import Accel, draw_stage  # noqa: E402
 from fastssl.methods.accel_config import AccelConfig  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config  # noqa: E402
 from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
 from fastssl.methods.swav import SwAV, SwAVConfig  # noqa: E402
@@ -43,10 +43,12 @@ def build(method: str, arch: str, small_stem: bool, batch: int, accel: dict | No
     enc = ResNetTaps.from_timm(arch, small_stem=small_stem)
     acc = AccelConfig(stage_head=head, **accel) if accel is not None else None
     if method == "simclr":
-        return SimCLR(SimCLRConfig(loss="nt_xent", head=head, backend="reference", accel=acc), enc)
-    if method == "mocov2":
-        return MoCoV2(MoCoV2Config(head=head.model_copy(update={"norm": "none"}), queue_size=16 * batch, backend="reference", accel=acc), enc)
-    return SwAV(SwAVConfig(head=head, n_local=0, n_prototypes=300, accel=acc), enc)
+        model = SimCLR(SimCLRConfig(loss="nt_xent", head=head, backend="reference", accel=acc), enc)
+    elif method == "mocov2":
+        model = MoCoV2(MoCoV2Config(head=head.model_copy(update={"norm": "none"}), queue_size=16 * batch, backend="reference", accel=acc), enc)
+    else:
+        model = SwAV(SwAVConfig(head=head, n_local=0, n_prototypes=300, accel=acc), enc)
+    return Accel(model, acc) if acc is not None else model  # as build_method wraps it
 
 
 def _step_for(stage: int | None, cfg: AccelConfig | None) -> int:

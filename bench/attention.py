@@ -51,8 +51,8 @@ from bench.common import (  # noqa: E402
 )
 from bench.common import print_table as print_columns  # noqa: E402  (print_table here adds the target checks)
 from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT  # noqa: E402
-from fastssl.models.attention import _IMPLS  # noqa: E402
-from fastssl.models.chunks import split_chunks  # noqa: E402
+from fastssl.models.vit.attention import _IMPLS  # noqa: E402
+from fastssl.models.vit.chunks import split_chunks  # noqa: E402
 
 MAIN_PROVIDERS = ("packed", "packed-compile", "padded", "padded-compile", "separate")
 SWEEP = ("sdpa_grouped", "flex", "sdpa_tiles", "varlen")  # CUDA backends measured besides the one picked

@@ -37,8 +37,7 @@ from fastssl.config import load_config  # noqa: E402
 from fastssl.data.batch import Batch  # noqa: E402
 from fastssl.engine.compile import compile_regions, compile_stats  # noqa: E402
 from fastssl.engine.params import optimizer_groups  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
-from fastssl.methods.output import AfterStep  # noqa: E402
+from fastssl.methods.base import AfterStep, StepContext  # noqa: E402
 from fastssl.methods.registry import build_method, method_names  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

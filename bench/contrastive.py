@@ -199,7 +199,8 @@ def _build(case: Case, dev):
 
 
 # --------------------------------------------------------------------------------------------
-# Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS), timed side by side
+# Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS and
+# fastssl.ops.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
 VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned")
 QUICK_VARIANTS = ("unfused",)  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
@@ -208,7 +209,7 @@ _VARIANT_OPTIONS = {
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
     "nosplit": {"split": "none"},
     "twopass": {"sym_bwd": False},
-    "unfused": {"fused_unit": False},  # the normalisation in torch (~12 small launches) instead of UnitRows
+    "unfused": {"fused_unit": False},  # the normalisation in torch (~12 small launches) instead of unit_rows
     "tuned": {"autotune": True},  # the new launch path with the autotuner: is the fixed table's tile the best?
 }
 
@@ -216,14 +217,18 @@ _VARIANT_OPTIONS = {
 @contextlib.contextmanager
 def _options(variant: str | None):
     import fastssl.kernels.contrastive as K
+    import fastssl.ops.contrastive as C
 
-    saved = dict(K.OPTIONS)
-    K.OPTIONS.update(_VARIANT_OPTIONS.get(variant, {}))
+    # launch options live with the kernels, dispatch options (direct_eager, fused_unit) with the op
+    saved = [(opts, dict(opts)) for opts in (K.OPTIONS, C.OPTIONS)]
+    for key, value in _VARIANT_OPTIONS.get(variant, {}).items():
+        (C.OPTIONS if key in C.OPTIONS else K.OPTIONS)[key] = value
     try:
         yield
     finally:
-        K.OPTIONS.clear()
-        K.OPTIONS.update(saved)
+        for opts, old in saved:
+            opts.clear()
+            opts.update(old)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,10 +5,11 @@
 
 One step = the method's forward (masking, encoder, decoder, every loss) + backward + AdamW step +
 zero_grad, on random images already on the device (no data loader). Providers, same weights:
-  eager     ``method.impl = "eager"``: reference ops, dense SDPA on ``[N, T, D]``, MAE's
-            embed-every-patch-then-gather input, one encoder call per view (``models/dense.py``)
-  fastssl   ``method.impl = "fastssl"``: one packed encoder call, pixels gathered before the patch
-            embedding, token ops with backend "auto" (Triton on CUDA, reference on CPU)
+  eager     the method as MAE's official code writes it (``bench/eager/masked_image.py``: timm's ViT
+            on dense batches, embed-every-patch-then-gather input, ``torch.gather`` unshuffle),
+            holding copies of the fastssl method's weights
+  fastssl   the method: one packed encoder call, pixels gathered before the patch embedding, token
+            ops with backend "auto" (Triton on CUDA, reference on CPU)
   compile   torch.compile of the fastssl model (recorded as an error where it does not compile)
 Sizes: ``--cpu-quickstart`` (default on CPU): the fmnist configs (ViT-tiny, 28 px / patch 7, B = 128,
 fp32, the configs' decoders and heads); on CUDA ViT-B/16 at 224 px, B = 128, bf16 autocast, MAE's
@@ -38,7 +39,7 @@ from fastssl.config import load_config  # noqa: E402
 from fastssl.data.batch import Batch  # noqa: E402
 from fastssl.engine.params import optimizer_groups  # noqa: E402
 from fastssl.methods.can import CAN  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext, StepOutput  # noqa: E402
 from fastssl.methods.dac import DAC  # noqa: E402
 from fastssl.methods.mae import MAE  # noqa: E402
 from fastssl.models.encoder import build_vit  # noqa: E402
@@ -63,20 +64,38 @@ GPU = Case("vit_base_patch16_224", 224, 16, 128, True, True)
 SMOKE = Case("test_vit", 16, 4, 8, False, False)
 
 
-def build(name: str, case: Case, impl: str, dev: torch.device):
+def build(name: str, case: Case, eager: bool, dev: torch.device):
+    """The fastssl method (``eager``: its eager twin, same weights) and an AdamW over its parameters."""
     folder = "imagenet" if case.gpu_heads else "fmnist"
     cfg = load_config(os.path.join(ROOT, "configs", folder, f"{name}.yaml"), ["data.root=."] if case.gpu_heads else []).method
-    updates = {"impl": impl}
     if hasattr(cfg, "gather_distributed"):
-        updates["gather_distributed"] = False
-    cfg = cfg.model_copy(update=updates)
+        cfg = cfg.model_copy(update={"gather_distributed": False})
     if case.arch == "test_vit":
         cfg = cfg.model_copy(update={"decoder": cfg.decoder.model_copy(update={"embed_dim": 32, "depth": 1, "num_heads": 2})})
     torch.manual_seed(0)
     enc = build_vit(case.arch, img_size=case.img, patch_size=case.patch)
     model = METHODS[name](cfg, enc).to(dev).train()
+    if eager:
+        from bench.eager import build_eager
+
+        ref = EagerStep(build_eager(model), model.crops())
+        return ref, torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
     opt = torch.optim.AdamW(optimizer_groups(model.param_groups(), 0.05)[0], lr=1e-4, fused=dev.type == "cuda")
     return model, opt
+
+
+class EagerStep(torch.nn.Module):
+    """An eager twin (its forward returns the loss) with the method's ``crops()`` and ``StepOutput``."""
+
+    def __init__(self, ref: torch.nn.Module, crops):
+        super().__init__()
+        self.ref, self._crops = ref, crops
+
+    def crops(self):
+        return self._crops
+
+    def forward(self, batch, ctx) -> StepOutput:
+        return StepOutput(loss=self.ref(batch, ctx))
 
 
 def make_batch(model, case: Case, dev: torch.device) -> Batch:
@@ -119,8 +138,7 @@ def run(args) -> None:
     for name in methods:
         steps, models = {}, {}
         for prov in providers:
-            impl = "eager" if prov == "eager" else "fastssl"
-            model, opt = build(name, case, impl, dev)
+            model, opt = build(name, case, prov == "eager", dev)
             fwd = torch.compile(model, dynamic=False) if prov == "compile" else model
             batch = make_batch(model, case, dev)
             step = make_step(fwd, opt, batch, case.amp, dev)

@@ -39,12 +39,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
 from fastssl.methods.masked import global_permutations  # noqa: E402
 from fastssl.methods.mbyol import MBYOL, MBYOLConfig  # noqa: E402
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig  # noqa: E402
 from fastssl.methods.parts import per_view_chunks  # noqa: E402
-from fastssl.models.chunks import chunk_sizes  # noqa: E402
+from fastssl.models.vit.chunks import chunk_sizes  # noqa: E402
 from fastssl.models.encoder import build_vit  # noqa: E402
 from fastssl.ops.contrastive import spherical_mean  # noqa: E402
 from fastssl.data.batch import Batch  # noqa: E402

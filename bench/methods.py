@@ -141,7 +141,7 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
     """The provider's step for case ``s``; ``shared`` carries the batch between providers of a method."""
     from fastssl.config import load_config
     from fastssl.engine.params import optimizer_groups
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
     from fastssl.methods.registry import build_method
 
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
         fwd = lambda ctx: ref(batch, ctx)  # noqa: E731
         after = lambda ctx: after_step(ref, ctx)  # noqa: E731
     else:
-        from fastssl.methods.output import AfterStep
+        from fastssl.methods.base import AfterStep
 
         if provider == "compile":
             from fastssl.engine.compile import compile_regions
@@ -293,7 +293,7 @@ def accel_warmup(n_stages: int = 4, limit: int = 32) -> int:
     the step index: ``StepContext(step).generator()``, seed 0)."""
     from fastssl.methods.accel import draw_stage
     from fastssl.methods.accel_config import AccelConfig
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
 
     seen = set()
     for k in range(limit):

@@ -236,8 +236,8 @@ def test_packed_attention(benchmark, provider, size):
     """Self-attention over the sequences a method packs (SwAV's multi-crop: 2 global + 6 local crops per
     image; M-MoCo's chunks: 8 per image) at ViT-B's heads: fastssl's block-diagonal dispatch on the pack
     vs the usual padded dense batch with a key-padding mask."""
-    from fastssl.models.attention import AttentionDispatch
-    from fastssl.models.layout import AttnLayout
+    from fastssl.models.vit.attention import AttentionDispatch
+    from fastssl.models.vit.layout import AttnLayout
 
     benchmark.group = "packed_attention"
     lens = size["lens"] * size["b"]

@@ -61,7 +61,7 @@ from bench.common import (  # noqa: E402
 )
 from fastssl.data.batch import Batch  # noqa: E402
 from fastssl.engine.params import optimizer_groups  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
 from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
 from fastssl.models.encoder import build_vit  # noqa: E402
 

@@ -2,7 +2,10 @@
 
 Each row is one ``python fastssl/train.py --config configs/imagenet/<method>.yaml data.synthetic=true
 eval.enabled=false ...`` run (``fastssl.train.main``: the real CLI, the DeepSpeed engine, the method,
-logging), bf16 on one device, DeepSpeed ZeRO 0 or 2, with or without ``engine.compile``. Rows run in
+logging), bf16 on one device, DeepSpeed ZeRO 0 or 2, with or without ``engine.compile``, bf16 by
+``engine.amp`` (``autocast``: fp32 weights under torch.autocast, torch's AdamW stepped by DeepSpeed as it
+is; ``deepspeed``: DeepSpeed's bf16 model and optimizer wrapper; ``auto``: autocast at ZeRO 0 on CUDA;
+fastssl/engine/amp.py). Rows run in
 a child process, several in one (``--rows-per-process``: imports and CUDA start-up, ~15 s on the GPU
 machine, are paid once); the parent watches every row: past its cap (``--row-timeout``) or the
 sweep's budget (``--budget``) the child is killed, the row recorded as an error, and a fresh child
@@ -11,8 +14,9 @@ takes the rows after it. The JSON is rewritten after every row, so a cap keeps w
 Per row, in order:
   ceilings   bf16 matmul TFLOP/s and copy GB/s (``bench.common.measure_ceilings``), once per process:
              every row of a process is measured against the same rate
-  flops      model FLOPs of one optimizer step, counted by ``torch.utils.flop_counter.FlopCounterMode``
-             over the method's eager forward + backward on one synthetic batch of the row's shape
+  flops      model FLOPs of one optimizer step (once per method and shape in a process), counted by
+             ``torch.utils.flop_counter.FlopCounterMode`` over the method's eager forward + backward on
+             one synthetic batch of the row's shape
              (matmuls, convolutions, attention; elementwise work, norms and the optimizer are not FLOPs
              here, as in nanoGPT's and PaLM's MFU). The count runs the losses on their eager reference,
              attention as one SDPA call per run of equal-length sequences on SDPA's math path (two
@@ -28,13 +32,15 @@ Per row, in order:
              launches per step, top device and host ops).
   bare       (``--bare``, default on) the model step of ``bench/throughput.py`` at the same shape, for
              this method: forward + backward + torch fused AdamW + ``after_step``, bf16 autocast, no
-             DeepSpeed, timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions
+             DeepSpeed, timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions.
+             Measured once per method, shape and compile setting in a process: rows that differ only in
+             ZeRO stage or ``engine.amp`` share it (``bare_shared``)
   derived    MFU = flops / trainer step time / matmul rate; trainer overhead = bare rate / trainer rate - 1
 
 Shapes: the imagenet templates at ViT-B/16 224 px (``--arch``; ResNet methods keep ResNet-50), bf16,
 B = 256 per GPU for every method unless ``ROW_BATCH`` says otherwise; SimCLR runs its DCL loss.
 
-    python bench/train.py --quick        # GPU: every method eager (QUICK_ORDER), SimCLR ZeRO 2, then compile rows
+    python bench/train.py --quick        # GPU: the plan of ``quick_rows`` (the amp lever on SimCLR first)
     python bench/train.py                # GPU: every method, eager and compile, ZeRO 0
     python bench/train.py --smoke        # anywhere: timm test_vit / test_resnet, 16 px, B=8, 3 steps; not a measurement
     python bench/train.py --methods simclr --variants compile --profile 3 --steps 6
@@ -63,9 +69,10 @@ from bench.common import Ceilings, Column, Record, RESULTS, Timing, device_name,
 # Priority order: the issue's target first, then every method (a cap cuts the tail, not the head).
 METHODS = ("simclr", "mocov3", "byol", "simsiam", "mae", "mmoco", "mbyol", "can", "dac", "swav", "mocov2")
 RESNET_METHODS = ("swav", "mocov2")
-# --quick: SimCLR/DCL eager and compile were measured in the first GPU call (notes/gpu.md); the other
-# methods first, cheapest to learn from first (the lead's order for the second call).
-QUICK_ORDER = ("mae", "mocov2", "byol", "mmoco", "dac", "can", "swav", "mocov3", "simsiam", "mbyol", "simclr")
+# --quick, after the SimCLR rows: the methods whose trainer overhead over the bare step was largest
+# under DeepSpeed's bf16 wrapper first (H200, bench/results/train-nvidia-h200.json: MAE +64 %, DAC +51 %,
+# MoCo v2 +23 %, CAN +12 %, SwAV +9 %), then those already near it (a cap cuts the tail).
+QUICK_ORDER = ("mae", "dac", "mocov2", "can", "swav", "mocov3", "byol", "simsiam", "mmoco", "mbyol")
 ROW_BATCH: dict[str, int] = {}  # per-method batch where memory or time needs a smaller one (none so far)
 # Overrides that make every method tiny (timm's test models, 16 px): the smoke rows and the CPU tests.
 TINY_MODEL = ["data.image_size=16", "model.patch_size=4", "model.arch=test_vit"]
@@ -99,6 +106,7 @@ def row_overrides(row: dict, out_dir: Path) -> list[str]:
     """The CLI overrides of one row: synthetic data, no evaluation, its shape, engine settings and step counts."""
     o = ["data.synthetic=true", "eval.enabled=false", f"run.output_dir={out_dir}", "run.resume=never",
          "engine.progress=false", "engine.precision=" + row["precision"], f"engine.zero_stage={row['zero']}",
+         "engine.amp=" + row.get("amp", "auto"),
          f"engine.compile={str(row['compile']).lower()}", f"optim.batch_size={row['batch']}",
          f"optim.max_steps={row['warmup'] + row['steps']}", f"engine.log_every_steps={row['warmup']}",
          f"engine.ckpt_every_steps={10**6}", "optim.warmup_epochs=0"]
@@ -117,7 +125,7 @@ def row_overrides(row: dict, out_dir: Path) -> list[str]:
 
 def _model_and_batch(cfg, dev: torch.device):
     from fastssl.data.synthetic import SyntheticLoader
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
     from fastssl.methods.registry import build_method
 
     torch.manual_seed(cfg.run.seed)
@@ -139,7 +147,7 @@ def reference_config(cfg):
 def reference_attention(method) -> None:
     """Attention as one SDPA call per run of equal-length sequences: counted exactly (a varlen or
     xformers kernel is opaque to the counter; a masked call over a whole pack would over-count)."""
-    from fastssl.models.attention import AttentionDispatch
+    from fastssl.models.vit.attention import AttentionDispatch
 
     for m in method.modules():
         dispatch = getattr(m, "dispatch", None)
@@ -173,7 +181,7 @@ def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
     from bench.common import make_train_step, time_fn
     from fastssl.engine.compile import compile_regions
     from fastssl.engine.params import optimizer_groups
-    from fastssl.methods.output import AfterStep
+    from fastssl.methods.base import AfterStep
 
     method, batch, ctx = _model_and_batch(cfg, dev)
     if cfg.engine.compile:
@@ -204,6 +212,9 @@ def _lean_finish(holder: dict):
         summary = RunSummary(s.state.global_step, s.speed.images_per_second, eval_init, [], None,
                              s.speed.steady_images_per_second)
         holder["summary"] = summary
+        # Which optimizer path DeepSpeed took (engine.amp): torch's AdamW itself, or a wrapper around it.
+        holder["engine"] = {"optimizer": type(s.engine.optimizer).__name__, "weights_dtype": str(s.dtype).removeprefix("torch."),
+                            "autocast": str(s.autocast).removeprefix("torch.") if s.autocast else None, "loop_clips": s.clip_grad}
         return summary
 
     return finish
@@ -260,7 +271,7 @@ def run_row(row: dict, shared: dict) -> dict:
     from fastssl.engine import loop
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = dev.type == "cuda"
+    amp = row["precision"] == "bf16"  # the bare step and the FLOP count under bf16 autocast
     res: dict = {"row": row, "phases": {}}
 
     def phase(name, fn):
@@ -287,12 +298,16 @@ def run_row(row: dict, shared: dict) -> dict:
                 shared["ceilings"] = asdict(measure_ceilings(smoke=smoke or dev.type == "cpu"))
             res["ceilings"] = shared["ceilings"]
 
-        def flops():
-            method, batch, ctx = _model_and_batch(reference_config(cfg), dev)
-            reference_attention(method)
-            total, per_op = count_flops(method, batch, ctx, amp)
-            res["flops_per_step"], res["flops_per_op"] = total, per_op
-            res["params"] = sum(p.numel() for p in method.parameters())
+        shape = (row["method"], row["arch"], row["batch"], row["tiny"], tuple(row.get("extra", [])))
+
+        def flops():  # the same for every ZeRO stage, amp mode and compile setting of one shape
+            if ("flops", shape) not in shared:
+                method, batch, ctx = _model_and_batch(reference_config(cfg), dev)
+                reference_attention(method)
+                total, per_op = count_flops(method, batch, ctx, amp)
+                shared["flops", shape] = {"flops_per_step": total, "flops_per_op": per_op,
+                                          "params": sum(p.numel() for p in method.parameters())}
+            res.update(shared["flops", shape])
 
         def trainer():
             from fastssl import train as cli
@@ -309,6 +324,7 @@ def run_row(row: dict, shared: dict) -> dict:
                 if report is not None:
                     report()
             res["exit_code"] = code
+            res.update(holder.get("engine", {}))
             if "summary" in holder:
                 summary = asdict(holder["summary"])
             else:
@@ -327,8 +343,13 @@ def run_row(row: dict, shared: dict) -> dict:
             if code != 0:
                 raise RuntimeError(f"fastssl/train.py exited with {code}")
 
-        def bare():
-            res.update(bare_step(cfg, dev, amp, smoke))
+        def bare():  # no DeepSpeed in it: one measurement serves every ZeRO stage and amp mode
+            key = ("bare", shape, row["compile"])
+            if key in shared:
+                res.update(shared[key], bare_shared=True)
+            else:
+                shared[key] = bare_step(cfg, dev, amp, smoke)
+                res.update(shared[key])
 
         phase("ceilings", ceilings)
         phase("flops", flops)
@@ -343,7 +364,7 @@ def run_rows(rows: list[dict], progress: Path) -> None:
     each row ``progress`` holds every result so far and the start time of the row in progress, which
     the parent watches to enforce each row's cap."""
     state: dict = {"results": [], "current": None}
-    shared: dict = {}
+    shared: dict = {}  # across the rows of this process: the ceilings, FLOP counts and bare steps
 
     def save():
         tmp = progress.with_suffix(".tmp")
@@ -362,36 +383,63 @@ def run_rows(rows: list[dict], progress: Path) -> None:
 # parent: the sweep
 # ---------------------------------------------------------------------------------------------------
 
-def make_rows(args) -> list[dict]:
-    cuda = torch.cuda.is_available()
+AMP_LABEL = {"autocast": "autocast", "deepspeed": "ds-bf16"}  # (fp32 rows carry no label)
+
+
+def resolved_amp(precision: str, zero: int, amp: str, cuda: bool) -> str:
+    """What ``engine.amp`` becomes in the row's run (fastssl.engine.amp.resolve_amp)."""
+    from types import SimpleNamespace
+
+    from fastssl.engine.amp import resolve_amp
+
+    return resolve_amp(SimpleNamespace(precision=precision, zero_stage=zero, amp=amp), cuda)
+
+
+def quick_rows(row) -> list[dict]:
+    """--quick, in priority order (a cap cuts the tail): the amp lever on SimCLR/DCL, the issue's target
+    (ZeRO 0 autocast against DeepSpeed's bf16 wrapper; the bare step measured once serves both), ZeRO 2
+    both ways, compile at ZeRO 0 and 2; then every other method at ZeRO 0 with autocast; then their
+    ZeRO 2 rows (the bare step is shared: no extra cost) and compile rows without the bare step."""
+    rows = [row("simclr", "eager", 0, "autocast"), row("simclr", "eager", 0, "deepspeed"),
+            row("simclr", "eager", 2), row("simclr", "eager", 2, "autocast"),
+            row("simclr", "compile", 0, "autocast"), row("simclr", "compile", 2)]
+    rows += [row(m, "eager", 0, "autocast") for m in QUICK_ORDER]
+    rows += [row(m, "eager", 2) for m in QUICK_ORDER]
+    rows += [row(m, "compile", 0, "autocast", bare=False) for m in QUICK_ORDER]
+    rows += [row(m, "compile", 2, bare=False) for m in QUICK_ORDER]
+    return rows
+
+
+def make_rows(args, cuda: bool | None = None) -> list[dict]:
+    """The rows of this invocation, on this machine (``cuda=True``: as they would be on a GPU machine)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     variants = [v.strip() for v in args.variants.split(",")]
     zeros = [int(z) for z in args.zero.split(",")]
-    base = {"arch": args.arch, "precision": "bf16" if cuda else "fp32", "tiny": bool(args.smoke),
+    amps = [a.strip() for a in args.amp.split(",")]
+    base = {"arch": args.arch, "precision": args.precision or ("bf16" if cuda else "fp32"), "tiny": bool(args.smoke),
             "steps": args.steps, "warmup": args.warmup, "extra": args.extra.split(), "bare": args.bare,
             "lean": not args.full_finish, "profile": args.profile}
 
-    def row(method, variant, zero):
+    def row(method, variant, zero, amp="auto", bare=True):
         batch = args.batch or (8 if args.smoke else ROW_BATCH.get(method, 256))
+        resolved = resolved_amp(base["precision"], zero, amp, cuda)
+        label = f" {AMP_LABEL[resolved]}" if resolved in AMP_LABEL else ""
         return {**base, "method": method, "compile": variant == "compile", "zero": zero, "batch": batch,
-                "name": f"{method} {variant} z{zero}" + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
+                "amp": amp, "amp_resolved": resolved, "bare": base["bare"] and bare,
+                "name": f"{method} {variant} z{zero}{label}" + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
 
-    if args.quick and not args.methods:  # every method once (eager) first, then the trainer-overhead rows, compile
-        rows = [row(m, "eager", 0) for m in QUICK_ORDER]
-        # ZeRO 0 + bf16 runs DeepSpeed's per-parameter (unfused) fp16/bf16 wrapper, ZeRO 1 and 2 its flat
-        # partitions: which optimizer path costs the trainer its overhead over the bare step (notes/gpu.md).
-        rows += [row("simclr", "eager", 2), row("simclr", "eager", 1)]
-        prof = {**row("simclr", "compile", 0), "profile": 3, "bare": True, "steps": 6}
-        rows += [{**prof, "name": prof["name"] + " +profile"}] + [row(m, "compile", 0) for m in QUICK_ORDER]
-        return rows
-    rows = [row(m, v, z) for v in variants for m in methods for z in zeros]
-    return rows
+    if args.quick and not args.methods:
+        return quick_rows(row)
+    return [row(m, v, z, a) for v in variants for m in methods for z in zeros for a in amps]
 
 
 def _record(res: dict) -> Record:
     row = res.get("row", {})
     case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision")}
+    case["amp"] = row.get("amp_resolved")
     case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}" + \
+        (f" {AMP_LABEL[case['amp']]}" if case["amp"] in AMP_LABEL else "") + \
         "".join(" +" + x for x in row.get("extra", []))
     extra = {k: v for k, v in res.items() if k not in ("row", "errors")}
     ips = res.get("trainer_images_per_s")
@@ -417,7 +465,7 @@ def derive(res: dict) -> None:
 
 
 COLUMNS = [
-    Column("method", 9, lambda r: r.case["method"]), Column("variant", 12, lambda r: r.provider),
+    Column("method", 9, lambda r: r.case["method"]), Column("variant", 20, lambda r: r.provider),
     Column("B", 5, lambda r: r.case["batch"]),
     Column("img/s", 9, lambda r: r.extra.get("trainer_images_per_s"), ".0f"),
     Column("bare img/s", 11, lambda r: r.extra.get("bare_images_per_s"), ".0f"),
@@ -585,10 +633,15 @@ def run_parent(args) -> None:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models at 16 px, B=8, 3 steps: runs on CPU, not a measurement")
-    p.add_argument("--quick", action="store_true", help="SimCLR/DCL eager, compile, ZeRO 2, then every method eager, then compile")
+    p.add_argument("--quick", action="store_true", help="the amp lever on SimCLR/DCL (ZeRO 0, 2, compile), then every method "
+                   "at ZeRO 0, then ZeRO 2 and compile rows (quick_rows)")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--variants", default="eager,compile", help="eager,compile (engine.compile off / on)")
     p.add_argument("--zero", default="0", help="DeepSpeed ZeRO stages, comma-separated (0, 2)")
+    p.add_argument("--precision", default=None, choices=("bf16", "fp32"),
+                   help="engine.precision of every row (default: bf16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--amp", default="auto", help="engine.amp values, comma-separated (auto, autocast, deepspeed)")
+    p.add_argument("--plan", action="store_true", help="print the rows this invocation would run on a GPU machine, and stop")
     p.add_argument("--arch", default="vit_base_patch16_224", help="timm ViT for the ViT methods (224 px, patch 16)")
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch for every row (default 256; smoke 8)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps after the warm-up")
@@ -672,6 +725,10 @@ def main(argv=None) -> None:
             os.environ.setdefault("TRITON_INTERPRET", "1")
             torch.set_num_threads(1)
         run_rows(json.loads(args.child), args.result)
+        return
+    if args.plan:  # as it runs on a GPU machine (bf16), whatever this machine is
+        for i, row in enumerate(make_rows(args, cuda=True), 1):
+            print(f"  {i:2d}. {row['name']}" + ("" if row["bare"] else "  (no bare step)"))
         return
     run_parent(args)
 

@@ -45,7 +45,7 @@ class ModelConfig(Section):
     freeze_patch_embed: bool = Field(False, description="ViT only: keep the random patch projection fixed (MoCo v3's stability trick).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
     attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
-        "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/attention.py)."
+        "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/vit/attention.py)."
     )
 
     @field_validator("arch")
@@ -113,12 +113,16 @@ class OptimConfig(Section):
 
 class EngineConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    amp: Literal["auto", "autocast", "deepspeed"] = Field(
+        "auto", description="How bf16 runs: autocast (fp32 weights, torch.autocast, torch's AdamW stepped as it is) or "
+        "deepspeed (a bf16 model, fp32 master weights in DeepSpeed's optimizer wrapper); auto: autocast at ZeRO 0 on CUDA "
+        "(fastssl/engine/amp.py).")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     log_every_steps: int = Field(10, ge=1, description="Metrics to TensorBoard / metrics.jsonl every N optimizer steps.")
     ckpt_every_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and always at the end and on SIGTERM).")
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     progress: bool = Field(True, description="Show a progress bar (rank 0).")
-    compile: bool = Field(False, description="torch.compile the encoder blocks and heads in place (fastssl/engine/compile.py; notes/compile.md).")
+    compile: bool = Field(False, description="torch.compile the encoder blocks and heads in place (fastssl/engine/compile.py; notes/engine.md).")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode when engine.compile is on (max-autotune-no-cudagraphs: slower compile, tuned GPU kernels).")
 
@@ -179,6 +183,8 @@ class TrainConfig(Section):
         if self.engine.precision == "fp16" and self.engine.zero_stage == 0:
             # DeepSpeed's fp16 path needs its loss-scaling optimizer wrapper, which ZeRO provides.
             raise ValueError("engine.precision=fp16 needs engine.zero_stage >= 1 (or use bf16)")
+        if self.engine.precision == "fp16" and self.engine.amp == "autocast":
+            raise ValueError("engine.amp=autocast runs bf16 only; fp16 needs engine.amp=deepspeed (its loss scaling)")
         if self.eval.train_samples is not None and self.eval.train_samples < self.eval.knn_k:
             raise ValueError(f"eval.train_samples={self.eval.train_samples} is smaller than eval.knn_k={self.eval.knn_k}")
         _synthetic_needs_no_eval(self)

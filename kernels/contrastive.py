@@ -41,11 +41,11 @@ instead of the four of dRows + dCols).
 Launch path (issue 21): no autotuner on the hot path (one config per (kernel, dtype, D) from
 ``contrastive_tiles.fixed_config``; ``OPTIONS["autotune"]`` puts it back), grids as tuples from the
 cached ``contrastive_tiles.geometry``, dloss read with its stride (no copy of ``.mean()``'s
-expanded gradient), and ``UnitRows``: the ops' L2 normalisation in one launch each way
-(``OPTIONS["fused_unit"]``, off until measured on a GPU).
+expanded gradient), and ``unit_fwd`` / ``unit_bwd``: the ops' L2 normalisation in one launch each
+way (``fastssl.ops.contrastive.OPTIONS["fused_unit"]``).
 
-Queue mode (MoCo v2, ``queue_rows`` / ``QueueRows``): cols is the queue [K, D] and the positive is
-not among them. The launcher passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
+Queue mode (MoCo v2, ``queue_forward`` / ``queue_backward``): cols is the queue [K, D] and the positive is
+not among them. The op passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
 forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and streams the queue;
 pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
 positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
@@ -110,14 +110,6 @@ OPTIONS = {
     # rows is cols (single-process NT-Xent/DCL): one symmetric backward pass (``SYM``) instead of
     # dRows + dCols. FASTSSL_CONTRASTIVE_SYM=0 turns it off (before/after timing, bench --variants).
     "sym_bwd": os.environ.get("FASTSSL_CONTRASTIVE_SYM", "1") != "0",
-    # Outside torch.compile, ``fastssl.ops.library.contrastive_rows`` calls ``ContrastiveRows``
-    # directly rather than through its custom op (False: through the op, as main did before issue 21).
-    "direct_eager": True,
-    # The ops' L2 normalisation of kernel-bound operands as one Triton launch forward and one
-    # backward (``unit_rows``) instead of ~5 + ~7 small torch launches: the first H200 run showed the
-    # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
-    # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
-    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
 }
 
 
@@ -562,7 +554,7 @@ def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: 
                   num_warps=geo.warps, num_stages=geo.stages)
 
 
-def _fwd(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
+def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
     """loss [M] fp32 and LSE₂ [M] fp32. ``pdot`` [M] fp32: the positives' dot products (queue mode)."""
     m, d = rows.shape
     c = cols.shape[0]
@@ -628,7 +620,7 @@ def backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude
              need_rows: bool, need_cols: bool, same: bool):
     """(dRows or None, dCols or None) of Σ_a dloss[a]·loss[a]. ``same`` (rows is cols): the whole
     gradient in the dRows slot, from the symmetric pass (``OPTIONS["sym_bwd"]``) or from dCols
-    added onto dRows. Shared by ``ContrastiveRows`` and the custom op (``fastssl.ops.library``)."""
+    added onto dRows. The launcher behind the ``fastssl::contrastive_rows_bwd`` op (``fastssl.ops.contrastive``)."""
     args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos)
     if same:
         if OPTIONS["sym_bwd"]:
@@ -637,29 +629,6 @@ def backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude
     drows = _bwd_rows(*args) if need_rows else None
     dcols = _bwd_cols(*args) if need_cols else None  # no dK work for momentum keys
     return drows, dcols
-
-
-class ContrastiveRows(torch.autograd.Function):
-    """loss [M] fp32 = contrastive_rows(rows, cols, ...); saves rows, cols, the indices and LSE₂ [M]."""
-
-    @staticmethod
-    def forward(ctx, rows, cols, pos_idx, excl_idx, temperature, pos_weight, exclude_pos, same):
-        loss, lse2 = _fwd(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
-        ctx.save_for_backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2)
-        ctx.temperature, ctx.exclude_pos, ctx.same = temperature, exclude_pos, same
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        rows, cols, pos_idx, excl_idx, w, lse2 = ctx.saved_tensors
-        same = ctx.same and ctx.needs_input_grad[0]
-        if not (same or ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None, None, None, None, None, None
-        # rows is cols (single-process NT-Xent/DCL): the whole gradient returns through the rows
-        # slot (autograd would sum the two slots anyway).
-        drows, dcols = backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, ctx.temperature, ctx.exclude_pos,
-                                ctx.needs_input_grad[0], ctx.needs_input_grad[1], same)
-        return drows, dcols, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,84 +693,53 @@ def _unit_tile(d: int) -> tuple[int, int]:
     return max(1, min(64, 4096 // block_d)), block_d
 
 
-class UnitRows(torch.autograd.Function):
-    """[x1; x2] (x2 may be None; [n_i, D], one dtype of fp32/bf16/fp16, unit stride along D) ->
-    the rows / max(‖row‖, 1e-12) as one [n1 + n2, D] tensor in that dtype, the norm and the backward
-    in fp32, as ``F.normalize(torch.cat([x1, x2]).float()).to(dtype)``, without the concatenation's
-    copy and its own launch. Saves the inputs and 1/‖row‖ [n1 + n2]."""
-
-    @staticmethod
-    def forward(ctx, x1, x2):
-        n1, d = x1.shape
-        second = x2 if x2 is not None else x1
-        n = n1 + (x2.shape[0] if x2 is not None else 0)
-        block_r, block_d = _unit_tile(d)
-        y = torch.empty((n, d), device=x1.device, dtype=x1.dtype)
-        rn = torch.empty(n, device=x1.device, dtype=torch.float32)
-        with _device_guard(x1):
-            _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x1, second, y, rn, n1, n, d, x1.stride(0), second.stride(0),
-                                                         y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r,
-                                                         BLOCK_D=block_d)
-        ctx.save_for_backward(x1, second, rn)
-        ctx.pair = x2 is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x1, second, rn = ctx.saved_tensors
-        n1, d = x1.shape
-        n = rn.shape[0]
-        block_r, block_d = _unit_tile(d)
-        if dy.stride(-1) != 1:
-            dy = dy.contiguous()
-        dx1 = torch.empty_like(x1, memory_format=torch.contiguous_format)
-        dx2 = torch.empty_like(second, memory_format=torch.contiguous_format) if ctx.pair else dx1
-        with _device_guard(x1):
-            _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
-                                                         second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0),
-                                                         EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
-        return dx1, (dx2 if ctx.pair else None)
+def unit_takes(x: torch.Tensor, x2: torch.Tensor | None = None) -> bool:
+    """Whether ``unit_fwd`` takes these operands: x [n, D] (and x2 [n2, D]) with 0 < D <= 4096, n > 0,
+    one dtype of fp32/bf16/fp16 on one device, and a GPU or the interpreter."""
+    if x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
+        return False
+    if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET):
+        return False
+    return x2 is None or (x2.shape[1:] == x.shape[1:] and x2.dtype == x.dtype and x2.device == x.device)
 
 
-def unit_rows(x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``UnitRows`` of a 2-D operand (or of two, concatenated) when it applies (``OPTIONS["fused_unit"]``,
-    D <= 4096, one dtype, a GPU or the interpreter, not under torch.compile, which fuses the eager
-    normalisation itself); None otherwise, and the caller normalises in torch."""
-    if not OPTIONS["fused_unit"] or x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
-        return None
-    if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET) or torch.compiler.is_compiling():
-        return None
-    if x2 is not None and (x2.shape[1:] != x.shape[1:] or x2.dtype != x.dtype or x2.device != x.device):
-        return None
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    if x2 is not None and x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    return UnitRows.apply(x, x2)
+def unit_fwd(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[x1; x2] (x2 may be None; unit stride along D, ``unit_takes``) -> (y [n1 + n2, D] in their dtype,
+    1/max(‖row‖, 1e-12) [n1 + n2] fp32): ``F.normalize(torch.cat([x1, x2]).float()).to(dtype)``
+    without the concatenation's copy and its own launch."""
+    n1, d = x1.shape
+    second = x2 if x2 is not None else x1
+    n = n1 + (x2.shape[0] if x2 is not None else 0)
+    block_r, block_d = _unit_tile(d)
+    y = torch.empty((n, d), device=x1.device, dtype=x1.dtype)
+    rn = torch.empty(n, device=x1.device, dtype=torch.float32)
+    with _device_guard(x1):
+        _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x1, second, y, rn, n1, n, d, x1.stride(0), second.stride(0),
+                                                     y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r,
+                                                     BLOCK_D=block_d)
+    return y, rn
+
+
+def unit_bwd(x1: torch.Tensor, x2: torch.Tensor | None, rn: torch.Tensor,
+             dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dx1, dx2 or None) of ``unit_fwd`` from dy [n1 + n2, D] and its saved inputs and ``rn``."""
+    n1, d = x1.shape
+    second = x2 if x2 is not None else x1
+    n = rn.shape[0]
+    block_r, block_d = _unit_tile(d)
+    if dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    dx1 = torch.empty_like(x1, memory_format=torch.contiguous_format)
+    dx2 = torch.empty_like(second, memory_format=torch.contiguous_format) if x2 is not None else dx1
+    with _device_guard(x1):
+        _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
+                                                     second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0),
+                                                     EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
+    return dx1, (dx2 if x2 is not None else None)
 
 
 _KERNELS = {"fwd": _contrastive_fwd_kernel, "bwd_rows": _contrastive_bwd_rows_kernel,
             "bwd_sym": _contrastive_bwd_rows_kernel, "bwd_cols": _contrastive_bwd_cols_kernel}
-
-
-def contrastive_rows(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    pos_idx: torch.Tensor,
-    excl_idx: torch.Tensor,
-    temperature: float,
-    pos_weight: torch.Tensor | None = None,
-    exclude_pos: bool = False,
-) -> torch.Tensor:
-    """Triton twin of ``fastssl.ops.reference.contrastive_rows`` (same contract, same maths).
-
-    rows [M, D], cols [C, D]: same dtype (fp32, bf16 or fp16) and device, any strides.
-    pos_idx, excl_idx: int [M] (excl -1 = none; indices are trusted, not range-checked, to avoid
-    a device sync). pos_weight: [M] or None, treated as a constant. Returns loss [M] fp32.
-    """
-    pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
-    same = rows is cols
-    return ContrastiveRows.apply(rows, cols, pos_idx, excl_idx, float(temperature), pos_weight, bool(exclude_pos), same)
 
 
 def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
@@ -825,8 +763,10 @@ def _as_index(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
-    """Checks of ``contrastive_rows``' contract; returns (pos_idx, excl_idx int32, pos_weight fp32 or None)
-    as the kernels read them. Shared with the custom-op route (``fastssl.ops.library``)."""
+    """Checks of the contrastive-rows contract (``fastssl.ops.reference.contrastive_rows``: rows [M, D],
+    cols [C, D] of one dtype of fp32/bf16/fp16 and one device, any strides; int indices [M], excl -1 =
+    none, trusted, not range-checked, to avoid a device sync; pos_weight [M] or None, a constant).
+    Returns (pos_idx, excl_idx int32, pos_weight fp32 or None) as ``forward`` and ``backward`` read them."""
     if rows.ndim != 2 or cols.ndim != 2 or rows.shape[1] != cols.shape[1]:
         raise ValueError(f"rows must be [M, D] and cols [C, D], got {tuple(rows.shape)} and {tuple(cols.shape)}")
     _check_operands(rows, cols, "cols")
@@ -845,52 +785,10 @@ def prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight):
     return pos_idx, excl_idx, pos_weight
 
 
-class QueueRows(torch.autograd.Function):
-    """loss [M] fp32 = LSE(t_pos, rows·queueᵀ/τ) − t_pos with t_pos = pdot/τ; grads for rows and pdot only.
-
-    The queue (cols) never gets a gradient, so the column-parallel dCols pass never runs. The
-    positive's gradient is O(M): d loss[a] / d pdot[a] = (P_pos[a] − 1)/τ, P_pos = exp2(t_pos₂ − LSE₂);
-    autograd carries it through the eager dot into q and k.
-    """
-
-    @staticmethod
-    def forward(ctx, rows, queue, pdot, temperature):
-        none = torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)  # no pos/excl column
-        loss, lse2 = _fwd(rows, queue, none, none, None, temperature, False, pdot=pdot)
-        ctx.save_for_backward(rows, queue, none, pdot, lse2)
-        ctx.temperature = temperature
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        rows, queue, none, pdot, lse2 = ctx.saved_tensors
-        dloss = dloss.float()
-        tau = ctx.temperature
-        drows = None
-        if ctx.needs_input_grad[0]:
-            drows = _bwd_rows(rows, queue, none, none, None, lse2, dloss, tau, False, queue=True)
-        dpdot = None
-        if ctx.needs_input_grad[2]:
-            p_pos = torch.exp2(pdot * (_LOG2E / tau) - lse2)
-            dpdot = dloss * (p_pos - 1.0) / tau
-        return drows, None, dpdot, None
-
-
-def queue_rows(
-    rows: torch.Tensor,
-    keys: torch.Tensor,
-    pos_idx: torch.Tensor,
-    queue: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Triton twin of ``fastssl.ops.reference.queue_rows`` (MoCo v2: positive keys[pos_idx[a]], the
-    queue as negatives), without the [M, 1+K] logits: the forward streams the queue in tiles with
-    the positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
-
-    rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
-    float dtype; pos_idx int [M]. The positive dot products are an eager fp32 O(M·D) pass (autograd
-    gives their gradients to rows and keys). Returns loss [M] fp32; no gradient into the queue.
-    """
+def check_queue(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, queue: torch.Tensor,
+                temperature: float) -> None:
+    """Checks of the queue-rows contract (``fastssl.ops.reference.queue_rows``): rows [M, D] and queue
+    [K, D] of one dtype of fp32/bf16/fp16 and one device, keys [N, D] any float dtype, pos_idx int [M]."""
     if rows.ndim != 2 or queue.ndim != 2 or keys.ndim != 2 or not rows.shape[1] == queue.shape[1] == keys.shape[1]:
         raise ValueError(f"rows [M, D], keys [N, D] and queue [K, D] must share D, got {tuple(rows.shape)}, "
                          f"{tuple(keys.shape)} and {tuple(queue.shape)}")
@@ -899,5 +797,22 @@ def queue_rows(
         raise ValueError(f"pos_idx must be [{rows.shape[0]}], got {tuple(pos_idx.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    pdot = (rows.float() * keys.float()[pos_idx.to(keys.device)]).sum(dim=1)  # [M] fp32, differentiable
-    return QueueRows.apply(rows, queue.detach(), pdot, float(temperature))
+
+
+def _no_index(rows: torch.Tensor) -> torch.Tensor:
+    return torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)  # no pos/excl column
+
+
+def queue_forward(rows: torch.Tensor, queue: torch.Tensor, pdot: torch.Tensor,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss [M] fp32, LSE₂ [M] fp32) with loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = pdot/τ
+    (pdot [M] fp32: the positives' dot products): the forward in queue mode (``POS_DOT``)."""
+    return forward(rows, queue, _no_index(rows), _no_index(rows), None, temperature, False, pdot=pdot)
+
+
+def queue_backward(rows: torch.Tensor, queue: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """dRows of Σ_a dloss[a]·loss[a] (the unchanged row kernel: P from the LSE₂ that includes the
+    positive). The queue gets no gradient; the positive's, O(M), is the op's (torch)."""
+    none = _no_index(rows)
+    return _bwd_rows(rows, queue, none, none, None, lse2, dloss, temperature, False, queue=True)

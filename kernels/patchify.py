@@ -19,6 +19,7 @@ Philox is real work (10 rounds of 32-bit multiplies per counter): 4 normals per 
 noise for removed patches keep it under the memory time. The seed comes from torch's RNG (see
 ``fastssl.ops.patchify``), hence ``torch.manual_seed`` makes a run reproducible and each call
 draws a fresh one. Arithmetic is fp32 (bf16 loads cast up), outputs are cast on store.
+Kernels and launchers only: the custom ops, their autograd and the dispatch are ``fastssl.ops.patchify``.
 """
 from __future__ import annotations
 
@@ -195,29 +196,12 @@ def patchify_bwd(g: torch.Tensor, img_shape, img_dtype, p: int) -> torch.Tensor:
     return dimg
 
 
-class Patchify(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, imgs, p):
-        ctx.meta = (tuple(imgs.shape), imgs.dtype, p)
-        return patchify_fwd(imgs.contiguous(), p)
-
-    @staticmethod
-    def backward(ctx, g):
-        shape, dtype, p = ctx.meta
-        return patchify_bwd(g, shape, dtype, p), None
-
-
-def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Triton ``fastssl.ops.patchify`` (differentiable; backward = unpatchify)."""
-    return Patchify.apply(imgs, patch_size)
-
-
 def patchify_noise(
     imgs: torch.Tensor, p: int, sigma: torch.Tensor, ids_keep: torch.Tensor | None, norm_target: bool, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton ``fastssl.ops.patchify_noise`` core: (inputs [B, K|L, P], target [B, L, P], noise).
 
-    No autograd: the image comes from the data loader (see ``fastssl.ops.patchify``).
+    No gradient: the image comes from the data loader (see ``fastssl.ops.patchify``).
     """
     imgs = imgs.contiguous()
     b, c, h, w, L, P, gw = _geometry(imgs.shape, p)

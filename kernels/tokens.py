@@ -26,6 +26,7 @@ Why this shape (issue 22):
   128-bit pieces where D allows, the batch split sized to the SM count. No autotune, no .item(),
   no host sync; the only allocations are the outputs (and the partials).
 All arithmetic is fp32 (loads cast up, stores cast down). Offsets are int64 (B·L·D passes 2^31).
+Kernels and launchers only: the custom ops, their autograd and the dispatch are ``fastssl.ops.tokens``.
 """
 from __future__ import annotations
 
@@ -437,61 +438,3 @@ def scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dp
     if not fold and (pos_left or need_dmt):
         _reduce(part_pos if pos_left else None, dpos, part_mt, dmt, d)
     return dx, dmt, dpos
-
-
-# ---------------------------------------------------------------------------------------------
-# autograd (eager route; under torch.compile the same launchers run inside fastssl.ops.library's custom ops)
-# ---------------------------------------------------------------------------------------------
-
-
-class GatherTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, ids, pos):
-        x = x.contiguous()
-        ids = ids.contiguous()
-        ctx.save_for_backward(ids)
-        ctx.x_meta = (tuple(x.shape), x.dtype)
-        ctx.pos_dtype = pos.dtype if pos is not None else None
-        return gather_fwd(x, ids, pos.contiguous() if pos is not None else None)
-
-    @staticmethod
-    def backward(ctx, g):
-        (ids,) = ctx.saved_tensors
-        need_dx, _, need_dpos = ctx.needs_input_grad
-        if not (need_dx or need_dpos):
-            return None, None, None
-        dx, dpos = gather_bwd(g, ids, *ctx.x_meta, ctx.pos_dtype, need_dx, bool(need_dpos))
-        return dx, None, dpos
-
-
-def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton ``fastssl.ops.gather_tokens`` (shapes and maths in the module docstring)."""
-    return GatherTokens.apply(x, ids_keep, pos_embed)
-
-
-class ScatterTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, ids, num_patches, mt, pos):
-        x = x.contiguous()
-        ids = ids.contiguous()
-        out = scatter_fwd(x, ids, num_patches, mt.reshape(-1).contiguous(), pos.contiguous() if pos is not None else None)
-        ctx.save_for_backward(ids)
-        ctx.meta = (x.dtype, mt.shape, mt.dtype, pos.dtype if pos is not None else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        (ids,) = ctx.saved_tensors
-        x_dtype, mt_shape, mt_dtype, pos_dtype = ctx.meta
-        need_dx, _, _, need_dmt, need_dpos = ctx.needs_input_grad
-        if not (need_dx or need_dmt or need_dpos):
-            return None, None, None, None, None
-        dx, dmt, dpos = scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, bool(need_dpos))
-        return dx, None, None, (dmt.reshape(mt_shape) if dmt is not None else None), dpos
-
-
-def scatter_tokens(
-    x: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, mask_token: torch.Tensor, pos_embed: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Triton ``fastssl.ops.scatter_tokens`` (shapes and maths in the module docstring)."""
-    return ScatterTokens.apply(x, ids_keep, num_patches, mask_token, pos_embed)

@@ -2,30 +2,36 @@
 # One GPU session in one command, on a bare GPU machine: CUDA torch, triton, timm, pytest, pytest-xdist,
 # numpy, matplotlib, tensorboard; no DeepSpeed, DALI, xformers or pydantic, no package index, no install.
 #
-#   bash scripts/gpu_session.sh all             # tests, the kernel benches' --quick sweeps, the trainer rows (<= 9 min)
+#   bash scripts/gpu_session.sh all             # tests, the kernel benches' --quick sweeps, the trainer rows (<= 530 s)
 #   bash scripts/gpu_session.sh train           # only the trainer rows (bench/train.py --quick)
 #   bash scripts/gpu_session.sh tests train     # any parts, in the order given
-#   bash scripts/gpu_session.sh dry-run [parts] # CPU: print the plan, then run each part's smoke path
+#   bash scripts/gpu_session.sh plan [parts]    # print the plan and its caps; run nothing
+#   bash scripts/gpu_session.sh dry-run [parts] # CPU: the plan, the trainer rows' plan, then each part's smoke path
 #
-# Parts and their time caps (seconds; each part runs under its own `timeout`, so one that hangs or runs
-# long costs only its cap; results written before the cap are kept):
-#   tests        CAP_TESTS=80         pytest -n 8: tests/ops tests/models (without the AOT compile check) + the trainer on CUDA
-#   contrastive  CAP_CONTRASTIVE=75   bench/contrastive.py --quick
-#   tokens       CAP_TOKENS=50        bench/tokens.py --quick
-#   attention    CAP_ATTENTION=60     bench/attention.py --quick
+# Time: the whole session ends within SESSION_CAP=530 s (the device allows 9 minutes per command, the
+# machine's start-up not counted). Every part runs under its own `timeout` (results written before it are
+# kept; the benches write their JSON after every case or row), and no part's cap reaches past the
+# session's end less COLLECT_S=15 s. Caps (seconds, overridable):
+#   set-up       SETUP_CAP=60         install the carried wheels (~12 s on the H200 machine)
+#   tests        CAP_TESTS=100        pytest -n 16: the amp lever's engine tests, synthetic data + the CLI on CUDA,
+#                                     tests/models, tests/ops (without the AOT compile check)
+#   contrastive  CAP_CONTRASTIVE=45   bench/contrastive.py --quick (33 s complete on the H200)
+#   tokens       CAP_TOKENS=45        bench/tokens.py --quick (39 s complete)
+#   attention    CAP_ATTENTION=60     bench/attention.py --quick (packed and padded rows of all cases in 50 s)
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
-#   train        CAP_TRAIN=90         bench/train.py --quick --no-bare: fastssl/train.py per method on data.synthetic,
-#                                     the rows in one child process (~15 s start-up, then ~10-15 s per eager row)
-#                                     (TRAIN_ROW_CAP=120 per row; TRAIN_ARGS adds bench/train.py options, e.g.
-#                                     "--bare" for the trainer-overhead column, "--profile 3", "--methods simclr")
-# `all` = tests contrastive tokens attention train: 355 s of caps + ~20 s set-up.
+#   train        CAP_TRAIN=rest       bench/train.py --quick: the rest of the session (~245 s when the parts before
+#                                     it run to their caps), TRAIN_ROW_CAP=75 per row, TRAIN_ARGS adds options
+#                                     (e.g. "--profile 3", "--no-bare"); rows in bench/train.py's quick_rows order
+# `all` = tests contrastive tokens attention train.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,
-# annotated-types, typing-inspection, hjson, DeepSpeed's source archive) install into /tmp/site with
-# --no-index --no-deps --no-build-isolation (DS_BUILD_OPS=0: no CUDA extension is built); the code runs
-# from this source tree through PYTHONPATH (fastssl.kernels resolves from it, see fastssl/__init__.py).
-# Output: bench/results/ as usual; with $OUT set (the device tool), at most 8 files go there: the
-# session log, the trainer's JSON + PNG, and one tar of every JSON, PNG and part log of this session.
+# annotated-types, typing-inspection, hjson, deepspeed) install into /tmp/site with --no-index --no-deps
+# --no-build-isolation (DS_BUILD_OPS=0: no CUDA extension is built); the code runs from this source tree
+# through PYTHONPATH (fastssl.kernels resolves from it, see fastssl/__init__.py).
+# Output: bench/results/ as usual, the part logs in bench/results/session-<UTC time>/ (FASTSSL_SESSION_LOGS:
+# another folder for them); with $OUT set (the device tool), at most 8 files go there, refreshed
+# after every part: the session log, the trainer's JSON + PNG, and one tar of every JSON, PNG and part
+# log of this session.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -35,30 +41,104 @@ WHEELS=${FASTSSL_WHEELS:-$REPO/.whl}
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 command -v "$PY" >/dev/null || PY=python3
+SESSION_CAP=${SESSION_CAP:-530}
+SETUP_CAP=${SETUP_CAP:-60}
+COLLECT_S=${COLLECT_S:-15}
+KILL_AFTER=10
+START=$(date +%s)
 
-DRY=0
+MODE=run
 PARTS=()
 for a in "$@"; do
   case "$a" in
-    dry-run) DRY=1 ;;
+    dry-run) MODE=dry ;;
+    plan) MODE=plan ;;
     all) PARTS+=(tests contrastive tokens attention train) ;;
     tests|contrastive|tokens|attention|throughput|train) PARTS+=("$a") ;;
-    *) echo "unknown part: $a (all | dry-run | tests | contrastive | tokens | attention | throughput | train)" >&2; exit 2 ;;
+    *) echo "unknown part: $a (all | plan | dry-run | tests | contrastive | tokens | attention | throughput | train)" >&2; exit 2 ;;
   esac
 done
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(tests contrastive tokens attention train)
 
+# ---- the parts ------------------------------------------------------------------------------------
+own_cap() { case "$1" in  # a part's own cap; train's is the rest of the session unless CAP_TRAIN says
+  tests) echo "${CAP_TESTS:-100}" ;; contrastive) echo "${CAP_CONTRASTIVE:-45}" ;; tokens) echo "${CAP_TOKENS:-45}" ;;
+  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-$SESSION_CAP}" ;;
+esac; }
+
+left() { echo $(( START + SESSION_CAP - COLLECT_S - $(date +%s) )); }  # seconds a part may still take
+
+cap_now() {  # a part's cap from now: its own, cut at the session's end (less the kill grace); 0: no time
+  local c l
+  c=$(own_cap "$1"); l=$(( $(left) - KILL_AFTER ))
+  [ "$l" -lt 5 ] && l=0
+  [ "$c" -gt "$l" ] && c=$l
+  echo "$c"
+}
+
+XDIST=""
+"$PY" -c 'import xdist' 2>/dev/null && XDIST="-n ${TEST_WORKERS:-16}"
+# pytest.ini asks for pytest-timeout (--timeout); without the plugin that option is an error, so drop it.
+PYTEST_OPTS=""
+"$PY" -c 'import pytest_timeout' 2>/dev/null || PYTEST_OPTS="-o addopts=-ra"
+# In priority order (xdist hands out tests in collection order): the amp lever on the GPU (DeepSpeed's
+# torch_autocast over fused AdamW), the trainer on CUDA (tests/data/test_synthetic.py), the models
+# (tests/models/test_resnet.py held a CUDA-only failure), the ops. tests/ops/test_kernel_aot.py is the CPU
+# machines' stand-in for a GPU compile: every kernel compiles and launches on the device itself here.
+TEST_PATHS="tests/engine/test_amp.py tests/data/test_synthetic.py tests/models tests/ops"
+
+command_of() {  # the command of a part; $1 part, $2 its cap, $3 "smoke" for the dry-run's CPU path
+  local cap=$2 smoke=${3:-}
+  case "$1" in
+    tests)
+      if [ -n "$smoke" ]; then echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
+      else echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
+    contrastive|tokens|attention|throughput)
+      if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
+    train)
+      local budget=$(( cap - 8 ))  # the sweep stops itself first: its table and PNG get written
+      # (the smoke rows in bf16 on the CPU: both engine.amp paths through the trainer)
+      if [ -n "$smoke" ]; then echo "$PY bench/train.py --smoke --methods simclr,mae --variants eager --precision bf16 --amp autocast,deepspeed --budget $budget ${TRAIN_ARGS:-}"
+      else echo "$PY bench/train.py --quick --budget $budget --row-timeout ${TRAIN_ROW_CAP:-75} ${TRAIN_ARGS:-}"; fi ;;
+  esac
+}
+
+show_plan() {  # the caps on the GPU machine, worst case: every part runs to its cap
+  local fixed=0 p c train_min
+  echo "plan on the GPU machine (session cap ${SESSION_CAP} s; caps in seconds):"
+  printf '    %-12s cap %4s  %s\n' set-up "$SETUP_CAP" "pip install of the carried wheels + the environment"
+  for p in "${PARTS[@]}"; do
+    [ "$p" = train ] && continue
+    c=$(own_cap "$p"); fixed=$(( fixed + c ))
+    printf '    %-12s cap %4s  %s\n' "$p" "$c" "$(command_of "$p" "$c")"
+  done
+  if [[ " ${PARTS[*]} " == *" train "* ]]; then
+    c=$(( SESSION_CAP - COLLECT_S - SETUP_CAP - fixed ))  # when every part before it runs to its cap
+    [ -n "${CAP_TRAIN:-}" ] && [ "$CAP_TRAIN" -lt "$c" ] && c=$CAP_TRAIN
+    train_min=$(( c - KILL_AFTER * (${#PARTS[@]} - 1) ))  # ... and each of them also to its kill grace
+    printf '    %-12s cap %4s  %s\n' train "$c" "$(command_of train "$c")"
+    [ -z "${CAP_TRAIN:-}" ] && echo "    (train takes the rest of the session: ${train_min} s at worst (every part before it killed at its cap" \
+      "+ ${KILL_AFTER} s), ~$(( c + SETUP_CAP - 20 )) s with the ~20 s set-up measured on the H200 machine, more when parts end early)"
+    fixed=$(( fixed + c ))
+  fi
+  echo "    total: set-up ${SETUP_CAP} + parts $fixed + collect ${COLLECT_S} = $(( SETUP_CAP + fixed + COLLECT_S )) s <= ${SESSION_CAP} s (9 min = 540 s)"
+}
+
+if [ "$MODE" = plan ]; then
+  show_plan
+  exit 0
+fi
+
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-LOGS=$REPO/bench/results/session-$STAMP
+LOGS=${FASTSSL_SESSION_LOGS:-$REPO/bench/results}/session-$STAMP
 mkdir -p "$LOGS"
 SESSION_LOG=$LOGS/session.log
 exec > >(tee -a "$SESSION_LOG") 2>&1
-START=$(date +%s)
 say() { echo "[gpu_session +$(( $(date +%s) - START ))s] $*"; }
 
 # ---- set-up: carried wheels, environment ----------------------------------------------------------
 install_wheels() {
-  if [ "$DRY" != 1 ] && "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
+  if [ "$MODE" != dry ] && "$PY" -c 'import deepspeed, pydantic, hjson' 2>/dev/null; then
     say "deepspeed and pydantic import already: nothing to install"
     return
   fi
@@ -68,16 +148,17 @@ install_wheels() {
   fi
   mkdir -p "$SITE"
   say "installing $(ls "$WHEELS" | wc -l) carried files from $WHEELS into $SITE (no index, no deps)"
-  if ! "$PY" -m pip --version >/dev/null 2>&1; then  # no pip: a wheel is a zip to unpack; DeepSpeed's archive needs pip
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then  # no pip: a wheel is a zip to unpack
     for f in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$f" "$SITE" && say "unpacked $(basename "$f")"; done
-    say "no pip on this machine: DeepSpeed's source archive cannot be built, the train part will record that"
     return
   fi
   local t0=$(date +%s)
   # All at once (one pip start); if one file does not fit this Python (pydantic-core is cp312), one by one.
-  if ! DS_BUILD_OPS=0 timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$WHEELS"/* 2>"$LOGS/pip.err"; then
+  if ! DS_BUILD_OPS=0 timeout "$SETUP_CAP" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$WHEELS"/* 2>"$LOGS/pip.err"; then
     for f in "$WHEELS"/*; do
-      DS_BUILD_OPS=0 timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$f" 2>>"$LOGS/pip.err" \
+      local l=$(( SETUP_CAP - $(date +%s) + t0 ))
+      [ "$l" -le 0 ] && { say "set-up cap of ${SETUP_CAP} s reached"; break; }
+      DS_BUILD_OPS=0 timeout "$l" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "$f" 2>>"$LOGS/pip.err" \
         || say "could not install $(basename "$f") (see pip.err)"
     done
   fi
@@ -86,7 +167,7 @@ install_wheels() {
 
 environment() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-  "$PY" - <<'PY'
+  timeout 60 "$PY" - <<'PY'
 import importlib.util as u
 import torch, triton
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
@@ -100,46 +181,20 @@ for name in ("deepspeed", "pydantic", "nvidia.dali", "xformers", "xdist"):
 PY
 }
 
-# ---- the parts ------------------------------------------------------------------------------------
-cap_of() { case "$1" in
-  tests) echo "${CAP_TESTS:-80}" ;; contrastive) echo "${CAP_CONTRASTIVE:-75}" ;; tokens) echo "${CAP_TOKENS:-50}" ;;
-  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-90}" ;;
-esac; }
-
-XDIST=""
-"$PY" -c 'import xdist' 2>/dev/null && XDIST="-n ${TEST_WORKERS:-8}"
-# pytest.ini asks for pytest-timeout (--timeout); without the plugin that option is an error, so drop it.
-PYTEST_OPTS=""
-"$PY" -c 'import pytest_timeout' 2>/dev/null || PYTEST_OPTS="-o addopts=-ra"
-# tests/ops/test_kernel_aot.py is the CPU machines' stand-in for a GPU compile: every kernel compiles
-# and launches on the device itself here. tests/data/test_synthetic.py runs the trainer on CUDA.
-TEST_PATHS="tests/ops tests/models tests/data/test_synthetic.py"
-
-command_of() {  # the command of a part; $1 part, $2 "smoke" for the dry-run's CPU path
-  local smoke=${2:-}
-  case "$1" in
-    tests)
-      if [ -n "$smoke" ]; then echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider --collect-only $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py"
-      else echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
-    contrastive|tokens|attention|throughput)
-      if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
-    train)
-      local budget=$(( $(cap_of train) - 8 ))  # the sweep stops itself first: its table and PNG get written
-      if [ -n "$smoke" ]; then echo "$PY bench/train.py --smoke --methods simclr,mae --variants eager --budget $budget ${TRAIN_ARGS:-}"
-      else echo "$PY bench/train.py --quick --no-bare --budget $budget ${TRAIN_ARGS:-}"; fi ;;
-  esac
-}
-
 run_part() {  # $1 part, $2 "smoke" or empty
   local part=$1 cap cmd rc t0
-  cap=$(cap_of "$part")
-  [ -n "${2:-}" ] && cap=${DRY_CAP:-600}  # the smoke paths run on a (shared) CPU: GPU caps do not apply
-  cmd=$(command_of "$part" "${2:-}")
+  if [ -n "${2:-}" ]; then cap=${DRY_CAP:-600}  # the smoke paths run on a (shared) CPU: GPU caps do not apply
+  else cap=$(cap_now "$part"); fi
+  if [ "$cap" -le 0 ]; then
+    say "part $part SKIPPED: the session's ${SESSION_CAP} s are spent"
+    return
+  fi
+  cmd=$(command_of "$part" "$cap" "${2:-}")
   say "part $part (cap ${cap} s): $cmd"
   t0=$(date +%s)
   # timeout signals the part's whole process group (a bench's child processes too); --kill-after: a
   # part that ignores SIGTERM is killed 10 s later.
-  timeout --kill-after=10 "$cap" bash -c "$cmd" >"$LOGS/$part.log" 2>&1
+  timeout --kill-after=$KILL_AFTER "$cap" bash -c "$cmd" >"$LOGS/$part.log" 2>&1
   rc=$?
   tail -n 40 "$LOGS/$part.log"
   case $rc in
@@ -149,31 +204,28 @@ run_part() {  # $1 part, $2 "smoke" or empty
   esac
 }
 
-collect() {  # this session's results into $LOGS, and at most 8 files into $OUT
+collect() {  # this session's results into $LOGS, and at most 8 files into $OUT (after every part)
   find bench/results -maxdepth 1 -type f \( -name '*.json' -o -name '*.png' \) -newer "$LOGS/.start" -exec cp {} "$LOGS"/ \; 2>/dev/null
   if [ -n "${OUT:-}" ]; then
     tar -czf "$OUT/gpu-session-$STAMP.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
     cp "$SESSION_LOG" "$OUT/session.log"
     for f in "$LOGS"/train-*.json "$LOGS"/train-*.png; do [ -f "$f" ] && cp "$f" "$OUT/"; done
-    say "copied $(ls "$OUT" | wc -l) files to \$OUT"
   fi
 }
 
 touch "$LOGS/.start"
-say "parts: ${PARTS[*]} (dry-run: $DRY); logs and results: $LOGS"
-if [ "$DRY" = 1 ]; then
-  say "plan on the GPU machine (caps in seconds):"
-  total=30
-  for p in "${PARTS[@]}"; do
-    echo "    $(printf '%-12s' "$p") cap $(printf '%4s' "$(cap_of "$p")")  $(command_of "$p")"
-    total=$(( total + $(cap_of "$p") ))
-  done
-  say "at most ~${total} s with ~30 s of set-up (the device allows 540 s per command)"
+say "parts: ${PARTS[*]} (mode: $MODE); logs and results: $LOGS"
+show_plan
+if [ "$MODE" = dry ]; then
+  say "the trainer rows, in order (bench/train.py --quick --plan; a cap cuts the tail):"
+  timeout 120 "$PY" bench/train.py --quick --plan 2>/dev/null
 fi
 install_wheels
 environment
+say "set-up done"
 for p in "${PARTS[@]}"; do
-  if [ "$DRY" = 1 ]; then run_part "$p" smoke; else run_part "$p"; fi
+  if [ "$MODE" = dry ]; then run_part "$p" smoke; else run_part "$p"; fi
+  collect
 done
-collect
+[ -n "${OUT:-}" ] && say "$(ls "$OUT" | wc -l) files in \$OUT"
 say "session done in $(( $(date +%s) - START )) s; logs in $LOGS"

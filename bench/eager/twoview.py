@@ -1,7 +1,7 @@
 """Eager references of the two-view and multi-crop methods, as their official PyTorch code runs a step.
 
 SimCLR     both views in one batch through encoder + projector (BN over 2N), NT-Xent / DCL / DCLW on
-           the full 2N×2N logits (``losses.py``)
+           the full 2N×2N logits (``fastssl/methods/parts.py``)
 BYOL       online encoder → projector → predictor per view; the target (a deep copy) per view without
            gradient; ``2 − 2·cos`` both ways; the momentum loop after the optimizer step
 SimSiam    encoder → projector → predictor per view, stop-gradient, symmetric negative cosine

@@ -6,7 +6,7 @@ What is compiled: the block stack of every ``PackedViT`` (online and EMA target)
 ``MLPHead`` (projectors and predictors), each with ``nn.Module.compile()``. A ViT with gradient
 checkpointing keeps one region per block. Everything else (packing the views into one token
 tensor, the attention backend's choice and block masks, the losses, the EMA update) stays eager;
-the fastssl Triton ops are custom ops (``fastssl.ops.library``), so a compiled region that calls
+the fastssl Triton ops are custom ops (``fastssl/ops/<family>.py``), so a compiled region that calls
 one keeps it in its graph.
 
 Why regions and not the whole method (DeepSpeed's ``engine.compile()`` is ``module.compile()`` on
@@ -61,8 +61,8 @@ def compile_stats() -> CompileStats:
 
 
 def _region_types() -> tuple[type[nn.Module], ...]:
-    from fastssl.models.blocks import PackedBlock
-    from fastssl.models.cross_attention import ClassAttentionBlock
+    from fastssl.models.vit.blocks import PackedBlock
+    from fastssl.models.vit.cross_attention import ClassAttentionBlock
 
     try:  # heads carry their pydantic config; a bare GPU machine (bench/attention.py) may lack pydantic
         from fastssl.models.heads import MLPHead
@@ -74,7 +74,7 @@ def _region_types() -> tuple[type[nn.Module], ...]:
 def resolve_attention(method: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Choose every attention backend of ``method`` now (online and EMA-target ViTs, M-MoCo's
     class-attention head each hold a dispatcher): the choice probes and logs, which a tracer cannot."""
-    from fastssl.models.attention import AttentionDispatch
+    from fastssl.models.vit.attention import AttentionDispatch
 
     for m in method.modules():
         dispatch = getattr(m, "dispatch", None)
@@ -96,7 +96,7 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
     resolve_attention(method, device, dtype)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     kwargs = {} if mode == "default" else {"mode": mode}
-    from fastssl.models.vit import PackedViT
+    from fastssl.models.vit.model import PackedViT
 
     stacks = [m for m in method.modules() if isinstance(m, PackedViT) and not m.grad_checkpointing]
     in_stack = {id(b) for v in stacks for b in v.blocks}

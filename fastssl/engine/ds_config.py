@@ -6,13 +6,8 @@ from typing import Any
 
 import torch
 
+from fastssl.engine.amp import AUTOCAST, loop_clips, resolve_amp, resolve_precision  # noqa: F401  (resolve_precision: its old home)
 from fastssl.engine.schedule import StepPlan
-
-
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return precision
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -33,9 +28,15 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
     is torch's ``fused=True`` implementation (DeepSpeed passes the extra key through to torch).
     The LR schedule is ours (``fastssl.engine.schedule.lr_scheduler``, handed to ``deepspeed.initialize``):
     DeepSpeed's WarmupCosineLR spends its first two steps at LR 0.
+    Mixed precision follows ``engine.amp`` (``fastssl.engine.amp``): DeepSpeed's ``bf16`` section (a bf16
+    model, fp32 master weights in its optimizer wrapper) or its ``torch_autocast`` section (an fp32 model,
+    the forward under torch.autocast, the optimizer stepped as it is).
     """
     o, e = cfg.optim, cfg.engine
     precision = resolve_precision(e.precision)
+    autocast = resolve_amp(e) == AUTOCAST
+    if autocast:  # DeepSpeed's own casting off: the weights stay fp32 and autocast picks the dtype per op
+        precision = "fp32"
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": o.batch_size,
         "gradient_accumulation_steps": o.grad_accum,
@@ -56,6 +57,8 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
     }
     if torch.cuda.is_available():  # torch's fused (one multi-tensor kernel) AdamW: no per-parameter launches
         ds["optimizer"]["params"]["fused"] = True
-    if o.clip_grad is not None:
+    if autocast:
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    if o.clip_grad is not None and loop_clips(e, o.clip_grad) is None:  # (else the loop clips, multi-tensor)
         ds["gradient_clipping"] = o.clip_grad
     return _merge(ds, cfg.deepspeed)

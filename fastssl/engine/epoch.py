@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from fastssl.engine.amp import clip_gradients
 from fastssl.engine.session import Session, TrainingStopped
-from fastssl.methods.output import AfterStep
+from fastssl.methods.base import AfterStep
 
 
 class Terminated(Exception):
@@ -88,6 +89,8 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
             since = state.global_step + 2
         lr = engine.get_lr()[0]  # the LR this optimizer step uses (first group)
         engine.backward(loss)
+        if boundary and s.clip_grad is not None:  # engine.amp=autocast at ZeRO 0 (fastssl.engine.amp)
+            clip_gradients(s.method, s.clip_grad)
         engine.step()
         if not boundary:
             micro += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastssl.config import TrainConfig
 from fastssl.engine import disk, run_dir, signals
+from fastssl.engine.amp import AutocastForward
 from fastssl.engine.epoch import Terminated, train_one_epoch
 from fastssl.engine.session import Session, TrainingStopped, setup, write_json
 from fastssl.engine.signals import StopSignals
@@ -57,7 +58,8 @@ class _ProgressBar:
 def evaluate(s: Session) -> list[Score]:
     if s.evaluator is None:  # eval.enabled=false
         return []
-    scores = s.evaluator(s.method.encoder, s.dtype)
+    encoder = s.method.encoder if s.autocast is None else AutocastForward(s.method.encoder, s.device.type, s.autocast)
+    scores = s.evaluator(encoder, s.dtype)
     s.metrics.write(s.state.global_step, {x.label: x.accuracy for x in scores}, kind="eval")
     return scores
 

@@ -7,7 +7,7 @@ DeepSpeed's ZeRO flattening does).
 """
 from __future__ import annotations
 
-from fastssl.methods.param_groups import ParamGroup
+from fastssl.methods.base import ParamGroup
 
 _NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "reg_token", "dist_token")
 

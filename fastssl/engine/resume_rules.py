@@ -49,6 +49,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("engine.compile", APPLY, "the same weights, compiled or not"),
     ("engine.compile_mode", APPLY, "the same weights, compiled or not"),
     ("engine.precision", REFUSE, "the optimizer state is stored in this number format"),
+    ("engine.amp", REFUSE, "the optimizer state is DeepSpeed's bf16 wrapper's or torch's own"),
     ("engine.zero_stage", REFUSE, "the optimizer state is sharded by this stage"),
     ("eval", APPLY, "evaluation only; the scores after the resume use the new settings"),
     ("optim.epochs", APPLY, "the LR schedule is laid out over the new length from the resumed step on"),

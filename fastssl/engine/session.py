@@ -16,16 +16,17 @@ import torch.distributed as dist
 
 from fastssl import config_pairs as pair_checks
 from fastssl.config import TrainConfig, dump_config
+from fastssl.engine import amp
 from fastssl.engine import checkpoint as ckpt
 from fastssl.engine import disk, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
-from fastssl.engine.ds_config import deepspeed_config, resolve_precision
+from fastssl.engine.ds_config import deepspeed_config
 from fastssl.engine.metrics_log import MetricsLog
 from fastssl.engine.params import optimizer_groups
 from fastssl.engine.schedule import StepPlan, lr_scheduler, plan_steps
 from fastssl.eval.run_knn import Evaluator
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.engine.sync_bn import convert_sync_batchnorm
 from fastssl.methods.registry import build_method
 
@@ -91,11 +92,13 @@ class Session:
     evaluator: Evaluator | None
     metrics: MetricsLog
     state: ckpt.TrainState
-    dtype: torch.dtype
+    dtype: torch.dtype  # the weights' dtype: evaluation casts its images to it
     resumed_from: Path | None
     last_checkpoint: Path | None
     speed: Throughput
     compile_watch: CompileWatch | None = None  # engine.compile: graph counts for the metrics
+    autocast: torch.dtype | None = None  # engine.amp resolved to autocast: the forward's (and evaluation's) dtype
+    clip_grad: float | None = None  # the loop clips to this norm itself (fastssl.engine.amp.loop_clips)
     records: dict = field(default_factory=dict)  # files saved in every checkpoint (resume_rules reads them)
 
     @property
@@ -192,11 +195,12 @@ def setup(cfg: TrainConfig) -> Session:
         run_dir.unfinish(out)  # training will change the outputs: the run is no longer finished
         disk.atomic_write_text(out / "config.yaml", records["config.yaml"], last_complete=folder)
         write_json(out / "deepspeed.json", ds_cfg)
-    precision = resolve_precision(cfg.engine.precision)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype, compute_dtype = amp.dtypes(cfg.engine)
+    autocast = compute_dtype if amp.resolve_amp(cfg.engine) == amp.AUTOCAST else None
     if cfg.engine.compile:  # in place: parameter names (checkpoints, encoder.pt) stay those of an eager run
-        compile_regions(method, cfg.engine.compile_mode, device, dtype)
+        compile_regions(method, cfg.engine.compile_mode, device, compute_dtype)
     groups, origin = optimizer_groups(method.param_groups(), o.weight_decay)
+    amp.forget_autocast_of_earlier_engines()
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
                                            lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
 
@@ -229,4 +233,5 @@ def setup(cfg: TrainConfig) -> Session:
     metrics = MetricsLog(out, enabled=rank == 0, resume_step=state.global_step if folder is not None else -1)
     return Session(cfg, rank, world, device, out, plan, loader, engine, evaluator, metrics, state, dtype,
                    resumed_from=folder, last_checkpoint=folder, speed=Throughput(plan.global_batch),
-                   compile_watch=CompileWatch() if cfg.engine.compile else None, records=records)
+                   compile_watch=CompileWatch() if cfg.engine.compile else None, records=records,
+                   autocast=autocast, clip_grad=amp.loop_clips(cfg.engine, o.clip_grad))

@@ -1,1 +1,1 @@
-"""One file per method (config + module), registered in ``registry.py``; the contract is in ``output.py``."""
+"""One file per method (config + module), registered in ``registry.py``; the contract is in ``base.py``, shared pieces in ``parts.py``."""

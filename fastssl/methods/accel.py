@@ -13,27 +13,30 @@ pair's loss is the method's, on the stage head's embeddings of the pooled region
 gradient. "We only process the positive pairs, and do nothing for the negative pairs" (§2.3): the
 negatives are held fixed, so for InfoNCE-type losses (SimCLR, MoCo v2) the largest loss is the
 lowest positive cosine, which is what ``cosine_pair_loss`` ranks; SwAV's pair loss is its swapped
-prediction between the two regions' Sinkhorn codes (``AccelSwAV.pair_loss``). The stage-s loss
-itself is computed on the full map of stage s (before any cropping after it).
+prediction between the two regions' Sinkhorn codes (``SwAV.pair_loss``). The stage-s loss itself is
+computed on the full map of stage s (before any cropping after it).
+
+``build_method`` wraps the method in ``Accel`` when ``method.accel`` is set. The method (SimCLR,
+MoCo v2, SwAV) knows nothing of Accel; it implements the small ``Staged`` interface below (its
+branches, its embedding and loss at a stage, optionally its pair loss and per-stage parts), and the
+wrapper holds the shared step: the stage draw, the branches with HP, the losses of the chosen stage(s).
 
 Shapes: maps ``[B, C, H, W]``; regions ``[M, B, C, h, w]``; pair losses ``[B, M, M]`` (row p: region
 p of view a, column q: region q of view b).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import replace
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastssl import ops
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.losses import swapped_prediction
-from fastssl.methods.output import StepOutput
-from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.methods.base import ParamGroup, StepOutput, trainable
+from fastssl.methods.parts import pair_metrics
 from fastssl.models.heads import MLPHead
-from fastssl.models.queue import KeyQueue
 from fastssl.models.resnet import ResNetTaps
 
 
@@ -105,145 +108,128 @@ def check_resnet(encoder: nn.Module) -> ResNetTaps:
     return encoder
 
 
-def stage_heads(encoder: ResNetTaps, cfg: AccelConfig) -> nn.ModuleList:
-    """One projection head per stage but the last (the method's own head serves the last stage)."""
-    return nn.ModuleList(MLPHead(c, cfg.stage_head) for c in encoder.stage_channels[:-1])
-
-
-class _Accel(nn.Module):
-    """The shared step: draw the stage, run the branches with HP, losses of the chosen stage(s).
-
-    Subclasses give ``branches(method, batch)``, ``embed(method, i, side, maps)`` and
-    ``stage_loss(method, i, za, zb)``; ``pair_loss(method, i, za, zb)`` defaults to the cosine rank."""
+class StageParts(nn.Module):
+    """What Accel adds for stages 1 … n−1: a projection head each (``heads[i − 1]``; the method's own
+    head serves stage n), plus what the method adds in ``extend_to_stages`` (MoCo v2: a key queue
+    per stage; SwAV: prototypes per stage). Its state_dict keys are ``accel.heads.…`` etc."""
 
     def __init__(self, encoder: nn.Module, cfg: AccelConfig):
         super().__init__()
         self.cfg = cfg
         self.n_stages = len(check_resnet(encoder).stages)
-        self.heads = stage_heads(encoder, cfg)
+        self.heads = nn.ModuleList(MLPHead(c, cfg.stage_head) for c in encoder.stage_channels[:-1])
 
-    def pair_loss(self, method, i: int, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
-        return cosine_pair_loss(za, zb)
+    def is_last(self, i: int) -> bool:
+        """Stage i (1-based) is the method's own: its own head, queue, prototypes."""
+        return i == self.n_stages
 
-    def step(self, method, batch, ctx) -> tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]]:
-        cfg = self.cfg
+    def head(self, i: int, own: nn.Module) -> nn.Module:
+        """Stage i's projection head: ``own`` (the method's) at the last stage."""
+        return own if self.is_last(i) else self.heads[i - 1]
+
+
+class Staged(Protocol):
+    """What a method implements for Accel (``stages``: the wrapper's ``StageParts``; ``i``: the 1-based
+    stage; ``side`` 0 / 1: the branch; ``maps [B, C, H, W]`` a stage's feature maps or regions)."""
+
+    encoder: ResNetTaps
+
+    def stage_inputs(self, batch, stages: StageParts) -> tuple[tuple[nn.Module, torch.Tensor], tuple[nn.Module, torch.Tensor]]:
+        """``((encoder_a, x_a), (encoder_b, x_b))``: the two branches' ResNets and image batches."""
+
+    def embed_stage(self, i: int, side: int, maps: torch.Tensor, stages: StageParts) -> torch.Tensor:
+        """``maps`` of stage i → the embeddings ``[B, D]`` the stage loss takes."""
+
+    def stage_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor, stages: StageParts) -> torch.Tensor:
+        """The method's loss between the two branches' embeddings at stage i."""
+
+    # Optional:
+    #   pair_loss(i, za [M, B, D], zb [M, B, D], stages) -> [B, M, M]   default: cosine_pair_loss
+    #   extend_to_stages(stages) -> {group name: module}   adds per-stage parts to ``stages`` and says
+    #       which of the method's parameter groups they join (default: the heads join the first group)
+
+
+class Accel(nn.Module):
+    """``method`` with a loss after every ResNet stage, PB and HP.
+
+    The method's submodules are registered here under their own names and the stage parts under
+    ``accel``, so the state_dict keys are those of the method plus ``accel.…`` (and a MoCo v2 target
+    that follows the stage heads too, ``target.net.2.…``): the keys runs have always written. The
+    method object itself is kept outside the module tree (it shares every submodule)."""
+
+    def __init__(self, method: nn.Module, cfg: AccelConfig):
+        super().__init__()
+        if dict(method.named_parameters(recurse=False)) or dict(method.named_buffers(recurse=False)):
+            raise TypeError(f"{type(method).__name__} holds tensors outside its submodules; Accel wraps submodules only")
+        self.__dict__["method"] = method  # not a child: its submodules are registered below
+        self.cfg = method.cfg
+        stages = StageParts(method.encoder, cfg)
+        extend = getattr(method, "extend_to_stages", None)
+        self._stage_groups = (extend(stages) if extend is not None else None) or {None: stages.heads}
+        for name, child in method.named_children():
+            if name == "target":  # the key order of the checkpoints written before the wrapper
+                self.accel = stages
+            self.add_module(name, child)
+        if "accel" not in self._modules:
+            self.accel = stages
+
+    @property
+    def n_stages(self) -> int:
+        return self.accel.n_stages
+
+    def crops(self) -> tuple:
+        return self.method.crops()
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The method's groups, the stage parts' parameters appended to the group each joins."""
+        groups = self.method.param_groups()
+        names = {id(m): n for n, m in self.named_modules()}
+        extra: dict[str, tuple] = {}
+        for group, module in self._stage_groups.items():
+            key = groups[0].name if group is None else group
+            extra[key] = extra.get(key, ()) + trainable(module, f"{names[id(module)]}.")
+        return [replace(g, params=g.params + extra.get(g.name, ())) for g in groups]
+
+    def train(self, mode: bool = True):
+        self.method.train(mode)
+        return super().train(mode)
+
+    def after_step(self, ctx) -> None:
+        hook = getattr(self.method, "after_step", None)
+        if hook is not None:
+            hook(ctx)
+
+    def pair_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        own = getattr(self.method, "pair_loss", None)
+        return cosine_pair_loss(za, zb) if own is None else own(i, za, zb, self.accel)
+
+    def step(self, batch, ctx) -> tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]]:
+        cfg, method, stages = self.accel.cfg, self.method, self.accel
         g = ctx.generator()
         stop = draw_stage(cfg, self.n_stages, g)
-        (enc_a, xa), (enc_b, xb) = self.branches(method, batch)
+        (enc_a, xa), (enc_b, xb) = method.stage_inputs(batch, stages)
 
         def select(i, a, b):
             m = cfg.regions
             ra, rb = region_crops(a, m, cfg.region_scale, g), region_crops(b, m, cfg.region_scale, g)
             with torch.no_grad():
-                za = self.embed(method, i, 0, ra.flatten(0, 1)).unflatten(0, (m, -1))
-                zb = self.embed(method, i, 1, rb.flatten(0, 1)).unflatten(0, (m, -1))
-                p, q = hardest_pair(self.pair_loss(method, i, za, zb))
+                za = method.embed_stage(i, 0, ra.flatten(0, 1), stages).unflatten(0, (m, -1))
+                zb = method.embed_stage(i, 1, rb.flatten(0, 1), stages).unflatten(0, (m, -1))
+                p, q = hardest_pair(self.pair_loss(i, za, zb))
             return pick(ra, p), pick(rb, q)
 
         maps = run_stages(enc_a, enc_b, xa, xb, stop, select if cfg.hard_pairs else None, cfg.hard_pair_stages)
-        stages = [stop] if cfg.partial_backprop else list(range(1, stop + 1))
+        chosen = [stop] if cfg.partial_backprop else list(range(1, stop + 1))
         losses, last = [], None
-        for i in stages:
+        for i in chosen:
             a, b = maps[i - 1]
-            za, zb = self.embed(method, i, 0, a), self.embed(method, i, 1, b)
-            losses.append(self.stage_loss(method, i, za, zb))
+            za, zb = method.embed_stage(i, 0, a, stages), method.embed_stage(i, 1, b, stages)
+            losses.append(method.stage_loss(i, za, zb, stages))
             last = (za, zb)
         return torch.stack(losses).mean(), stop, last
 
-    def forward(self, method, batch, ctx) -> StepOutput:
-        loss, stop, (za, zb) = self.step(method, batch, ctx)
+    def forward(self, batch, ctx) -> StepOutput:
+        loss, stop, (za, zb) = self.step(batch, ctx)
         metrics = pair_metrics(za, zb)
         metrics["accel_stage"] = torch.tensor(float(stop))
         return StepOutput(loss=loss, metrics=metrics)
-
-
-def _pool_head(encoder: ResNetTaps, head: nn.Module, maps: torch.Tensor) -> torch.Tensor:
-    return head(encoder.pool(maps))
-
-
-class AccelSimCLR(_Accel):
-    """Both views through the one encoder; stage heads, the SimCLR projector at the last stage."""
-
-    def branches(self, method, batch):
-        v = batch["views"].to(param_dtype(method.encoder))
-        return (method.encoder, v[0]), (method.encoder, v[1])
-
-    def head(self, method, i: int) -> nn.Module:
-        return method.projector if i == self.n_stages else self.heads[i - 1]
-
-    def embed(self, method, i, side, maps):
-        return _pool_head(method.encoder, self.head(method, i), maps)
-
-    def stage_loss(self, method, i, za, zb):
-        return method.loss(za, zb)
-
-
-class AccelMoCo(_Accel):
-    """Queries: online encoder on view 1; keys: the EMA copy (encoder, projector, stage heads) on
-    view 2. Per-stage queues (the last stage uses the method's own queue)."""
-
-    def __init__(self, encoder: nn.Module, cfg: AccelConfig, queue_size: int):
-        super().__init__(encoder, cfg)
-        self.queues = nn.ModuleList(KeyQueue(queue_size, cfg.stage_head.out_dim, seed=i + 1) for i in range(self.n_stages - 1))
-
-    def queue_of(self, method, stage: int) -> KeyQueue:
-        return method.queue if stage == self.n_stages else self.queues[stage - 1]
-
-    def branches(self, method, batch):
-        v = batch["views"].to(param_dtype(method.encoder))
-        return (method.encoder, v[0]), (method.target.net[0], v[1])
-
-    def embed(self, method, i, side, maps):
-        if side == 0:
-            head = method.projector if i == self.n_stages else self.heads[i - 1]
-            return _pool_head(method.encoder, head, maps)
-        net = method.target.net
-        head = net[1] if i == self.n_stages else net[2][i - 1]
-        with torch.no_grad():
-            return _pool_head(net[0], head, maps)
-
-    def stage_loss(self, method, i, q, k):
-        method._pending.append((i, k))
-        return method.loss(q, k, self.queue_of(method, i))
-
-
-class AccelSwAV(_Accel):
-    """Both global crops through the one encoder; per-stage projector + prototypes (the last stage
-    uses the method's own); codes from ``ops.sinkhorn`` on each crop, swapped prediction."""
-
-    def __init__(self, encoder: nn.Module, swav_cfg):
-        super().__init__(encoder, swav_cfg.accel)
-        d = swav_cfg.accel.stage_head.out_dim
-        self.prototypes = nn.ModuleList(nn.Linear(d, swav_cfg.n_prototypes, bias=False) for _ in range(self.n_stages - 1))
-
-    def prototype_list(self) -> list[nn.Linear]:
-        return list(self.prototypes)
-
-    def protos(self, method, i: int) -> nn.Linear:
-        return method.prototypes if i == self.n_stages else self.prototypes[i - 1]
-
-    def branches(self, method, batch):
-        v = batch["global"].to(param_dtype(method.encoder))
-        return (method.encoder, v[0]), (method.encoder, v[1])
-
-    def embed(self, method, i, side, maps):
-        head = method.projector if i == self.n_stages else self.heads[i - 1]
-        return F.normalize(_pool_head(method.encoder, head, maps), dim=1)
-
-    def stage_loss(self, method, i, za, zb):
-        proto = self.protos(method, i)
-        sa, sb = proto(za), proto(zb)
-        with torch.no_grad():
-            codes = [method.codes(sa), method.codes(sb)]
-        return swapped_prediction([sa, sb], codes, method.cfg.temperature)
-
-    def pair_loss(self, method, i, za, zb):
-        """``[M, B, D]`` pairs → ``[B, M, M]``: the swapped prediction between region p of view a and
-        region q of view b, with each region's codes from a Sinkhorn over the batch."""
-        proto, t = self.protos(method, i), method.cfg.temperature
-        sa, sb = proto(za).float(), proto(zb).float()  # [M, B, K]
-        qa = torch.stack([method.codes(s) for s in sa])
-        qb = torch.stack([method.codes(s) for s in sb])
-        la, lb = F.log_softmax(sa / t, dim=-1), F.log_softmax(sb / t, dim=-1)
-        # view b's region q predicts a's codes of region p, and a's region p predicts b's of q
-        return -(torch.einsum("pbk,qbk->bpq", qa, lb) + torch.einsum("qbk,pbk->bpq", qb, la)) / 2

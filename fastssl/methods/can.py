@@ -9,11 +9,11 @@ Per view v of image i (§3):
     L_denoise = visible patches: MSE(x̂, σ·ε)  (the noise itself is the target, §3.4)
     L = λ_InfoNCE·L_InfoNCE + (1 − λ_InfoNCE)·(λ·L_rec + (1 − λ)·L_denoise)
 
-The fastssl path draws the noise inside ``patchify_noise`` (one read of the image gives the noisy
-kept patches, their noise and the clean normalised target; Triton on CUDA) and feeds the noisy patch
-vectors straight to the patch embedding (``PatchesView``). The eager path adds noise to the whole
-image, masks with MAE's code and computes both losses with ``(1 − mask)`` / ``mask`` weights as the
-paper's formulas are written. The two draw noise from different streams (same distribution).
+The noise is drawn inside ``patchify_noise`` (one read of the image gives the noisy kept patches,
+their noise and the clean normalised target; Triton on CUDA) and the noisy patch vectors go straight
+to the patch embedding (``PatchesView``). The eager reference in the tests
+(``tests/methods/_masked_image_ref.py``) adds noise to the whole image, masks with MAE's code and
+weighs both losses with ``(1 − mask)`` / ``mask`` as the paper's formulas are written.
 
 Heads: the paper's projector is "a lightweight MLP ... into a lower dimension" and it does not give
 its layers; we use SimCLR's 2-layer MLP with BN (2048 → 256 at ViT-B), applied to both views at once
@@ -29,16 +29,13 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, rank_rows, world_size
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import pair_metrics, param_dtype
-from fastssl.models.dense import eager_encode
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.sigma_embed import SigmaEmbedding
-from fastssl.models.views import PatchesView
-from fastssl.ops import gather_tokens, masked_patch_loss, nt_xent, patchify_noise, reference
+from fastssl.models.vit.views import PatchesView
+from fastssl.ops import gather_tokens, masked_patch_loss, nt_xent, patchify_noise
 
 
 def _projector() -> HeadConfig:
@@ -56,18 +53,11 @@ class CANConfig(MaskedImageFields):
     projector: HeadConfig = Field(default_factory=_projector)
 
 
-def image_noise(shape: torch.Size, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """ε ~ N(0, I) of an image batch (the eager path's noise; a function so tests can fix it)."""
-    return torch.randn(shape, generator=gen, device=gen.device).to(device, dtype)
-
-
-class CAN(nn.Module):
+class CAN(MethodModule):
     Config = CANConfig
 
     def __init__(self, cfg: CANConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
         d = cfg.decoder.embed_dim
         self.sigma_embed = SigmaEmbedding(d, scale=1000.0 / cfg.sigma_max if cfg.sigma_max > 0 else 1.0)
@@ -84,7 +74,8 @@ class CAN(nn.Module):
         c = self.cfg
         return c.infonce_weight * l_nce + (1 - c.infonce_weight) * (c.rec_weight * l_rec + (1 - c.rec_weight) * l_den)
 
-    def _fastssl(self, images, sigma, ids_keep, mask, gen):
+    def _encode_decode(self, images, sigma, ids_keep, mask, gen):
+        """-> (mean of the kept tokens [2B, D], L_rec, L_denoise)."""
         c, p = self.cfg, self.encoder.patch_size
         pn = patchify_noise(images.detach(), p, sigma, ids_keep=ids_keep, norm_target=c.norm_pix, generator=gen,
                             backend=c.backend)
@@ -99,15 +90,6 @@ class CAN(nn.Module):
         l_den = (pred_kept.float() - pn.noise.float()).pow(2).mean()
         return tokens.mean(dim=1), l_rec, l_den
 
-    def _eager(self, images, sigma, ids_keep, mask, gen):
-        c, p = self.cfg, self.encoder.patch_size
-        noise = sigma.view(-1, 1, 1, 1).to(images.dtype) * image_noise(images.shape, gen, images.device, images.dtype)
-        tokens = eager_encode(self.encoder, images + noise, ids_keep)
-        pred, _ = self.decoder.forward_eager(tokens, ids_keep, self.sigma_embed(sigma))
-        l_rec = reference.masked_patch_loss(pred, reference.patchify(images, p), mask, c.norm_pix)
-        l_den = reference.masked_patch_loss(pred, reference.patchify(noise, p), 1 - mask, False)
-        return tokens[:, 1:].mean(dim=1), l_rec, l_den
-
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         c = self.cfg
         views = batch["views"]  # [2, B, 3, S, S]
@@ -117,12 +99,10 @@ class CAN(nn.Module):
         gen = ctx.generator()
         ids_keep, mask = draw_masks(gen, v, b, num_patches, c.mask_ratio, images.device)
         sigma = rank_rows(torch.rand(v * world_size() * b, generator=gen) * c.sigma_max, v, b).to(images.device)
-        run = self._eager if c.impl == "eager" else self._fastssl
-        pooled, l_rec, l_den = run(images, sigma, ids_keep, mask, gen)
+        pooled, l_rec, l_den = self._encode_decode(images, sigma, ids_keep, mask, gen)
         u = self.projector(pooled)
         z1, z2 = u.chunk(2)
-        nce_backend = "reference" if c.impl == "eager" else c.backend
-        l_nce = nt_xent(z1, z2, c.temperature, gather_distributed=c.gather_distributed, backend=nce_backend)
+        l_nce = nt_xent(z1, z2, c.temperature, gather_distributed=c.gather_distributed, backend=c.backend)
         metrics = {"loss_infonce": l_nce.detach(), "loss_rec": l_rec.detach(), "loss_denoise": l_den.detach()}
         metrics.update(pair_metrics(z1, z2))
         return StepOutput(loss=self.combine(l_nce, l_rec, l_den), metrics=metrics)

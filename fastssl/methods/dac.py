@@ -31,16 +31,12 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype
-from fastssl.methods.siamese import SiamesePair, simsiam_loss, simsiam_predictor
-from fastssl.models.dense import eager_encode
+from fastssl.methods.parts import SiamesePair, pair_metrics, param_dtype, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig
-from fastssl.models.views import ImageView, MaskedView
-from fastssl.ops import masked_patch_loss, patchify, reference
+from fastssl.models.vit.views import ImageView, MaskedView
+from fastssl.ops import masked_patch_loss, patchify
 
 
 def _projector() -> HeadConfig:
@@ -69,13 +65,11 @@ def small_size(img_size: int, patch_size: int, ratio: float) -> int:
     return side * patch_size
 
 
-class DAC(nn.Module):
+class DAC(MethodModule):
     Config = DACConfig
 
     def __init__(self, cfg: DACConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
         self.small = small_size(encoder.config["img_size"], encoder.patch_size, cfg.mask_ratio)
         self.heads = SiamesePair(cfg.decoder.embed_dim, cfg.projector, cfg.predictor)
@@ -97,14 +91,9 @@ class DAC(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ``(pred [B, L, p·p·C] of view B, h [2B, Dd] = [view A's feature; view B's])``."""
         dec = self.decoder
-        if self.cfg.impl == "eager":
-            tok_b = eager_encode(self.encoder, full, ids_keep)
-            cls_a = eager_encode(self.encoder, small)[:, 0]
-            pred, cls_b = dec.forward_eager(tok_b, ids_keep)
-        else:
-            enc = self.encoder.encode([MaskedView(full, ids_keep), ImageView(small)])
-            pred, cls_b = dec(enc[0].final.dense(), enc[0].cls, ids_keep, backend=self.cfg.backend)
-            cls_a = enc[1].cls
+        enc = self.encoder.encode([MaskedView(full, ids_keep), ImageView(small)])
+        pred, cls_b = dec(enc[0].final.dense(), enc[0].cls, ids_keep, backend=self.cfg.backend)
+        cls_a = enc[1].cls
         return pred, torch.cat([dec.decoder_embed(cls_a), cls_b])
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
@@ -118,12 +107,9 @@ class DAC(nn.Module):
         pred, h = self.features(full, small, ids_keep)
         pr, z = self.heads(h)
         l_con = simsiam_loss(pr, z)
-        if self.cfg.impl == "eager":
-            l_rec = reference.masked_patch_loss(pred, reference.patchify(full, p), mask, self.cfg.norm_pix)
-        else:
-            masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
-            l_rec = masked_patch_loss(pred, patchify(full, p, backend=self.cfg.backend), mask, norm_pix=self.cfg.norm_pix,
-                                      num_masked=masked, backend="reference" if self.cfg.backend == "reference" else "auto")
+        masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
+        l_rec = masked_patch_loss(pred, patchify(full, p, backend=self.cfg.backend), mask, norm_pix=self.cfg.norm_pix,
+                                  num_masked=masked, backend="reference" if self.cfg.backend == "reference" else "auto")
         lam = self.rec_weight(ctx.epoch)
         metrics = {"loss_simsiam": l_con.detach(), "loss_rec": l_rec.detach(), "rec_weight": torch.tensor(lam)}
         metrics.update(pair_metrics(*z.chunk(2)))

@@ -11,14 +11,11 @@ from torch import nn
 
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
 from fastssl.methods.parts import param_dtype
-from fastssl.models.dense import eager_encode
-from fastssl.models.views import MaskedView
-from fastssl.ops import masked_patch_loss, patchify, reference
+from fastssl.models.vit.views import MaskedView
+from fastssl.ops import masked_patch_loss, patchify
 
 
 class MAEConfig(MaskedImageFields):
@@ -27,13 +24,11 @@ class MAEConfig(MaskedImageFields):
     crop_scale: tuple[float, float] = Field((0.2, 1.0), description="MAE's RandomResizedCrop scale (crop + flip only).")
 
 
-class MAE(nn.Module):
+class MAE(MethodModule):
     Config = MAEConfig
 
     def __init__(self, cfg: MAEConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.decoder = build_decoder(encoder, cfg)
 
     def crops(self) -> tuple[CropSpec, ...]:
@@ -44,8 +39,6 @@ class MAE(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """``images [N, C, H, W]``, ``ids_keep [N, K]`` -> ``pred [N, L, p·p·C]`` (patchify order)."""
-        if self.cfg.impl == "eager":
-            return self.decoder.forward_eager(eager_encode(self.encoder, images, ids_keep), ids_keep)[0]
         out = self.encoder.encode([MaskedView(images, ids_keep)])[0]
         return self.decoder(out.final.dense(), out.cls, ids_keep, backend=self.cfg.backend)[0]
 
@@ -55,11 +48,8 @@ class MAE(nn.Module):
         num_patches = self.encoder.grid[0] * self.encoder.grid[1]
         ids_keep, mask = draw_masks(ctx.generator(), 1, b, num_patches, self.cfg.mask_ratio, images.device)
         pred = self.reconstruct(images, ids_keep)
-        if self.cfg.impl == "eager":
-            loss = reference.masked_patch_loss(pred, reference.patchify(images, p), mask, self.cfg.norm_pix)
-        else:
-            masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
-            target = patchify(images, p, backend=self.cfg.backend)
-            loss = masked_patch_loss(pred, target, mask, norm_pix=self.cfg.norm_pix, num_masked=masked,
-                                     backend="reference" if self.cfg.backend == "reference" else "auto")
+        masked = b * (num_patches - kept_count(num_patches, self.cfg.mask_ratio))
+        target = patchify(images, p, backend=self.cfg.backend)
+        loss = masked_patch_loss(pred, target, mask, norm_pix=self.cfg.norm_pix, num_masked=masked,
+                                 backend="reference" if self.cfg.backend == "reference" else "auto")
         return StepOutput(loss=loss, metrics={"loss_rec": loss.detach()})

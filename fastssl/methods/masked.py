@@ -30,17 +30,14 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.models.ema import cosine_momentum
-from fastssl.methods.kappa import vmf_kappa
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks
-from fastssl.models.chunks import random_permutation
-from fastssl.models.cross_attention import ClassAttentionHead
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks, vmf_kappa
+from fastssl.models.vit.chunks import random_permutation
+from fastssl.models.vit.cross_attention import ClassAttentionHead
 from fastssl.models.ema import EmaTarget
 from fastssl.models.heads import HeadConfig, MLPHead
-from fastssl.models.outputs import split_per_view
-from fastssl.models.views import ChunkedView, ImageView
+from fastssl.models.vit.outputs import split_per_view
+from fastssl.models.vit.views import ChunkedView, ImageView
 from fastssl.ops.contrastive import spherical_mean
 
 
@@ -98,16 +95,14 @@ def encode_chunks(encoder: nn.Module, head: nn.Module | None, images: torch.Tens
     return cls, rep
 
 
-class MaskedSiamese(nn.Module):
+class MaskedSiamese(MethodModule):
     """Encoder [+ class attention] + projector + predictor, their EMA target, and one step of a masked
     two-view method. A subclass sets ``Config`` (a ``MaskingFields``) and ``loss(q [n, 2B, P], k [2B, P])``."""
 
     Config = MaskingFields
 
     def __init__(self, cfg: MaskingFields, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         dim = encoder.num_features
         self.cross_attention = (ClassAttentionHead(dim, encoder.config["num_heads"], depth=cfg.cross_attention_depth,
                                                    attn_backend=encoder.dispatch.requested)

@@ -1,16 +1,13 @@
-"""What MAE, CAN and DAC share: their config fields, the per-step mask draw, and the two ways of
-running the same model ("fastssl": packed ViT + token kernels; "eager": MAE's official way).
+"""What MAE, CAN and DAC share: their config fields, the per-step mask draw, the decoder.
 
-impl "fastssl"   encoder: one packed ``PackedViT.encode`` of all views, the kept patches' pixels
-                 gathered before the patch embedding; decoder: ``scatter_tokens``; losses: the
-                 ``fastssl.ops`` ops with ``backend`` (auto: Triton on CUDA, reference on CPU).
-impl "eager"     every op on its reference, attention as plain SDPA on dense ``[N, T, D]`` batches,
-                 one encoder call per view, MAE's add-then-gather input (``models/dense.py``).
-Both use the same parameters, so a test can compare losses and every gradient after one step.
+Encoder: one packed ``PackedViT.encode`` of all views, the kept patches' pixels gathered before the
+patch embedding; decoder: ``scatter_tokens``; losses: the ``fastssl.ops`` ops with ``backend``
+(auto: Triton on CUDA, reference on CPU). The eager way of MAE's official code (every op on its
+reference, dense SDPA, one encoder call per view, MAE's add-then-gather input) is a reference in
+the tests (``tests/methods/_masked_image_ref.py``, same modules: losses and every gradient compared)
+and a twin in the benchmarks (``bench/eager/masked_image.py``).
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -19,6 +16,7 @@ from pydantic import Field
 from fastssl.config_base import Section
 from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 from fastssl.ops import random_masking
+from fastssl.ops.dispatch import Backend
 
 
 class MaskedImageFields(Section):
@@ -26,8 +24,7 @@ class MaskedImageFields(Section):
 
     norm_pix: bool = Field(True, description="Reconstruction target normalised per patch (MAE's norm_pix_loss).")
     decoder: DecoderConfig = Field(default_factory=DecoderConfig, description="MAE's decoder (ViT-B defaults).")
-    impl: Literal["fastssl", "eager"] = Field("fastssl", description="fastssl: packed ViT + token kernels; eager: the reference path.")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Op implementation on the fastssl path.")
+    backend: Backend = Field("auto", description="Op implementation (auto: Triton on CUDA, reference on CPU).")
 
 
 def rank_rows(x: torch.Tensor, views: int, batch: int) -> torch.Tensor:

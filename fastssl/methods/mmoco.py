@@ -16,13 +16,14 @@ from pydantic import Field
 
 from fastssl.methods.masked import MaskedSiamese, MaskingFields
 from fastssl.methods.mocov3 import symmetric_info_nce
+from fastssl.ops.dispatch import Backend
 
 
 class MMoCoConfig(MaskingFields):
     name: Literal["mmoco"] = "mmoco"
     temperature: float = Field(0.2, gt=0, description="τ of InfoNCE (MoCo v3's 0.2 for ViT).")
     gather_distributed: bool = Field(True, description="Keys from all ranks (the global batch).")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    backend: Backend = Field("auto", description="Contrastive op implementation.")
 
 
 class MMoCo(MaskedSiamese):

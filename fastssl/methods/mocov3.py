@@ -12,19 +12,12 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from fastssl import ops
 from fastssl.config_base import Section
-from fastssl.data.batch import Batch
-from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.models.ema import cosine_momentum
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup
-from fastssl.methods.parts import encode_views, online_and_predictor_groups, pair_metrics, per_view, target_projections
-from fastssl.models.ema import EmaTarget
-from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.methods.parts import MomentumSiamese
+from fastssl.models.heads import HeadConfig
+from fastssl.ops.dispatch import Backend
 
 
 def _projector() -> HeadConfig:
@@ -36,7 +29,7 @@ def _predictor() -> HeadConfig:
 
 
 def symmetric_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float, *, gather_distributed: bool,
-                       backend: str = "auto") -> torch.Tensor:
+                       backend: Backend = "auto") -> torch.Tensor:
     """MoCo v3's loss 2τ·[ctr(q₁, k₂) + ctr(q₂, k₁)].
 
     q: ``[2B, D]`` or ``[n, 2B, D]`` (n query chunks per image, M-MoCo: ``info_nce`` then averages
@@ -54,39 +47,17 @@ class MoCoV3Config(Section):
     temperature: float = Field(0.2, gt=0, description="τ of InfoNCE (0.2 for ViT in the paper).")
     base_momentum: float = Field(0.99, ge=0.0, le=1.0, description="Momentum-encoder m at step 0, cosine → 1.")
     gather_distributed: bool = Field(True, description="Keys from all ranks (the global batch).")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    backend: Backend = Field("auto", description="Contrastive op implementation.")
     projector: HeadConfig = Field(default_factory=_projector)
     predictor: HeadConfig = Field(default_factory=_predictor, description="Its input width is projector.out_dim.")
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(MomentumSiamese):
+    """The step, heads and target: ``parts.MomentumSiamese``; here the loss (q: the predictions)."""
+
     Config = MoCoV3Config
-
-    def __init__(self, cfg: MoCoV3Config, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
-        self.projector = MLPHead(encoder.num_features, cfg.projector)
-        self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
-        self.target = EmaTarget(self.encoder, self.projector)
-
-    def crops(self) -> tuple[CropSpec, ...]:
-        return TWO_VIEWS
-
-    def param_groups(self) -> list[ParamGroup]:
-        return online_and_predictor_groups(self.encoder, self.projector, self.predictor)
 
     def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q: ``[2B, D]`` predictions, k: ``[2B, D]`` keys (no gradient), view-major."""
         c = self.cfg
         return symmetric_info_nce(q, k, c.temperature, gather_distributed=c.gather_distributed, backend=c.backend)
-
-    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        views = batch["views"]
-        q = per_view(self.predictor, per_view(self.projector, encode_views(self.encoder, views), 2), 2)
-        k = target_projections(self.target, views)
-        q1, q2 = q.chunk(2)
-        return StepOutput(loss=self.loss(q, k), metrics=pair_metrics(q1, q2))
-
-    def after_step(self, ctx: StepContext) -> None:
-        self.target.update_(self.encoder, self.projector, momentum=cosine_momentum(self.cfg.base_momentum, ctx.progress))

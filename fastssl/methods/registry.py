@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from fastssl.config_base import ConfigError
+from fastssl.methods.accel import Accel
 from fastssl.methods.byol import BYOL
 from fastssl.methods.can import CAN
 from fastssl.methods.dac import DAC
@@ -37,14 +38,18 @@ def method_config_union():
 
 def build_method(cfg) -> nn.Module:
     """The configured method around the encoder ``cfg.model`` names (a ``TrainConfig``): a
-    ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``)."""
+    ``PackedViT`` or a ``ResNetTaps`` (``fastssl.models.encoder.build_encoder``); wrapped in
+    ``Accel`` when the method's config sets ``accel``."""
     from fastssl.models.encoder import build_encoder
 
     encoder = build_encoder(cfg.model, cfg.data.image_size)
     for method in METHODS:
         if isinstance(cfg.method, method.Config):
             try:
-                return method(cfg.method, encoder)
+                built = method(cfg.method, encoder)
+                if getattr(cfg.method, "accel", None) is not None:  # SimCLR, MoCo v2, SwAV: a loss per stage
+                    built = Accel(built, cfg.method.accel)
+                return built
             except ValueError as err:  # a method refusing its settings for this encoder (e.g. DAC's
                 raise ConfigError(str(err)) from err  # mask ratio on this grid): one line, exit code 2
     raise TypeError(f"no registered method takes {type(cfg.method).__name__}")

@@ -17,11 +17,10 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, one_group
-from fastssl.methods.parts import encode_views, pair_metrics
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, one_group
+from fastssl.methods.parts import encode_views, pair_metrics, param_dtype
 from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.ops.dispatch import Backend
 
 
 class SimCLRConfig(Section):
@@ -30,26 +29,19 @@ class SimCLRConfig(Section):
     temperature: float = Field(0.1, gt=0, description="τ; the DCL paper uses 0.1 on ImageNet, 0.07 on CIFAR/STL.")
     weight_sigma: float = Field(0.5, gt=0, description="σ of the DCLW weight (loss=dclw only); the paper's choice is 0.5.")
     gather_distributed: bool = Field(True, description="Negatives from all ranks (the global batch), as SimCLR does.")
-    backend: Literal["auto", "reference", "triton"] = Field("auto", description="Contrastive op implementation.")
+    backend: Backend = Field("auto", description="Contrastive op implementation.")
     head: HeadConfig = Field(default_factory=HeadConfig)
     accel: AccelConfig | None = Field(None, description="Intermediate losses (partial back-prop, hard region pairs); ResNet only.")
 
 
-class SimCLR(nn.Module):
+class SimCLR(MethodModule):
     """encoder [B,3,H,W] → [B,E]; projector [B,E] → [B,out_dim]; loss on the two views' projections."""
 
     Config = SimCLRConfig
 
     def __init__(self, cfg: SimCLRConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
-        self.accel = None
-        if cfg.accel is not None:
-            from fastssl.methods.accel import AccelSimCLR
-
-            self.accel = AccelSimCLR(encoder, cfg.accel)
 
     def crops(self) -> tuple[CropSpec, ...]:
         return TWO_VIEWS
@@ -66,7 +58,17 @@ class SimCLR(nn.Module):
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["views"]: [2, B, 3, S, S]."""
-        if self.accel is not None:
-            return self.accel.forward(self, batch, ctx)
         z1, z2 = self.projector(encode_views(self.encoder, batch["views"])).chunk(2)
         return StepOutput(loss=self.loss(z1, z2), metrics=pair_metrics(z1, z2))
+
+    # A loss after every ResNet stage (``method.accel``: ``build_method`` wraps the method in
+    # ``methods/accel.py``'s ``Accel``, which calls these; ``stages`` holds the heads of stages 1 … n−1).
+    def stage_inputs(self, batch: Batch, stages):
+        v = batch["views"].to(param_dtype(self.encoder))
+        return (self.encoder, v[0]), (self.encoder, v[1])
+
+    def embed_stage(self, i: int, side: int, maps: torch.Tensor, stages) -> torch.Tensor:
+        return stages.head(i, self.projector)(self.encoder.pool(maps))
+
+    def stage_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor, stages) -> torch.Tensor:
+        return self.loss(za, zb)

@@ -15,11 +15,8 @@ from torch import nn
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import encode_views, pair_metrics, per_view
-from fastssl.methods.siamese import simsiam_loss, simsiam_predictor
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.parts import encode_views, pair_metrics, per_view, simsiam_loss, simsiam_predictor
 from fastssl.models.heads import HeadConfig, MLPHead
 
 
@@ -38,15 +35,13 @@ class SimSiamConfig(Section):
     predictor: HeadConfig = Field(default_factory=_predictor, description="Its input width is projector.out_dim; out_dim must equal it.")
 
 
-class SimSiam(nn.Module):
+class SimSiam(MethodModule):
     Config = SimSiamConfig
 
     def __init__(self, cfg: SimSiamConfig, encoder: nn.Module):
-        super().__init__()
+        super().__init__(cfg, encoder)
         if cfg.predictor.out_dim != cfg.projector.out_dim:
             raise ValueError(f"method.predictor.out_dim ({cfg.predictor.out_dim}) must equal method.projector.out_dim ({cfg.projector.out_dim})")
-        self.cfg = cfg
-        self.encoder = encoder
         self.projector = MLPHead(encoder.num_features, cfg.projector)
         self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
 
@@ -57,7 +52,7 @@ class SimSiam(nn.Module):
         return [ParamGroup("backbone", trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")),
                 ParamGroup("predictor", trainable(self.predictor, "predictor."), fixed_lr=self.cfg.fix_predictor_lr)]
 
-    loss = staticmethod(simsiam_loss)  # shared with DAC (methods/siamese.py)
+    loss = staticmethod(simsiam_loss)  # shared with DAC (methods/parts.py)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         z = per_view(self.projector, encode_views(self.encoder, batch["views"]), 2)

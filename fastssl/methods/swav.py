@@ -31,11 +31,8 @@ from fastssl.config_base import Section
 from fastssl.data.batch import Batch
 from fastssl.data.crops import CropSpec
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
-from fastssl.methods.losses import swapped_prediction
-from fastssl.methods.output import StepOutput
-from fastssl.methods.param_groups import ParamGroup, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype
+from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.parts import pair_metrics, param_dtype, swapped_prediction
 from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.queue import KeyQueue
 
@@ -68,21 +65,14 @@ class SwAVConfig(Section):
         return self
 
 
-class SwAV(nn.Module):
+class SwAV(MethodModule):
     Config = SwAVConfig
 
     def __init__(self, cfg: SwAVConfig, encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder
+        super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
         self.prototypes = nn.Linear(cfg.head.out_dim, cfg.n_prototypes, bias=False)
         self.queues = nn.ModuleList(KeyQueue(cfg.queue_length, cfg.head.out_dim, seed=i) for i in range(2)) if cfg.queue_length else None
-        self.accel = None
-        if cfg.accel is not None:
-            from fastssl.methods.accel import AccelSwAV
-
-            self.accel = AccelSwAV(encoder, cfg)
 
     def crops(self) -> tuple[CropSpec, ...]:
         c = self.cfg
@@ -92,25 +82,18 @@ class SwAV(nn.Module):
             out.append(CropSpec("local", count=c.n_local, size=c.local_size, scale=c.local_scale, blur_p=0.5, solarize_p=0.0))
         return tuple(out)
 
-    def all_prototypes(self) -> list[nn.Linear]:
-        return [self.prototypes] + (self.accel.prototype_list() if self.accel is not None else [])
-
     def param_groups(self) -> list[ParamGroup]:
         freeze = self.cfg.freeze_prototypes_epochs
 
         def prototypes_lr(epoch: float) -> float:
             return 0.0 if epoch < freeze else 1.0
 
-        protos = trainable(self.prototypes, "prototypes.")
         online = trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")
-        if self.accel is not None:
-            online += trainable(self.accel.heads, "accel.heads.")
-            protos += trainable(self.accel.prototypes, "accel.prototypes.")
-        return [ParamGroup("online", online), ParamGroup("prototypes", protos, lr_scale=prototypes_lr)]
+        return [ParamGroup("online", online), ParamGroup("prototypes", trainable(self.prototypes, "prototypes."), lr_scale=prototypes_lr)]
 
     @torch.no_grad()
-    def normalize_prototypes_(self) -> None:
-        for p in self.all_prototypes():
+    def normalize_prototypes_(self, *more: nn.Linear) -> None:
+        for p in (self.prototypes, *more):
             p.weight.copy_(F.normalize(p.weight.float(), dim=1).to(p.weight.dtype))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +109,6 @@ class SwAV(nn.Module):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["global"]: [2, B, 3, S, S]; batch["local"]: [V, B, 3, s, s] when n_local > 0."""
         self.normalize_prototypes_()
-        if self.accel is not None:
-            return self.accel.forward(self, batch, ctx)
         c = self.cfg
         g = batch["global"]
         z = [self.embed(g.flatten(0, 1))]
@@ -146,3 +127,41 @@ class SwAV(nn.Module):
                     self.queues[i].enqueue(zg[i].detach(), gather_distributed=False)  # per-rank queue, as SwAV's
         loss = swapped_prediction(scores, codes, c.temperature)
         return StepOutput(loss=loss, metrics={**pair_metrics(zg[0], zg[1]), "code_max": codes[0].max(1).values.mean()})
+
+    # A loss after every ResNet stage (``method.accel``: ``build_method`` wraps the method in
+    # ``methods/accel.py``'s ``Accel``, which calls these). Both global crops through the one
+    # encoder; per-stage projector + prototypes (the last stage uses the method's own); codes from
+    # ``ops.sinkhorn`` on each crop, swapped prediction.
+    def extend_to_stages(self, stages) -> dict[str, nn.Module]:
+        d = stages.cfg.stage_head.out_dim
+        stages.prototypes = nn.ModuleList(nn.Linear(d, self.cfg.n_prototypes, bias=False) for _ in range(len(stages.heads)))
+        return {"online": stages.heads, "prototypes": stages.prototypes}
+
+    def stage_prototypes(self, i: int, stages) -> nn.Linear:
+        return self.prototypes if stages.is_last(i) else stages.prototypes[i - 1]
+
+    def stage_inputs(self, batch: Batch, stages):
+        self.normalize_prototypes_(*stages.prototypes)  # every stage's, as the forward does its own
+        v = batch["global"].to(param_dtype(self.encoder))
+        return (self.encoder, v[0]), (self.encoder, v[1])
+
+    def embed_stage(self, i: int, side: int, maps: torch.Tensor, stages) -> torch.Tensor:
+        return F.normalize(stages.head(i, self.projector)(self.encoder.pool(maps)), dim=1)
+
+    def stage_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor, stages) -> torch.Tensor:
+        proto = self.stage_prototypes(i, stages)
+        sa, sb = proto(za), proto(zb)
+        with torch.no_grad():
+            codes = [self.codes(sa), self.codes(sb)]
+        return swapped_prediction([sa, sb], codes, self.cfg.temperature)
+
+    def pair_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor, stages) -> torch.Tensor:
+        """``[M, B, D]`` pairs → ``[B, M, M]``: the swapped prediction between region p of view a and
+        region q of view b, with each region's codes from a Sinkhorn over the batch."""
+        proto, t = self.stage_prototypes(i, stages), self.cfg.temperature
+        sa, sb = proto(za).float(), proto(zb).float()  # [M, B, K]
+        qa = torch.stack([self.codes(s) for s in sa])
+        qb = torch.stack([self.codes(s) for s in sb])
+        la, lb = F.log_softmax(sa / t, dim=-1), F.log_softmax(sb / t, dim=-1)
+        # view b's region q predicts a's codes of region p, and a's region p predicts b's of q
+        return -(torch.einsum("pbk,qbk->bpq", qa, lb) + torch.einsum("qbk,pbk->bpq", qb, la)) / 2

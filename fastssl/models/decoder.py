@@ -11,7 +11,8 @@
 
 The packed path runs the blocks as one pack of N equal sequences (one dense SDPA per call on CPU,
 one varlen/xformers kernel on CUDA) and the scatter through ``fastssl.ops.scatter_tokens`` (Triton
-on CUDA). ``forward_eager`` is the same maths as MAE writes it: reference scatter, dense blocks.
+on CUDA). MAE's own way (reference scatter, dense blocks) is the tests' reference
+(``tests/methods/_masked_image_ref.py``).
 Initialisation as MAE: xavier-uniform Linear weights, zero biases, mask token N(0, 0.02²).
 """
 from __future__ import annotations
@@ -21,12 +22,10 @@ from pydantic import Field
 from torch import nn
 
 from fastssl.config_base import Section
-from fastssl.models.attention import AttentionDispatch
-from fastssl.models.blocks import PackedBlock
-from fastssl.models.dense import dense_blocks
-from fastssl.models.layout import AttnLayout
+from fastssl.models.vit.attention import AttentionDispatch
+from fastssl.models.vit.blocks import PackedBlock
+from fastssl.models.vit.layout import AttnLayout
 from fastssl.models.sincos import sincos_2d
-from fastssl.ops import reference
 from fastssl.ops.dispatch import Backend
 from fastssl.ops.tokens import scatter_tokens
 
@@ -98,14 +97,3 @@ class MaskedDecoder(nn.Module):
         for blk in self.blocks:
             h = blk(h, layout)
         return self._head(h.view(n, 1 + length, d))
-
-    def forward_eager(self, tokens: torch.Tensor, ids_keep: torch.Tensor, extra: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MAE's ``forward_decoder``: tokens ``[N, 1 + K, De]`` (CLS first) -> same as ``forward``."""
-        self._check(tokens[:, 1:], ids_keep)
-        x = self.decoder_embed(tokens)
-        full = reference.scatter_tokens(x[:, 1:], ids_keep, self.num_patches, self.mask_token)
-        x = torch.cat([x[:, :1], full], dim=1) + self.pos_embed.to(x.dtype).unsqueeze(0)
-        if extra is not None:
-            x = x + extra.unsqueeze(1)
-        return self._head(dense_blocks(self.blocks, x))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastssl.models.resnet import ResNetTaps
-from fastssl.models.vit import PackedViT
+from fastssl.models.vit.model import PackedViT
 
 RESNET_PREFIXES = ("resnet", "test_resnet", "wide_resnet", "resnext")
 VIT_PREFIXES = ("vit_", "test_vit")

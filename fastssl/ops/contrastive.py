@@ -14,15 +14,37 @@ component, a cancellation that bf16 would turn into percent-level gradient error
 ``gather_distributed=True``: negatives come from every rank; each rank's value is the mean over its
 local anchors, so the engine's gradient averaging reproduces the single-process global-batch
 gradient (see ``fastssl.ops.distributed``).
+
+The kernels (``fastssl.kernels.contrastive``) enter as the custom ops at the end of this file,
+each with its fake function and its autograd registered once: ``fastssl::contrastive_rows`` (and
+``_self`` for rows is cols), ``fastssl::queue_rows`` (MoCo v2) and ``fastssl::unit_rows`` (the
+fused normalisation), each with a ``_bwd`` op. Eager calls take the ops' eager doors
+(``fastssl.ops.dispatch.eager_door``, the reason and the measured cost there).
 """
 from __future__ import annotations
 
+import math
+import os
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from fastssl.ops import reference
-from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
+from fastssl.ops.dispatch import Backend, auto_size_ok, backward_impl, eager_door, empty_flag, use_triton
 from fastssl.ops.distributed import gather_rows, world_info
+
+OPTIONS = {
+    # Outside torch.compile the kernels enter through the custom ops' eager doors (False: through the
+    # custom ops, as main did before issue 21; bench/contrastive.py's triton[old] variant).
+    "direct_eager": True,
+    # The ops' L2 normalisation of kernel-bound operands as one Triton launch forward and one
+    # backward (``unit_rows``) instead of ~5 + ~7 small torch launches: the first H200 run showed the
+    # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
+    # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
+    "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
+}
 
 
 def _kernel(backend: Backend, device: torch.device, size: int | None) -> bool:
@@ -35,9 +57,7 @@ def _core(backend: Backend, device: torch.device, size: int | None = None, *, ke
     """The implementation of ``contrastive_rows`` that ``backend`` picks for ``device`` and a
     similarity matrix of ``size`` elements; ``kernel``: that decision, already taken by the caller."""
     if kernel if kernel is not None else _kernel(backend, device, size):
-        from fastssl.ops.library import contrastive_rows as triton_rows  # the kernel as a custom op (torch.compile)
-
-        return triton_rows
+        return triton_contrastive_rows
     return reference.contrastive_rows
 
 
@@ -45,8 +65,6 @@ def _queue_core(backend: Backend, device: torch.device, size: int | None = None,
     """The implementation of ``queue_rows`` (MoCo v2's queue InfoNCE) that ``backend`` picks for
     ``device`` and ``size`` = rows × queue length."""
     if kernel if kernel is not None else _kernel(backend, device, size):
-        from fastssl.kernels.contrastive import queue_rows as triton_queue_rows
-
         return triton_queue_rows
     return reference.queue_rows
 
@@ -54,8 +72,8 @@ def _queue_core(backend: Backend, device: torch.device, size: int | None = None,
 def _unit(z: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """L2-normalise the last dim in fp32 (forward and backward), return in z's dtype.
 
-    ``fused`` (the call runs the Triton kernels): one Triton launch each way
-    (``fastssl.kernels.contrastive.unit_rows``) where it applies, the same maths.
+    ``fused`` (the call runs the Triton kernels): one Triton launch each way (``unit_rows``) where
+    it applies, the same maths.
 
     Without a gradient (momentum keys, MoCo v2's queue of 65,536 keys) the norm is still taken in
     fp32 and the division computed in fp32, but neither materialises an fp32 copy of z: two passes
@@ -63,8 +81,6 @@ def _unit(z: torch.Tensor, fused: bool = False) -> torch.Tensor:
     traffic than the kernel that then reads it). Same values as the fp32 path to the last rounding.
     """
     if fused:
-        from fastssl.kernels.contrastive import unit_rows
-
         y = unit_rows(z)
         if y is not None:
             return y
@@ -101,8 +117,6 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
     # launch that reads both views (no concatenation), host time a small loss pays.
     rows = None
     if fused:
-        from fastssl.kernels.contrastive import unit_rows
-
         rows = unit_rows(z1, z2)
     if rows is None:
         rows = _unit(torch.cat([z1, z2], dim=0), fused)
@@ -264,3 +278,250 @@ def spherical_mean(keys: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"keys must be [m, N, D] (m chunk keys per image), got {tuple(keys.shape)}")
     unit = F.normalize(keys.to(torch.promote_types(keys.dtype, torch.float32)), dim=-1)
     return F.normalize(unit.sum(dim=0), dim=-1).to(keys.dtype)
+
+
+# =============================================================================================
+# The kernels as custom ops: bodies (they call ``fastssl.kernels.contrastive``'s launchers, imported
+# lazily so that CPU-only use never imports Triton), fake functions, autograd, eager doors, wrappers.
+# =============================================================================================
+_LOG2E = 1.0 / math.log(2.0)
+
+
+def _door_open() -> bool:
+    """Eager calls enter through the doors, compiled ones through the custom ops (``OPTIONS``)."""
+    return OPTIONS["direct_eager"] and not torch.compiler.is_compiling()
+
+
+def _loss_lse_fake(rows, *_):
+    m = rows.shape[0]
+    return rows.new_empty(m, dtype=torch.float32), rows.new_empty(m, dtype=torch.float32)
+
+
+# --- contrastive rows: loss[a] = -w·s[a, pos] + LSE over allowed columns -----------------------
+def _rows_body(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
+               temperature: float, exclude_pos: bool) -> tuple[Tensor, Tensor]:
+    """-> (loss [M] fp32, LSE₂ [M] fp32); indices int32, pos_weight fp32 (``kernels.contrastive.prepare``)."""
+    from fastssl.kernels.contrastive import forward
+
+    return forward(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
+
+
+def _rows_self_body(rows: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
+                    temperature: float, exclude_pos: bool) -> tuple[Tensor, Tensor]:
+    """``_rows_body`` with cols = rows (single-process NT-Xent/DCL). A separate op because the
+    backward's one pass for both operands needs to know the two are one tensor, and an op's inputs
+    do not say so (the wrapper decides with ``rows is cols``, which Dynamo resolves while tracing)."""
+    return _rows_body(rows, rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
+
+
+def _rows_bwd_body(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
+                   lse2: Tensor, dloss: Tensor, temperature: float, exclude_pos: bool, need_rows: bool,
+                   need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
+    """-> (dRows [M, D], dCols [C, D]), empty where not needed; ``same``: the whole gradient in the dRows
+    slot. dloss may be ``.mean()``'s expanded (stride-0) gradient: the kernels read it with its stride."""
+    from fastssl.kernels.contrastive import backward
+
+    drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
+                            need_rows, need_cols, same)
+    return (drows if drows is not None else empty_flag(rows)), (dcols if dcols is not None else empty_flag(cols))
+
+
+_rows_op = torch.library.custom_op("fastssl::contrastive_rows", _rows_body, mutates_args=())
+_rows_self_op = torch.library.custom_op("fastssl::contrastive_rows_self", _rows_self_body, mutates_args=())
+_rows_bwd_op = torch.library.custom_op("fastssl::contrastive_rows_bwd", _rows_bwd_body, mutates_args=())
+_rows_op.register_fake(_loss_lse_fake)
+_rows_self_op.register_fake(_loss_lse_fake)
+
+
+@_rows_bwd_op.register_fake
+def _(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos, need_rows, need_cols, same):
+    drows = rows.new_empty(rows.shape) if (need_rows or same) else empty_flag(rows)
+    dcols = cols.new_empty(cols.shape) if (need_cols and not same) else empty_flag(cols)
+    return drows, dcols
+
+
+def _rows_setup(ctx, inputs, output):
+    rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos = inputs
+    ctx.save_for_backward(rows, cols, pos_idx, excl_idx, pos_weight, output[1])
+    ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+
+
+def _rows_backward(ctx, dloss, _dlse2):
+    rows, cols, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
+    need_rows, need_cols = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_rows or need_cols):
+        return None, None, None, None, None, None, None
+    bwd = backward_impl(ctx, _rows_bwd_op, _rows_bwd_body)
+    drows, dcols = bwd(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature, ctx.exclude_pos,
+                       need_rows, need_cols, False)  # no dK work for momentum keys (need_cols False)
+    return (drows if need_rows else None), (dcols if need_cols else None), None, None, None, None, None
+
+
+def _rows_self_setup(ctx, inputs, output):
+    rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos = inputs
+    ctx.save_for_backward(rows, pos_idx, excl_idx, pos_weight, output[1])
+    ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+
+
+def _rows_self_backward(ctx, dloss, _dlse2):
+    """rows is cols: the gradient as rows and as cols, summed, returns through the one input (the
+    kernels' symmetric pass, or dCols added onto dRows: no autograd add of two [M, D] tensors)."""
+    rows, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    bwd = backward_impl(ctx, _rows_bwd_op, _rows_bwd_body)
+    drows, _ = bwd(rows, rows, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature, ctx.exclude_pos,
+                   True, True, True)
+    return drows, None, None, None, None, None
+
+
+_rows_op.register_autograd(_rows_backward, setup_context=_rows_setup)
+_rows_self_op.register_autograd(_rows_self_backward, setup_context=_rows_self_setup)
+_RowsDoor = eager_door(_rows_body, _rows_setup, _rows_backward)
+_RowsSelfDoor = eager_door(_rows_self_body, _rows_self_setup, _rows_self_backward)
+
+
+def triton_contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, temperature: float,
+                            pos_weight: Tensor | None = None, exclude_pos: bool = False) -> Tensor:
+    """The kernels' twin of ``fastssl.ops.reference.contrastive_rows`` (same contract, same maths):
+    loss [M] fp32. rows [M, D], cols [C, D]: one dtype of fp32/bf16/fp16 and one device, any strides."""
+    from fastssl.kernels.contrastive import prepare
+
+    pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
+    t, excl, door = float(temperature), bool(exclude_pos), _door_open()
+    if rows is cols:
+        args = (rows, pos_idx, excl_idx, pos_weight, t, excl)
+        return (_RowsSelfDoor.apply(*args) if door else _rows_self_op(*args))[0]
+    args = (rows, cols, pos_idx, excl_idx, pos_weight, t, excl)
+    return (_RowsDoor.apply(*args) if door else _rows_op(*args))[0]
+
+
+# --- queue rows (MoCo v2): loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = pdot/τ ----------
+def _queue_body(rows: Tensor, queue: Tensor, pdot: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """-> (loss [M] fp32, LSE₂ [M] fp32); pdot [M] fp32, the positives' dot products."""
+    from fastssl.kernels.contrastive import queue_forward
+
+    return queue_forward(rows, queue, pdot, temperature)
+
+
+def _queue_bwd_body(rows: Tensor, queue: Tensor, lse2: Tensor, dloss: Tensor, temperature: float) -> Tensor:
+    """-> dRows [M, D] (the queue never gets a gradient: no column pass)."""
+    from fastssl.kernels.contrastive import queue_backward
+
+    return queue_backward(rows, queue, lse2, dloss, temperature)
+
+
+_queue_op = torch.library.custom_op("fastssl::queue_rows", _queue_body, mutates_args=())
+_queue_bwd_op = torch.library.custom_op("fastssl::queue_rows_bwd", _queue_bwd_body, mutates_args=())
+_queue_op.register_fake(_loss_lse_fake)
+_queue_bwd_op.register_fake(lambda rows, *_: rows.new_empty(rows.shape))
+
+
+def _queue_setup(ctx, inputs, output):
+    rows, queue, pdot, temperature = inputs
+    ctx.save_for_backward(rows, queue, pdot, output[1])
+    ctx.temperature = temperature
+
+
+def _queue_backward(ctx, dloss, _dlse2):
+    """dRows from the kernels; the positive's gradient is O(M): d loss[a] / d pdot[a] = (P_pos[a] − 1)/τ,
+    P_pos = exp2(t_pos₂ − LSE₂), and autograd carries it through the eager dot into q and k."""
+    rows, queue, pdot, lse2 = ctx.saved_tensors
+    dloss, tau = dloss.float(), ctx.temperature
+    drows = dpdot = None
+    if ctx.needs_input_grad[0]:
+        drows = backward_impl(ctx, _queue_bwd_op, _queue_bwd_body)(rows, queue, lse2, dloss, tau)
+    if ctx.needs_input_grad[2]:
+        dpdot = dloss * (torch.exp2(pdot * (_LOG2E / tau) - lse2) - 1.0) / tau
+    return drows, None, dpdot, None
+
+
+_queue_op.register_autograd(_queue_backward, setup_context=_queue_setup)
+_QueueDoor = eager_door(_queue_body, _queue_setup, _queue_backward)
+
+
+def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """The kernels' twin of ``fastssl.ops.reference.queue_rows`` (MoCo v2: positive keys[pos_idx[a]], the
+    queue as negatives), without the [M, 1+K] logits: the forward streams the queue in tiles with the
+    positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
+
+    rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
+    float dtype; pos_idx int [M]. The positive dot products are an eager fp32 O(M·D) pass (autograd
+    gives their gradients to rows and keys). Returns loss [M] fp32; no gradient into the queue.
+    """
+    from fastssl.kernels.contrastive import check_queue
+
+    check_queue(rows, keys, pos_idx, queue, temperature)
+    pdot = (rows.float() * keys.float()[pos_idx.to(keys.device)]).sum(dim=1)  # [M] fp32, differentiable
+    args = (rows, queue.detach(), pdot, float(temperature))
+    return (_QueueDoor.apply(*args) if _door_open() else _queue_op(*args))[0]
+
+
+# --- unit rows: [x1; x2] / max(‖row‖, 1e-12), the ops' ``_unit`` in one launch each way ----------
+def _unit_body(x1: Tensor, x2: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """-> (y [n1 + n2, D] in x1's dtype, 1/‖row‖ [n1 + n2] fp32)."""
+    from fastssl.kernels.contrastive import unit_fwd
+
+    return unit_fwd(x1, x2)
+
+
+def _unit_bwd_body(x1: Tensor, x2: Optional[Tensor], rn: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    """-> (dx1, dx2), dx2 empty without x2."""
+    from fastssl.kernels.contrastive import unit_bwd
+
+    dx1, dx2 = unit_bwd(x1, x2, rn, dy)
+    return dx1, (dx2 if dx2 is not None else empty_flag(x1))
+
+
+_unit_op = torch.library.custom_op("fastssl::unit_rows", _unit_body, mutates_args=())
+_unit_bwd_op = torch.library.custom_op("fastssl::unit_rows_bwd", _unit_bwd_body, mutates_args=())
+
+
+@_unit_op.register_fake
+def _(x1, x2):
+    n = x1.shape[0] + (x2.shape[0] if x2 is not None else 0)
+    return x1.new_empty((n, x1.shape[1])), x1.new_empty(n, dtype=torch.float32)
+
+
+@_unit_bwd_op.register_fake
+def _(x1, x2, rn, dy):
+    return torch.empty_like(x1), (torch.empty_like(x2) if x2 is not None else empty_flag(x1))
+
+
+def _unit_setup(ctx, inputs, output):
+    x1, x2 = inputs
+    ctx.save_for_backward(x1, x2, output[1])
+
+
+def _unit_backward(ctx, dy, _drn):
+    x1, x2, rn = ctx.saved_tensors
+    dx1, dx2 = backward_impl(ctx, _unit_bwd_op, _unit_bwd_body)(x1, x2, rn, dy)
+    return (dx1 if ctx.needs_input_grad[0] else None), (dx2 if ctx.needs_input_grad[1] else None)
+
+
+_unit_op.register_autograd(_unit_backward, setup_context=_unit_setup)
+_UnitDoor = eager_door(_unit_body, _unit_setup, _unit_backward)
+
+
+def fused_unit_rows(x1: Tensor, x2: Tensor | None = None) -> Tensor:
+    """[x1; x2] (x2 may be None; [n_i, D], one dtype of fp32/bf16/fp16, unit stride along D) -> the
+    rows / max(‖row‖, 1e-12) as one [n1 + n2, D] tensor in that dtype, the norm and the backward
+    in fp32, as ``F.normalize(torch.cat([x1, x2]).float()).to(dtype)``, without the concatenation."""
+    return (_UnitDoor.apply(x1, x2) if _door_open() else _unit_op(x1, x2))[0]
+
+
+def unit_rows(x: Tensor, x2: Tensor | None = None) -> Tensor | None:
+    """``fused_unit_rows`` of a 2-D operand (or of two, concatenated) when it applies (``OPTIONS["fused_unit"]``,
+    the kernels take the operands, not under torch.compile, which fuses the eager normalisation
+    itself); None otherwise, and the caller normalises in torch."""
+    if not OPTIONS["fused_unit"] or torch.compiler.is_compiling():
+        return None
+    from fastssl.kernels.contrastive import unit_takes
+
+    if not unit_takes(x, x2):
+        return None
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if x2 is not None and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return fused_unit_rows(x, x2)

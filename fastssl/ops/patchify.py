@@ -8,17 +8,21 @@ Gradients: ``patchify`` is differentiable (its backward is the inverse permutati
 kernel). ``patchify_noise`` is not: its image comes from the data loader and never needs a
 gradient, and the op refuses an image that requires one instead of silently dropping it.
 
-As in ``fastssl.ops.tokens``: the custom ops of ``fastssl.ops.library`` under torch.compile, the
-kernels' launchers directly in eager code (the custom op costs tens of µs of Python per call).
+The kernels (``fastssl.kernels.patchify``) enter as the custom ops ``fastssl::patchify`` (with
+``fastssl::patchify_bwd``) and ``fastssl::patchify_noise`` at the end of this file: one graph node
+each under torch.compile; eager code takes patchify's eager door and calls patchify_noise's body
+directly (it has no autograd), as ``fastssl.ops.tokens`` does (the custom op costs tens of µs of
+Python per call, ``fastssl.ops.dispatch.eager_door``).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from fastssl.ops import reference
-from fastssl.ops.dispatch import Backend, use_triton
+from fastssl.ops.dispatch import Backend, backward_impl, eager_door, use_triton
 
 
 class PatchNoise(NamedTuple):
@@ -48,11 +52,6 @@ def patchify(imgs: torch.Tensor, patch_size: int, *, backend: Backend = "auto") 
     """
     _check_imgs(imgs, patch_size)
     if use_triton(backend, imgs.device):
-        if torch.compiler.is_compiling():
-            from fastssl.ops.library import patchify as triton_patchify  # the kernel as a custom op
-        else:  # eager: the kernel's autograd.Function, without the custom op's Python overhead
-            from fastssl.kernels.patchify import patchify as triton_patchify
-
         return triton_patchify(imgs, patch_size)
     return reference.patchify(imgs, patch_size)
 
@@ -99,16 +98,92 @@ def patchify_noise(
         raise ValueError("norm_target needs at least 2 values per patch (unbiased variance)")
     imgs = imgs.detach()
     if use_triton(backend, imgs.device):
-        # The Philox seed is drawn from torch's RNG (``generator`` or the default CPU one), so
-        # torch.manual_seed / a seeded generator reproduce the noise and every call gets new noise;
-        # a CUDA generator costs one device sync (the seed reaches the launch as a host int).
-        if torch.compiler.is_compiling():
-            from fastssl.ops.library import patchify_noise as triton_patchify_noise  # the kernel as a custom op
-
-            return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
-        from fastssl.kernels.patchify import patchify_noise as kernel_patchify_noise  # eager: no custom-op overhead
-
-        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator,
-                                 device=generator.device if generator is not None else "cpu"))
-        return PatchNoise(*kernel_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, seed))
+        return PatchNoise(*triton_patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
     return PatchNoise(*reference.patchify_noise(imgs, patch_size, sigma, ids_keep, norm_target, generator))
+
+
+# =============================================================================================
+# The kernels as custom ops: bodies (they call ``fastssl.kernels.patchify``'s launchers, imported
+# lazily so that CPU-only use never imports Triton), fake functions, autograd, eager door, wrappers.
+# =============================================================================================
+def _patchify_body(imgs: Tensor, p: int) -> Tensor:
+    """[B, C, H, W] -> [B, L, p·p·C]."""
+    from fastssl.kernels.patchify import patchify_fwd
+
+    return patchify_fwd(imgs.contiguous(), p)
+
+
+def _patchify_bwd_body(g: Tensor, img_shape: list[int], img_dtype: torch.dtype, p: int) -> Tensor:
+    """g [B, L, P] -> d imgs [B, C, H, W] (the inverse permutation)."""
+    from fastssl.kernels.patchify import patchify_bwd
+
+    return patchify_bwd(g, tuple(img_shape), img_dtype, p)
+
+
+_patchify_op = torch.library.custom_op("fastssl::patchify", _patchify_body, mutates_args=())
+_patchify_bwd_op = torch.library.custom_op("fastssl::patchify_bwd", _patchify_bwd_body, mutates_args=())
+
+
+@_patchify_op.register_fake
+def _(imgs, p):
+    b, c, h, w = imgs.shape
+    return imgs.new_empty((b, (h // p) * (w // p), p * p * c))
+
+
+@_patchify_bwd_op.register_fake
+def _(g, img_shape, img_dtype, p):
+    return g.new_empty(img_shape, dtype=img_dtype)
+
+
+def _patchify_setup(ctx, inputs, output):
+    imgs, p = inputs
+    ctx.meta = (list(imgs.shape), imgs.dtype, p)
+
+
+def _patchify_backward(ctx, g):
+    return backward_impl(ctx, _patchify_bwd_op, _patchify_bwd_body)(g, *ctx.meta), None
+
+
+_patchify_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
+_PatchifyDoor = eager_door(_patchify_body, _patchify_setup, _patchify_backward)
+
+
+def triton_patchify(imgs: Tensor, patch_size: int) -> Tensor:
+    """The kernels' ``patchify`` (differentiable; backward = unpatchify)."""
+    if torch.compiler.is_compiling():
+        return _patchify_op(imgs, patch_size)
+    return _PatchifyDoor.apply(imgs, patch_size)
+
+
+def _patchify_noise_body(imgs: Tensor, p: int, sigma: Tensor, ids_keep: Optional[Tensor], norm_target: bool,
+                         seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (inputs [B, K|L, P], target [B, L, P], noise [B, K|L, P]); no gradient (loader images).
+
+    ``seed``: a 0-dim integer tensor, read here (inside the op) so that drawing it from torch's RNG
+    is no ``.item()`` graph break in a compiled caller."""
+    from fastssl.kernels.patchify import patchify_noise as launch
+
+    return launch(imgs, p, sigma, ids_keep, norm_target, int(seed.item()))
+
+
+_patchify_noise_op = torch.library.custom_op("fastssl::patchify_noise", _patchify_noise_body, mutates_args=())
+
+
+@_patchify_noise_op.register_fake
+def _(imgs, p, sigma, ids_keep, norm_target, seed):
+    b, c, h, w = imgs.shape
+    L, P = (h // p) * (w // p), p * p * c
+    k = L if ids_keep is None else ids_keep.shape[1]
+    return imgs.new_empty((b, k, P)), imgs.new_empty((b, L, P)), imgs.new_empty((b, k, P))
+
+
+def triton_patchify_noise(imgs: Tensor, p: int, sigma: Tensor, ids_keep: Tensor | None, norm_target: bool,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernels' ``patchify_noise``. The Philox seed is drawn from torch's RNG (``generator`` or the
+    default CPU one), so torch.manual_seed / a seeded generator reproduce the noise and every call gets
+    new noise; a CUDA generator costs one device sync (the seed reaches the launch as a host int).
+    No autograd, hence no door: eager calls run the op's body directly."""
+    dev = generator.device if generator is not None else torch.device("cpu")
+    seed = torch.randint(0, 2**31 - 1, (), generator=generator, device=dev)
+    args = (imgs, p, sigma.contiguous(), ids_keep, norm_target, seed)
+    return _patchify_noise_op(*args) if torch.compiler.is_compiling() else _patchify_noise_body(*args)

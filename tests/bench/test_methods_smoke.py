@@ -92,7 +92,7 @@ def test_eager_reference_matches_fastssl(name):
     from bench.eager import after_step, build_eager
     from bench.methods import make_batch, spec
     from fastssl.config import load_config
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
     from fastssl.methods.registry import build_method
 
     torch.set_num_threads(1)

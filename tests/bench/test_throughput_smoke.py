@@ -43,7 +43,7 @@ def test_step_flops_matches_counted_flops():
     from bench.throughput import build, step_flops
 
     from fastssl.data.batch import Batch
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
 
     batch = 16
     model, _ = build("test_vit", 32, 4, "dcl", "reference", torch.device("cpu"))
@@ -90,7 +90,7 @@ def test_masked_step_flops_match_counted_flops():
     from bench.masked_step import Case, build, step_flops
 
     from fastssl.data.batch import Batch
-    from fastssl.methods.context import StepContext
+    from fastssl.methods.base import StepContext
 
     case, n, m = Case("test_vit", 32, 4, 6, 48, 16), 5, 2
     method = build("mmoco", case, n, m, torch.device("cpu"))

@@ -49,3 +49,35 @@ def test_rows_share_a_process_and_end_lean(tmp_path):
         assert r["error"] is None and x["trainer_images_per_s"] > 0 and x["flops_per_step"] > 0
         assert x["checkpoints"] == [] and not x["encoder_exported"] and "bare_images_per_s" not in x
     assert doc["records"][0]["extra"]["ceilings"] == doc["records"][1]["extra"]["ceilings"]  # one reference
+
+
+def test_amp_rows_run_the_loop_in_bf16_both_ways(tmp_path):
+    """engine.amp through the trainer (bf16 on CPU): autocast at ZeRO 0 steps torch's AdamW over fp32
+    weights and the loop clips; deepspeed at ZeRO 0 is DeepSpeed's bf16 wrapper; both train."""
+    doc, out = _run(tmp_path, "--methods", "simclr", "--precision", "bf16", "--amp", "autocast,deepspeed", "--no-bare")
+    rows = {r["provider"]: r for r in doc["records"]}
+    assert list(rows) == ["eager z0 autocast", "eager z0 ds-bf16"], list(rows)
+    a, d = rows["eager z0 autocast"], rows["eager z0 ds-bf16"]
+    assert a["error"] is None and d["error"] is None, (a["error"], d["error"])
+    assert a["case"]["amp"] == "autocast" and a["case"]["precision"] == "bf16" and "engine.amp=autocast" in a["extra"]["command"]
+    assert a["extra"]["optimizer"] == "AdamW" and a["extra"]["weights_dtype"] == "float32"
+    assert a["extra"]["autocast"] == "bfloat16" and a["extra"]["loop_clips"] == 3.0
+    assert d["extra"]["optimizer"] == "FP16_UnfusedOptimizer" and d["extra"]["weights_dtype"] == "bfloat16"
+    assert d["extra"]["autocast"] is None and d["extra"]["loop_clips"] is None
+    assert a["extra"]["trainer_images_per_s"] > 0 and d["extra"]["trainer_images_per_s"] > 0
+    assert a["extra"]["flops_per_step"] == d["extra"]["flops_per_step"]  # counted once per shape
+
+
+def test_quick_plan_puts_the_amp_lever_first():
+    """The GPU plan of --quick (printed without running): SimCLR/DCL autocast vs DeepSpeed bf16 at ZeRO 0,
+    ZeRO 2, compile, then every other method at ZeRO 0 with autocast, then ZeRO 2 and compile rows."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train.py"), "--quick", "--plan"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = [line.split(". ", 1)[1].split("  (")[0] for line in done.stdout.splitlines() if ". " in line]
+    assert names[:6] == ["simclr eager z0 autocast", "simclr eager z0 ds-bf16", "simclr eager z2 ds-bf16",
+                         "simclr eager z2 autocast", "simclr compile z0 autocast", "simclr compile z2 ds-bf16"]
+    others = names[6:16]
+    assert all(n.endswith(" eager z0 autocast") for n in others) and len({n.split()[0] for n in others}) == 10
+    assert "simclr" not in {n.split()[0] for n in others}
+    assert all(" z2 " in n or " compile " in n for n in names[16:]) and len(names) == 46

@@ -2,7 +2,6 @@
 
 - a whole method step with ``backend: triton`` compiles with ``fullgraph=True``: no graph break;
   its loss and gradients equal the eager step with the reference loss (independent maths);
-- the custom ops pass ``torch.library.opcheck`` (schema, fake tensors, autograd registration);
 - ``compile_regions`` (Inductor, the trainer's path): losses equal eager for a few SGD steps,
   state_dict keys and shapes unchanged (no ``_orig_mod.``), nothing recompiled after the first step,
   and a changing batch size recompiles once, not every step.
@@ -17,9 +16,8 @@ from fastssl.config import TrainConfig
 from fastssl.data.batch import Batch
 from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats, resolve_attention
 from fastssl.eval.export import encoder_state_dict
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.registry import build_method
-from fastssl.ops import library
 
 HEAD = {"hidden_dim": 32, "out_dim": 16}
 METHODS = {
@@ -79,37 +77,6 @@ def test_method_step_with_triton_ops_has_no_graph_break(name, tmp_path):
         # entry, 0.022 ± 1.8e-5, on another x86 CPU with the same code).
         err, scale = (got_g[k] - want_g[k]).abs().max().item(), want_g[k].abs().max().item()
         assert err <= 1e-4 * scale + 1e-6, f"{k}: max |got - want| = {err:.3g}, max |want| = {scale:.3g}"
-
-
-def _opcheck(op, args):
-    # test_aot_dispatch_dynamic re-runs the op under symbolic shapes and checks the backward formula
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
-                                                "test_aot_dispatch_dynamic"))
-
-
-def test_contrastive_ops_pass_opcheck():
-    rows = torch.randn(7, 5, requires_grad=True)
-    cols = torch.randn(9, 5, requires_grad=True)
-    pos = torch.randint(0, 9, (7,), dtype=torch.int32)
-    excl = torch.full((7,), -1, dtype=torch.int32)
-    w = torch.rand(7)
-    _opcheck(library._contrastive_fwd, (rows, cols, pos, excl, w, 0.2, True))
-    _opcheck(library._contrastive_self_fwd, (rows, pos % 7, excl, None, 0.1, False))
-
-
-def test_token_and_patchify_ops_pass_opcheck():
-    x = torch.randn(3, 10, 6, requires_grad=True)
-    ids = torch.stack([torch.randperm(10)[:4] for _ in range(3)])
-    pos = torch.randn(10, 6, requires_grad=True)
-    _opcheck(library._gather_fwd, (x, ids, pos))
-    kept = torch.randn(3, 4, 6, requires_grad=True)
-    mt = torch.randn(1, 1, 6, requires_grad=True)
-    _opcheck(library._scatter_fwd, (kept, ids, 10, mt, pos))
-    imgs = torch.randn(2, 3, 8, 12, requires_grad=True)
-    _opcheck(library._patchify_fwd, (imgs, 4))
-    keep = torch.stack([torch.randperm(6)[:3] for _ in range(2)])  # 8×12 px, patch 4: 6 patches
-    torch.library.opcheck(library._patchify_noise, (imgs.detach(), 4, torch.rand(2), keep, True, torch.tensor(7)),
-                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compiled_regions_train_like_eager_and_keep_their_names(tmp_path):
@@ -196,7 +163,7 @@ class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
 def test_layouts_build_on_fake_cuda_without_host_copies():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from fastssl.models.layout import AttnLayout
+    from fastssl.models.vit.layout import AttnLayout
 
     with FakeTensorMode():
         dev = torch.device("cuda")
@@ -217,7 +184,7 @@ def _on_meta(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("backend", ["sdpa_grouped", "sdpa_mask", "varlen"])
 def test_packed_step_on_a_device_has_no_host_sync_or_host_copy(backend):
     from fastssl.models import ChunkedView, ImageView, MaskedView, PackedViT
-    from fastssl.models.cross_attention import ClassAttentionHead
+    from fastssl.models.vit.cross_attention import ClassAttentionHead
     from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 
     torch.manual_seed(0)

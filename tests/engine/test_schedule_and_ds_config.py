@@ -8,7 +8,7 @@ from torch import nn
 from fastssl.config import TrainConfig
 from fastssl.engine.ds_config import deepspeed_config
 from fastssl.engine.params import optimizer_groups
-from fastssl.methods.param_groups import ParamGroup, one_group, trainable
+from fastssl.methods.base import ParamGroup, one_group, trainable
 from fastssl.models.ema import cosine_momentum
 from fastssl.engine.schedule import lr_factor, lr_scheduler, plan_steps
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.data.batch import Batch
-from fastssl.methods.accel import cosine_pair_loss, draw_stage, hardest_pair, pick, region_crops
+from fastssl.methods.accel import Accel, cosine_pair_loss, draw_stage, hardest_pair, pick, region_crops
 from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
 from fastssl.models.heads import HeadConfig
 from fastssl.models.resnet import ResNetTaps
@@ -62,7 +62,7 @@ def _stages(seed: int, steps: int = 24) -> list[int]:
 # and draws with draw_stage's rule, uniform over 1 … 4 from ctx.generator(); light imports only.
 _DRAW_ELSEWHERE = """
 import torch
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 print([int(torch.randint(1, 5, (1,), generator=StepContext(s, 10, 100, 7).generator())) for s in range(24)])
 """
 
@@ -86,11 +86,11 @@ def test_stage_draw_is_the_same_on_every_rank_and_after_a_resume():
     assert draw_stage(AccelConfig(partial_backprop=False), 4, torch.Generator()) == 4  # no PB: always the last
 
 
-def _simclr_accel(**accel) -> SimCLR:
+def _simclr_accel(**accel) -> Accel:
     torch.manual_seed(0)
     h = HeadConfig(hidden_dim=16, out_dim=8)
-    return SimCLR(SimCLRConfig(loss="nt_xent", head=h, gather_distributed=False, accel=AccelConfig(stage_head=h, **accel)),
-                  ResNetTaps.from_timm("test_resnet", small_stem=True))
+    cfg = SimCLRConfig(loss="nt_xent", head=h, gather_distributed=False, accel=AccelConfig(stage_head=h, **accel))
+    return Accel(SimCLR(cfg, ResNetTaps.from_timm("test_resnet", small_stem=True)), cfg.accel)  # as build_method does
 
 
 def _step_with_stage(stage: int) -> int:
@@ -122,3 +122,28 @@ def test_partial_backprop_leaves_later_stages_untouched(stage):
     # (some parameters of a used block get an exactly zero gradient: timm zero-initialises the last BN
     # of every residual branch, so only "something moved in every used stage" is checked)
     assert {f"layer{i}" for i in range(1, stage + 1)} <= moved and "conv1" in moved, moved
+
+
+def test_the_wrapper_keeps_the_checkpoint_keys_of_the_methods():
+    """``Accel`` around MoCo v2 / SwAV: the state_dict keys runs have always written (the method's own,
+    ``accel.*`` for the stage parts, the key encoder following the stage heads as ``target.net.2``),
+    and the stage parameters in the method's parameter groups (resume of existing runs)."""
+    from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
+    from fastssl.methods.swav import SwAV, SwAVConfig
+
+    h = HeadConfig(hidden_dim=16, out_dim=8)
+    acc = AccelConfig(stage_head=h)
+    enc = lambda: ResNetTaps.from_timm("test_resnet", small_stem=True)  # noqa: E731
+    moco = Accel(MoCoV2(MoCoV2Config(head=h.model_copy(update={"norm": "none"}), queue_size=16, accel=acc), enc()), acc)
+    swav = Accel(SwAV(SwAVConfig(head=h, n_local=0, n_prototypes=5, accel=acc), enc()), acc)
+    for model, want in ((moco, ["encoder", "projector", "queue", "accel.heads", "accel.queues", "target.net.0", "target.net.1", "target.net.2"]),
+                        (swav, ["encoder", "projector", "prototypes", "accel.heads", "accel.prototypes"])):
+        tops = []
+        for k in model.state_dict():
+            top = ".".join(k.split(".")[:3 if k.startswith("target") else 2 if k.startswith("accel") else 1])
+            if top not in tops:
+                tops.append(top)
+        assert tops == want
+    assert [n for n, _ in moco.param_groups()[0].params if n.startswith("accel")] == [n for n, _ in moco.named_parameters() if n.startswith("accel.heads")]
+    groups = {g.name: {n.split(".")[0] + "." + n.split(".")[1] for n, _ in g.params} for g in swav.param_groups()}
+    assert "accel.heads" in groups["online"] and "accel.prototypes" in groups["prototypes"]

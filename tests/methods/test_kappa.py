@@ -1,4 +1,4 @@
-"""The κ monitor (``fastssl.methods.kappa.vmf_kappa``) against samples from a von Mises–Fisher
+"""The κ monitor (``fastssl.methods.parts.vmf_kappa``) against samples from a von Mises–Fisher
 distribution of known κ, drawn with Wood's (1994) rejection sampler written here; the sampler itself
 is checked against the mean cosine E[w] = A_d(κ) computed by quadrature of the marginal density of
 w = μ·x, p(w) ∝ exp(κw)(1 − w²)^((d−3)/2)."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl.methods.kappa import vmf_kappa
+from fastssl.methods.parts import vmf_kappa
 
 
 def sample_vmf(mu: np.ndarray, kappa: float, n: int, rng: np.random.Generator) -> np.ndarray:

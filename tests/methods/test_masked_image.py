@@ -1,5 +1,5 @@
 """MAE, CAN and DAC: the fastssl path (packed ViT, Triton token kernels under the interpreter) against
-the eager reference path (reference ops, dense SDPA, MAE's add-then-gather input) on one tiny model:
+the eager reference (``_masked_image_ref``: reference ops, dense SDPA, MAE's add-then-gather input) on one tiny model:
 losses, every loss term and every parameter gradient after one step. Plus masking, shapes, the
 decoder's patch order, the noisy-patch view, CAN's loss weights and DAC's resized view."""
 from __future__ import annotations
@@ -12,14 +12,16 @@ import torch
 import fastssl.methods.can as can_mod
 from fastssl.data.batch import Batch
 from fastssl.methods.can import CAN, CANConfig
-from fastssl.methods.context import StepContext
+from fastssl.methods.base import StepContext
 from fastssl.methods.dac import DAC, DACConfig, small_size
 from fastssl.methods.mae import MAE, MAEConfig
 from fastssl.methods.masked_image import draw_masks
 from fastssl.models.decoder import DecoderConfig, MaskedDecoder
 from fastssl.models.encoder import build_vit
-from fastssl.models.views import MaskedView, PatchesView
+from fastssl.models.vit.views import MaskedView, PatchesView
 from fastssl.ops import patchify, patchify_noise, reference
+
+import _masked_image_ref as ref
 
 IMG, PATCH, B = 16, 4, 5  # 16 patches; B odd
 DEC = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -60,12 +62,13 @@ def fixed_can_noise(monkeypatch):
         return clean._replace(inputs=clean.inputs + noise, noise=noise)
 
     monkeypatch.setattr(can_mod, "patchify_noise", fake)
-    monkeypatch.setattr(can_mod, "image_noise", lambda shape, gen, device, dtype: eps.to(device, dtype))
+    monkeypatch.setattr(ref, "image_noise", lambda shape, gen, device, dtype: eps.to(device, dtype))
 
 
-def run(model, batch):
+def run(model, batch, forward=None):
+    """One step of ``model`` (or of ``forward(model, batch, ctx)``, the eager reference on its modules)."""
     model.zero_grad(set_to_none=True)
-    out = model(batch, CTX)
+    out = (forward or model)(*(() if forward is None else (model,)), batch, CTX)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out, grads
@@ -73,12 +76,11 @@ def run(model, batch):
 
 @pytest.mark.parametrize("name", ["mae", "can", "dac"])
 def test_fastssl_path_equals_the_eager_reference(name, fixed_can_noise):
-    fast = make(name, impl="fastssl", backend="triton")  # Triton kernels (interpreter on CPU)
+    fast = make(name, backend="triton")  # Triton kernels (interpreter on CPU)
     eager = copy.deepcopy(fast)
-    eager.cfg.impl = "eager"
     batch = batch_for(fast)
     out_f, g_f = run(fast, batch)
-    out_e, g_e = run(eager, batch)
+    out_e, g_e = run(eager, batch, ref.forward)
     torch.testing.assert_close(out_f.loss, out_e.loss, rtol=1e-5, atol=1e-6)
     for key in out_e.metrics:  # every loss term (CAN: InfoNCE, rec, denoise; DAC: SimSiam, rec) separately
         torch.testing.assert_close(out_f.metrics[key], out_e.metrics[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -105,27 +107,27 @@ def test_can_terms_and_their_weights(fixed_can_noise):
         torch.testing.assert_close(model(batch, CTX).loss.detach(), m[term], msg=term)
 
 
-def test_can_terms_against_the_papers_formulas(fixed_can_noise):
+def test_can_terms_against_the_papers_formulas(fixed_can_noise, monkeypatch):
     """The eager terms rebuilt from scratch: InfoNCE over 2B anchors (loop), L_rec on masked patches with
     MAE's normalised clean target, L_denoise on visible patches against σ·ε (can.txt eqs.)."""
-    model = make("can", impl="eager")
+    model = make("can")
     batch = batch_for(model)
     captured = {}
-    orig = model.decoder.forward_eager
+    orig = ref.decoder_eager
 
-    def spy(tokens, ids_keep, extra=None):
-        pred, cls = orig(tokens, ids_keep, extra)
+    def spy(dec, tokens, ids_keep, extra=None):
+        pred, cls = orig(dec, tokens, ids_keep, extra)
         captured["pred"], captured["tokens"] = pred.detach(), tokens.detach()
         return pred, cls
 
-    model.decoder.forward_eager = spy
-    out = model(batch, CTX)
+    monkeypatch.setattr(ref, "decoder_eager", spy)
+    out = ref.forward(model, batch, CTX)
     images = batch["views"].flatten(0, 1)
     ids_keep, mask = draw_masks(CTX.generator(), 2, B, 16, 0.5, images.device)
     gen = CTX.generator()
     draw_masks(gen, 2, B, 16, 0.5, images.device)  # the same draws as the method, in order
     sigma = torch.rand(2 * B, generator=gen) * 0.05
-    eps = can_mod.image_noise(images.shape, gen, images.device, images.dtype)
+    eps = ref.image_noise(images.shape, gen, images.device, images.dtype)
     pred = captured["pred"].double()
     target = reference.normalize_patches(reference.patchify(images, PATCH).double())
     noise = reference.patchify(sigma.view(-1, 1, 1, 1) * eps, PATCH).double()

@@ -19,10 +19,10 @@ from fastssl.methods.byol import BYOL, BYOLConfig  # noqa: E402
 from fastssl.methods.masked import global_permutations  # noqa: E402
 from fastssl.methods.mbyol import MBYOL, MBYOLConfig  # noqa: E402
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig  # noqa: E402
-from fastssl.methods.context import StepContext  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
 from fastssl.methods.mocov3 import MoCoV3, MoCoV3Config  # noqa: E402
 from fastssl.models import ChunkedView, MaskedView  # noqa: E402
-from fastssl.models.chunks import chunk_sizes  # noqa: E402
+from fastssl.models.vit.chunks import chunk_sizes  # noqa: E402
 from fastssl.models.encoder import build_vit  # noqa: E402
 
 IMG, PATCH = 20, 4  # a 5×5 grid: 25 patches, so n = 4 gives unequal chunks (7, 6, 6, 6)

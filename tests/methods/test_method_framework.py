@@ -10,8 +10,7 @@ from fastssl.data.batch import Batch
 from fastssl.data.crops import check_crops
 from fastssl.engine.params import optimizer_groups
 from fastssl.models.ema import cosine_momentum
-from fastssl.methods.context import StepContext
-from fastssl.methods.output import AfterStep, Method
+from fastssl.methods.base import AfterStep, Method, StepContext
 from fastssl.methods.registry import METHODS, build_method, method_names
 from fastssl.models import PackedViT
 

@@ -172,7 +172,7 @@ def test_max_block_stops_early_and_gradient_stays_below():
 
 
 def test_drop_path_is_per_sequence():
-    from fastssl.models.blocks import drop_path_packed
+    from fastssl.models.vit.blocks import drop_path_packed
 
     lens = torch.tensor([3, 5, 2, 7, 1, 4] * 20)
     token_seq = torch.repeat_interleave(torch.arange(len(lens)), lens)
@@ -247,7 +247,7 @@ def test_bf16_autocast_within_rule(backend):
 def test_flex_forward_of_the_whole_pack_equals_each_sequence_alone():
     """flex on the whole ViT (forward: torch has no CPU backward for flex; its gradients are checked
     in test_vit_attention_cuda.py), and the block mask is prepared once per structure."""
-    from fastssl.models import attention as A
+    from fastssl.models.vit import attention as A
 
     t = tiny_timm().double()
     vit = PackedViT.from_timm(t, attn_backend="flex").double()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from _vit_ref import loop_attention
 
-from fastssl.models.attention import AttentionDispatch
-from fastssl.models.layout import AttnLayout
+from fastssl.models.vit.attention import AttentionDispatch
+from fastssl.models.vit.layout import AttnLayout
 
 CPU_BACKENDS = ["sdpa_mask", "sdpa_grouped", "sdpa_cpu", "sdpa_tiles"]
 # (q_lens, k_lens or None for self-attention): the mixes the methods produce, odd ones included
@@ -58,7 +58,7 @@ def test_runs_cover_layout():
 def test_auto_on_cpu_is_per_pack_sdpa_and_logged_once(caplog):
     d = AttentionDispatch("auto")
     layout = AttnLayout.build((17,) * 4, None, torch.device("cpu"))
-    with caplog.at_level(logging.INFO, logger="fastssl.models.attention"):
+    with caplog.at_level(logging.INFO, logger="fastssl.models.vit.attention"):
         assert d.resolve(torch.device("cpu"), torch.float32) == "auto"
         assert d.pick(layout, torch.device("cpu"), torch.float32) == "sdpa_cpu"
         assert d.pick(layout, torch.device("cpu"), torch.float32) == "sdpa_cpu"
@@ -67,7 +67,7 @@ def test_auto_on_cpu_is_per_pack_sdpa_and_logged_once(caplog):
 
 
 def test_cpu_default_takes_dense_runs_for_few_runs_and_the_mask_for_many(monkeypatch):
-    from fastssl.models import attention as A
+    from fastssl.models.vit import attention as A
 
     calls = []
     monkeypatch.setattr(A, "attend_sdpa_grouped", lambda *a: calls.append("grouped"))
@@ -112,7 +112,7 @@ def test_flex_forward_matches_loop_reference_on_cpu(lens):
 def test_flex_block_mask_is_exactly_the_needed_tiles(case):
     """Every tile holding a same-sequence (q, k) pair is visited, no other; a tile is 'full' (no mask
     evaluation) only when every pair in it is same-sequence; mask_mod equals the dense mask."""
-    from fastssl.models import attention as A
+    from fastssl.models.vit import attention as A
 
     layout = AttnLayout.build(case[0], case[1], torch.device("cpu"))
     bm = A.build_flex_block_mask(layout)
@@ -135,7 +135,7 @@ def test_flex_block_mask_is_exactly_the_needed_tiles(case):
 
 
 def test_flex_block_masks_are_cached_per_structure_and_outside_inference_mode():
-    from fastssl.models import attention as A
+    from fastssl.models.vit import attention as A
 
     a = AttnLayout.build((26,) * 8 + (25,) * 8, None, torch.device("cpu"))
     b = AttnLayout.build((26,) * 8 + (25,) * 8, None, torch.device("cpu"))
@@ -147,7 +147,7 @@ def test_flex_block_masks_are_cached_per_structure_and_outside_inference_mode():
 
 @pytest.mark.parametrize("count,length,g", [(512, 25, 4), (768, 13, 8), (64, 50, 2), (7, 50, 1), (3, 200, 1), (1, 1, 1), (130, 1, 65)])
 def test_tile_group_divides_the_run_and_fits_a_tile(count, length, g):
-    from fastssl.models.attention import TILE_TOKENS, tile_group
+    from fastssl.models.vit.attention import TILE_TOKENS, tile_group
 
     assert tile_group(count, length) == g
     assert count % g == 0 and (g == 1 or g * length <= TILE_TOKENS)
@@ -173,7 +173,7 @@ CUDA_ALL = frozenset({"sdpa_grouped", "sdpa_mask", "sdpa_tiles", "varlen", "flex
     ("class attention", (1,) * 64, (26,) * 32 + (25,) * 32, CUDA_ALL, "sdpa_grouped"),
 ])
 def test_the_rule(name, lens, k_lens, avail, want):
-    from fastssl.models.attention import pick_backend
+    from fastssl.models.vit.attention import pick_backend
 
     lay = _lay(lens, k_lens)
     assert pick_backend(lay, torch.device("cuda"), torch.bfloat16, avail) == want
@@ -181,7 +181,7 @@ def test_the_rule(name, lens, k_lens, avail, want):
 
 
 def test_offsets_and_sequence_ids_are_built_per_run():
-    from fastssl.models.layout import length_groups, prefix_sums, seq_ids
+    from fastssl.models.vit.layout import length_groups, prefix_sums, seq_ids
 
     lens = (5, 5, 7, 1, 1, 1, 5)
     assert length_groups(lens) == [(5, 2), (7, 1), (1, 3), (5, 1)]
@@ -193,7 +193,7 @@ def test_offsets_and_sequence_ids_are_built_per_run():
 def test_auto_drops_flex_when_it_fails_at_run_time(monkeypatch, caplog):
     """Eager only: a flex failure on a shape its probe did not cover falls back to the rule without
     flex (logged as a warning) instead of ending the step."""
-    from fastssl.models import attention as A
+    from fastssl.models.vit import attention as A
 
     def boom(*a):
         raise RuntimeError("no kernel for this shape")
@@ -207,7 +207,7 @@ def test_auto_drops_flex_when_it_fails_at_run_time(monkeypatch, caplog):
     layout = AttnLayout.build((13,) * 4, None, torch.device("cpu"))
     object.__setattr__(layout, "backend", "flex")  # as prepare() leaves it
     q = torch.empty(52, 2, 8, dtype=torch.bfloat16, device="meta")
-    with caplog.at_level(logging.WARNING, logger="fastssl.models.attention"):
+    with caplog.at_level(logging.WARNING, logger="fastssl.models.vit.attention"):
         assert d(q, q, q, layout) == "tiles"
     assert "flex" not in d._available[key] and layout.backend is None
     assert any("flex failed" in r.getMessage() for r in caplog.records)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from _vit_ref import loop_attention
 
-from fastssl.models.attention import AttentionDispatch, _has_flex, _has_varlen, pick_backend
-from fastssl.models.layout import AttnLayout
+from fastssl.models.vit.attention import AttentionDispatch, _has_flex, _has_varlen, pick_backend
+from fastssl.models.vit.layout import AttnLayout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastssl.models import ChunkedView, PackedViT
-from fastssl.models.chunks import chunk_sizes, random_permutation, split_chunks
+from fastssl.models.vit.chunks import chunk_sizes, random_permutation, split_chunks
 
 
 @pytest.mark.parametrize("n_patches,n_chunks", [(196, 8), (64, 8), (7, 3), (49, 1), (13, 13), (50, 4)])

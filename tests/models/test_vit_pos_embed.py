@@ -8,7 +8,7 @@ from _vit_ref import tiny_timm
 from timm.layers import resample_abs_pos_embed
 
 from fastssl.models import ImageView, PackedViT
-from fastssl.models.pos_embed import resample_patch_pos
+from fastssl.models.vit.pos_embed import resample_patch_pos
 
 
 @pytest.mark.parametrize("old,new", [((8, 8), (7, 7)), ((8, 8), (3, 5)), ((14, 14), (6, 6)), ((5, 5), (9, 9)), ((8, 8), (8, 8))])

@@ -95,7 +95,7 @@ def _contrastive_variants():
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
-    # the ops' fused row normalisation (``UnitRows``), at the projector widths and the largest D it takes
+    # the ops' fused row normalisation (``unit_fwd`` / ``unit_bwd``), at the projector widths and the largest D it takes
     for dt, ptr in DTYPES.items():
         for d in (128, 256, 4096):
             block_r, block_d = K._unit_tile(d)

@@ -249,9 +249,7 @@ def test_triton_backward_is_deterministic():
 def test_auto_dispatch():
     assert contrastive_ops._core("auto", torch.device("cpu")) is reference.contrastive_rows
     assert contrastive_ops._core("reference", torch.device("cuda")) is reference.contrastive_rows
-    from fastssl.ops.library import contrastive_rows as triton_rows  # the kernel behind a custom op (torch.compile)
-
-    assert contrastive_ops._core("auto", torch.device("cuda")) is triton_rows
+    assert contrastive_ops._core("auto", torch.device("cuda")) is contrastive_ops.triton_contrastive_rows
     with pytest.raises(ValueError, match="backend"):
         contrastive_ops._core("cuda", torch.device("cpu"))
 
@@ -275,8 +273,7 @@ def test_argument_errors():
         dcl(z, z, weight_sigma=-1.0)
     with pytest.raises(ValueError, match="q must be"):
         info_nce(torch.randn(2, 4, 8), torch.randn(3, 8))
-    from fastssl.kernels.contrastive import contrastive_rows as triton_rows
-
+    triton_rows = contrastive_ops.triton_contrastive_rows
     idx = torch.zeros(4, dtype=torch.long)
     with pytest.raises(TypeError, match="dtype"):
         triton_rows(z, z.bfloat16(), idx, idx - 1, 0.1)

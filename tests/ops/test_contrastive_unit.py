@@ -1,4 +1,4 @@
-"""The fused row normalisation (``fastssl.kernels.contrastive.UnitRows``, behind
+"""The fused row normalisation (``fastssl.ops.contrastive.fused_unit_rows``, behind
 ``OPTIONS["fused_unit"]``) against ``F.normalize`` in float64: values and gradients, fp32 and bf16,
 odd D, a zero row (the clamped branch), a strided input; and the ops with it switched on against
 the reference backend."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fastssl.kernels.contrastive as K
+import fastssl.ops.contrastive as C
 from fastssl.ops import dcl, info_nce, nt_xent
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -23,7 +23,7 @@ def test_unit_rows_matches_normalize(dtype, n, d):
         x[1] = 0.0  # F.normalize clamps the norm at 1e-12: y = 0, dx = dy / 1e-12
     g = torch.randn(n, d, dtype=torch.float64)
     xl = x.to(dtype).to(DEV).requires_grad_()
-    y = K.UnitRows.apply(xl, None)
+    y = C.fused_unit_rows(xl)
     (dx,) = torch.autograd.grad(y, xl, g.to(dtype).to(DEV))
     ref_x = xl.detach().cpu().double().requires_grad_()
     ref_y = F.normalize(ref_x, dim=-1)
@@ -39,7 +39,7 @@ def test_unit_rows_matches_normalize(dtype, n, d):
 
 def test_unit_rows_strided_input():
     x = torch.randn(40, 66, device=DEV)[:, 1:65]  # unit stride along D, row stride 66
-    torch.testing.assert_close(K.UnitRows.apply(x, None), F.normalize(x, dim=-1), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(C.fused_unit_rows(x), F.normalize(x, dim=-1), rtol=2e-6, atol=2e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -50,10 +50,10 @@ def test_unit_rows_of_two_views_is_the_concatenation(dtype):
     x1 = (torch.randn(19, 40) * 3).to(dtype).to(DEV).requires_grad_()
     x2 = torch.randn(45, 80).to(dtype).to(DEV)[:, ::2].requires_grad_()  # strided along D: the copy path
     g = torch.randn(64, 40).to(dtype).to(DEV)
-    y = K.unit_rows(x1, x2) if K.OPTIONS["fused_unit"] else K.UnitRows.apply(x1, x2.contiguous())
+    y = C.unit_rows(x1, x2) if C.OPTIONS["fused_unit"] else C.fused_unit_rows(x1, x2.contiguous())
     d1, d2 = torch.autograd.grad(y, (x1, x2), g)
     c = torch.cat([x1.detach(), x2.detach()]).requires_grad_()
-    yc = K.UnitRows.apply(c, None)
+    yc = C.fused_unit_rows(c)
     (dc,) = torch.autograd.grad(yc, c, g)
     assert torch.equal(y, yc) and torch.equal(d1, dc[:19]) and torch.equal(d2, dc[19:])
 
@@ -73,7 +73,7 @@ def test_ops_with_fused_unit_match_reference(monkeypatch, op):
             return info_nce(a, b, 0.2, backend=backend)
         return info_nce(a, b, 0.2, queue=queue.float().to(a.device), backend=backend)
 
-    monkeypatch.setitem(K.OPTIONS, "fused_unit", True)
+    monkeypatch.setitem(C.OPTIONS, "fused_unit", True)
     a, b = z1.float().to(DEV).requires_grad_(), z2.float().to(DEV).requires_grad_()
     got = run("triton", a, b)
     ga = torch.autograd.grad(got, (a, b))

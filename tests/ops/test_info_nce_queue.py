@@ -106,7 +106,7 @@ def test_queue_argument_errors():
     with pytest.raises(ValueError, match="N >= 2"):  # without a queue one sample has no negatives
         info_nce(q[:1], k[:1])
     assert torch.isfinite(info_nce(q[:1], k[:1], queue=torch.randn(3, 8)))  # with one it has K
-    from fastssl.kernels.contrastive import queue_rows
+    from fastssl.ops.contrastive import triton_queue_rows
 
     with pytest.raises(TypeError, match="dtype"):
-        queue_rows(q, k, torch.arange(4), torch.randn(3, 8, dtype=torch.bfloat16), 0.1)
+        triton_queue_rows(q, k, torch.arange(4), torch.randn(3, 8, dtype=torch.bfloat16), 0.1)

@@ -361,8 +361,8 @@ def test_rejects_bad_shapes():
 
 
 def test_compiled_door_is_one_graph_and_matches_the_eager_door():
-    """Under torch.compile the ops go through the custom ops (fastssl.ops.library), in eager code
-    through the kernels' autograd.Functions: same launchers, so the same values and gradients, and
+    """Under torch.compile the ops go through the custom ops (fastssl.ops.tokens), in eager code
+    through their eager doors: same launchers, so the same values and gradients, and
     the compiled region has no graph break."""
     from torch._dynamo.utils import counters
 

@@ -23,9 +23,9 @@ import torch
 from timm.layers import LayerScale, Mlp
 from torch import nn
 
-from fastssl.models.attention import AttentionDispatch, BackendName
-from fastssl.models.layout import AttnLayout
-from fastssl.models.packing import PackInfo
+from fastssl.models.vit.attention import AttentionDispatch, BackendName
+from fastssl.models.vit.layout import AttnLayout
+from fastssl.models.vit.packing import PackInfo
 
 
 class ClassAttention(nn.Module):

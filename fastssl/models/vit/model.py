@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastssl.models.attention import AttentionDispatch, BackendName
-from fastssl.models.blocks import PackedBlock
-from fastssl.models.embed import EmbedParams, embed_view
-from fastssl.models.outputs import Encoded, ViewOutput, unpack_view
-from fastssl.models.packing import PackInfo, Segment, ViewSlot
-from fastssl.models.views import ImageView, View, view_batch
+from fastssl.models.vit.attention import AttentionDispatch, BackendName
+from fastssl.models.vit.blocks import PackedBlock
+from fastssl.models.vit.embed import EmbedParams, embed_view
+from fastssl.models.vit.outputs import Encoded, ViewOutput, unpack_view
+from fastssl.models.vit.packing import PackInfo, Segment, ViewSlot
+from fastssl.models.vit.views import ImageView, View, view_batch
 
 
 class PackedViT(nn.Module):
@@ -35,7 +35,7 @@ class PackedViT(nn.Module):
     Args: img_size / patch_size / in_chans define the native grid ``(img/p)²`` whose positional
     table is learned; other grids are resampled. ``init_values``: LayerScale (None: off).
     ``drop_path_rate``: stochastic depth, linear in depth, per sequence. ``attn_backend``: "auto"
-    or a name from ``fastssl.models.attention.BACKENDS``. ``weight_init``: timm's modes
+    or a name from ``fastssl.models.vit.attention.BACKENDS``. ``weight_init``: timm's modes
     ("" timm default, "jax", "moco"; "skip" leaves the parameters as constructed, for loading).
     """
 

@@ -13,8 +13,8 @@ import torch
 from timm.layers import LayerScale, Mlp
 from torch import nn
 
-from fastssl.models.attention import AttentionDispatch
-from fastssl.models.layout import AttnLayout
+from fastssl.models.vit.attention import AttentionDispatch
+from fastssl.models.vit.layout import AttnLayout
 
 
 class PackedAttention(nn.Module):

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from fastssl.models.layout import AttnLayout, seq_ids
+from fastssl.models.vit.layout import AttnLayout, seq_ids
 
 
 @dataclass(frozen=True)

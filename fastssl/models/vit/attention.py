@@ -45,7 +45,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from fastssl.models.layout import AttnLayout, length_groups, seq_ids
+from fastssl.models.vit.layout import AttnLayout, length_groups, seq_ids
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastssl.models.layout import prefix_sums
-from fastssl.models.packing import PackInfo, ViewSlot
+from fastssl.models.vit.layout import prefix_sums
+from fastssl.models.vit.packing import PackInfo, ViewSlot
 
 
 @dataclass(frozen=True, eq=False)

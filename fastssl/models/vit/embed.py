@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastssl.models.chunks import random_permutation, split_chunks
-from fastssl.models.pos_embed import resample_patch_pos
-from fastssl.models.views import ChunkedView, ImageView, MaskedView, PatchesView, View
+from fastssl.models.vit.chunks import random_permutation, split_chunks
+from fastssl.models.vit.pos_embed import resample_patch_pos
+from fastssl.models.vit.views import ChunkedView, ImageView, MaskedView, PatchesView, View
 from fastssl.ops import gather_tokens
 
 
