@@ -71,3 +71,12 @@ def _rank_main(rank: int, fn, world: int, port: int, folder: str) -> None:
         torch.save(fn(rank, data), f"{folder}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def layout_only_folder(root: Path, cls: str = "c") -> Path:
+    """``root/{train,test}/<cls>/0.png``: the layout the config checks (a class folder holding an image
+    name) and no more; nothing may decode the file. Returns ``root``."""
+    for split in ("train", "test"):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        (root / split / cls / "0.png").write_bytes(b"x")
+    return root
