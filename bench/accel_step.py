@@ -1,6 +1,10 @@
-"""Accel step time (``bench/throughput.py --accel``): standard vs PB alone, HP alone, PB + HP, for
-SimCLR, MoCo v2 and SwAV on a ResNet, one optimizer step (forward, loss, backward, AdamW, zero_grad,
-after_step) on random inputs.
+"""Accel step time: standard vs PB alone, HP alone, PB + HP, for SimCLR, MoCo v2 and SwAV on a
+ResNet, one optimizer step (forward, loss, backward, AdamW, zero_grad, after_step) on random inputs,
+on the CPU (host clock).
+
+    python bench/accel_step.py [--threads 2] [--methods simclr,mocov2,swav]   # ResNet-18, 32 px, B = 64
+    python bench/accel_step.py --smoke     # timm's test ResNet, 16 px, B = 8: runs anywhere, not a measurement
+    (``python bench/throughput.py --accel ...`` forwards here)
 
 With PB the step's cost depends on the drawn stage, so each stage s = 1 … n is timed on its own
 (the draw is forced by picking a step whose ``ctx.generator()`` draws s) and the expected step time
@@ -12,21 +16,24 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastssl.data.batch import Batch
-from fastssl.engine.params import optimizer_groups
-from fastssl.methods.accel import Accel, draw_stage
-from fastssl.methods.accel_config import AccelConfig
-from fastssl.methods.base import StepContext
-from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
-from fastssl.methods.simclr import SimCLR, SimCLRConfig
-from fastssl.methods.swav import SwAV, SwAVConfig
-from fastssl.models.heads import HeadConfig
-from fastssl.models.resnet import ResNetTaps
+import torch  # noqa: E402
+
+from bench.common import parse_args, time_fn  # noqa: E402
+from fastssl.data.batch import Batch  # noqa: E402
+from fastssl.engine.params import optimizer_groups  # noqa: E402
+from fastssl.methods.accel import Accel, draw_stage  # noqa: E402
+from fastssl.methods.accel_config import AccelConfig  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
+from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config  # noqa: E402
+from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
+from fastssl.methods.swav import SwAV, SwAVConfig  # noqa: E402
+from fastssl.models.heads import HeadConfig  # noqa: E402
+from fastssl.models.resnet import ResNetTaps  # noqa: E402
 
 VARIANTS = {"standard": None, "PB": dict(partial_backprop=True, hard_pairs=False),
             "HP": dict(partial_backprop=False, hard_pairs=True), "PB+HP": dict(partial_backprop=True, hard_pairs=True)}
@@ -50,22 +57,21 @@ def _step_for(stage: int | None, cfg: AccelConfig | None) -> int:
     return next(s for s in range(10_000) if draw_stage(cfg, 4, StepContext(s, 100, 10**6, 0).generator()) == stage)
 
 
-def time_step(model, batch: Batch, step: int, reps: int) -> list[float]:
+def time_step(model, batch: Batch, step: int, reps: int) -> float:
+    """Median seconds of one optimizer step at ``step`` (its stage draw fixed), after one warm-up step."""
     groups, _ = optimizer_groups(model.param_groups(), 0.05)
     opt = torch.optim.AdamW(groups, lr=1e-4)
     ctx = StepContext(step, 100, 10**6, 0)
-    samples = []
-    for i in range(reps + 1):  # the first is warm-up
-        t = time.perf_counter()
+
+    def one_step() -> None:
         out = model(batch, ctx)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if hasattr(model, "after_step"):
             model.after_step(ctx)
-        if i:
-            samples.append(time.perf_counter() - t)
-    return samples
+
+    return time_fn(one_step, reps=reps, host=True).median / 1e3  # the models run on the CPU even beside a GPU
 
 
 def run(args) -> None:
@@ -76,7 +82,7 @@ def run(args) -> None:
     views = torch.randn(2, b, 3, img, img)
     batch = Batch({"views": views, "global": views}, torch.zeros(b, dtype=torch.long), torch.arange(b))
     rows = []
-    for method in args.accel_methods.split(","):
+    for method in args.methods.split(","):
         base = None
         for name, accel in VARIANTS.items():
             acc = AccelConfig(**accel) if accel is not None else None
@@ -85,7 +91,7 @@ def run(args) -> None:
             for s in stages:
                 torch.manual_seed(0)
                 model = build(method, arch, args.small_stem, b, accel, head)
-                per_stage[s or 4] = statistics.median(time_step(model, batch, _step_for(s, acc), 1 if args.smoke else args.reps))
+                per_stage[s or 4] = time_step(model, batch, _step_for(s, acc), 1 if args.smoke else args.reps)
             ms = 1000 * statistics.mean(per_stage.values())
             base = ms if name == "standard" else base
             rows.append({"method": method, "variant": name, "step_ms": round(ms, 1), "ratio": round(ms / base, 3),
@@ -127,3 +133,21 @@ def plot_rows(path: Path) -> Path:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def _add_args(p) -> None:
+    p.add_argument("--methods", "--accel-methods", dest="methods", default="simclr,mocov2,swav", help="methods to time")
+    p.add_argument("--arch", default="resnet18", help="timm ResNet")
+    p.add_argument("--small-stem", action="store_true", help="the 3×3 stride-1 stem")
+    p.add_argument("--img", type=int, default=32, help="image side")
+    p.add_argument("--batch", type=int, default=64, help="images per step (two views each)")
+    p.add_argument("--reps", type=int, default=3, help="timed steps per case (median)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: shared cores)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(__doc__.splitlines()[0], _add_args, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,11 +2,10 @@
 a synchronising wrapper, and whether the pytest-benchmark plugin is installed."""
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
+
+from bench.common import time_fn
 
 CUDA = torch.cuda.is_available()
 gpu_only = pytest.mark.skipif(not CUDA, reason="GPU-sized case: needs CUDA")
@@ -35,22 +34,22 @@ def synced(fn):
 
 class Standin:
     """The part of pytest-benchmark's ``benchmark`` fixture the cases use (call, pedantic, group,
-    extra_info), for a machine without the plugin: one warm-up call, five timed, the median printed."""
+    extra_info), for a machine without the plugin: ``bench.common.time_fn`` on the host clock (one
+    warm-up call, five timed, each followed by a device sync), the median printed."""
 
     def __init__(self, name: str):
         self.name, self.group, self.extra_info = name, None, {}
         self.median_ms: float | None = None
 
     def __call__(self, fn, *args, **kwargs):
-        fn(*args, **kwargs)
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            samples.append(time.perf_counter() - t0)
-        self.median_ms = 1e3 * statistics.median(samples)
+        result = {}
+
+        def call():
+            result["out"] = fn(*args, **kwargs)  # pytest-benchmark returns the function's result
+
+        self.median_ms = time_fn(call, reps=5, host=True).median
         print(f"\n{self.group or ''} {self.name}: median {self.median_ms:.3f} ms")
-        return out
+        return result["out"]
 
     def pedantic(self, fn, args=(), kwargs=None, setup=None, rounds=1, iterations=1, warmup_rounds=0):
         return self(fn, *args, **(kwargs or {}))

@@ -52,14 +52,17 @@ class Record:
     error: str | None = None
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+               argv: list[str] | None = None) -> argparse.Namespace:
+    """The options every bench takes, plus ``extra``'s; ``argv`` (default: the command line) lets
+    ``bench/throughput.py`` forward its flags to another bench's ``main``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sweep that runs anywhere (CPU too); not a measurement")
     p.add_argument("--providers", default="eager,compile,triton", help="comma-separated subset to run")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     if extra is not None:
         extra(p)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def device() -> torch.device:
@@ -81,26 +84,42 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], object], *, smoke: bool = False, rep_ms: float = 100) -> Timing:
+def time_fn(fn: Callable[[], object], *, smoke: bool = False, rep_ms: float = 100, reps: int | None = None,
+            host: bool = False) -> Timing:
     """Time ``fn`` with device events (``triton.testing.do_bench``) on CUDA, a host clock on CPU.
 
     ``rep_ms``: CUDA timing budget; do_bench repeats ``fn`` about rep_ms / (its time) times, so a
     function that takes ~100 ms (a whole training step) needs a larger budget for real quantiles.
+    ``reps``: host-clock samples after the one warm-up call (default 10, 3 with ``smoke``).
+    ``host``: the host clock even where CUDA is present, for work that runs on the CPU (a CPU-only
+    model, a data loader): device events would time an idle stream.
     """
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not host:
         import triton.testing
 
         med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep_ms if not smoke else 10, quantiles=[0.5, 0.2, 0.8])
         return Timing(med, p20, p80)
     fn()  # warm-up (compilation, allocator)
-    samples = []
-    for _ in range(3 if smoke else 10):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    q = lambda f: samples[min(len(samples) - 1, int(f * len(samples)))]  # noqa: E731
-    return Timing(q(0.5), q(0.2), q(0.8))
+    return time_rounds({"fn": fn}, reps if reps is not None else 3 if smoke else 10)["fn"]
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, Timing]:
+    """Host clock, no warm-up: each function once per round, in turn; median and 20/80 % quantiles per
+    function. With several functions a machine whose load drifts (a shared CPU) biases none of them.
+    Each call is followed by a device sync, so a function that queues CUDA work is timed in full."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, s in samples.items():
+        s.sort()
+        q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
+        out[k] = Timing(q(0.5), q(0.2), q(0.8))
+    return out
 
 
 def peak_memory_mib(fn: Callable[[], object]) -> float | None:

@@ -1,6 +1,7 @@
 """engine.compile off/on per method: one optimizer step, images/s after warm-up, and the compile time.
 
-``python bench/throughput.py --compile [--methods simclr,byol] [--smoke]``
+    python bench/compile_step.py [--methods simclr,byol] [--smoke]
+    (``python bench/throughput.py --compile ...`` forwards here)
 
 Each method is built from ``configs/fmnist/<name>.yaml`` (the quickstart shape: ViT-tiny, 28 px,
 patch 7, B = 128, the method's own heads and crops) by the registry, as the trainer builds it. A
@@ -14,26 +15,30 @@ Losses use the config's backend ("auto": the eager reference on CPU, Triton on C
 
 Reported per (method, provider): ``first_step_s`` (the first step; for compile it holds the
 compile of every region, forward and backward graphs: what the quickstart pays once),
-``images_per_s`` from the median of the timed steps after two warm-up steps, and for compile the
-graphs compiled in all and during the timed steps (``recompiles``, 0 expected). Inductor's
+``images_per_s`` from the median of the timed steps after four untimed ones, and for compile the
+graphs compiled in all and from the fourth step on (``recompiles``, 0 expected). The first step is
+timed once on the host clock (what a user waits); the rest with ``bench.common.time_fn``. Inductor's
 on-disk caches are disabled (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``), so every compile time is
 a cold one. Eager and compile of one method run back to back, so a shared machine's load hits both.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Record, Timing, device, measure_ceilings, plot, write_results
-from fastssl.config import load_config
-from fastssl.data.batch import Batch
-from fastssl.engine.compile import compile_regions, compile_stats
-from fastssl.engine.params import optimizer_groups
-from fastssl.methods.base import AfterStep, StepContext
-from fastssl.methods.registry import build_method, method_names
+import torch  # noqa: E402
+
+from bench.common import Record, device, measure_ceilings, parse_args, plot, time_fn, write_results  # noqa: E402
+from fastssl.config import load_config  # noqa: E402
+from fastssl.data.batch import Batch  # noqa: E402
+from fastssl.engine.compile import compile_regions, compile_stats  # noqa: E402
+from fastssl.engine.params import optimizer_groups  # noqa: E402
+from fastssl.methods.base import AfterStep, StepContext  # noqa: E402
+from fastssl.methods.registry import build_method, method_names  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,20 +87,15 @@ def _case(name: str, provider: str, dev: torch.device, smoke: bool, timed: int) 
     for _ in range(2):
         step()
     graphs_before = compile_stats().graphs
-    samples = []
-    for _ in range(timed):
-        t0 = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - t0)
-    samples.sort()
-    q = lambda f: 1e3 * samples[min(len(samples) - 1, int(f * len(samples)))]  # noqa: E731
+    # host clock, as before time_fn served here: step() ends in loss.item(), which waits for the device
+    t = time_fn(step, reps=timed, host=True)
     stats = compile_stats()
-    extra = {"first_step_s": first, "images_per_s": batch / (q(0.5) / 1e3), "first_loss": loss0,
+    extra = {"first_step_s": first, "images_per_s": batch / (t.median / 1e3), "first_loss": loss0,
              "load_average": os.getloadavg()}
     if provider == "compile":
         extra.update(graphs=stats.graphs, recompiles=stats.graphs - graphs_before, graph_breaks=stats.graph_breaks)
     case = {"method": name, "batch": batch, "precision": "fp32"}
-    return Record(provider=provider, case=case, total=Timing(q(0.5), q(0.2), q(0.8)), extra=extra)
+    return Record(provider=provider, case=case, total=t, extra=extra)
 
 
 def run(args) -> None:
@@ -120,3 +120,15 @@ def run(args) -> None:
     plot(path, [("images/s after warm-up", lambda r: r.extra.get("images_per_s"), "images/s"),
                 ("first step (compile included)", lambda r: r.extra.get("first_step_s"), "s")],
          x_key="method", series_key=lambda c: f"B={c['batch']}")
+
+
+def _add_args(p) -> None:
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(__doc__.splitlines()[0], _add_args, argv))
+
+
+if __name__ == "__main__":
+    main()

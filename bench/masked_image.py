@@ -1,4 +1,7 @@
-"""MAE / CAN / DAC step throughput: the eager reference vs the fastssl path (``python bench/throughput.py --mae``).
+"""MAE / CAN / DAC step throughput: the eager reference vs the fastssl path.
+
+    python bench/masked_image.py [--cpu-quickstart] [--profile] [--methods mae,can,dac] [--smoke]
+    (``python bench/throughput.py --mae ...`` forwards here)
 
 One step = the method's forward (masking, encoder, decoder, every loss) + backward + AdamW step +
 zero_grad, on random images already on the device (no data loader). Providers, same weights:
@@ -11,27 +14,35 @@ zero_grad, on random images already on the device (no data loader). Providers, s
 Sizes: ``--cpu-quickstart`` (default on CPU): the fmnist configs (ViT-tiny, 28 px / patch 7, B = 128,
 fp32, the configs' decoders and heads); on CUDA ViT-B/16 at 224 px, B = 128, bf16 autocast, MAE's
 decoder (512 × 8); ``--smoke``: timm's test ViT at 16 px. CPU timing alternates the providers step
-by step (``rounds`` rounds), so a machine whose load drifts biases none of them; the median and
-20/80 % quantiles per provider are reported. ``--profile`` adds torch.profiler's top ops per method
-and provider (self CPU time over 2 steps) to the JSON and prints them as Markdown tables.
+by step (``rounds`` rounds of ``bench.common.time_rounds``), so a machine whose load drifts biases
+none of them; the median and 20/80 % quantiles per provider are reported. ``--profile`` adds
+torch.profiler's top ops per method and provider (self CPU time over 2 steps) to the JSON and prints
+them as Markdown tables.
 """
 from __future__ import annotations
 
 import os
-import time
+import sys
 from dataclasses import dataclass
 
-import torch
+if "--cpu-quickstart" in sys.argv:  # the quickstart's CPU path even on a GPU machine: hide CUDA before torch loads
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from bench.common import Record, Timing, device, make_train_step, measure_ceilings, peak_memory_mib, plot, time_fn, write_results
-from fastssl.config import load_config
-from fastssl.data.batch import Batch
-from fastssl.engine.params import optimizer_groups
-from fastssl.methods.can import CAN
-from fastssl.methods.base import StepContext, StepOutput
-from fastssl.methods.dac import DAC
-from fastssl.methods.mae import MAE
-from fastssl.models.encoder import build_vit
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    Record, device, make_train_step, measure_ceilings, parse_args, peak_memory_mib, plot, time_fn, time_rounds, write_results,
+)
+from fastssl.config import load_config  # noqa: E402
+from fastssl.data.batch import Batch  # noqa: E402
+from fastssl.engine.params import optimizer_groups  # noqa: E402
+from fastssl.methods.can import CAN  # noqa: E402
+from fastssl.methods.base import StepContext, StepOutput  # noqa: E402
+from fastssl.methods.dac import DAC  # noqa: E402
+from fastssl.methods.mae import MAE  # noqa: E402
+from fastssl.models.encoder import build_vit  # noqa: E402
 
 METHODS = {"mae": MAE, "can": CAN, "dac": DAC}
 PROVIDERS = ("eager", "fastssl", "compile")
@@ -100,22 +111,6 @@ def make_step(fwd, opt, batch: Batch, amp: bool, dev: torch.device):
     return make_train_step(fwd, batch, ctx, opt, dev.type, amp)
 
 
-def alternate(steps: dict[str, callable], rounds: int) -> dict[str, Timing]:
-    """CPU: each provider's step once per round, in turn; median and 20/80 % quantiles per provider."""
-    samples: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for k, s in samples.items():
-        s.sort()
-        q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
-        out[k] = Timing(q(0.5), q(0.2), q(0.8))
-    return out
-
-
 def profile_table(step, top: int = 12) -> list[dict]:
     """Top ops by self CPU time over two steps (after one warm-up step)."""
     from torch.profiler import ProfilerActivity, profile
@@ -157,7 +152,7 @@ def run(args) -> None:
         if dev.type == "cuda":
             timings = {k: time_fn(fn, rep_ms=2000) for k, fn in steps.items()}
         else:
-            timings = alternate(steps, rounds)
+            timings = time_rounds(steps, rounds)  # each provider once per round, in turn
         for prov, t in timings.items():
             extra = {"images_per_s": case.batch / (t.median / 1e3), "first_loss": models[prov][1]}
             if "eager" in timings:
@@ -187,3 +182,19 @@ def run(args) -> None:
              series_key=lambda c: c["arch"])
     except Exception as err:  # noqa: BLE001  (a plot is a convenience)
         print(f"no plot: {err}")
+
+
+def _add_args(p) -> None:
+    p.set_defaults(providers="eager,fastssl,compile" if torch.cuda.is_available() else "eager,fastssl")  # compile on CPU: minutes a method
+    p.add_argument("--cpu-quickstart", action="store_true", help="the fmnist configs' size on the CPU, even on a GPU machine")
+    p.add_argument("--methods", default=None, help="a subset of mae,can,dac")
+    p.add_argument("--rounds", type=int, default=5, help="on CPU: alternating timing rounds per provider")
+    p.add_argument("--profile", action="store_true", help="torch.profiler top ops per method and provider")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(__doc__.splitlines()[0], _add_args, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,7 @@
-"""Masked MoCo / Masked BYOL step throughput (``python bench/throughput.py --masked``).
+"""Masked MoCo / Masked BYOL step throughput: n/m sweep, packed vs eager per-chunk batches.
+
+    python bench/masked_step.py [--fmnist-grid] [--smoke]
+    (``python bench/throughput.py --masked ...`` forwards here)
 
 One step without the optimizer: both views' online branch (n chunks per image) forward + backward,
 the target branch (full view or m chunks) forward without grad, heads and loss. Inputs are random
@@ -26,21 +29,25 @@ negligible; on 196 patches attention falls from 197² to Σ_j T_j² per layer.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Record, device, measure_ceilings, peak_memory_mib, plot, sync, time_fn, write_results
-from fastssl.methods.base import StepContext
-from fastssl.methods.masked import global_permutations
-from fastssl.methods.mbyol import MBYOL, MBYOLConfig
-from fastssl.methods.mmoco import MMoCo, MMoCoConfig
-from fastssl.methods.parts import per_view_chunks
-from fastssl.models.vit.chunks import chunk_sizes
-from fastssl.models.encoder import build_vit
-from fastssl.ops.contrastive import spherical_mean
-from fastssl.data.batch import Batch
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.common import Record, device, measure_ceilings, parse_args, peak_memory_mib, plot, sync, time_fn, write_results  # noqa: E402
+from fastssl.methods.base import StepContext  # noqa: E402
+from fastssl.methods.masked import global_permutations  # noqa: E402
+from fastssl.methods.mbyol import MBYOL, MBYOLConfig  # noqa: E402
+from fastssl.methods.mmoco import MMoCo, MMoCoConfig  # noqa: E402
+from fastssl.methods.parts import per_view_chunks  # noqa: E402
+from fastssl.models.vit.chunks import chunk_sizes  # noqa: E402
+from fastssl.models.encoder import build_vit  # noqa: E402
+from fastssl.ops.contrastive import spherical_mean  # noqa: E402
+from fastssl.data.batch import Batch  # noqa: E402
 
 PROVIDERS = ("packed", "eager")
 
@@ -248,3 +255,15 @@ def table(records: list[Record]) -> None:
         e = r.extra
         fmt = lambda k, w: f"{e[k]:{w}.2f}" if k in e else f"{'-':>{w}}"  # noqa: E731
         print(head + f"{r.total.median:9.1f}{e['images_per_s']:9.1f}{fmt('flop_ratio', 11)}{fmt('time_ratio', 11)}{fmt('time_vs_packed', 9)}")
+
+
+def _add_args(p) -> None:
+    p.add_argument("--fmnist-grid", action="store_true", help="the fmnist grid (28 px / patch 7) instead of 224 / 16")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(__doc__.splitlines()[0], _add_args, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -30,16 +30,16 @@ Images/s counts B images per step (each seen as two views), as the trainer's pro
     python bench/throughput.py --quick         # ViT-S/16, B ∈ {256,512}, dcl; compile providers at B=256 only (< 4 min, H100)
     python bench/throughput.py --smoke         # timm test_vit, 16 px, patch 4, B=8, fp32: runs anywhere, not a measurement
     python bench/throughput.py --cpu-quickstart  # the README quickstart's step on CPU: vit_tiny, 28 px / patch 7, B=128, fp32, dcl
-    python bench/throughput.py --accel [--smoke]    # SimCLR / MoCo v2 / SwAV on ResNet-18 at 32 px: standard vs PB, HP, PB+HP
-    python bench/throughput.py --masked [--smoke | --fmnist-grid]  # M-MoCo / M-BYOL at n ∈ {1,2,4,8}, m ∈ {1,4}: packed vs eager
-                                               #   per-chunk batches, FLOP ratio vs time ratio (bench/masked_step.py)
-    python bench/throughput.py --compile [--methods a,b] [--smoke]  # engine.compile off/on per method at the
-                                               #   configs/fmnist shapes: images/s and compile time (bench/compile_step.py)
-    python bench/throughput.py --mae [--smoke] [--profile] [--methods mae,can,dac]  # MAE / CAN / DAC: eager
-                                               #   reference vs fastssl (+ compile on CUDA) (bench/masked_image.py)
+The other step benches are scripts of their own; these flags of this script forward to them (the rest
+of the command line is theirs):
+    --accel     bench/accel_step.py     Accel PB / HP / PB+HP vs standard (SimCLR, MoCo v2, SwAV on a ResNet)
+    --masked    bench/masked_step.py    M-MoCo / M-BYOL n/m sweep: packed vs eager per-chunk batches
+    --compile   bench/compile_step.py   engine.compile off/on per method at the configs/fmnist shapes
+    --mae       bench/masked_image.py   MAE / CAN / DAC: eager reference vs fastssl (+ compile on CUDA)
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -172,55 +172,34 @@ _COLUMNS = [
 ]
 
 
+FORWARDS = {"--accel": "accel_step", "--masked": "masked_step", "--compile": "compile_step", "--mae": "masked_image"}
+
+
 def _add_args(p) -> None:
     p.set_defaults(providers=ALL_PROVIDERS)
+    for flag, module in FORWARDS.items():  # for --help only: main() forwards these before parsing
+        p.add_argument(flag, action="store_true", help=f"run bench/{module}.py with the rest of the command line")
     p.add_argument("--quick", action="store_true", help="ViT-S/16, B in 256/512, dcl; compile providers at B=256 only")
     p.add_argument("--cpu-quickstart", action="store_true", help="the README quickstart's step on CPU (eager, fp32); prints images/s")
     p.add_argument("--archs", default=None, help="comma-separated timm names (224 px, patch 16) overriding the sweep's")
     p.add_argument("--batches", default=None, help="comma-separated per-GPU batch sizes overriding the sweep's")
     p.add_argument("--losses", default=None, help="comma-separated subset of dcl,nt_xent,dclw")
     p.add_argument("--name", default="throughput", help="results file stem (to keep split runs apart)")
-    p.add_argument("--masked", action="store_true", help="M-MoCo / M-BYOL n/m sweep, packed vs eager (bench/masked_step.py)")
-    p.add_argument("--fmnist-grid", action="store_true", help="with --masked: the fmnist grid (28 px / patch 7) instead of 224 / 16")
-    p.add_argument("--compile", action="store_true", help="engine.compile off/on per method (bench/compile_step.py)")
-    p.add_argument("--mae", action="store_true", help="MAE / CAN / DAC steps: eager reference vs fastssl (bench/masked_image.py)")
-    p.add_argument("--methods", default=None, help="with --compile: methods (default: all registered); with --mae: a subset of mae,can,dac")
-    p.add_argument("--rounds", type=int, default=5, help="with --mae on CPU: alternating timing rounds per provider")
-    p.add_argument("--profile", action="store_true", help="with --mae: torch.profiler top ops per method and provider")
-    p.add_argument("--accel", action="store_true", help="standard vs Accel (PB, HP, PB+HP) step time on a ResNet (bench/accel_step.py)")
-    p.add_argument("--accel-methods", default="simclr,mocov2,swav", help="with --accel: methods to time")
-    p.add_argument("--arch", default="resnet18", help="with --accel: timm ResNet")
-    p.add_argument("--small-stem", action="store_true", help="with --accel: the 3×3 stride-1 stem")
-    p.add_argument("--img", type=int, default=32, help="with --accel: image side")
-    p.add_argument("--batch", type=int, default=64, help="with --accel: images per step (two views each)")
-    p.add_argument("--reps", type=int, default=3, help="with --accel: timed steps per case (median)")
-    p.add_argument("--threads", type=int, default=1, help="with --accel: CPU threads (1: shared cores)")
+
+def forward(argv: list[str]) -> bool:
+    """Run the bench a forwarding flag names (see the module docstring) with the rest of ``argv``;
+    False when ``argv`` names none."""
+    for flag, module in FORWARDS.items():
+        if flag in argv:
+            importlib.import_module(f"bench.{module}").main([a for a in argv if a != flag])
+            return True
+    return False
 
 
 def main() -> None:
+    if forward(sys.argv[1:]):
+        return
     args = parse_args(__doc__.splitlines()[0], _add_args)
-    if args.mae:
-        from bench.masked_image import run as run_mae
-
-        if args.providers == ALL_PROVIDERS:  # compile on CPU takes minutes per method: only where asked
-            args.providers = "eager,fastssl,compile" if torch.cuda.is_available() else "eager,fastssl"
-        run_mae(args)
-        return
-    if args.masked:
-        from bench.masked_step import run as run_masked
-
-        run_masked(args)
-        return
-    if args.compile:
-        from bench.compile_step import run as run_compile
-
-        run_compile(args)
-        return
-    if args.accel:
-        from bench.accel_step import run as run_accel
-
-        run_accel(args)
-        return
     sweep = SMOKE if args.smoke else CPU_QUICKSTART if args.cpu_quickstart else QUICK if args.quick else FULL
     if args.cpu_quickstart:
         args.providers = "eager"

@@ -6,34 +6,15 @@ runs the compile providers and the backend sweep (``python bench/attention.py --
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from _bench_smoke import ROOT, positive_timing
+from _bench_smoke import positive_timing, run_smoke
 
 PROVIDERS = ("packed", "padded", "separate", "packed:sdpa_tiles")
 CASES = ("mmoco-8", "multicrop", "mae", "dac")  # mmoco-4/16 and moco-full take the same code paths
 
 
-def run_smoke(out_dir, providers, cases):
-    """``_bench_smoke.run_smoke`` with a ``--cases`` subset (the full list takes minutes on 2 shared cores)."""
-    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "attention.py"), "--smoke", "--providers", ",".join(providers),
-                           "--cases", ",".join(cases), "--out-dir", str(out_dir)],
-                          check=True, cwd=ROOT, env=env, timeout=600, capture_output=True, text=True)
-    jsons = list(out_dir.glob("attention-*-smoke.json"))
-    assert len(jsons) == 1 and jsons[0].with_suffix(".png").is_file()
-    doc = json.loads(jsons[0].read_text())
-    assert doc["smoke"] is True
-    for r in doc["records"]:
-        assert r["error"] is None, r
-    return doc, proc.stdout
-
-
 def test_attention_bench_smoke(tmp_path):
-    doc, stdout = run_smoke(tmp_path, PROVIDERS, CASES)
+    # a --cases subset: the full list takes minutes on 2 shared cores
+    doc, stdout = run_smoke("attention", tmp_path, PROVIDERS, "--cases", ",".join(CASES), timeout=600)
     seen = set()
     for r in doc["records"]:
         seen.add((r["case"]["case"], r["provider"]))

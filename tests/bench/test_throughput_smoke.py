@@ -11,7 +11,7 @@ import math
 import sys
 
 import torch
-from _bench_smoke import ROOT, positive_timing, run_smoke
+from _bench_smoke import ROOT, positive_timing, run_script, run_smoke
 
 
 def test_throughput_bench_smoke(tmp_path):
@@ -57,15 +57,12 @@ def test_step_flops_matches_counted_flops():
 
 
 def test_masked_throughput_bench_smoke(tmp_path):
-    """``--masked --smoke``: both providers for every (method, n, m), finite numbers, the ratios against
-    the n = 1, m = 1 row, and packed and eager agreeing on the first loss (checked inside the bench)."""
+    """``bench/masked_step.py --smoke`` (``throughput.py --masked``): both providers for every
+    (method, n, m), finite numbers, the ratios against the n = 1, m = 1 row, and packed and eager
+    agreeing on the first loss (checked inside the bench)."""
     import json
-    import os
-    import subprocess
 
-    subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--masked", "--smoke", "--out-dir", str(tmp_path)],
-                   check=True, cwd=ROOT, timeout=300, capture_output=True, text=True,
-                   env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")})
+    run_script("masked_step", "--smoke", out_dir=tmp_path)
     (path,) = tmp_path.glob("throughput-masked-*-smoke.json")
     assert path.with_suffix(".png").is_file()
     records = json.loads(path.read_text())["records"]
@@ -107,15 +104,12 @@ def test_masked_step_flops_match_counted_flops():
 
 
 def test_masked_image_throughput_bench_smoke(tmp_path):
-    """``--mae --smoke``: eager and fastssl rows for MAE, CAN and DAC with finite positive numbers, and
-    both providers starting from the same loss (same weights, same inputs, same masks)."""
+    """``bench/masked_image.py --smoke`` (``throughput.py --mae``): eager and fastssl rows for MAE,
+    CAN and DAC with finite positive numbers, and both providers starting from the same loss (same
+    weights, same inputs, same masks)."""
     import json
-    import os
-    import subprocess
 
-    subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--mae", "--smoke", "--out-dir", str(tmp_path)],
-                   check=True, cwd=ROOT, timeout=300, capture_output=True, text=True,
-                   env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"), "CUDA_VISIBLE_DEVICES": ""})
+    run_script("masked_image", "--smoke", out_dir=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
     (path,) = tmp_path.glob("throughput-masked-image-*-smoke.json")
     records = json.loads(path.read_text())["records"]
     assert {(r["case"]["method"], r["provider"]) for r in records} == {(m, p) for m in ("mae", "can", "dac") for p in ("eager", "fastssl")}
@@ -127,3 +121,19 @@ def test_masked_image_throughput_bench_smoke(tmp_path):
     for method, (a, b) in first.items():
         # CAN's two paths draw their noise from different streams (fastssl: patchify_noise): close, not equal
         assert math.isclose(a, b, rel_tol=0.05 if method == "can" else 1e-4), (method, a, b)
+
+
+def test_throughput_flags_forward_to_their_benches(monkeypatch):
+    """``throughput.py --accel|--masked|--compile|--mae ...`` runs that bench's ``main`` with the rest
+    of the command line; without such a flag nothing is forwarded."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    from bench.throughput import FORWARDS, forward
+
+    for flag, module in FORWARDS.items():
+        seen = []
+        monkeypatch.setattr(importlib.import_module(f"bench.{module}"), "main", seen.append)
+        assert forward(["--smoke", flag, "--out-dir", "x"])
+        assert seen == [["--smoke", "--out-dir", "x"]], (flag, seen)
+    assert not forward(["--smoke", "--quick"])

@@ -9,12 +9,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _corrupt_images import corrupt_jpeg, corrupt_png_data
 from PIL import Image
 
 from fastssl.data import files as fs
@@ -26,43 +25,6 @@ def _png(rng, side=12) -> bytes:
     return buf.getvalue()
 
 
-def _jpeg(rng, side=32) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def corrupt_png_data(png: bytes, rng) -> bytes:
-    """Garble the IDAT payload but keep the chunk CRC, the header and IEND valid (passes the cheap checks)."""
-    b = bytearray(png)
-    i = 8
-    while b[i + 4:i + 8] != b"IDAT":
-        i += 12 + struct.unpack(">I", b[i:i + 4])[0]
-    n = struct.unpack(">I", b[i:i + 4])[0]
-    start, end = i + 8, i + 8 + n
-    b[start + 4:end - 4] = rng.integers(0, 256, end - start - 8, dtype=np.uint8).tobytes()
-    b[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(b[i + 4:end])) & 0xFFFFFFFF)
-    return bytes(b)
-
-
-def corrupt_jpeg_scan(rng) -> bytes:
-    """Random bytes in the entropy-coded scan (after SOS), SOI/EOI intact, that a decoder fails on.
-
-    Random scan bytes sometimes still decode (libjpeg only warns); those are harmless to DALI as
-    well, so draws repeat until PIL's decoder raises.
-    """
-    for _ in range(50):
-        b = bytearray(_jpeg(rng))
-        sos = b.index(b"\xff\xda")
-        b[sos + 40:sos + 240] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
-        try:
-            with Image.open(io.BytesIO(bytes(b))) as im:
-                im.load()
-        except OSError:
-            return bytes(b)
-    raise AssertionError("no undecodable JPEG in 50 draws")
-
-
 @pytest.fixture
 def split(tmp_path) -> Path:
     rng = np.random.default_rng()
@@ -72,7 +34,7 @@ def split(tmp_path) -> Path:
         for i in range(3):
             (root / c / f"{i}.png").write_bytes(_png(rng))
     (root / "a" / "bad_data.png").write_bytes(corrupt_png_data(_png(rng), rng))
-    (root / "b" / "bad_scan.jpg").write_bytes(corrupt_jpeg_scan(rng))
+    (root / "b" / "bad_scan.jpg").write_bytes(corrupt_jpeg(rng))
     return root
 
 

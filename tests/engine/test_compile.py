@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import layout_only_folder
 
 from fastssl.config import TrainConfig
 from fastssl.data.batch import Batch
@@ -27,9 +28,7 @@ METHODS = {
 
 
 def tiny(name: str, tmp_path, **fields):
-    for split in ("train", "test"):
-        (tmp_path / split / "a").mkdir(parents=True, exist_ok=True)
-        (tmp_path / split / "a" / "0.png").touch()  # the config checks that each split holds an image file
+    layout_only_folder(tmp_path, "a")
     cfg = TrainConfig.model_validate({
         "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
         "model": {"arch": "test_vit", "patch_size": 4},

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import layout_only_folder
 
 from fastssl.engine import disk
 from fastssl.engine.metrics_log import MetricsLog
@@ -135,10 +136,7 @@ def test_the_cli_says_a_full_disk_in_one_line(tmp_path, capsys, monkeypatch):
     import fastssl.engine.loop as loop
     from fastssl import train
 
-    data = tmp_path / "d"
-    for split in ("train", "test"):
-        (data / split / "c").mkdir(parents=True)
-        (data / split / "c" / "0.png").write_bytes(b"x")
+    data = layout_only_folder(tmp_path / "d")
     cfg = tmp_path / "c.yaml"
     out = tmp_path / "run"
     cfg.write_text(json.dumps({"run": {"output_dir": str(out)}, "data": {"dataset": "folder", "root": str(data)},
@@ -166,10 +164,7 @@ def test_a_full_disk_at_the_start_of_a_run(full_fs):
     from fastssl.config import TrainConfig
     from fastssl.engine import run_dir
 
-    data = full_fs.parent.parent / "d"
-    for split in ("train", "test"):
-        (data / split / "c").mkdir(parents=True)
-        (data / split / "c" / "0.png").write_bytes(b"x")
+    data = layout_only_folder(full_fs.parent.parent / "d")
 
     def cfg(out, resume="auto"):
         return TrainConfig.model_validate({"run": {"output_dir": str(out), "resume": resume},

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import layout_only_folder
 
 from fastssl import train
 from fastssl.config import ConfigError, TrainConfig, dump_config
@@ -94,9 +95,7 @@ def test_who_stopped_on_one_rank():
 # ---- world-size change: the advice leads to a command that works ------------------------------------
 
 def _cfg(tmp_path, batch):
-    for split in ("train", "test"):
-        (tmp_path / "d" / split / "c").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "d" / split / "c" / "0.png").write_bytes(b"x")
+    layout_only_folder(tmp_path / "d")
     return TrainConfig.model_validate({"run": {"output_dir": str(tmp_path / "run")},
                                        "data": {"dataset": "folder", "root": str(tmp_path / "d")},
                                        "model": {"arch": "test_vit", "patch_size": 4}, "optim": {"batch_size": batch}})
@@ -130,10 +129,7 @@ def test_a_global_batch_the_ranks_cannot_share(tmp_path):
 # ---- SIGTERM outside the train loop -------------------------------------------------------------------
 
 def _config_file(tmp_path: Path) -> Path:
-    data = tmp_path / "d"
-    for split in ("train", "test"):
-        (data / split / "c").mkdir(parents=True, exist_ok=True)
-        (data / split / "c" / "0.png").write_bytes(b"x")
+    data = layout_only_folder(tmp_path / "d")
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"run": {"output_dir": str(tmp_path / "run")}, "data": {"dataset": "folder", "root": str(data)},
                                 "model": {"arch": "test_vit", "patch_size": 4}}))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import layout_only_folder
 
 from fastssl.config import ConfigError, TrainConfig, dump_config
 from fastssl.engine import resume_rules, run_dir
@@ -30,10 +31,7 @@ def make_cfg(out: Path, data_root: Path, **sections) -> TrainConfig:
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    for split in ("train", "test"):
-        (tmp_path / "data" / split / "c0").mkdir(parents=True)
-        (tmp_path / "data" / split / "c0" / "0.png").write_bytes(b"x")
-    return tmp_path / "data"
+    return layout_only_folder(tmp_path / "data", "c0")
 
 
 def checkpoint(out: Path, cfg: TrainConfig, step: int = 8, *, inside: bool = True, fingerprint=None) -> Path:

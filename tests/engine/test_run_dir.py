@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import layout_only_folder
 
 from fastssl.config import ConfigError, TrainConfig
 from fastssl.engine import resume_rules, run_dir
@@ -26,10 +27,7 @@ def make_cfg(out: Path, data: Path, **sections) -> TrainConfig:
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    for split in ("train", "test"):
-        (tmp_path / "data" / split / "c0").mkdir(parents=True)
-        (tmp_path / "data" / split / "c0" / "0.png").write_bytes(b"x")  # layout only: nothing here decodes it
-    return tmp_path / "data"
+    return layout_only_folder(tmp_path / "data", "c0")
 
 
 def used_run(out: Path, cfg: TrainConfig, steps=(4, 8)) -> None:

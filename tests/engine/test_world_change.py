@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _helpers import layout_only_folder
 
 from fastssl.config import ConfigError, TrainConfig
 from fastssl.engine import world_change
@@ -15,10 +16,7 @@ from fastssl.engine.checkpoint import SHAPE_FILE, TrainState
 
 
 def cfg(tmp_path, batch=8, accum=1, stage=0) -> TrainConfig:
-    (tmp_path / "d" / "train" / "c").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "d" / "test" / "c").mkdir(parents=True, exist_ok=True)
-    for s in ("train", "test"):
-        (tmp_path / "d" / s / "c" / "0.png").write_bytes(b"x")
+    layout_only_folder(tmp_path / "d")
     return TrainConfig.model_validate({
         "run": {"output_dir": str(tmp_path / "run")}, "data": {"dataset": "folder", "root": str(tmp_path / "d")},
         "model": {"arch": "test_vit", "patch_size": 4},

@@ -2,23 +2,13 @@
 gradients, n chunk queries per image) and the chunk permutations each rank draws."""
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _helpers import run_on_ranks, view_rows as _rows
 
 from fastssl.methods.masked import global_permutations
 from fastssl.methods.mmoco import MMoCo, MMoCoConfig
 
 WORLD, B, N_CHUNKS, D, PATCHES = 2, 5, 3, 12, 25
-
-
-def _rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Images [lo, hi) of both views along the view-major ``2N`` axis (dim -2 or 0)."""
-    dim = 1 if x.ndim == 3 else 0
-    n = x.shape[dim] // 2
-    return torch.cat([x.narrow(dim, lo, hi - lo), x.narrow(dim, n + lo, hi - lo)], dim=dim)
 
 
 def _loss(q: torch.Tensor, k: torch.Tensor, gather: bool):
@@ -31,29 +21,18 @@ def _loss(q: torch.Tensor, k: torch.Tensor, gather: bool):
     return loss.detach(), q.grad
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    data = torch.load(f"{folder}/data.pt")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        lo, hi = rank * B, (rank + 1) * B
-        loss, grad = _loss(_rows(data["q"], lo, hi), _rows(data["k"], lo, hi), gather=True)
-        perm = global_permutations(torch.Generator().manual_seed(int(data["seed"])), 2, B, PATCHES, torch.device("cpu"))
-        torch.save({"loss": loss, "grad": grad, "perm": perm}, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_results(rank: int, data: dict) -> dict:
+    lo, hi = rank * B, (rank + 1) * B
+    loss, grad = _loss(_rows(data["q"], lo, hi), _rows(data["k"], lo, hi), gather=True)
+    perm = global_permutations(torch.Generator().manual_seed(int(data["seed"])), 2, B, PATCHES, torch.device("cpu"))
+    return {"loss": loss, "grad": grad, "perm": perm}
 
 
 def test_two_ranks_equal_one_rank_for_gathered_keys_and_chunks(tmp_path):
     seed = int(torch.randint(0, 2**31, ()))
     data = {"q": torch.randn(N_CHUNKS, 2 * WORLD * B, D, dtype=torch.float64),
             "k": torch.randn(2 * WORLD * B, D, dtype=torch.float64), "seed": seed}
-    torch.save(data, tmp_path / "data.pt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_ranks(_rank_results, data, tmp_path, WORLD)
     loss, grad = _loss(data["q"], data["k"], gather=False)
     perm = global_permutations(torch.Generator().manual_seed(seed), 2, WORLD * B, PATCHES, torch.device("cpu"))
     torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, loss, rtol=1e-5, atol=1e-6)  # the op computes in fp32

@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import layout_only_folder
 
 import fastssl.methods.can as can_mod
 from fastssl.data.batch import Batch
@@ -222,9 +223,7 @@ def test_dac_mask_ratio_without_a_square_kept_count_is_a_one_line_config_error(t
     from fastssl.config import ConfigError, TrainConfig
     from fastssl.methods.registry import build_method
 
-    for split in ("train", "test"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        (tmp_path / split / "a" / "0.png").touch()
+    layout_only_folder(tmp_path, "a")
     # Since the two-key checks moved to config time (issue 25, class 4) the same line comes from
     # validation (pydantic's ValidationError is a ValueError; load_config turns it into one line);
     # build_method keeps its own check for configs built in code.

@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from test_train_run import REPO, TRAIN, VENV_BIN, env, losses, tiny_config, tiny_folder, train  # noqa: E402,F401
 
+from _helpers import layout_only_folder  # noqa: E402
+
 from fastssl.config import load_config  # noqa: E402
 from fastssl.methods.registry import method_names  # noqa: E402
 
@@ -52,9 +54,7 @@ def test_every_registered_method_has_configs():
 
 @pytest.mark.parametrize("name", method_names())
 def test_shipped_configs_validate(name, tmp_path):
-    for split in ("train", "test"):
-        (tmp_path / split / "c").mkdir(parents=True)
-        (tmp_path / split / "c" / "0.png").write_bytes(b"")  # the config checks that each split holds an image file
+    layout_only_folder(tmp_path)
     fm = load_config(REPO / "configs" / "fmnist" / f"{name}.yaml")
     assert fm.method.name == name and fm.data.dataset == "fashion-mnist"
     gpu = load_config(REPO / "configs" / "imagenet" / f"{name}.yaml", [f"data.root={tmp_path}"])

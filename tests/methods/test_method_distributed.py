@@ -6,11 +6,8 @@ global batch, and each rank's gradient w.r.t. its rows world_size × the single-
 of those rows (DDP then averages)."""
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _helpers import run_on_ranks, view_rows as _rows
 
 from fastssl.methods.mocov3 import MoCoV3, MoCoV3Config
 from fastssl.methods.simclr import SimCLR, SimCLRConfig
@@ -28,12 +25,6 @@ def _loss_module(name: str, gather: bool):
     return m
 
 
-def _rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Images [lo, hi) of both views of a view-major ``[2N, D]`` tensor, view-major again."""
-    n = x.shape[0] // 2
-    return torch.cat([x[lo:hi], x[n + lo:n + hi]])
-
-
 def _step(name: str, q: torch.Tensor, k: torch.Tensor, gather: bool):
     q = q.clone().requires_grad_(True)
     m = _loss_module(name, gather)
@@ -42,28 +33,17 @@ def _step(name: str, q: torch.Tensor, k: torch.Tensor, gather: bool):
     return loss.detach(), q.grad
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    data = torch.load(f"{folder}/data.pt")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        out = {}
-        for name in ("mocov3", "simclr"):
-            q, k = _rows(data["q"], rank * B, (rank + 1) * B), _rows(data["k"], rank * B, (rank + 1) * B)
-            out[name] = _step(name, q, k, gather=True)
-        torch.save(out, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_results(rank: int, data: dict) -> dict:
+    out = {}
+    for name in ("mocov3", "simclr"):
+        q, k = _rows(data["q"], rank * B, (rank + 1) * B), _rows(data["k"], rank * B, (rank + 1) * B)
+        out[name] = _step(name, q, k, gather=True)
+    return out
 
 
 def test_gathered_negatives_match_the_global_batch(tmp_path):
     data = {"q": torch.randn(2 * WORLD * B, D, dtype=torch.float64), "k": torch.randn(2 * WORLD * B, D, dtype=torch.float64)}
-    torch.save(data, tmp_path / "data.pt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_ranks(_rank_results, data, tmp_path, WORLD)
     for name in ("mocov3", "simclr"):
         loss, grad = _step(name, data["q"], data["k"], gather=False)
         torch.testing.assert_close(sum(r[name][0] for r in ranks) / WORLD, loss, rtol=1e-5, atol=1e-6)  # the ops compute in fp32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import layout_only_folder
 
 from fastssl.config import TrainConfig
 from fastssl.data.batch import Batch
@@ -30,9 +31,7 @@ SMALL_HEADS = {
 
 
 def tiny_method(name: str, tmp_path, **model):
-    for split in ("train", "test"):
-        (tmp_path / split / "a").mkdir(parents=True, exist_ok=True)
-        (tmp_path / split / "a" / "0.png").touch()  # the config checks that each split holds an image file
+    layout_only_folder(tmp_path, "a")
     cfg = TrainConfig.model_validate({
         "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
         "model": {"arch": "test_vit", "patch_size": 4, **model},

@@ -7,11 +7,10 @@ normalisation inside the ops matters); a failing case prints its seed.
 """
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import backend_device as _device, fresh_seed as _seed, rand_rows as _rand
 from _contrastive_loop_ref import (
     check_fp32,
     check_lowp,
@@ -37,23 +36,6 @@ CASES = {
 }
 GRID = [(dt, n, d, tau) for dt, cases in CASES.items() for n, d, tau in cases]
 SIGMA = 0.5  # DCLW's σ from the paper
-
-
-def _device(backend: str) -> torch.device:
-    """The Triton backend runs on CUDA where there is a GPU, in the interpreter on CPU otherwise."""
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
-
-
-def _seed() -> int:
-    seed = random.randrange(2**31)
-    torch.manual_seed(seed)
-    return seed
-
-
-def _rand(*shape: int) -> torch.Tensor:
-    """float64 normal rows with norms spread over [0.5, 2.5): never zero, never already unit."""
-    x = torch.randn(*shape, dtype=torch.float64)
-    return x * (0.5 + 2 * torch.rand(*shape[:-1], 1, dtype=torch.float64))
 
 
 def _call(op: str, a, b, tau: float, backend: str):

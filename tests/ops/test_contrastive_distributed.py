@@ -12,13 +12,10 @@ results; the single-process runs happen here, in the test process.
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from _contrastive_loop_ref import check_fp32
+from _helpers import backend_device as _device, run_on_ranks
 
 from fastssl.ops import dcl, info_nce, nt_xent
 
@@ -27,10 +24,6 @@ N, D_IN, D, CHUNKS, TAU = 6, 12, 16, 2, 0.1  # 3 samples per rank: odd local siz
 BACKENDS = ["reference", "triton"]
 # info_nce_frozen_k: momentum-encoder keys without grad (the gather without autograd path).
 CASES = ["nt_xent", "dcl", "dclw", "info_nce", "info_nce_frozen_k"]
-
-
-def _device(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
 
 
 def _run_case(case: str, backend: str, data: dict, lo: int, hi: int, gather: bool) -> dict:
@@ -66,22 +59,9 @@ def _run_case(case: str, backend: str, data: dict, lo: int, hi: int, gather: boo
             "gw": grab(proj.weight.grad), "gbias": grab(proj.bias.grad)}
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    data = torch.load(f"{folder}/data.pt")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        n = N // WORLD
-        res = {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
-        torch.save(res, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int, data: dict) -> dict:
+    n = N // WORLD
+    return {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +72,7 @@ def runs(tmp_path_factory):
         "xq": torch.randn(CHUNKS, N, D_IN, generator=g), "xk": torch.randn(N, D_IN, generator=g),
         "weight": torch.randn(D, D_IN, generator=g) / D_IN**0.5, "bias": torch.randn(D, generator=g) * 0.1,
     }
-    folder = tmp_path_factory.mktemp("contrastive_dist")
-    torch.save(data, folder / "data.pt")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
-    ranks = [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
-    return data, ranks
+    return data, run_on_ranks(_rank_results, data, tmp_path_factory.mktemp("contrastive_dist"), WORLD)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,11 +9,10 @@ the positive seeded into split 0.
 """
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from _contrastive_loop_ref import check_fp32, check_lowp, eager_info_nce_queue, info_nce_queue_loop
+from _helpers import backend_device as _device, fresh_seed as _seed, rand_rows as _rand
 
 from fastssl.ops import info_nce
 
@@ -30,22 +29,6 @@ CASES = [
     (torch.float32, 1, 64, 256, 256, 0.05),
 ]
 IDS = [f"{str(c[0])[6:]}-c{c[1]}-N{c[2]}-K{c[3]}-D{c[4]}-t{c[5]}" for c in CASES]
-
-
-def _device(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
-
-
-def _seed() -> int:
-    seed = random.randrange(2**31)
-    torch.manual_seed(seed)
-    return seed
-
-
-def _rand(*shape: int) -> torch.Tensor:
-    """float64 normal rows with norms in [0.5, 2.5): never zero, never already unit."""
-    x = torch.randn(*shape, dtype=torch.float64)
-    return x * (0.5 + 2 * torch.rand(*shape[:-1], 1, dtype=torch.float64))
 
 
 def _value_and_grads(fn, q, k, queue):

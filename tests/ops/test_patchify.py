@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _token_loops import mae_norm_pix, mae_patchify, patchify_loop  # noqa: E402
+from _helpers import backend_device as _device, ulp as _ulp  # noqa: E402
 
 from fastssl.ops import PatchNoise, patchify, patchify_noise, random_masking  # noqa: E402
 
@@ -22,11 +23,6 @@ BACKENDS = ["reference", "triton"]
 # (B, C, H, W, p): H != W, C = 1 and 3, B = 1, odd L (9, 15), patch vectors of odd length (27, 75)
 # the last: ViT-sized 16-pixel RGB patches (one patch per program in the patchify_noise kernel)
 SHAPES = [(2, 3, 8, 12, 4), (1, 1, 9, 9, 3), (3, 3, 15, 25, 5), (2, 1, 16, 16, 4), (1, 3, 6, 10, 2), (2, 3, 32, 48, 16)]
-
-
-def _device(backend: str) -> torch.device:
-    """The Triton backend runs on the GPU when there is one, else in the interpreter on CPU."""
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
 
 
 def _run_noise(imgs, p, sigma, *, backend, ids_keep=None, **kw) -> PatchNoise:
@@ -139,11 +135,6 @@ def test_triton_noise_field_independent_of_masking():
     full = _run_noise(imgs, 3, sigma, generator=g1, backend="triton")
     part = _run_noise(imgs, 3, sigma, ids_keep=ids_keep, generator=g2, backend="triton")
     assert torch.equal(part.noise, _gather_rows(full.noise, ids_keep))
-
-
-def _ulp(ref64, dtype):
-    mag = ref64.abs().clamp_min(torch.finfo(dtype).tiny)
-    return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(mag)))
 
 
 def test_bf16_rule():

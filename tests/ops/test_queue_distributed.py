@@ -13,13 +13,10 @@ One spawn of 2 ranks per module (starting processes is the slow part) runs:
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from _contrastive_loop_ref import check_fp32
+from _helpers import backend_device as _device, run_on_ranks
 
 from fastssl.models.queue import KeyQueue
 from fastssl.ops import info_nce, sinkhorn
@@ -29,10 +26,6 @@ N, D_IN, D, CHUNKS, K, TAU = 6, 12, 16, 2, 20, 0.2  # 3 samples per rank: odd lo
 BACKENDS = ["reference", "triton"]
 SINKHORN_SPLITS = {"equal": (3, 3), "unequal": (2, 5)}  # local batch sizes per rank
 Q_SIZE, Q_STEPS = 12, 5  # ring of 12 slots, 5 steps of 2 × 3 keys: wraps around twice
-
-
-def _device(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
 
 
 def _info_nce_case(backend: str, data: dict, lo: int, hi: int, gather: bool) -> dict:
@@ -72,26 +65,14 @@ def _queue_run(rank: int) -> dict:
     return {"states": states, "error": error}
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    data = torch.load(f"{folder}/data.pt")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        n = N // WORLD
-        res = {("info_nce", b): _info_nce_case(b, data, rank * n, (rank + 1) * n, gather=True) for b in BACKENDS}
-        for name, sizes in SINKHORN_SPLITS.items():
-            lo = sum(sizes[:rank])
-            res[("sinkhorn", name)] = sinkhorn(data["scores"][lo:lo + sizes[rank]], 0.05, 3, gather_distributed=True)
-        res["queue"] = _queue_run(rank)
-        torch.save(res, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int, data: dict) -> dict:
+    n = N // WORLD
+    res = {("info_nce", b): _info_nce_case(b, data, rank * n, (rank + 1) * n, gather=True) for b in BACKENDS}
+    for name, sizes in SINKHORN_SPLITS.items():
+        lo = sum(sizes[:rank])
+        res[("sinkhorn", name)] = sinkhorn(data["scores"][lo:lo + sizes[rank]], 0.05, 3, gather_distributed=True)
+    res["queue"] = _queue_run(rank)
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +83,7 @@ def runs(tmp_path_factory):
         "queue": torch.randn(K, D, generator=g) * 2, "scores": torch.rand(7, 13, generator=g) * 2 - 1,
         "weight": torch.randn(D, D_IN, generator=g) / D_IN**0.5, "bias": torch.randn(D, generator=g) * 0.1,
     }
-    folder = tmp_path_factory.mktemp("queue_dist")
-    torch.save(data, folder / "data.pt")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
-    return data, [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
+    return data, run_on_ranks(_rank_results, data, tmp_path_factory.mktemp("queue_dist"), WORLD)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,11 +8,10 @@ scores each run (seed printed on failure); B ∈ {1, 7, 129, 64}, K ∈ {1, 13, 
 """
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from _contrastive_loop_ref import check_fp32
+from _helpers import fresh_seed as _seed
 
 from fastssl.ops import sinkhorn
 
@@ -28,12 +27,6 @@ def sinkhorn_loop(scores: torch.Tensor, epsilon: float, iterations: int) -> torc
         for b in range(batch):  # each sample's total weight becomes 1/B
             q[:, b] = q[:, b] / q[:, b].sum() / batch
     return (q * batch).t()
-
-
-def _seed() -> int:
-    seed = random.randrange(2**31)
-    torch.manual_seed(seed)
-    return seed
 
 
 def _scores(b: int, k: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from _token_loops import (  # noqa: E402
     scatter_grads_loop,
     scatter_loop,
 )
+from _helpers import backend_device as _device, ulp as _ulp  # noqa: E402
 
 from fastssl.ops import gather_tokens, random_masking, scatter_tokens  # noqa: E402
 
@@ -33,11 +34,6 @@ SHAPES = [(1, 7, 5, 0.5), (3, 9, 33, 0.75), (2, 49, 300, 0.75), (4, 16, 64, 0.5)
 def _ids(b, l, ratio):
     ids_keep, ids_restore, _ = random_masking(b, l, ratio)
     return ids_keep, ids_restore
-
-
-def _device(backend: str) -> torch.device:
-    """The Triton backend runs on the GPU when there is one, else in the interpreter on CPU."""
-    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
 
 
 def _leaf(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -282,12 +278,6 @@ def test_round_trip_and_partial_grads(backend):
 
 
 # ------------------------------------------------------------------------------------ bf16
-
-
-def _ulp(ref64, dtype):
-    """One unit in the last place of ``dtype`` at |ref| (elementwise)."""
-    mag = ref64.abs().clamp_min(torch.finfo(dtype).tiny)
-    return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(mag)))
 
 
 def _within_rule(kernel, eager, ref64, parts=(), abs_sum=None, terms=0):

@@ -1,4 +1,4 @@
-"""Corrupt images for the engine's end-to-end tests (a PNG / JPEG that passes every cheap check)."""
+"""Corrupt images that pass every cheap check (a PNG / JPEG), for the data and the engine tests."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,12 @@ def corrupt_png(rng, side: int = 16) -> bytes:
     """Valid signature, header, chunk CRCs and IEND; garbage in the compressed IDAT data (DALI aborts on it)."""
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(buf, format="PNG")
-    b = bytearray(buf.getvalue())
+    return corrupt_png_data(buf.getvalue(), rng)
+
+
+def corrupt_png_data(png: bytes, rng) -> bytes:
+    """Garble the IDAT payload of ``png`` but keep the chunk CRC, the header and IEND valid (passes the cheap checks)."""
+    b = bytearray(png)
     i = 8
     while b[i + 4:i + 8] != b"IDAT":
         i += 12 + struct.unpack(">I", b[i:i + 4])[0]

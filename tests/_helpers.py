@@ -1,0 +1,82 @@
+"""Helpers several test files share: the device of an op backend, seeded random inputs, a bf16/fp32
+ulp, and running a function on gloo ranks.
+
+A uniquely named module (not conftest) so that test files and the rank processes they spawn can
+import it: ``tests/`` is on ``sys.path`` under pytest (the folder of the root conftest), and a
+spawned process inherits its parent's ``sys.path``.
+"""
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def backend_device(backend: str) -> torch.device:
+    """The Triton backend runs on CUDA where there is a GPU, in the interpreter on CPU otherwise."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
+def fresh_seed() -> int:
+    """Seed torch with a new random seed and return it (for the failure message: a failure repeats)."""
+    seed = random.randrange(2**31)
+    torch.manual_seed(seed)
+    return seed
+
+
+def rand_rows(*shape: int) -> torch.Tensor:
+    """float64 normal rows with norms spread over [0.5, 2.5): never zero, never already unit."""
+    x = torch.randn(*shape, dtype=torch.float64)
+    return x * (0.5 + 2 * torch.rand(*shape[:-1], 1, dtype=torch.float64))
+
+
+def ulp(ref64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One unit in the last place of ``dtype`` at |ref| (elementwise)."""
+    mag = ref64.abs().clamp_min(torch.finfo(dtype).tiny)
+    return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(mag)))
+
+
+def view_rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Images [lo, hi) of both views along the view-major ``2N`` axis (dim -2 of ``[n, 2N, D]``, or 0)."""
+    dim = 1 if x.ndim == 3 else 0
+    n = x.shape[dim] // 2
+    return torch.cat([x.narrow(dim, lo, hi - lo), x.narrow(dim, n + lo, hi - lo)], dim=dim)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_on_ranks(fn: Callable[[int, dict], object], data: dict, folder: Path, world: int) -> list:
+    """``fn(rank, data)`` on ``world`` gloo ranks (one spawn, one thread each); their results in rank
+    order. ``fn`` must be a module-level function (the ranks import it by name); ``data`` and the
+    results travel through files in ``folder``."""
+    torch.save(data, folder / "data.pt")
+    mp.spawn(_rank_main, args=(fn, world, free_port(), str(folder)), nprocs=world, join=True)
+    return [torch.load(folder / f"rank{r}.pt") for r in range(world)]
+
+
+def _rank_main(rank: int, fn, world: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    data = torch.load(f"{folder}/data.pt")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(fn(rank, data), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def layout_only_folder(root: Path, cls: str = "c") -> Path:
+    """``root/{train,test}/<cls>/0.png``: the layout the config checks (a class folder holding an image
+    name) and no more; nothing may decode the file. Returns ``root``."""
+    for split in ("train", "test"):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        (root / split / cls / "0.png").write_bytes(b"x")
+    return root
