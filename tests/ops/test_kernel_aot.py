@@ -2,14 +2,18 @@
 
 The interpreter tests never run GPU code generation; ``_kernel_aot.py`` compiles each variant for an
 H100 (Triton + the bundled ptxas, no GPU needed) in one subprocess per test session (TRITON_INTERPRET
-must be unset there) and writes one record per variant; the tests below read those records.
+must be unset there) and writes one record per variant; the tests below read those records. The
+subprocess starts when the run is collected and runs in the background (``start_in_background``).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +22,48 @@ SCRIPT = Path(__file__).with_name("_kernel_aot.py")
 KERNELS = ("fwd", "fwd_queue", "bwd_rows", "bwd_cols")  # fwd_queue: the forward of info_nce with a queue
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("aot") / "variants.json"
+_BACKGROUND: dict = {}  # the compile subprocess of this pytest process, once started
+
+
+def _start() -> dict:
+    folder = tempfile.TemporaryDirectory(prefix="fastssl-aot-")
+    log = open(Path(folder.name) / "stderr.log", "w+")  # a file: a pipe nobody reads could fill and block it
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out), "--jobs", "2"], env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(out.read_text())
+    out = Path(folder.name) / "variants.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--jobs", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log, preexec_fn=lambda: os.nice(10), start_new_session=True)
+    atexit.register(_stop, proc)  # a run that ends before the fixture (-x, Ctrl-C) leaves no compile behind
+    _BACKGROUND.update(folder=folder, out=out, log=log, proc=proc)
+    return _BACKGROUND
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the script and its pool workers
+        proc.wait()
+
+
+def start_in_background() -> None:
+    """Start the compile subprocess as soon as the run is collected (``tests/conftest.py`` calls this
+    when this module's tests are selected): its ~2 CPU-minutes then overlap the tests before it, most
+    of which keep one of the two cores busy. Niced, so the foreground tests keep priority. Not under
+    pytest-xdist, where every worker collects everything: there the fixture starts it."""
+    if not _BACKGROUND and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _start()
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    run = _BACKGROUND or _start()
+    try:
+        code = run["proc"].wait(timeout=1200)
+        run["log"].seek(0)
+        assert code == 0, run["log"].read()[-3000:]
+        return json.loads(run["out"].read_text())
+    finally:
+        _stop(run["proc"])
+        run["log"].close()
+        run["folder"].cleanup()
 
 
 def _name(r: dict) -> str:
