@@ -172,8 +172,8 @@ def _dac() -> Claim:
         (Row("asymmetric", "dac"), Row("symmetric", "dac", ("method.small_feature=decoder",))),
         (better("asymmetric", "symmetric", "asymmetric ≥ symmetric"),),
         notes="ViT-tiny, configs/fmnist/dac.yaml. The paper's own gap is 0.1 point (39.5 vs 39.4): at this scale "
-              "expect it within the spread. The symmetric row needs method.small_feature (decoder) in "
-              "fastssl/methods/dac.py; until then the claim is reported as not run.")
+              "expect it within the spread. Symmetric: view A's tokens go through the decoder with nothing "
+              "masked (method.small_feature=decoder, fastssl/methods/dac.py).")
 
 
 CLAIMS: tuple[Claim, ...] = (_dcl(), _can(), _mmoco(), _accel(), _dac())
@@ -294,7 +294,7 @@ def run_claim(claim: Claim, seeds: int, train: TrainFn, runs_dir: Path, stored: 
 
 # --smoke's made-up result set: points above 60 % per row label, chosen so that the five claims come
 # out reproduced (dcl), not reproduced (can: CN beats the full loss), inconclusive (mmoco: all equal;
-# accel: one check holds, two are within spread) and not run (dac, while its symmetric row is).
+# accel: one check holds, two are within spread; dac: equal rows).
 FAKE_POINTS = {"dcl@32": 5.0, "dcl@128": 1.0, "dclw@128": 3.0, "AN (no contrastive)": -3.0,
                "CN (no reconstruction)": 3.0, "CA (no denoising, no noise)": -3.0, "Accel-SimCLR": 2.0}
 

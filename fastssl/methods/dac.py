@@ -8,7 +8,9 @@
 
 Contrastive features (§3.2 and the Table 7 ablation): view B's is the decoder output CLS; view A's is
 its *encoder* CLS passed through the decoder embedding ("the encoder output with an additional linear
-layer to make shapes match"), so both live in the decoder width. They share one 2-layer projector and
+layer to make shapes match"), so both live in the decoder width. ``small_feature: decoder`` is Table 7's
+symmetric row ("both decoder outputs"): view A's K tokens also go through the decoder and its decoder
+output CLS is the feature (``decode_whole``). They share one 2-layer projector and
 SimSiam's 2-layer predictor (§3.3), applied per view, with SimSiam's symmetric stop-gradient loss
 (the paper says "SimSiam loss" and nothing about asymmetry of the loss; we keep SimSiam's official
 symmetric form). Both views go through the encoder in one packed call (1 + K tokens each).
@@ -34,7 +36,10 @@ from fastssl.data.crops import CropSpec
 from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
 from fastssl.methods.masked_image import MaskedImageFields, build_decoder, draw_masks, kept_count
 from fastssl.methods.parts import SiamesePair, pair_metrics, param_dtype, simsiam_loss, simsiam_predictor
+from fastssl.models.decoder import MaskedDecoder
 from fastssl.models.heads import HeadConfig
+from fastssl.models.vit.layout import AttnLayout
+from fastssl.models.vit.pos_embed import resample_patch_pos
 from fastssl.models.vit.views import ImageView, MaskedView
 from fastssl.ops import masked_patch_loss, patchify
 
@@ -52,6 +57,34 @@ class DACConfig(MaskedImageFields):
     predictor: HeadConfig = Field(default_factory=simsiam_predictor, description="SimSiam's predictor; out_dim = projector.out_dim.")
     small_view: Literal["whole", "same_crop"] = Field(
         "whole", description="View A: the whole image downsampled (§4.1, Table 3) or view B's crop resized (ablation).")
+    small_feature: Literal["encoder", "decoder"] = Field(
+        "encoder", description="View A's contrastive feature: its encoder CLS through decoder_embed (the paper's "
+                               "asymmetric design) or its decoder output CLS (Table 7's symmetric ablation).")
+
+
+def decode_whole(dec: MaskedDecoder, tokens: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """View A through the decoder (Table 7's symmetric row): tokens ``[N, h·w, De]`` (all patches of
+    its ``grid``), cls ``[N, De]`` -> the decoder output CLS ``[N, Dd]``.
+
+    The paper only says "both decoder outputs". View A has nothing masked, so this is MAE's
+    ``forward_decoder`` with an empty mask (its official code appends no mask token then): 1 + h·w
+    tokens, not the 1 + L of view B, and no mask tokens standing in for patches the view does have.
+    Its positional table is the decoder's native one resampled bicubically to view A's grid, as the
+    encoder resamples its own table for this view (``resample_patch_pos``) and as MAE's code does for
+    an input of another resolution (its ``interpolate_pos_embed``): view A covers the whole image, so
+    each of its tokens keeps the position of the image region it covers (a sin-cos table built for
+    the small grid would instead put its tokens on the first h·w positions of the full grid). The
+    feature is the CLS after the decoder's norm, the same point as view B's."""
+    pos = dec.pos_embed.to(dec.decoder_embed.weight.dtype)
+    x = dec.decoder_embed(tokens) + resample_patch_pos(pos[1:], dec.grid, grid)
+    c = dec.decoder_embed(cls) + pos[0]
+    x = torch.cat([c.unsqueeze(1).to(x.dtype), x], dim=1)  # [N, 1 + h·w, Dd]
+    n, length, d = x.shape
+    layout = AttnLayout.build((length,) * n, None, x.device)
+    h = x.reshape(n * length, d)
+    for blk in dec.blocks:
+        h = blk(h, layout)
+    return dec.norm(h.view(n, length, d)[:, 0])  # the CLS row only: view A has no reconstruction target
 
 
 def small_size(img_size: int, patch_size: int, ratio: float) -> int:
@@ -93,8 +126,12 @@ class DAC(MethodModule):
         dec = self.decoder
         enc = self.encoder.encode([MaskedView(full, ids_keep), ImageView(small)])
         pred, cls_b = dec(enc[0].final.dense(), enc[0].cls, ids_keep, backend=self.cfg.backend)
-        cls_a = enc[1].cls
-        return pred, torch.cat([dec.decoder_embed(cls_a), cls_b])
+        if self.cfg.small_feature == "decoder":
+            side = small.shape[-1] // self.encoder.patch_size
+            feat_a = decode_whole(dec, enc[1].final.dense(), enc[1].cls, (side, side))
+        else:
+            feat_a = dec.decoder_embed(enc[1].cls)
+        return pred, torch.cat([feat_a, cls_b])
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         dtype = param_dtype(self.encoder)

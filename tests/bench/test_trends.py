@@ -31,11 +31,9 @@ def test_claims_are_well_formed_and_fit_the_budget(capsys):
         for r in c.rows:
             assert (ROOT / "configs" / "fmnist" / f"{r.config}.yaml").is_file()
             assert r.config in t.SECONDS_PER_IMAGE
-    # Every row is a valid config, except DAC's symmetric row, which waits for its option (said in the notes).
+    # Every row is a valid config (DAC's symmetric row too: method.small_feature=decoder).
     bad = {(c.name, r.label) for c in t.CLAIMS for r in c.rows if t.config_error(r) is not None}
-    assert bad <= {("dac", "symmetric")}
-    if bad:
-        assert "small_feature" in t.CLAIMS[-1].notes
+    assert bad == set()
     # DCL: the same images at every batch size (the paper keeps epochs fixed).
     assert {r.steps * r.batch for r in t.CLAIMS[0].rows} == {t.STEPS * 128}
     # The whole table, K = 3, within about two hours on the first CPU's per-image times.
@@ -92,9 +90,10 @@ def test_smoke_table_shape(tmp_path, monkeypatch):
     monkeypatch.setattr(t, "RESULTS", tmp_path)
     claims = t.main(["--smoke", "--seeds", "3", "--runs-dir", str(tmp_path / "runs")])
     assert [c["claim"] for c in claims] == [c.name for c in t.CLAIMS]
-    # The made-up set is built to give every verdict (FAKE_POINTS); DAC waits for its symmetric option.
+    # The made-up set is built to give every verdict (FAKE_POINTS); DAC's rows are equal: inconclusive.
     assert [c["verdict"] for c in claims] == ["reproduced", "not reproduced", "inconclusive", "inconclusive",
-                                              "not run" if claims[-1]["not_run"] else "inconclusive"]
+                                              "inconclusive"]
+    assert claims[-1]["not_run"] == {}
     assert [o["outcome"] for o in claims[1]["checks"]] == ["holds", "fails", "holds"]
     for c, spec in zip(claims, t.CLAIMS):
         assert len(c["rows"]) + len(c["not_run"]) == len(spec.rows)
