@@ -118,8 +118,14 @@ def dac_forward(model, batch, ctx) -> StepOutput:
     ids_keep, mask = draw_masks(ctx.generator(), 1, b, num_patches, model.cfg.mask_ratio, full.device)
     dec = model.decoder
     pred, cls_b = decoder_eager(dec, eager_encode(model.encoder, full, ids_keep), ids_keep)
-    cls_a = eager_encode(model.encoder, small)[:, 0]
-    pr, z = model.heads(torch.cat([dec.decoder_embed(cls_a), cls_b]))
+    if model.cfg.small_feature == "decoder":  # Table 7's symmetric ablation: view A's decoder CLS, nothing masked
+        side = small.shape[-1] // p
+        x = dec.decoder_embed(eager_encode(model.encoder, small))  # [B, 1 + side², Dd]
+        pos = torch.cat([dec.pos_embed[:1], resample_patch_pos(dec.pos_embed[1:], dec.grid, (side, side))])
+        feat_a = dec.norm(dense_blocks(dec.blocks, x + pos.to(x.dtype).unsqueeze(0)))[:, 0]
+    else:  # the paper's design: view A's encoder CLS, brought to the decoder's width
+        feat_a = dec.decoder_embed(eager_encode(model.encoder, small)[:, 0])
+    pr, z = model.heads(torch.cat([feat_a, cls_b]))
     l_con = simsiam_loss(pr, z)
     l_rec = reference.masked_patch_loss(pred, reference.patchify(full, p), mask, model.cfg.norm_pix)
     lam = model.rec_weight(ctx.epoch)
