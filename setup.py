@@ -36,7 +36,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout", "pytest-xdist>=3"],
     },
     entry_points={"console_scripts": ["fastssl-train=fastssl.train:main"]},
 )

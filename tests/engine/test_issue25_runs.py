@@ -23,6 +23,7 @@ from test_reliability_runs import one_line
 from test_train_run import REPO, TRAIN, VENV_BIN, _wait_for_step, env, losses, tiny_config, tiny_folder, train  # noqa: F401
 
 from fastssl.engine.schedule import lr_factor
+from _helpers import free_port  # noqa: E402
 
 # Each case starts several real training processes (~2 CPU-minutes each on 2 cores); the rules they walk
 # through are covered case by case, in-process, by the other test_issue25_*.py files. The suite keeps
@@ -92,7 +93,7 @@ def _rank_pids(launcher_pid: int) -> dict[int, int]:
 
 
 def _port() -> int:
-    return 29500 + os.getpid() % 150
+    return free_port()  # from the OS: parallel test workers never share one
 
 
 def test_two_ranks_sigterm_to_one_then_kill_9_of_the_other(tmp_path, tiny_folder):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from PIL import Image
 
 from _corrupt_images import corrupt_jpeg, corrupt_png
 from test_train_run import REPO, TRAIN, VENV_BIN, _wait_for_step, env, losses, tiny_config, train
+from _helpers import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_launcher_sigterm_stops_both_ranks_then_resume_on_one_rank(tmp_path, fol
     run = tmp_path / "run"
     cfg = tiny_config(tmp_path, folder_with_bad_images, optim={"max_steps": 40, "batch_size": 8},
                       engine={"ckpt_every_steps": 100}, eval={"knn_at_init": False})
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29700 + os.getpid() % 200),
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(TRAIN), "--config", str(cfg)]
     log = open(tmp_path / "ranks.log", "w")  # the ranks' output (they outlive the launcher's pipes)
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=REPO)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from _helpers import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "fastssl" / "train.py"
@@ -178,7 +179,7 @@ def test_deepspeed_launcher_two_cpu_ranks(tmp_path, tiny_folder, zero_stage, pre
     cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 6, "batch_size": 8},
                       engine={"zero_stage": zero_stage, "ckpt_every_steps": 3, "precision": precision},
                       eval={"knn_at_init": False})
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29500 + zero_stage + os.getpid() % 500),
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(TRAIN), "--config", str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

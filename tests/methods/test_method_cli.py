@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from test_train_run import REPO, TRAIN, VENV_BIN, env, losses, tiny_config, tiny_folder, train  # noqa: E402,F401
 
-from _helpers import layout_only_folder  # noqa: E402
+from _helpers import free_port, layout_only_folder  # noqa: E402
 
 from fastssl.config import load_config  # noqa: E402
 from fastssl.methods.registry import method_names  # noqa: E402
@@ -84,7 +84,7 @@ def test_cli_steps_and_exact_resume(name, tmp_path, tiny_folder):
 def test_two_ranks_bf16_zero2_with_an_ema_target(tmp_path, tiny_folder):
     cfg = method_config(tmp_path, tiny_folder, "mocov3", optim={"max_steps": 3, "batch_size": 8},
                         engine={"zero_stage": 2, "precision": "bf16", "ckpt_every_steps": 3}, eval={"knn_at_init": False, "knn_k": 5})
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29700 + os.getpid() % 200), str(TRAIN), "--config", str(cfg)]
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(TRAIN), "--config", str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
@@ -95,7 +95,7 @@ def test_can_on_two_gloo_ranks(tmp_path, tiny_folder):
     DAC share the masking code; their 2-rank CLI runs are in notes/masked_image.md, kept out of CI time)."""
     cfg = method_config(tmp_path, tiny_folder, "can", optim={"max_steps": 2, "batch_size": 8},
                         engine={"ckpt_every_steps": 2}, eval={"knn_at_init": False, "knn_k": 5})
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29500 + os.getpid() % 200), str(TRAIN), "--config", str(cfg)]
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(TRAIN), "--config", str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert sorted(losses(tmp_path / "run")) == [1, 2]
