@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fastssl.engine.amp import AUTOCAST, loop_clips, resolve_amp, resolve_precision  # noqa: F401  (resolve_precision: its old home)
+from fastssl.engine.amp import AUTOCAST, loop_clips, resolve_amp, resolve_precision
 from fastssl.engine.schedule import StepPlan
 
 
