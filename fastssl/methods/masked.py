@@ -28,14 +28,11 @@ from torch import nn
 
 from fastssl.config_base import Section
 from fastssl.data.batch import Batch
-from fastssl.data.crops import TWO_VIEWS, CropSpec
-from fastssl.models.ema import cosine_momentum
-from fastssl.methods.base import MethodModule, ParamGroup, StepContext, StepOutput, trainable
-from fastssl.methods.parts import pair_metrics, param_dtype, per_view_chunks, vmf_kappa
+from fastssl.methods.base import ParamGroup, StepContext, StepOutput, trainable
+from fastssl.methods.parts import MomentumSiamese, pair_metrics, param_dtype, per_view_chunks, vmf_kappa
 from fastssl.models.vit.chunks import random_permutation
 from fastssl.models.vit.cross_attention import ClassAttentionHead
-from fastssl.models.ema import EmaTarget
-from fastssl.models.heads import HeadConfig, MLPHead
+from fastssl.models.heads import HeadConfig
 from fastssl.models.vit.outputs import split_per_view
 from fastssl.models.vit.views import ChunkedView, ImageView
 from fastssl.ops.contrastive import spherical_mean
@@ -95,37 +92,28 @@ def encode_chunks(encoder: nn.Module, head: nn.Module | None, images: torch.Tens
     return cls, rep
 
 
-class MaskedSiamese(MethodModule):
-    """Encoder [+ class attention] + projector + predictor, their EMA target, and one step of a masked
-    two-view method. A subclass sets ``Config`` (a ``MaskingFields``) and ``loss(q [n, 2B, P], k [2B, P])``."""
+class MaskedSiamese(MomentumSiamese):
+    """Encoder [+ class attention] + projector + predictor and their EMA target (``MomentumSiamese``),
+    and one step of a masked two-view method. A subclass sets ``Config`` (a ``MaskingFields``) and
+    ``loss(q [n, 2B, P], k [2B, P])``."""
 
     Config = MaskingFields
 
-    def __init__(self, cfg: MaskingFields, encoder: nn.Module):
-        super().__init__(cfg, encoder)
-        dim = encoder.num_features
-        self.cross_attention = (ClassAttentionHead(dim, encoder.config["num_heads"], depth=cfg.cross_attention_depth,
-                                                   attn_backend=encoder.dispatch.requested)
+    def build_neck(self) -> None:
+        cfg, encoder = self.cfg, self.encoder
+        self.cross_attention = (ClassAttentionHead(encoder.num_features, encoder.config["num_heads"],
+                                                   depth=cfg.cross_attention_depth, attn_backend=encoder.dispatch.requested)
                                 if cfg.cross_attention else None)
-        self.projector = MLPHead(dim, cfg.projector)
-        self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
-        self.target = EmaTarget(*self._online())
 
-    def _online(self) -> list[nn.Module]:
-        """The modules the target follows, in the target's order."""
+    def online(self) -> list[nn.Module]:
         return [m for m in (self.encoder, self.cross_attention, self.projector) if m is not None]
 
-    def crops(self) -> tuple[CropSpec, ...]:
-        return TWO_VIEWS
-
     def param_groups(self) -> list[ParamGroup]:
+        """The online encoder + projector [+ class attention], and the predictor."""
         online = trainable(self.encoder, "encoder.") + trainable(self.projector, "projector.")
         if self.cross_attention is not None:
             online += trainable(self.cross_attention, "cross_attention.")
         return [ParamGroup("online", online), ParamGroup("predictor", trainable(self.predictor, "predictor."))]
-
-    def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def queries(self, images: torch.Tensor, perm: torch.Tensor | None, views: int = 2):
         """Online branch on ``images [V·B, 3, S, S]`` (view-major) cut by ``perm [V·B, N]`` into
@@ -160,6 +148,3 @@ class MaskedSiamese(MethodModule):
             for place, x in (("rep", rep), ("proj", z), ("pred", q)):
                 metrics[f"kappa_{place}"] = vmf_kappa(x.detach()).mean()
         return StepOutput(loss=self.loss(q, k), metrics=metrics)
-
-    def after_step(self, ctx: StepContext) -> None:
-        self.target.update_(*self._online(), momentum=cosine_momentum(self.cfg.base_momentum, ctx.progress))

@@ -164,13 +164,22 @@ class MomentumSiamese(MethodModule):
     projector and predictor per view -> q ``[2B, P]``; the EMA target's projections -> k ``[2B, P]``
     (no gradient); ``loss(q, k)``. The target follows encoder + projector with the cosine momentum
     base → 1 after every step. A subclass sets ``Config`` (with ``projector``, ``predictor`` and
-    ``base_momentum``) and ``loss``."""
+    ``base_momentum``) and ``loss``; Masked MoCo / BYOL (``masked.py``) also put a neck (class
+    attention) between encoder and projector, which the target follows too, and their own step."""
 
     def __init__(self, cfg, encoder: nn.Module):
         super().__init__(cfg, encoder)
+        self.build_neck()  # before the heads: module creation order is the seeded init order
         self.projector = MLPHead(encoder.num_features, cfg.projector)
         self.predictor = MLPHead(cfg.projector.out_dim, cfg.predictor)
-        self.target = EmaTarget(self.encoder, self.projector)
+        self.target = EmaTarget(*self.online())
+
+    def build_neck(self) -> None:
+        """Register modules between the encoder and the projector (none here)."""
+
+    def online(self) -> list[nn.Module]:
+        """The modules the target follows, in the target's order."""
+        return [self.encoder, self.projector]
 
     def crops(self) -> tuple[CropSpec, ...]:
         return TWO_VIEWS  # view 1 always blurred, view 2 solarized with p = 0.2: data.augment's pairs
@@ -191,4 +200,4 @@ class MomentumSiamese(MethodModule):
         return StepOutput(loss=self.loss(q, k), metrics=pair_metrics(q1, q2))
 
     def after_step(self, ctx: StepContext) -> None:
-        self.target.update_(self.encoder, self.projector, momentum=cosine_momentum(self.cfg.base_momentum, ctx.progress))
+        self.target.update_(*self.online(), momentum=cosine_momentum(self.cfg.base_momentum, ctx.progress))

@@ -211,4 +211,4 @@ def test_step_logs_kappa_and_is_reproducible(cls, cfg):
     assert torch.equal(method(data, ctx).loss, out.loss)
     assert not torch.equal(method(data, StepContext(3, 10, 100, seed=5)).loss, out.loss)
     method.after_step(ctx)  # the EMA target follows encoder [+ class attention] + projector
-    assert len(method.target.master) == sum(1 for m in method._online() for _ in m.parameters())
+    assert len(method.target.master) == sum(1 for m in method.online() for _ in m.parameters())
