@@ -75,6 +75,33 @@ def test_verdicts_reproduced_not_reproduced_inconclusive_not_run():
     assert t.verdict([t.check_outcome(c, rows, "linear") for c in checks]) == "not run"
 
 
+def _seeded(label, per_seed):
+    """A row with its runs: mean and sample std from ``per_seed`` (the linear scores at seeds 0, 1, …)."""
+    import statistics
+
+    return {"row": label, "scores": {LIN: statistics.fmean(per_seed)}, "std": {LIN: statistics.stdev(per_seed)},
+            "seeds": len(per_seed), "per_seed": [{"seed": s, "scores": {LIN: v}} for s, v in enumerate(per_seed)]}
+
+
+def test_spread_is_paired_over_the_seeds_the_rows_share():
+    """Seed 1 low in both rows (shared data order and init): the gap 0.01 is steady seed by seed (paired
+    spread 0.001) though each row alone moves by 0.04 (independent spread ~0.057)."""
+    rows = {"a": _seeded("a", [0.71, 0.66, 0.72]), "b": _seeded("b", [0.70, 0.65, 0.70])}
+    out = t.check_outcome(t.better("a", "b"), rows, "linear")
+    assert out["paired"] and out["value"] == pytest.approx(0.04 / 3)
+    assert out["spread"] == pytest.approx(math.sqrt(((0.01 - 0.04 / 3) ** 2 * 2 + (0.02 - 0.04 / 3) ** 2) / 2))
+    assert out["spread_independent"] == pytest.approx(math.sqrt(rows["a"]["std"][LIN] ** 2 + rows["b"]["std"][LIN] ** 2))
+    assert out["spread_independent"] > 5 * out["spread"] and out["outcome"] == "holds"
+    # b's scores at other seeds (its low run at seed 0): no shared movement, the gap is within the paired spread.
+    rows["b"] = _seeded("b", [0.65, 0.70, 0.70])
+    out = t.check_outcome(t.better("a", "b"), rows, "linear")
+    assert out["paired"] and out["outcome"] == "within spread"
+    # Rows with fewer than two seeds in common fall back to the independent figure.
+    rows["b"] = {**rows["b"], "per_seed": rows["b"]["per_seed"][:1]}
+    out = t.check_outcome(t.better("a", "b"), rows, "linear")
+    assert not out["paired"] and out["spread"] == pytest.approx(out["spread_independent"])
+
+
 def test_trend_check_is_a_difference_of_differences():
     dcl = t.CLAIMS[0]
     trend = dcl.checks[1]
