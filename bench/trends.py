@@ -335,6 +335,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.2f}"
 
 
+def random_init_scores() -> dict[str, dict]:
+    """The random-init encoder's scores by encoder name, from the method comparison (``quality-cpu.json``;
+    the trends runs skip that evaluation): the floor a row's score is read against."""
+    path = RESULTS / "quality-cpu.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    return {r["row"][len("random init ("):-1]: r["scores"] for r in rows if r["row"].startswith("random init (")}
+
+
 def _train_s(r: dict) -> str:
     """Seconds of training per run (images ÷ images/s; the wall column adds process start and evaluation)."""
     ips, batch = r.get("images_per_s"), r.get("batch")
@@ -378,6 +386,7 @@ def write_outputs(claims: list[dict], meta: dict, stem: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    inits = random_init_scores()
     fig, axes = plt.subplots(1, max(len(claims), 1), figsize=(4.2 * max(len(claims), 1), 4.2), squeeze=False)
     for ax, c in zip(axes[0], claims):
         key = METRICS[c["metric"]]
@@ -388,6 +397,12 @@ def write_outputs(claims: list[dict], meta: dict, stem: str) -> None:
         vals = [100 * r["scores"][key] for r in c["rows"]]
         if vals:
             ax.set_ylim(max(0.0, min(vals) - 5), min(100.0, max(vals) + 3))
+        init = inits.get(c["rows"][0]["encoder"], {}).get(key) if c["rows"] else None
+        if init is not None and vals and 100 * init >= ax.get_ylim()[0]:
+            ax.axhline(100 * init, color="gray", ls="--", lw=1, label="random init (quality-cpu)")
+            ax.legend(fontsize=7, loc="lower right")
+        elif init is not None:
+            ax.set_xlabel(f"random init: {100 * init:.1f} %", fontsize=7)
         ax.set_title(f"{c['claim']}: {c['verdict']}", fontsize=9)
         ax.set_ylabel(f"{c['metric']} top-1 (%)", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
