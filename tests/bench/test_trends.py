@@ -22,7 +22,12 @@ def _row(label, mean, std, seeds=3):
 
 def test_claims_are_well_formed_and_fit_the_budget(capsys):
     assert [c.name for c in t.CLAIMS] == ["dcl", "can", "mmoco", "accel", "dac"]
-    for c in t.CLAIMS:
+    # Opt-in claims: a default claim again at a longer budget, same rows and checks, its own name.
+    assert [c.name for c in t.EXTRA_CLAIMS] == ["can@150"]
+    can, can150 = t.CLAIMS[1], t.EXTRA_CLAIMS[0]
+    assert [(r.label, r.overrides) for r in can150.rows] == [(r.label, r.overrides) for r in can.rows]
+    assert {r.steps for r in can150.rows} == {150} and can150.checks == can.checks
+    for c in t.CLAIMS + t.EXTRA_CLAIMS:
         labels = [r.label for r in c.rows]
         assert len(set(labels)) == len(labels), c.name
         assert c.metric in t.METRICS and c.checks
@@ -32,7 +37,7 @@ def test_claims_are_well_formed_and_fit_the_budget(capsys):
             assert (ROOT / "configs" / "fmnist" / f"{r.config}.yaml").is_file()
             assert r.config in t.SECONDS_PER_IMAGE
     # Every row is a valid config (DAC's symmetric row too: method.small_feature=decoder).
-    bad = {(c.name, r.label) for c in t.CLAIMS for r in c.rows if t.config_error(r) is not None}
+    bad = {(c.name, r.label) for c in t.CLAIMS + t.EXTRA_CLAIMS for r in c.rows if t.config_error(r) is not None}
     assert bad == set()
     # DCL: the same images at every batch size (the paper keeps epochs fixed).
     assert {r.steps * r.batch for r in t.CLAIMS[0].rows} == {t.STEPS * 128}
