@@ -12,11 +12,12 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old|nosplit|twopass|unfused|tuned]: the kernels with the launch path of main before
+  triton[old|nosplit|twopass|unfused|tuned|jit]: the kernels with the launch path of main before
            issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without loop
            splits, without the symmetric backward, with the normalisation in torch instead of one
-           launch each way, with the autotuner over the tile configs; --variants adds them all at every
-           case, --quick adds unfused at the two target cases.
+           launch each way, with the autotuner over the tile configs, with every launch through
+           Triton's JITFunction.run instead of fastssl.kernels.launch; --variants adds them all at
+           every case, --quick adds jit and unfused at the two target cases.
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
 flushes L2 and times with device events, so host work the GPU waits for is counted); "kern" = the
 device time of all kernels of one forward+backward (torch.profiler) and "host" = the CPU time to
@@ -202,8 +203,8 @@ def _build(case: Case, dev):
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS and
 # fastssl.ops.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned")
-QUICK_VARIANTS = ("unfused",)  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
+VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit")
+QUICK_VARIANTS = ("jit", "unfused")  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
 _VARIANT_OPTIONS = {
     # main before issue 21 (but for the index cache and the one normalisation of both views)
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
@@ -211,18 +212,23 @@ _VARIANT_OPTIONS = {
     "twopass": {"sym_bwd": False},
     "unfused": {"fused_unit": False},  # the normalisation in torch (~12 small launches) instead of unit_rows
     "tuned": {"autotune": True},  # the new launch path with the autotuner: is the fixed table's tile the best?
+    # every launch through Triton's JITFunction.run instead of fastssl.kernels.launch's direct path (the
+    # host cost per launch; bench/host_path.py measures it without a GPU)
+    "jit": {"direct": False},
 }
 
 
 @contextlib.contextmanager
 def _options(variant: str | None):
     import fastssl.kernels.contrastive as K
+    import fastssl.kernels.launch as L
     import fastssl.ops.contrastive as C
 
-    # launch options live with the kernels, dispatch options (direct_eager, fused_unit) with the op
-    saved = [(opts, dict(opts)) for opts in (K.OPTIONS, C.OPTIONS)]
+    # launch options live with the kernels, dispatch options (direct_eager, fused_unit) with the op,
+    # the launch path's switch with fastssl.kernels.launch
+    saved = [(opts, dict(opts)) for opts in (K.OPTIONS, C.OPTIONS, L.OPTIONS)]
     for key, value in _VARIANT_OPTIONS.get(variant, {}).items():
-        (C.OPTIONS if key in C.OPTIONS else K.OPTIONS)[key] = value
+        (C.OPTIONS if key in C.OPTIONS else L.OPTIONS if key in L.OPTIONS else K.OPTIONS)[key] = value
     try:
         yield
     finally:

@@ -8,9 +8,10 @@ Cases (ViT-B, 224 px, p = 16, L = 196, bf16 activations and parameters):
 over mask ratio {0.75, 0.5} and B {64, 256, 1024}. pos_embed requires grad here (MAE keeps its
 sin-cos table fixed; a learned one is the costlier case, so it is the one timed).
 
-Providers: eager, compile (torch.compile of the eager code), triton (fastssl.ops, this tree) and
-triton_main (main's kernels before issue 22, frozen in bench/_tokens_main.py: before / after in one
-run). Each case is timed two ways:
+Providers: eager, compile (torch.compile of the eager code), triton (fastssl.ops, this tree),
+triton_jit (the same kernels with every launch through Triton's JITFunction.run instead of
+fastssl.kernels.launch: the host cost of the launch path, B = 256 only under --quick) and triton_main
+(main's kernels before issue 22, frozen in bench/_tokens_main.py: before / after in one run). Each case is timed two ways:
   wall    triton.testing.do_bench (device events around the call, L2 flushed before each call):
           what a training step sees, host overheads (Python, launches, allocations) included;
   kernel  the device time of the kernels alone (torch.profiler, CUDA activity, summed per call,
@@ -20,13 +21,14 @@ every output written once (dx in full: its zeros are the gradient too), against 
 copy measured in the same run (``bench.common.measure_ceilings``): "% copy".
 
     python bench/tokens.py            # full GPU sweep -> bench/results/tokens-<device>.{json,png}
-    python bench/tokens.py --quick    # B 1024 and 256, ratio 0.75: eager + triton rows first, then main's
-                                      # kernels, then compile; JSON rewritten after every row (a cap keeps it)
+    python bench/tokens.py --quick    # B 1024 and 256, ratio 0.75: eager + triton rows first, then compile,
+                                      # triton_jit, main's kernels; JSON rewritten after every row (a cap keeps it)
     python bench/tokens.py --quick --sweep   # + the Triton launch-table sweep (kernel-only), last
     python bench/tokens.py --smoke    # tiny sweep that runs anywhere (CPU: Triton interpreter)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -113,6 +115,7 @@ def make_case(op: str, b: int, ratio: float, grid: int, p: int, d: int, dtype: t
             "compile": lambda: compiled(x, pos, ids_keep),
             "triton": lambda: gather_tokens(x, ids_keep, pos, backend="triton"),
         }
+        fns["triton_jit"] = fns["triton"]  # timed under _launch_path("triton_jit")
         if old is not None:
             fns["triton_main"] = lambda: old.GatherTokens.apply(x, ids_keep, pos)
         fwd_bytes = (b * k * d + L * d) * s + idx_bytes + b * k * d * s  # kept rows + pos in, out
@@ -128,6 +131,7 @@ def make_case(op: str, b: int, ratio: float, grid: int, p: int, d: int, dtype: t
             "compile": lambda: compiled(x, mt, pos, ids_restore),
             "triton": lambda: scatter_tokens(x, ids_keep, L, mt, pos, backend="triton"),
         }
+        fns["triton_jit"] = fns["triton"]
         if old is not None:
             fns["triton_main"] = lambda: old.ScatterTokens.apply(x, ids_keep, L, mt, pos)
         fwd_bytes = (b * k * d + d + L * d) * s + idx_bytes + b * L * d * s
@@ -143,6 +147,7 @@ def make_case(op: str, b: int, ratio: float, grid: int, p: int, d: int, dtype: t
             "compile": lambda: compiled(imgs, sigma, ids_keep, p),
             "triton": lambda: patchify_noise(imgs, p, sigma, ids_keep=ids_keep, norm_target=True, backend="triton"),
         }
+        fns["triton_jit"] = fns["triton"]
         fwd_bytes = imgs.numel() * s + b * 4 + idx_bytes + (2 * b * k * P + b * L * P) * s
         bwd_bytes = 0
     else:
@@ -310,6 +315,19 @@ def sweep_launch_table(b: int, grid: int, dims: dict, dtype, dev, copy_gbps: flo
 # ----------------------------------------------------------------------------- main
 
 
+@contextlib.contextmanager
+def _launch_path(provider: str):
+    """``triton_jit``: every launch through Triton's JITFunction.run (``fastssl.kernels.launch`` off)."""
+    from fastssl.kernels import launch
+
+    saved = launch.OPTIONS["direct"]
+    launch.OPTIONS["direct"] = saved and provider != "triton_jit"
+    try:
+        yield
+    finally:
+        launch.OPTIONS["direct"] = saved
+
+
 def _targets(records, ceilings, b_small, b_large) -> list[str]:
     """Issue 22's targets, checked on this run's records (triton rows)."""
     lines = []
@@ -379,15 +397,18 @@ def main() -> None:
     else:
         grid, p, dims, dtype = 14, 16, {"gather": 768, "scatter": args.scatter_dim, "patchify_noise": 0}, torch.bfloat16
         batches, ratios = ([1024, 256], [0.75]) if args.quick else ([1024, 256, 64], [0.75, 0.5])
-    if args.providers == "eager,compile,triton" and not args.smoke and _main_kernels() is not None:
-        providers.append("triton_main")  # before / after in the same run (GPU runs only)
+    if args.providers == "eager,compile,triton" and not args.smoke:
+        providers.append("triton_jit")  # the launch path before / after, in the same run
+        if _main_kernels() is not None:
+            providers.append("triton_main")  # the kernels before / after in the same run (GPU runs only)
     rep_ms = 40 if args.quick else 100
     # Passes, most important first, so that a time cap cuts the least useful rows: eager + triton for
     # every case, then torch.compile (the targets compare with it; its warm-ups are slow), then main's
     # kernels (before / after).
     passes = [[q for q in ("eager", "triton") if q in providers], [q for q in ("compile",) if q in providers],
-              [q for q in ("triton_main",) if q in providers]]
-    passes = [q for q in passes if q] + [[q for q in providers if q not in ("eager", "triton", "triton_main", "compile")]]
+              [q for q in ("triton_jit",) if q in providers], [q for q in ("triton_main",) if q in providers]]
+    named = ("eager", "triton", "triton_jit", "triton_main", "compile")
+    passes = [q for q in passes if q] + [[q for q in providers if q not in named]]
     t_start = time.perf_counter()
     ceilings = measure_ceilings(smoke=args.smoke)
     print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else dev}; copy {ceilings.copy_gbps:.0f} GB/s", flush=True)
@@ -403,7 +424,8 @@ def main() -> None:
         for op in ("gather", "scatter", "patchify_noise"):
             for ratio in ratios:
                 for b in batches:
-                    todo_here = [q for q in todo if q != "triton_main" or op != "patchify_noise"]
+                    todo_here = [q for q in todo if (q != "triton_main" or op != "patchify_noise")
+                                 and (q != "triton_jit" or not args.quick or b == min(batches))]
                     if not todo_here:
                         continue
                     torch.manual_seed(0)
@@ -414,9 +436,10 @@ def main() -> None:
                     eager_out = case["fns"]["eager"]()
                     for provider in todo_here:
                         def measure(provider=provider):
-                            if provider != "eager":
-                                check_against_eager(op, eager_out, case["fns"][provider]())
-                            return run_case(op, case, provider, args.smoke, rep_ms, 5 if args.quick else 10)
+                            with _launch_path(provider):
+                                if provider != "eager":
+                                    check_against_eager(op, eager_out, case["fns"][provider]())
+                                return run_case(op, case, provider, args.smoke, rep_ms, 5 if args.quick else 10)
 
                         records.append(run_guarded(provider, case_meta, measure))
                         path = save()  # after every record: a time cap keeps what was measured

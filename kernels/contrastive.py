@@ -90,6 +90,7 @@ import triton
 import triton.language as tl
 
 from fastssl.kernels import contrastive_tiles as tiles
+from fastssl.kernels.launch import cdiv, launch, next_pow2
 
 # Read once, like ``triton.jit`` itself: TRITON_INTERPRET must be set before this import.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -492,6 +493,13 @@ def launch_flags(dtype: str, d: int, *, has_w: bool, exclude_pos: bool) -> dict:
     )
 
 
+def on_kernel_device(t: torch.Tensor) -> bool:
+    """Whether the kernels can take ``t``: a CUDA tensor, or any under the interpreter. (The one
+    device test of the launchers; ``bench/host_driver.py`` widens it to CPU tensors to time the host
+    path without a GPU.)"""
+    return t.is_cuda or _INTERPRET
+
+
 def _device_guard(t: torch.Tensor):
     """Launch on ``t``'s GPU; a no-op (no device switch) when it is already the current one."""
     if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
@@ -517,11 +525,11 @@ def _legacy_split(sms: int, kernel: str, out: int, d_blocks: int, length: int, q
     of 128, at most 8 splits (64 for MoCo v2's queue)."""
     per_sm = 2 if kernel == "fwd" else 1
     max_splits = 64 if queue and kernel in ("fwd", "bwd_rows") else 8
-    grains = triton.cdiv(length, _SPLIT_GRAIN)
-    want = max(1, (per_sm * sms) // (triton.cdiv(out, 64) * d_blocks))
+    grains = cdiv(length, _SPLIT_GRAIN)
+    want = max(1, (per_sm * sms) // (cdiv(out, 64) * d_blocks))
     splits = max(1, min(max_splits, grains, want))
-    chunk = triton.cdiv(triton.cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
-    return triton.cdiv(length, chunk), chunk
+    chunk = cdiv(cdiv(length, splits), _SPLIT_GRAIN) * _SPLIT_GRAIN
+    return cdiv(length, chunk), chunk
 
 
 def plan(kernel: str, rows: torch.Tensor, m: int, c: int, d: int, queue: bool = False) -> tiles.Launch:
@@ -548,10 +556,10 @@ def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: 
     own = "BLOCK_N" if kernel == "bwd_cols" else "BLOCK_M"
     if OPTIONS["autotune"] and not _INTERPRET:
         rest = geo.grid[1:]
-        _autotuned(kernel)[lambda meta: (triton.cdiv(out_rows, meta[own]),) + rest](*args, **consts)
+        _autotuned(kernel)[lambda meta: (cdiv(out_rows, meta[own]),) + rest](*args, **consts)
         return
-    jit[geo.grid](*args, **consts, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
-                  num_warps=geo.warps, num_stages=geo.stages)
+    launch(jit, geo.grid, *args, **consts, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
+           num_warps=geo.warps, num_stages=geo.stages)
 
 
 def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
@@ -570,7 +578,7 @@ def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=Non
     with _device_guard(rows):
         _launch("fwd", geo, m, args, dict(SPLIT=splits > 1, POS_DOT=pdot is not None, **flags))
         if splits > 1:
-            _contrastive_lse_merge_kernel[(triton.cdiv(m, 1024),)](part, loss, lse2, m, splits, BLOCK=1024)
+            launch(_contrastive_lse_merge_kernel, (cdiv(m, 1024),), part, loss, lse2, m, splits, BLOCK=1024)
     return loss, lse2
 
 
@@ -604,7 +612,8 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
         _launch(kernel, geo, out_rows, args, dict(ROUND=_INTERPRET and ROUND_TILES, **extra, **flags))
         if splits > 1:
             n = out_rows * d
-            _sum_cast_kernel[(triton.cdiv(n, 1024),)](dest, out, n, splits, ACCUMULATE=onto is not None, BLOCK=1024)
+            launch(_sum_cast_kernel, (cdiv(n, 1024),), dest, out, n, splits, ACCUMULATE=onto is not None,
+                   BLOCK=1024)
     return out
 
 
@@ -689,7 +698,7 @@ def _unit_bwd_kernel(x1_ptr, x2_ptr, dy_ptr, rn_ptr, dx1_ptr, dx2_ptr, N1, N, D,
 
 def _unit_tile(d: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_D): whole rows, ~4096 elements per program (16 rows at D = 256)."""
-    block_d = triton.next_power_of_2(d)
+    block_d = next_pow2(d)
     return max(1, min(64, 4096 // block_d)), block_d
 
 
@@ -698,7 +707,7 @@ def unit_takes(x: torch.Tensor, x2: torch.Tensor | None = None) -> bool:
     one dtype of fp32/bf16/fp16 on one device, and a GPU or the interpreter."""
     if x.ndim != 2 or x.shape[0] == 0 or not 0 < x.shape[1] <= _UNIT_MAX_D:
         return False
-    if x.dtype not in _DTYPE_NAMES or not (x.is_cuda or _INTERPRET):
+    if x.dtype not in _DTYPE_NAMES or not on_kernel_device(x):
         return False
     return x2 is None or (x2.shape[1:] == x.shape[1:] and x2.dtype == x.dtype and x2.device == x.device)
 
@@ -714,9 +723,8 @@ def unit_fwd(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[torch.Tensor, t
     y = torch.empty((n, d), device=x1.device, dtype=x1.dtype)
     rn = torch.empty(n, device=x1.device, dtype=torch.float32)
     with _device_guard(x1):
-        _unit_fwd_kernel[(triton.cdiv(n, block_r),)](x1, second, y, rn, n1, n, d, x1.stride(0), second.stride(0),
-                                                     y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r,
-                                                     BLOCK_D=block_d)
+        launch(_unit_fwd_kernel, (cdiv(n, block_r),), x1, second, y, rn, n1, n, d, x1.stride(0),
+               second.stride(0), y.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
     return y, rn
 
 
@@ -732,9 +740,9 @@ def unit_bwd(x1: torch.Tensor, x2: torch.Tensor | None, rn: torch.Tensor,
     dx1 = torch.empty_like(x1, memory_format=torch.contiguous_format)
     dx2 = torch.empty_like(second, memory_format=torch.contiguous_format) if x2 is not None else dx1
     with _device_guard(x1):
-        _unit_bwd_kernel[(triton.cdiv(n, block_r),)](x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
-                                                     second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0),
-                                                     EPS=_UNIT_EPS, RNE=_INTERPRET, BLOCK_R=block_r, BLOCK_D=block_d)
+        launch(_unit_bwd_kernel, (cdiv(n, block_r),), x1, second, dy, rn, dx1, dx2, n1, n, d, x1.stride(0),
+               second.stride(0), dy.stride(0), dx1.stride(0), dx2.stride(0), EPS=_UNIT_EPS, RNE=_INTERPRET,
+               BLOCK_R=block_r, BLOCK_D=block_d)
     return dx1, (dx2 if x2 is not None else None)
 
 
@@ -751,7 +759,7 @@ def _check_operands(rows: torch.Tensor, cols: torch.Tensor, name: str) -> None:
         raise TypeError(f"rows and {name} must share one dtype of fp32/bf16/fp16, got {rows.dtype} and {cols.dtype}")
     if rows.device != cols.device:
         raise ValueError(f"rows and {name} are on different devices: {rows.device} and {cols.device}")
-    if not (rows.is_cuda or _INTERPRET):
+    if not on_kernel_device(rows):
         raise ValueError("the Triton backend needs CUDA tensors (on CPU set TRITON_INTERPRET=1 before importing "
                          "fastssl.kernels, or use backend='reference')")
 

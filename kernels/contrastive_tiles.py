@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import triton
 
+from fastssl.kernels.launch import cdiv, next_pow2
+
 SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KB)
 _SMEM_SCRATCH = {"bwd_cols": 4096, "bwd_sym": 4096}  # reductions and layout conversions; 1 KB for the other kernels
 MAX_BLOCK_D = 256
@@ -54,7 +56,7 @@ _FALLBACK = ((64, 32, 4, 2), (64, 32, 4, 1))
 
 def block_d(d: int) -> int:
     """D-block: the whole (padded) D up to 256; tl.dot needs K >= 16."""
-    return max(16, min(MAX_BLOCK_D, triton.next_power_of_2(d)))
+    return max(16, min(MAX_BLOCK_D, next_pow2(d)))
 
 
 def element_bytes(dtype: str) -> int:
@@ -157,19 +159,19 @@ def split_plan(tiles: int, length: int, block: int, sms: int | None, max_splits:
     mask the last tile of each chunk. ``sms=None`` (the interpreter): two splits whenever the loop
     has more than one tile, so the CPU tests exercise the merges with a ragged chunk boundary.
     """
-    steps = triton.cdiv(length, block)
+    steps = cdiv(length, block)
     if sms is None:
         splits = 2 if steps > 1 else 1
-        chunk = triton.cdiv(length, splits)
-        return triton.cdiv(length, chunk), chunk
+        chunk = cdiv(length, splits)
+        return cdiv(length, chunk), chunk
     if tiles >= sms or steps == 1:
         return 1, length
     best = None
     for want in range(1, min(max_splits, steps) + 1):
-        chunk = triton.cdiv(length, want)
-        splits = triton.cdiv(length, chunk)
+        chunk = cdiv(length, want)
+        splits = cdiv(length, chunk)
         programs = tiles * splits
-        cost = triton.cdiv(programs, sms) * (triton.cdiv(chunk, block) + 1)
+        cost = cdiv(programs, sms) * (cdiv(chunk, block) + 1)
         key = (programs < sms, cost, splits)  # a full wave first, then the modelled time, then fewer partials
         if best is None or key < best[0]:
             best = (key, splits, chunk)
@@ -207,15 +209,15 @@ def geometry(kernel: str, dtype: str, d: int, m: int, c: int, sms: int | None) -
     """
     bm, bn, warps, stages = (64, 64, 4, 1) if sms is None else fixed_config(kernel, dtype, d)
     bd = block_d(d)
-    d_blocks = 1 if kernel == "fwd" else triton.cdiv(d, bd)
+    d_blocks = 1 if kernel == "fwd" else cdiv(d, bd)
     if kernel == "bwd_cols":
         out, length, own, step = c, m, bn, bm
     else:
         out, length, own, step = m, c, bm, bn
-    tiles = triton.cdiv(out, own) * d_blocks
+    tiles = cdiv(out, own) * d_blocks
     max_splits = MAX_SPLITS
     if kernel != "fwd":
         max_splits = max(1, min(MAX_SPLITS, MAX_PARTIAL_ELEMS // (out * d)))
     splits, chunk = split_plan(tiles, length, step, sms, max_splits)
-    grid = (triton.cdiv(out, own), splits) if kernel == "fwd" else (triton.cdiv(out, own), d_blocks, splits)
+    grid = (cdiv(out, own), splits) if kernel == "fwd" else (cdiv(out, own), d_blocks, splits)
     return Launch(kernel, bm, bn, warps, stages, grid, splits, chunk)

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastssl.kernels.launch import cdiv, launch, next_pow2
+
 
 @triton.jit
 def _patch_src(rows, e, L, H, W, w, PATCH: tl.constexpr, C: tl.constexpr):
@@ -43,7 +45,7 @@ def _patch_src(rows, e, L, H, W, w, PATCH: tl.constexpr, C: tl.constexpr):
 
 def _tile(p_elems: int, max_rows: int = 2048) -> tuple[int, int]:
     """(BLOCK_R patch rows, BLOCK_P): ~2K elements per tile, BLOCK_P >= 16 (randn4x needs /4)."""
-    block_p = max(16, triton.next_power_of_2(p_elems))
+    block_p = max(16, next_pow2(p_elems))
     return max(1, min(max_rows, 2048 // block_p)), block_p
 
 
@@ -165,8 +167,8 @@ def _noise_tile(p: int, c: int) -> tuple[int, int, int]:
     """(BLOCK_R patch rows, PP = next_pow2(p), QP = next_pow2(p·C)) for the [R, 4, PP, PP] tile: one
     patch per program for ViT-sized patches (removed ones then skip Philox entirely), 1K elements
     otherwise (2K spills at 4 warps: the gathers and the ids tile need registers)."""
-    pp = triton.next_power_of_2(p)
-    return max(1, 1024 // (4 * pp * pp)), pp, triton.next_power_of_2(p * c)
+    pp = next_pow2(p)
+    return max(1, 1024 // (4 * pp * pp)), pp, next_pow2(p * c)
 
 
 def _geometry(shape, p):
@@ -179,7 +181,7 @@ def patchify_fwd(imgs: torch.Tensor, p: int) -> torch.Tensor:
     b, c, h, w, L, P, gw = _geometry(imgs.shape, p)
     out = torch.empty(b, L, P, dtype=imgs.dtype, device=imgs.device)
     block_r, block_p = _tile(P)
-    _patchify_fwd_kernel[(triton.cdiv(b * L, block_r),)](
+    launch(_patchify_fwd_kernel, (cdiv(b * L, block_r),),
         imgs, out, b * L, L, h, w, gw, P=P, PATCH=p, C=c, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4
     )
     return out
@@ -190,7 +192,7 @@ def patchify_bwd(g: torch.Tensor, img_shape, img_dtype, p: int) -> torch.Tensor:
     b, c, h, w, L, P, gw = _geometry(img_shape, p)
     dimg = torch.empty(img_shape, dtype=img_dtype, device=g.device)
     block_r, block_p = _tile(P)
-    _patchify_bwd_kernel[(triton.cdiv(b * L, block_r),)](
+    launch(_patchify_bwd_kernel, (cdiv(b * L, block_r),),
         g.contiguous(), dimg, b * L, L, h, w, gw, P=P, PATCH=p, C=c, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4
     )
     return dimg
@@ -215,9 +217,9 @@ def patchify_noise(
     if c > 4:
         raise ValueError(f"the patchify_noise kernel takes at most 4 channels, got {c}")
     block_r, pp, qp = _noise_tile(p, c)
-    _patchify_noise_kernel[(triton.cdiv(b * L, block_r),)](
+    launch(_patchify_noise_kernel, (cdiv(b * L, block_r),),
         imgs, ids, sigma.contiguous(), inputs, noise, target, seed, b * L, k, L, h, w, gw,
-        P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, KP=triton.next_power_of_2(max(k, 1)),
+        P=P, PATCH=p, C=c, HAS_IDS=ids_keep is not None, NORM=norm_target, KP=next_pow2(max(k, 1)),
         BLOCK_R=block_r, PP=pp, QP=qp, num_warps=4,
     )
     return inputs, target, noise

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastssl.kernels.launch import cdiv, launch, next_pow2
+
 # ---------------------------------------------------------------------------------------------
 # launch table
 # ---------------------------------------------------------------------------------------------
@@ -51,8 +53,8 @@ _OVERRIDE: dict = {}  # bench/tests: {"tile", "waves", "warps", "stages", "fold"
 def _block_d(d: int) -> int:
     """Power-of-two D tile that wastes the fewest lanes (768 -> 256, 512 -> 512, 7 -> 16)."""
     if d <= 128:
-        return max(16, triton.next_power_of_2(d))
-    best = min((triton.cdiv(d, b) * b, -b) for b in (128, 256, 512, 1024))
+        return max(16, next_pow2(d))
+    best = min((cdiv(d, b) * b, -b) for b in (128, 256, 512, 1024))
     return -best[1]
 
 
@@ -81,17 +83,17 @@ def _plan(b: int, l: int, d: int, reduce: bool, sms: int, rpp: int | None, tile:
           stages: int = STAGES) -> Plan:
     block_d = _block_d(d)
     block_r = max(1, tile // block_d)
-    block_l = min(block_r, triton.next_power_of_2(l))
+    block_l = min(block_r, next_pow2(l))
     w = warps or (8 if block_r * block_d >= 8192 else 4)
-    n_d = triton.cdiv(d, block_d)
-    n_l = triton.cdiv(l, block_l)
+    n_d = cdiv(d, block_d)
+    n_l = cdiv(l, block_l)
     if rpp is None:
         if reduce:  # enough programs to fill the machine, as few partials as that allows
-            chunks = max(1, min(b, triton.cdiv(waves * sms, n_l * n_d)))
-            rpp = triton.cdiv(b, chunks)
+            chunks = max(1, min(b, cdiv(waves * sms, n_l * n_d)))
+            rpp = cdiv(b, chunks)
         else:  # no partials: short walks, many programs (the pos / mt tile is reused rpp times)
             rpp = 4
-    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, triton.cdiv(b, rpp), stages)
+    return Plan(block_r, block_l, block_d, w, n_d, n_l, rpp, cdiv(b, rpp), stages)
 
 
 def plan(b: int, l: int, d: int, device: torch.device, reduce: bool, rpp: int | None = None) -> Plan:
@@ -323,8 +325,8 @@ def _reduce(pos_part, pos_out, mt_part, mt_out, d: int) -> None:
     has_pos, has_mt = pos_part is not None, mt_part is not None
     l = pos_part.shape[1] if has_pos else 0
     dummy = pos_part if has_pos else mt_part
-    grid = (l + int(has_mt), triton.cdiv(d, _REDUCE_BLOCK_D))
-    _reduce_kernel[grid](
+    grid = (l + int(has_mt), cdiv(d, _REDUCE_BLOCK_D))
+    launch(_reduce_kernel, grid,
         pos_part if has_pos else dummy, pos_out if has_pos else dummy, pos_part.shape[0] if has_pos else 0,
         mt_part if has_mt else dummy, mt_out if has_mt else dummy, mt_part.shape[0] if has_mt else 0, l, d,
         BLOCK_C=_REDUCE_BLOCK_C, BLOCK_D=_REDUCE_BLOCK_D, num_warps=4,
@@ -340,8 +342,8 @@ def gather_rows(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None, ou
     if out.numel() == 0:
         return out
     p = plan(b * k, 1, d, x.device, reduce=False)
-    grid = (triton.cdiv(b * k, p.block_r), p.n_d)
-    _rows_kernel[grid](
+    grid = (cdiv(b * k, p.block_r), p.n_d)
+    launch(_rows_kernel, grid,
         x, ids, pos if pos is not None else x, out, b * k, k, l, d,
         HAS_POS=pos is not None, BLOCK_R=p.block_r, BLOCK_D=p.block_d, num_warps=p.warps,
     )
@@ -374,10 +376,10 @@ def gather_bwd(g, ids, x_shape, x_dtype, pos_dtype, need_dx: bool, need_dpos: bo
         part = dpos if p.chunks == 1 else torch.empty(p.chunks, l, d, dtype=torch.float32, device=g.device)
     fold = need_dpos and p.chunks > 1 and _fold()
     cnt = _counters(g.device, "expand", p.n_l * p.n_d) if fold else g
-    _expand_kernel[(p.n_l, p.n_d, p.chunks)](
+    launch(_expand_kernel, (p.n_l, p.n_d, p.chunks),
         g, ids, g, g, dx, part if part is not None else g, dpos if fold else g, cnt, b, k, l, d, p.rpp,
         HAS_MT=False, HAS_POS=False, NEED_SUM=need_dpos, FOLD=fold,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
+        KP=next_pow2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     if need_dpos and p.chunks > 1 and not fold:
         _reduce(part, dpos, None, None, d)
@@ -395,10 +397,10 @@ def scatter_fwd(x, ids, num_patches, mt, pos):
     if out.numel() == 0:
         return out
     p = plan(b, num_patches, d, x.device, reduce=False)
-    _expand_kernel[(p.n_l, p.n_d, p.chunks)](
+    launch(_expand_kernel, (p.n_l, p.n_d, p.chunks),
         x, ids, mt, pos if pos is not None else mt, out, out, out, out, b, k, num_patches, d, p.rpp,
         HAS_MT=True, HAS_POS=pos is not None, NEED_SUM=False, FOLD=False,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
+        KP=next_pow2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     return out
 
@@ -428,11 +430,11 @@ def scatter_bwd(g, ids, x_dtype, mt_dtype, pos_dtype, need_dx, need_dmt, need_dp
     part_pos = (dpos if direct else torch.empty(p.chunks, l, d, dtype=torch.float32, device=g.device)) if need_dpos else None
     part_mt = torch.empty(p.chunks * p.n_l, d, dtype=torch.float32, device=g.device) if need_dmt else None
     cnt = _counters(g.device, "compress", p.n_l * p.n_d + p.n_d) if fold else g
-    _compress_kernel[(p.n_l, p.n_d, p.chunks)](
+    launch(_compress_kernel, (p.n_l, p.n_d, p.chunks),
         g, ids, dx if need_dx else g, part_pos if need_dpos else g, part_mt if need_dmt else g,
         dpos if need_dpos else g, dmt if need_dmt else g, cnt, b, k, l, d, p.rpp,
         NEED_DX=need_dx, NEED_DPOS=need_dpos, NEED_DMT=need_dmt, FOLD=fold,
-        KP=triton.next_power_of_2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
+        KP=next_pow2(k), BLOCK_L=p.block_l, BLOCK_D=p.block_d, STAGES=p.stages, num_warps=p.warps,
     )
     pos_left = need_dpos and not direct
     if not fold and (pos_left or need_dmt):

@@ -15,11 +15,11 @@
 #   set-up       SETUP_CAP=60         install the carried wheels (~12 s on the H200 machine)
 #   tests        CAP_TESTS=100        pytest -n 16: the amp lever's engine tests, synthetic data + the CLI on CUDA,
 #                                     tests/models, tests/ops (without the AOT compile check)
-#   contrastive  CAP_CONTRASTIVE=45   bench/contrastive.py --quick (33 s complete on the H200)
-#   tokens       CAP_TOKENS=45        bench/tokens.py --quick (39 s complete)
+#   contrastive  CAP_CONTRASTIVE=50   bench/contrastive.py --quick (33 s complete on the H200; + the triton[jit] rows)
+#   tokens       CAP_TOKENS=55        bench/tokens.py --quick (39 s complete; + the triton_jit rows at B = 256)
 #   attention    CAP_ATTENTION=60     bench/attention.py --quick (packed and padded rows of all cases in 50 s)
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
-#   train        CAP_TRAIN=rest       bench/train.py --quick: the rest of the session (~245 s when the parts before
+#   train        CAP_TRAIN=rest       bench/train.py --quick: the rest of the session (~230 s when the parts before
 #                                     it run to their caps), TRAIN_ROW_CAP=75 per row, TRAIN_ARGS adds options
 #                                     (e.g. "--profile 3", "--no-bare"); rows in bench/train.py's quick_rows order
 # `all` = tests contrastive tokens attention train.
@@ -62,7 +62,7 @@ done
 
 # ---- the parts ------------------------------------------------------------------------------------
 own_cap() { case "$1" in  # a part's own cap; train's is the rest of the session unless CAP_TRAIN says
-  tests) echo "${CAP_TESTS:-100}" ;; contrastive) echo "${CAP_CONTRASTIVE:-45}" ;; tokens) echo "${CAP_TOKENS:-45}" ;;
+  tests) echo "${CAP_TESTS:-100}" ;; contrastive) echo "${CAP_CONTRASTIVE:-50}" ;; tokens) echo "${CAP_TOKENS:-55}" ;;
   attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-$SESSION_CAP}" ;;
 esac; }
 

@@ -84,6 +84,11 @@ def eager_door(forward: Callable, setup_context: Callable, backward: Callable) -
             output = forward(*inputs)
             setup_context(ctx, inputs, output)
             ctx.eager_door = True  # read by ``backward_impl``
+            # A second output (the contrastive ops' LSE, unit_rows' 1/‖row‖) is saved for the backward and
+            # never returned to the caller, so its gradient is never defined: materialised, it would be
+            # a zero-filled tensor per output per call (an allocation and a fill launch each on CUDA).
+            # The backwards ignore those slots; the first output's gradient is always defined.
+            ctx.set_materialize_grads(False)
             return output
 
         @staticmethod
