@@ -166,21 +166,27 @@ def _floor(number: int) -> float:
 def measure(smoke: bool = False) -> dict:
     from fastssl.kernels import launch as L
 
-    number, repeats = (5, 2) if smoke else (200, 7)
+    number, repeats = (5, 2) if smoke else (100, 15)
     torch.manual_seed(0)
     rows = []
     with stand_in_driver() as launches, cpu_as_device():
         for name, make in _cases(smoke).items():
             call = make()
             row = {"case": name}
+            times: dict = {mode: [] for mode in MODES}
             for mode in MODES:
                 L.OPTIONS["direct"] = mode == "direct"
                 for _ in range(3):  # compile (first time), then the launch classes are known
                     call()
-                launches.clear()
-                row[f"{mode}_us"] = _time(call, repeats, number)
-                row["launches"] = len(launches.calls) / (repeats * number)
+            launches.clear()
+            for _ in range(repeats):  # the modes alternate, so that a drift of the machine hits both alike
+                for mode in MODES:
+                    L.OPTIONS["direct"] = mode == "direct"
+                    times[mode].append(_time(call, 1, number))
             L.OPTIONS["direct"] = True
+            for mode in MODES:
+                row[f"{mode}_us"] = statistics.median(times[mode])
+            row["launches"] = len(launches.calls) / (repeats * number * len(MODES))
             row["saved_us"] = row["jit_us"] - row["direct_us"]
             rows.append(row)
             print(f"  {name:36s} jit {row['jit_us']:7.1f} µs  direct {row['direct_us']:7.1f} µs  "
