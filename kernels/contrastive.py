@@ -807,15 +807,27 @@ def check_queue(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, q
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+_NO_INDEX: dict = {}
+
+
 def _no_index(rows: torch.Tensor) -> torch.Tensor:
-    return torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)  # no pos/excl column
+    """int32 [M] of -1 (no positive / excluded column), made once per (M, device): a fill launch less
+    per call; read only."""
+    key = (rows.shape[0], rows.device)
+    out = _NO_INDEX.get(key)
+    if out is None:
+        if len(_NO_INDEX) >= 64:
+            _NO_INDEX.clear()
+        out = _NO_INDEX[key] = torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)
+    return out
 
 
 def queue_forward(rows: torch.Tensor, queue: torch.Tensor, pdot: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [M] fp32, LSE₂ [M] fp32) with loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = pdot/τ
     (pdot [M] fp32: the positives' dot products): the forward in queue mode (``POS_DOT``)."""
-    return forward(rows, queue, _no_index(rows), _no_index(rows), None, temperature, False, pdot=pdot)
+    none = _no_index(rows)
+    return forward(rows, queue, none, none, None, temperature, False, pdot=pdot)
 
 
 def queue_backward(rows: torch.Tensor, queue: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor,

@@ -139,24 +139,40 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
 _INDEX_CACHE: dict = {}
 
 
-def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pos_idx, self_idx) int32 [2n] of the two-view losses (what the kernels read: ``prepare``'s
-    cast is a no-op). Eager calls reuse them per (n, total, offset, device): four small launches a
+def _cached_index(key: tuple, build):
+    """The index arrays ``build()`` makes, reused per ``key`` by eager calls: a few small launches per
     step that a training loop would repeat with the same values. The cached tensors are only ever
     read (indexing, kernel arguments, saved for backward). Under torch.compile they are built in
     the graph, as constants of the trace."""
-    key = (n, total, offset, device)
-    hit = None if torch.compiler.is_compiling() else _INDEX_CACHE.get(key)
-    if hit is not None:
-        return hit
-    g = torch.arange(offset, offset + n, device=device, dtype=torch.int32)
-    pos_idx = torch.cat([g + total, g])
-    self_idx = pos_idx.roll(n)  # [g, total + g]
-    if not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return build()
+    hit = _INDEX_CACHE.get(key)
+    if hit is None:
         if len(_INDEX_CACHE) >= 64:
             _INDEX_CACHE.clear()
-        _INDEX_CACHE[key] = (pos_idx, self_idx)
-    return pos_idx, self_idx
+        hit = _INDEX_CACHE[key] = build()
+    return hit
+
+
+def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_idx, self_idx) int32 [2n] of the two-view losses (what the kernels read: ``prepare``'s
+    cast is a no-op), cached (``_cached_index``)."""
+    def build():
+        g = torch.arange(offset, offset + n, device=device, dtype=torch.int32)
+        pos_idx = torch.cat([g + total, g])
+        return pos_idx, pos_idx.roll(n)  # self_idx = [g, total + g]
+
+    return _cached_index(("two_view", n, total, offset, device), build)
+
+
+def _chunk_index(n: int, chunks: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_idx, no_excl) int32 [chunks·n] of InfoNCE: row a = (chunk j, sample i) has positive key
+    offset + i; no excluded column (-1). Cached (``_cached_index``)."""
+    def build():
+        pos_idx = (offset + torch.arange(n, device=device, dtype=torch.int32)).repeat(chunks)
+        return pos_idx, torch.full_like(pos_idx, -1)
+
+    return _cached_index(("chunks", n, chunks, offset, device), build)
 
 
 def nt_xent(
@@ -252,15 +268,14 @@ def info_nce(
     if queue is not None:
         # No gather: the negatives are the queue (identical on every rank), the positives local.
         negatives = _unit(queue.detach(), kernel).to(rows.dtype)
-        pos_idx = torch.arange(n, device=q.device).repeat(chunks)
+        pos_idx, _ = _chunk_index(n, chunks, 0, q.device)
         return _queue_core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, negatives, temperature).mean()
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)
         if cols.shape[0] < 2:
             raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
-    pos_idx = (offset + torch.arange(n, device=q.device)).repeat(chunks)
-    no_excl = torch.full_like(pos_idx, -1)
+    pos_idx, no_excl = _chunk_index(n, chunks, offset, q.device)
     return _core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, no_excl, temperature).mean()
 
 
@@ -516,7 +531,7 @@ def unit_rows(x: Tensor, x2: Tensor | None = None) -> Tensor | None:
     itself); None otherwise, and the caller normalises in torch."""
     if not OPTIONS["fused_unit"] or torch.compiler.is_compiling():
         return None
-    from fastssl.kernels.contrastive import unit_takes
+    from fastssl.kernels.contrastive import unit_fwd, unit_takes
 
     if not unit_takes(x, x2):
         return None
@@ -524,4 +539,6 @@ def unit_rows(x: Tensor, x2: Tensor | None = None) -> Tensor | None:
         x = x.contiguous()
     if x2 is not None and x2.stride(1) != 1:
         x2 = x2.contiguous()
+    if not (torch.is_grad_enabled() and (x.requires_grad or (x2 is not None and x2.requires_grad))):
+        return unit_fwd(x, x2)[0]  # nothing to differentiate (momentum keys, the queue): no autograd node
     return fused_unit_rows(x, x2)
