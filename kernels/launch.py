@@ -25,13 +25,17 @@ that is not a plain ``JITFunction`` (the opt-in autotuner), a runtime argument p
 pre-run hooks or launch hooks installed (profilers that use Triton's hooks, e.g. Proton), or a Triton
 whose compiled kernel lacks the attributes used here. Not checked on the direct path: that a global
 the kernel reads has changed since it was compiled (Triton raises then; this project's kernels read
-constant globals only). ``FASTSSL_DIRECT_LAUNCH=0`` (or ``OPTIONS["direct"] = False``) turns it off:
+constant globals only). A launcher that rejects the direct call's arguments (a Triton other than the
+3.6 / 3.7 checked here) raises ``TypeError`` while parsing them, before launching: ``launch`` then
+warns once, turns itself off and launches through Triton's path.
+``FASTSSL_DIRECT_LAUNCH=0`` (or ``OPTIONS["direct"] = False``) turns it off:
 the before/after of ``bench/host_path.py`` and the GPU benches' ``[jit]`` variants.
 """
 from __future__ import annotations
 
 import inspect
 import os
+import warnings
 
 from torch import Tensor
 
@@ -131,8 +135,16 @@ def launch(jit, grid: tuple, *args, **consts) -> None:
         return
     kernel, tail = entry
     n = len(grid)
-    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, drv.get_current_stream(device),
-               kernel.function, kernel.packed_metadata, None, None, None, *args, *tail)
+    try:
+        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, drv.get_current_stream(device),
+                   kernel.function, kernel.packed_metadata, None, None, None, *args, *tail)
+    except TypeError as err:
+        # A launcher whose arguments differ from the ones checked (3.6 / 3.7) fails here, while it
+        # parses them and before anything is launched: keep Triton's path from now on, say so once.
+        OPTIONS["direct"] = False
+        warnings.warn(f"fastssl.kernels.launch: the direct launch path does not fit this Triton "
+                      f"({type(err).__name__}: {err}); every launch goes through Triton's own path", stacklevel=2)
+        jit[grid](*args, **consts)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -203,8 +203,39 @@ def check_every_launch_site():
                 assert kinds(a.args) == kinds(b.args), f"{name}: {a.name}"
 
 
+def check_launcher_mismatch_falls_back():
+    """A launcher that rejects the direct call's arguments (another Triton) makes launch() warn once,
+    switch itself off and launch through Triton's path; nothing is lost."""
+    import warnings
+
+    L.clear()
+    x, y = torch.zeros(256), torch.zeros(256)
+    L.launch(_toy, (1,), x, y, 256, 1, 1.0, FLAG=False)
+    kernel, _ = next(e for e in L._cache.values() if e)
+    real = type(kernel.run).__call__
+
+    def picky(self, *a):
+        if a[6] is None:  # launch metadata: as if this Triton needed it
+            raise TypeError("launch metadata expected")
+        return real(self, *a)
+    type(kernel.run).__call__ = picky
+    try:
+        LAUNCHES.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            L.launch(_toy, (1,), x, y, 256, 1, 1.0, FLAG=False)
+            L.launch(_toy, (1,), x, y, 256, 1, 1.0, FLAG=False)
+        assert L.OPTIONS["direct"] is False
+        assert len([w for w in caught if "direct launch path" in str(w.message)]) == 1
+        assert len(LAUNCHES.calls) == 2 and all(c.enter_hook is not None for c in LAUNCHES.calls)
+    finally:
+        type(kernel.run).__call__ = real
+        L.OPTIONS["direct"] = True
+
+
 CHECKS = [check_direct_equals_triton, check_spec_refines_triton, check_hooks_keep_triton_path,
-          check_keyword_runtime_arg_falls_back, check_switch_off, check_host_helpers, check_every_launch_site]
+          check_keyword_runtime_arg_falls_back, check_switch_off, check_host_helpers, check_launcher_mismatch_falls_back,
+          check_every_launch_site]
 
 
 def main(argv: list[str]) -> int:
