@@ -18,6 +18,8 @@ Providers:
            launch each way, with the autotuner over the tile configs, with every launch through
            Triton's JITFunction.run instead of fastssl.kernels.launch; --variants adds them all at
            every case, --quick adds jit and unfused at the two target cases.
+  eager[graph], triton[graph] (CUDA, the two target shapes, last): forward + backward replayed from a
+           CUDA graph, i.e. with the host out of the way (what torch.compile's "reduce-overhead" gives a step).
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
 flushes L2 and times with device events, so host work the GPU waits for is counted); "kern" = the
 device time of all kernels of one forward+backward (torch.profiler) and "host" = the CPU time to
@@ -99,7 +101,7 @@ def _cases(args) -> list[Case]:
     # 2N = 8192 there): no compile rows unless --compile-at names shapes (they run after everything
     # else), auto rows where the size rule could matter, variants at the two target shapes.
     quick_compile = set(args.compile_at.split(",")) if args.compile_at else set()
-    targets = {"square 8192x8192", "dist 1024x32768"}
+    targets = TARGET_SHAPES
     out = []
     for dtype in dtypes:
         for d in dims:
@@ -204,6 +206,7 @@ def _build(case: Case, dev):
 # fastssl.ops.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
 VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit")
+TARGET_SHAPES = {"square 8192x8192", "dist 1024x32768"}  # issue 21's two named shapes
 QUICK_VARIANTS = ("jit", "unfused")  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
 _VARIANT_OPTIONS = {
     # main before issue 21 (but for the index cache and the one normalisation of both views)
@@ -279,6 +282,23 @@ def host_time_ms(fn, reps: int = 10) -> float:
     return samples[len(samples) // 2]
 
 
+def graph_replay(fn, smoke: bool, rep_ms: float):
+    """Wall time of ``fn`` replayed from a CUDA graph (warmed up on a side stream, captured once): the
+    call with the host out of the way, what ``torch.compile(mode="reduce-overhead")`` would give a
+    training step. Rows ``eager[graph]`` / ``triton[graph]``, run last (a failed capture cannot spoil
+    the rows before it)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_fn(graph.replay, smoke=smoke, rep_ms=rep_ms)
+
+
 def measure(fn, leaves, case: Case, smoke: bool, rep_ms: float) -> Record:
     out = fn()
     fwd = time_fn(fn, smoke=smoke, rep_ms=rep_ms)
@@ -348,6 +368,15 @@ def _targets(records: list[Record], ceilings) -> list[str]:
             if a.total.median > 1.05 * min(base):
                 slow.append(f"{key[0]} {key[1]}x{key[2]} ({a.total.median:.3f} vs {min(base):.3f} ms)")
     lines.append("auto never slower than min(eager, compile) (+5 %): " + ("met" if not slow else "MISSED at " + "; ".join(slow)))
+    for key in (("square", 8192, 8192), ("dist", 1024, 32768)):  # not targets: the calls with the host out of the way
+        tg, eg, e = (get.get((p,) + key) for p in ("triton[graph]", "eager[graph]", "eager"))
+        if tg is not None:
+            line = f"{key[0]} {key[1]}x{key[2]} replayed from a CUDA graph: triton {tg.total.median:.3f} ms"
+            if e is not None:
+                line += f", {e.total.median / tg.total.median:.2f}x eager's call"
+            if eg is not None:
+                line += f", {eg.total.median / tg.total.median:.2f}x eager replayed"
+            lines.append(line)
     lines.append(_suggest_threshold(get))
     return lines
 
@@ -433,10 +462,13 @@ def main() -> None:
     plan += [(case, "triton", v) for case in cases for v in case.variants if "triton" in providers]
     plan.sort(key=lambda r: cases.index(r[0]))  # stable: a case's providers, then its variants
     plan += [(case, "compile", None) for case in cases if "compile" in providers and case.compile]
+    if dev.type == "cuda":  # the two target shapes from a CUDA graph: the calls with the host out of the way
+        plan += [(case, p, "graph") for case in cases if f"{case.kind} {case.m}x{case.c}" in TARGET_SHAPES
+                 and case.dtype == "bfloat16" and case.d == 256 for p in ("eager", "triton") if p in providers]
     built: dict = {}
     first: dict = {}
     for case, provider, variant in plan:
-        name = provider if variant is None else f"triton[{variant}]"
+        name = provider if variant is None else f"{provider}[{variant}]"
         if time.perf_counter() - t_start > budget:
             records.append(Record(provider=name, case=case.meta(), error="skipped: over the time budget"))
             continue
@@ -457,6 +489,11 @@ def main() -> None:
             fn = fns[provider]
 
         def run(fn=fn, variant=variant, case=case, leaves=leaves):
+            if variant == "graph":
+                t = graph_replay(lambda: torch.autograd.grad(fn(), leaves), args.smoke, rep_ms)
+                flops = (8 if case.cols_grad else 6) * case.m * case.c * case.d
+                return Record(provider="", case={}, total=t,
+                              extra={"host_ms": float("nan"), "graph": True, "tflops_total": flops / t.median / 1e9})
             with _options(variant):
                 # forward sanity on the benchmark's own inputs (the unit tests are the real check)
                 loss = fn().detach().float()
