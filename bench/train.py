@@ -108,6 +108,7 @@ def row_overrides(row: dict, out_dir: Path) -> list[str]:
          "engine.progress=false", "engine.precision=" + row["precision"], f"engine.zero_stage={row['zero']}",
          "engine.amp=" + row.get("amp", "auto"),
          f"engine.compile={str(row['compile']).lower()}", f"optim.batch_size={row['batch']}",
+         *(["engine.channels_last=false"] if row.get("nchw") else []),
          f"optim.max_steps={row['warmup'] + row['steps']}", f"engine.log_every_steps={row['warmup']}",
          f"engine.ckpt_every_steps={10**6}", "optim.warmup_epochs=0"]
     if row["method"] == "simclr":
@@ -183,7 +184,11 @@ def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
     from fastssl.engine.params import optimizer_groups
     from fastssl.methods.base import AfterStep
 
+    from fastssl.engine import layout
+
     method, batch, ctx = _model_and_batch(cfg, dev)
+    if layout.resolve(cfg.engine, cfg.model.arch, dev.type == "cuda"):
+        layout.apply(method)  # the trainer row's memory layout (engine.channels_last), so the two compare
     if cfg.engine.compile:
         compile_regions(method, cfg.engine.compile_mode, dev, torch.bfloat16 if amp else torch.float32)
     opt = torch.optim.AdamW(optimizer_groups(method.param_groups(), cfg.optim.weight_decay)[0], lr=1e-5, fused=dev.type == "cuda")
@@ -344,7 +349,7 @@ def run_row(row: dict, shared: dict) -> dict:
                 raise RuntimeError(f"fastssl/train.py exited with {code}")
 
         def bare():  # no DeepSpeed in it: one measurement serves every ZeRO stage and amp mode
-            key = ("bare", shape, row["compile"])
+            key = ("bare", shape, row["compile"], row.get("nchw", False))
             if key in shared:
                 res.update(shared[key], bare_shared=True)
             else:
@@ -404,6 +409,8 @@ def quick_rows(row) -> list[dict]:
             row("simclr", "eager", 2), row("simclr", "eager", 2, "autocast"),
             row("simclr", "compile", 0, "autocast"), row("simclr", "compile", 2)]
     rows += [row(m, "eager", 0, "autocast") for m in QUICK_ORDER]
+    # the ResNets' channels-last lever (on by default there): the same rows in NCHW, before / after
+    rows += [row(m, "eager", 0, "autocast", nchw=True) for m in QUICK_ORDER if m in RESNET_METHODS]
     rows += [row(m, "eager", 2) for m in QUICK_ORDER]
     rows += [row(m, "compile", 0, "autocast", bare=False) for m in QUICK_ORDER]
     rows += [row(m, "compile", 2, bare=False) for m in QUICK_ORDER]
@@ -421,13 +428,17 @@ def make_rows(args, cuda: bool | None = None) -> list[dict]:
             "steps": args.steps, "warmup": args.warmup, "extra": args.extra.split(), "bare": args.bare,
             "lean": not args.full_finish, "profile": args.profile}
 
-    def row(method, variant, zero, amp="auto", bare=True):
+    def row(method, variant, zero, amp="auto", bare=True, nchw=False):
         batch = args.batch or (8 if args.smoke else ROW_BATCH.get(method, 256))
         resolved = resolved_amp(base["precision"], zero, amp, cuda)
         label = f" {AMP_LABEL[resolved]}" if resolved in AMP_LABEL else ""
         return {**base, "method": method, "compile": variant == "compile", "zero": zero, "batch": batch,
-                "amp": amp, "amp_resolved": resolved, "bare": base["bare"] and bare,
-                "name": f"{method} {variant} z{zero}{label}" + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
+                "amp": amp, "amp_resolved": resolved, "bare": base["bare"] and bare, "nchw": nchw,
+                # fastssl.engine.layout.resolve for this row (auto: a ResNet at ZeRO 0 autocast on CUDA)
+                "channels_last": (method in RESNET_METHODS and zero == 0 and resolved in ("autocast", "none")
+                                  and cuda and not nchw),
+                "name": f"{method} {variant} z{zero}{label}" + (" nchw" if nchw else "")
+                + (" +" + "+".join(base["extra"]) if base["extra"] else "")}
 
     if args.quick and not args.methods:
         return quick_rows(row)
@@ -436,7 +447,7 @@ def make_rows(args, cuda: bool | None = None) -> list[dict]:
 
 def _record(res: dict) -> Record:
     row = res.get("row", {})
-    case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision")}
+    case = {k: row.get(k) for k in ("method", "arch", "batch", "zero", "compile", "precision", "channels_last")}
     case["amp"] = row.get("amp_resolved")
     case["variant"] = ("compile" if row.get("compile") else "eager") + f" z{row.get('zero')}" + \
         (f" {AMP_LABEL[case['amp']]}" if case["amp"] in AMP_LABEL else "") + \

@@ -125,6 +125,10 @@ class EngineConfig(Section):
     compile: bool = Field(False, description="torch.compile the encoder blocks and heads in place (fastssl/engine/compile.py; notes/engine.md).")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode when engine.compile is on (max-autotune-no-cudagraphs: slower compile, tuned GPU kernels).")
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="ResNet encoders only: convolution weights and inputs in channels-last (NHWC) memory layout, the "
+        "one cuDNN's bf16 tensor-core kernels take without transposes; auto: on for a ResNet on CUDA, off on CPU "
+        "(fastssl/engine/layout.py).")
 
 
 class KnnPoint(Section):

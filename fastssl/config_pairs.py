@@ -118,8 +118,29 @@ def _length_problem(cfg) -> str | None:
     return None
 
 
+def _layout_problem(cfg) -> str | None:
+    """engine.channels_last=true where it cannot apply (fastssl/engine/layout.py says why; the case that
+    depends on the machine, amp=auto resolving to DeepSpeed's bf16, is refused at set-up)."""
+    from fastssl.models.encoder import encoder_family
+
+    e = cfg.engine
+    if e.channels_last is not True:
+        return None
+    if encoder_family(cfg.model.arch) != "resnet":
+        return (f"engine.channels_last=true applies to ResNet encoders (convolutions), not {cfg.model.arch!r}; "
+                "use engine.channels_last=auto")
+    if e.zero_stage != 0 or e.amp == "deepspeed":
+        return (f"engine.channels_last=true needs ZeRO 0 with the optimizer over the model's own weights "
+                f"(engine.amp=autocast, or fp32); this run has engine.zero_stage={e.zero_stage}, engine.amp={e.amp}; "
+                "use engine.channels_last=auto")
+    return None
+
+
 def problem(cfg) -> str | None:
     """The first two-key mistake in ``cfg`` (a ``TrainConfig``), as one line, or None."""
+    layout = _layout_problem(cfg)
+    if layout:
+        return layout
     n = _num_patches(cfg)
     if n is not None:
         found = _mask_problem(cfg, n) or _chunk_problem(cfg, n)

@@ -80,3 +80,17 @@ def layout_only_folder(root: Path, cls: str = "c") -> Path:
         (root / split / cls).mkdir(parents=True, exist_ok=True)
         (root / split / cls / "0.png").write_bytes(b"x")
     return root
+
+
+def forget_deepspeed_groups() -> None:
+    """DeepSpeed keeps the process groups it derives (world, data parallel, ...) in module globals of
+    ``deepspeed.utils.groups``; a test module that builds engines in-process after another one destroyed
+    its process group would hand DeepSpeed's set-up the dead group. Called when a module creates its own."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and isinstance(value, dist.ProcessGroup):
+            setattr(groups, name, None)
+        elif name.startswith("_") and isinstance(value, dict) and any(isinstance(v, dist.ProcessGroup) for v in value.values()):
+            value.clear()

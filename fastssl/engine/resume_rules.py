@@ -48,6 +48,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("engine.progress", APPLY, "display only"),
     ("engine.compile", APPLY, "the same weights, compiled or not"),
     ("engine.compile_mode", APPLY, "the same weights, compiled or not"),
+    ("engine.channels_last", APPLY, "the same weights in another memory layout (the optimizer state follows at load)"),
     ("engine.precision", REFUSE, "the optimizer state is stored in this number format"),
     ("engine.amp", REFUSE, "the optimizer state is DeepSpeed's bf16 wrapper's or torch's own"),
     ("engine.zero_stage", REFUSE, "the optimizer state is sharded by this stage"),

@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 
 from fastssl import config_pairs as pair_checks
-from fastssl.config import TrainConfig, dump_config
+from fastssl.config import ConfigError, TrainConfig, dump_config
 from fastssl.engine import amp
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, peers, preflight, resume_rules, run_dir, world_change
+from fastssl.engine import disk, layout, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config
@@ -176,6 +176,8 @@ def setup(cfg: TrainConfig) -> Session:
     # SimCLR's "global BN" (and the per-view BN of BYOL / SimSiam / MoCo v3 heads) on several CUDA ranks;
     # before the optimizer groups are taken, since the converted layers are new modules.
     method = convert_sync_batchnorm(build_method(cfg), device, world)
+    if (why := layout.problem(cfg.engine, cfg.model.arch, device.type == "cuda")) is not None:
+        raise ConfigError(why)
     o = cfg.optim
     loader_type = SyntheticLoader if cfg.data.synthetic else TrainLoader
     loader = loader_type(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
@@ -203,6 +205,10 @@ def setup(cfg: TrainConfig) -> Session:
     amp.forget_autocast_of_earlier_engines()
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
                                            lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
+    if layout.resolve(cfg.engine, cfg.model.arch, device.type == "cuda"):
+        # After DeepSpeed's set-up (its broadcast views each weight as bytes) and before the first step
+        # (the optimizer's moments are made then, in their weights' layout): fastssl/engine/layout.py.
+        layout.apply(method)
 
     # ---- evaluation --------------------------------------------------------------------------------
     ev = cfg.eval
@@ -220,6 +226,7 @@ def setup(cfg: TrainConfig) -> Session:
     if folder is not None:
         fresh = resume_rules.fresh_optimizer_settings(engine)
         state, rank_state = ckpt.load(engine, folder, rank)
+        layout.relayout_optimizer_state(engine.optimizer)  # a checkpoint of the other engine.channels_last
         resume_rules.apply_optimizer_settings(engine, fresh)  # the configured LR, weight decay, betas win
         if rank_state is not None:
             loader.load_state_dict(rank_state["loader"])

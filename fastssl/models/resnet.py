@@ -77,7 +77,16 @@ class ResNetTaps(nn.Module):
         return tuple(getattr(self, n) for n in _STAGES)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        # The input takes the first convolution's layout (``fastssl.engine.layout``: channels-last weights
+        # want NHWC activations; a copy here, once per forward, instead of transposes around every conv).
+        if self._first_conv.weight.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4 \
+                and not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    @property
+    def _first_conv(self) -> nn.Conv2d:
+        return self.conv1 if isinstance(self.conv1, nn.Conv2d) else self.conv1[0]  # a deep stem's first conv
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] → [B, C]`` global average pooling (timm's ``global_pool``)."""

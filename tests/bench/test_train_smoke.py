@@ -70,7 +70,8 @@ def test_amp_rows_run_the_loop_in_bf16_both_ways(tmp_path):
 
 def test_quick_plan_puts_the_amp_lever_first():
     """The GPU plan of --quick (printed without running): SimCLR/DCL autocast vs DeepSpeed bf16 at ZeRO 0,
-    ZeRO 2, compile, then every other method at ZeRO 0 with autocast, then ZeRO 2 and compile rows."""
+    ZeRO 2, compile, then every other method at ZeRO 0 with autocast, the ResNets' NCHW rows, then ZeRO 2
+    and compile rows."""
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "train.py"), "--quick", "--plan"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -80,4 +81,6 @@ def test_quick_plan_puts_the_amp_lever_first():
     others = names[6:16]
     assert all(n.endswith(" eager z0 autocast") for n in others) and len({n.split()[0] for n in others}) == 10
     assert "simclr" not in {n.split()[0] for n in others}
-    assert all(" z2 " in n or " compile " in n for n in names[16:]) and len(names) == 46
+    # the ResNets' channels-last lever: their ZeRO 0 rows again in NCHW (before / after)
+    assert names[16:18] == ["mocov2 eager z0 autocast nchw", "swav eager z0 autocast nchw"]
+    assert all(" z2 " in n or " compile " in n for n in names[18:]) and len(names) == 48

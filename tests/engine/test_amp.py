@@ -38,7 +38,10 @@ def _cfg(tmp_path, *extra: str):
 @pytest.fixture(scope="module")
 def one_rank():
     """A one-rank process group for the module; the variables init_distributed sets are put back after."""
+    from _helpers import forget_deepspeed_groups
+
     saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    forget_deepspeed_groups()  # another module's engines may have left DeepSpeed holding a destroyed group
     yield
     import torch.distributed as dist
 
