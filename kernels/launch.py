@@ -2,9 +2,9 @@
 
 ``jit[grid](*args, **consts)`` runs ``JITFunction.run`` on every call: it binds and specialises every
 argument, hashes a cache key, reads Triton's knobs, checks the kernel's globals and builds launch
-metadata before the C launcher runs. On this project's 2-core CPU machine that is ~13 µs per launch
-of the contrastive forward (25 arguments; `bench/host_path.py`, Triton 3.7), four times a small
-eager ATen op on that CPU, and the GPU runs of issues 21 and 22 showed the small fused calls bound by
+metadata before the C launcher runs. On this project's 2-core CPU machine that is 13–24 µs per launch
+of the contrastive forward (25 arguments; `bench/host_path.py`, Triton 3.7; 6.6–7.1 µs on the direct
+path), four or more times a small eager ATen op on that CPU, and the GPU runs of issues 21 and 22 showed the small fused calls bound by
 exactly this host time (0.81 ms wall vs 0.33 ms of kernels for NT-Xent at 2N = 8192, gather_tokens at
 B = 256 0.64 vs 0.10 ms).
 
@@ -13,7 +13,7 @@ B = 256 0.64 vs 0.10 ms).
 A launch class is what Triton itself specialises on, computed more cheaply (``_spec``):
 - the constexpr / option keywords and their values (launch sites pass every constexpr by keyword);
 - per positional argument: a tensor's dtype and whether its address is 16-byte aligned; an int's
-  class (== 1, divisible by 16, other; and whether it fits int32); a float, bool or None by type;
+  class (== 1, divisible by 16 or not, and int32 / int64 / uint64); a float, bool or None by type;
 - the current CUDA device (a compiled module belongs to one device's context).
 Triton's rule (``native_specialize_impl``) distinguishes no more than this: ``tests/ops/test_launch.py``
 checks, under a stand-in driver, that the direct path passes the launcher the kernel and the arguments
@@ -25,9 +25,10 @@ that is not a plain ``JITFunction`` (the opt-in autotuner), a runtime argument p
 pre-run hooks or launch hooks installed (profilers that use Triton's hooks, e.g. Proton), or a Triton
 whose compiled kernel lacks the attributes used here. Not checked on the direct path: that a global
 the kernel reads has changed since it was compiled (Triton raises then; this project's kernels read
-constant globals only). A launcher that rejects the direct call's arguments (a Triton other than the
-3.6 / 3.7 checked here) raises ``TypeError`` while parsing them, before launching: ``launch`` then
-warns once, turns itself off and launches through Triton's path.
+constant globals only). The launcher's calling convention is the one Triton 3.6's source uses (the
+GPU machine's version, read, not run) and 3.7's (run here). A launcher that rejects the direct call's
+arguments raises ``TypeError`` while parsing them, before launching: ``launch`` then warns once, turns
+itself off and launches through Triton's path.
 ``FASTSSL_DIRECT_LAUNCH=0`` (or ``OPTIONS["direct"] = False``) turns it off:
 the before/after of ``bench/host_path.py`` and the GPU benches' ``[jit]`` variants.
 """
