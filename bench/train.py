@@ -408,9 +408,10 @@ def quick_rows(row) -> list[dict]:
     rows = [row("simclr", "eager", 0, "autocast"), row("simclr", "eager", 0, "deepspeed"),
             row("simclr", "eager", 2), row("simclr", "eager", 2, "autocast"),
             row("simclr", "compile", 0, "autocast"), row("simclr", "compile", 2)]
-    rows += [row(m, "eager", 0, "autocast") for m in QUICK_ORDER]
-    # the ResNets' channels-last lever (on by default there): the same rows in NCHW, before / after
-    rows += [row(m, "eager", 0, "autocast", nchw=True) for m in QUICK_ORDER if m in RESNET_METHODS]
+    for m in QUICK_ORDER:
+        rows.append(row(m, "eager", 0, "autocast"))
+        if m in RESNET_METHODS:  # the channels-last lever (on by default there): the same row in NCHW beside it
+            rows.append(row(m, "eager", 0, "autocast", nchw=True))
     rows += [row(m, "eager", 2) for m in QUICK_ORDER]
     rows += [row(m, "compile", 0, "autocast", bare=False) for m in QUICK_ORDER]
     rows += [row(m, "compile", 2, bare=False) for m in QUICK_ORDER]

@@ -96,6 +96,7 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
     resolve_attention(method, device, dtype)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     kwargs = {} if mode == "default" else {"mode": mode}
+    from fastssl.models.resnet import ResNetTaps
     from fastssl.models.vit.model import PackedViT
 
     stacks = [m for m in method.modules() if isinstance(m, PackedViT) and not m.grad_checkpointing]
@@ -105,6 +106,9 @@ def compile_regions(method: nn.Module, mode: str, device: torch.device, dtype: t
         if any(m is v for v in stacks):
             m.compile_blocks(backend=backend, dynamic=None, **kwargs)
             names.append(f"{name}.blocks" if name else "blocks")
+        elif isinstance(m, ResNetTaps):
+            m.compile_stages(backend=backend, dynamic=None, **kwargs)
+            names.append(f"{name}.stages" if name else "stages")
         elif isinstance(m, _region_types()) and id(m) not in in_stack:
             m.compile(backend=backend, dynamic=None, **kwargs)
             names.append(name)

@@ -94,11 +94,14 @@ class ResNetTaps(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every stage's output map, ``[B, C_i, H_i, W_i]`` for i = 1 … 4."""
-        h, out = self.stem(x), []
-        for stage in self.stages:
-            h = stage(h)
-            out.append(h)
-        return out
+        return (self.__dict__.get("_stages_region") or run_stages)(self, x)
+
+    def compile_stages(self, **compile_kwargs) -> None:
+        """Compile the stem and the four stages as *one* region (``engine.compile``): Inductor fuses each
+        BatchNorm with its ReLU and residual add, the memory-bound passes of an eager ResNet step, for
+        one guard check per encoder call (the ViT's block stack is one region for the same reason).
+        Callers of ``stem`` / ``stages`` one by one (Accel's partial back-prop) stay eager."""
+        self.__dict__["_stages_region"] = torch.compile(run_stages, **compile_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_stages(x)[-1])
@@ -106,6 +109,16 @@ class ResNetTaps(nn.Module):
     def export_spec(self) -> dict:
         """What ``load_timm_encoder`` needs to rebuild this network in timm (written beside encoder.pt)."""
         return {"arch": self.arch, "family": "resnet", "small_stem": self.small_stem}
+
+
+def run_stages(enc: ResNetTaps, x: torch.Tensor) -> list[torch.Tensor]:
+    """The stem, then every stage's output map. A module-level function taking the encoder, so a compiled
+    copy (``compile_stages``) stays right for deep copies of the encoder (an EMA target)."""
+    h, out = enc.stem(x), []
+    for stage in enc.stages:
+        h = stage(h)
+        out.append(h)
+    return out
 
 
 def _out_channels(stage: nn.Module) -> int:
