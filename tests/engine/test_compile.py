@@ -78,6 +78,29 @@ def test_method_step_with_triton_ops_has_no_graph_break(name, tmp_path):
         assert err <= 1e-4 * scale + 1e-6, f"{k}: max |got - want| = {err:.3g}, max |want| = {scale:.3g}"
 
 
+def train_side_by_side(eager, comp, first_seed: int, steps: int = 3) -> dict:
+    """``steps`` optimizer steps of the eager and the compiled method on the same batches, their losses
+    equal at every step; returns the compile counters after the last. SGD, not AdamW: Adam's first steps
+    move every weight by ~lr·sign(grad), so rounding-level gradient differences where a gradient is ~0
+    would become lr-sized weight differences (seen: 6e-4 in the loss)."""
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, comp)]
+    watch = CompileWatch()
+    for step in range(steps):
+        batch, ctx = batch_of(6, seed=first_seed + step), StepContext(step, 10, 100, seed=0)
+        losses = []
+        for m, opt in zip((eager, comp), opts):
+            loss = m(batch, ctx).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if hasattr(m, "after_step"):  # EMA targets, queues
+                m.after_step(ctx)
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
+        info = watch.metrics()
+    return info
+
+
 def test_compiled_regions_train_like_eager_and_keep_their_names(tmp_path):
     eager = tiny("simclr", tmp_path, backend="reference")
     comp = tiny("simclr", tmp_path, backend="reference")
@@ -88,21 +111,7 @@ def test_compiled_regions_train_like_eager_and_keep_their_names(tmp_path):
     regions = compile_regions(comp, "default", torch.device("cpu"), torch.float32)
     assert "encoder.blocks" in regions and "projector" in regions  # the block stack is one region
     assert not any(r.startswith("encoder.blocks.") for r in regions)
-    # SGD, not AdamW: Adam's first steps move every weight by ~lr·sign(grad), so rounding-level gradient
-    # differences where a gradient is ~0 would become lr-sized weight differences (seen: 6e-4 in the loss).
-    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, comp)]
-    watch = CompileWatch()
-    for step in range(3):
-        batch, ctx = batch_of(6, seed=10 + step), StepContext(step, 10, 100, seed=0)
-        losses = []
-        for m, opt in zip((eager, comp), opts):
-            loss = m(batch, ctx).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.detach())
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
-        info = watch.metrics()
+    info = train_side_by_side(eager, comp, first_seed=10)
     assert info["recompiles"] == 0 and info["graph_breaks"] == 0  # steps 2 and 3 compiled nothing
     # the block stack is one graph: with the head, 2 graphs (train mode)
     assert info["compile_graphs"] <= 3, info
@@ -231,21 +240,7 @@ def test_a_resnet_compiles_its_stem_and_stages_as_one_region_and_trains_like_eag
     regions = compile_regions(comp, "default", torch.device("cpu"), torch.float32, backend="aot_eager")
     assert "encoder.stages" in regions and "projector" in regions
     assert sum(r.endswith(".stages") for r in regions) == 2  # the online encoder and the EMA key encoder
-    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, comp)]
-    watch = CompileWatch()
-    for step in range(3):
-        batch, ctx = batch_of(6, seed=20 + step), StepContext(step, 10, 100, seed=0)
-        losses = []
-        for m, opt in zip((eager, comp), opts):
-            loss = m(batch, ctx).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if hasattr(m, "after_step"):
-                m.after_step(ctx)
-            losses.append(loss.detach())
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
-        info = watch.metrics()
+    info = train_side_by_side(eager, comp, first_seed=20)
     assert info["recompiles"] == 0 and info["graph_breaks"] == 0
     assert info["compile_graphs"] >= 1
     assert {k: tuple(v.shape) for k, v in comp.state_dict().items()} == names_before

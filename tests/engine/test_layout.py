@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastssl.config import ConfigError, load_config
-from fastssl.engine import amp, layout
+from fastssl.engine import layout
 from fastssl.models.resnet import ResNetTaps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,26 +28,6 @@ def _cfg(tmp_path, *extra: str, name: str = "run"):
         "engine.progress=false", "engine.precision=fp32", "engine.zero_stage=0", "optim.batch_size=4",
         "optim.max_steps=2", "optim.warmup_epochs=0", "data.image_size=32", "model.arch=test_resnet",
         "method.head.hidden_dim=32", "method.head.out_dim=16", "method.queue_size=64", *extra])
-
-
-@pytest.fixture(scope="module")
-def one_rank():
-    """A one-rank process group for the module (as tests/engine/test_amp.py), put away after."""
-    from _helpers import forget_deepspeed_groups
-
-    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    forget_deepspeed_groups()
-    yield
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    amp.forget_autocast_of_earlier_engines()
 
 
 def _convs(module):
