@@ -233,9 +233,57 @@ def check_launcher_mismatch_falls_back():
         L.OPTIONS["direct"] = True
 
 
+# Host work of one call (forward + backward) at the host-path bench's shapes on a 132-SM device: Triton
+# launches, and the most torch ops the call may dispatch (allocations, views and autograd's own ops
+# included). Counted on 2026-12-05 after the host-path work of issues 21 / 22 (notes/host_path.md); a
+# change that adds host work fails here and has to say why by raising a number.
+HOST_BUDGET = {
+    "nt_xent 4096+4096 x 256": (6, 22),
+    "dcl 4096+4096 x 256": (6, 22),
+    "info_nce 8 chunks 8192 x 1024": (7, 23),
+    "info_nce queue 256 x 65536": (8, 44),  # the positives' dot products and their gradient are eager torch
+    "gather_tokens B=256 (+pos)": (2, 7),
+    "scatter_tokens B=256 (+mt, +pos)": (2, 13),
+    "patchify_noise B=256 (fwd)": (1, 6),
+}
+
+
+def check_host_work_per_call():
+    """Every op of the host-path bench makes its budgeted launches and at most its budgeted torch ops per
+    call (``HOST_BUDGET``): no zero-fills, index rebuilds or extra launches creep back in."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bench.host_path import _cases
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    over = []
+    LAUNCHES.record_args = False  # a recorded argument holds a reference: autograd would then copy that gradient
+    with cpu_as_device():
+        for name, make in _cases(smoke=False).items():
+            call = make()
+            for _ in range(2):
+                call()
+            LAUNCHES.clear()
+            with Ops() as ops:
+                call()
+            launches, most = HOST_BUDGET[name]
+            if len(LAUNCHES.calls) != launches or len(ops.names) > most:
+                over.append(f"{name}: {len(LAUNCHES.calls)} launches (budget {launches}), {len(ops.names)} torch ops "
+                            f"(budget {most}): {sorted(set(ops.names))}")
+    assert not over, "\n".join(over)
+
+
 CHECKS = [check_direct_equals_triton, check_spec_refines_triton, check_hooks_keep_triton_path,
           check_keyword_runtime_arg_falls_back, check_switch_off, check_host_helpers, check_launcher_mismatch_falls_back,
-          check_every_launch_site]
+          check_every_launch_site, check_host_work_per_call]
 
 
 def main(argv: list[str]) -> int:

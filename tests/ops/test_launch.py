@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 SCRIPT = Path(__file__).with_name("_launch_check.py")
 CHECKS = ("direct_equals_triton", "spec_refines_triton", "hooks_keep_triton_path", "keyword_runtime_arg_falls_back",
-          "switch_off", "host_helpers", "launcher_mismatch_falls_back", "every_launch_site")
+          "switch_off", "host_helpers", "launcher_mismatch_falls_back", "every_launch_site", "host_work_per_call")
 
 
 def test_direct_launch_stands_for_triton(tmp_path):
