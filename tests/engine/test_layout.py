@@ -95,7 +95,17 @@ def test_bf16_through_deepspeeds_wrapper_on_this_machine_is_refused_at_set_up(tm
     assert "bf16 goes through deepspeed" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_one_engine_step_is_the_nchw_step(tmp_path, one_rank):
+@pytest.fixture
+def exact_fp32():
+    """fp32 convolutions and matmuls in fp32 on CUDA (TF32 would differ by its own rounding between layouts)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_one_engine_step_is_the_nchw_step(tmp_path, one_rank, exact_fp32):
+    """On CPU, and on CUDA in the GPU session (cuDNN's NHWC kernels, torch's fused AdamW over NHWC weights)."""
     from fastssl.engine.session import setup
 
     zero, runs = 0, {}
