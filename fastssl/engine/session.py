@@ -156,6 +156,8 @@ def setup(cfg: TrainConfig) -> Session:
     rank, local_rank, world = init_distributed()
     peers.record(rank)  # who is who, so that a rank that dies later can be named
     device = device_for(local_rank)
+    if (why := layout.problem(cfg.engine, cfg.model.arch, device.type == "cuda")) is not None:
+        raise ConfigError(why)  # depends on this machine: refused once the device is known, before any write
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
@@ -176,8 +178,6 @@ def setup(cfg: TrainConfig) -> Session:
     # SimCLR's "global BN" (and the per-view BN of BYOL / SimSiam / MoCo v3 heads) on several CUDA ranks;
     # before the optimizer groups are taken, since the converted layers are new modules.
     method = convert_sync_batchnorm(build_method(cfg), device, world)
-    if (why := layout.problem(cfg.engine, cfg.model.arch, device.type == "cuda")) is not None:
-        raise ConfigError(why)
     o = cfg.optim
     loader_type = SyntheticLoader if cfg.data.synthetic else TrainLoader
     loader = loader_type(cfg.data, batch_size=o.batch_size, rank=rank, world_size=world, device=device,
