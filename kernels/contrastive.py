@@ -90,7 +90,7 @@ import triton
 import triton.language as tl
 
 from fastssl.kernels import contrastive_tiles as tiles
-from fastssl.kernels.launch import cdiv, launch, next_pow2
+from fastssl.kernels.launch import cdiv, constant, launch, next_pow2
 
 # Read once, like ``triton.jit`` itself: TRITON_INTERPRET must be set before this import.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -807,19 +807,11 @@ def check_queue(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, q
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-_NO_INDEX: dict = {}
-
-
 def _no_index(rows: torch.Tensor) -> torch.Tensor:
     """int32 [M] of -1 (no positive / excluded column), made once per (M, device): a fill launch less
     per call; read only."""
-    key = (rows.shape[0], rows.device)
-    out = _NO_INDEX.get(key)
-    if out is None:
-        if len(_NO_INDEX) >= 64:
-            _NO_INDEX.clear()
-        out = _NO_INDEX[key] = torch.full((rows.shape[0],), -1, device=rows.device, dtype=torch.int32)
-    return out
+    m, device = rows.shape[0], rows.device
+    return constant(("no_index", m, device), lambda: torch.full((m,), -1, device=device, dtype=torch.int32))
 
 
 def queue_forward(rows: torch.Tensor, queue: torch.Tensor, pdot: torch.Tensor,

@@ -160,6 +160,21 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
+_constants: dict = {}
+
+
+def constant(key: tuple, build):
+    """The read-only tensor(s) ``build()`` makes, built once per ``key`` (index arrays a call would
+    otherwise rebuild every step, a few small launches each); at most 64 keys are kept. Callers never
+    write to what they get; under torch.compile the ops build theirs in the graph instead."""
+    hit = _constants.get(key)
+    if hit is None:
+        if len(_constants) >= 64:
+            _constants.clear()
+        hit = _constants[key] = build()
+    return hit
+
+
 def clear() -> None:
     """Forget every launch class (tests; a changed Triton cache)."""
     _cache.clear()

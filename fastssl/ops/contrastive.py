@@ -136,22 +136,16 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
     return rows, cols, pos_idx, self_idx, (g1, g2, offset)
 
 
-_INDEX_CACHE: dict = {}
-
-
 def _cached_index(key: tuple, build):
-    """The index arrays ``build()`` makes, reused per ``key`` by eager calls: a few small launches per
-    step that a training loop would repeat with the same values. The cached tensors are only ever
-    read (indexing, kernel arguments, saved for backward). Under torch.compile they are built in
-    the graph, as constants of the trace."""
+    """The index arrays ``build()`` makes, reused per ``key`` by eager calls (``fastssl.kernels.launch.constant``):
+    a few small launches per step that a training loop would repeat with the same values. The cached
+    tensors are only ever read (indexing, kernel arguments, saved for backward). Under torch.compile
+    they are built in the graph, as constants of the trace."""
     if torch.compiler.is_compiling():
         return build()
-    hit = _INDEX_CACHE.get(key)
-    if hit is None:
-        if len(_INDEX_CACHE) >= 64:
-            _INDEX_CACHE.clear()
-        hit = _INDEX_CACHE[key] = build()
-    return hit
+    from fastssl.kernels.launch import constant  # no Triton import: launch.py imports it lazily
+
+    return constant(key, build)
 
 
 def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
