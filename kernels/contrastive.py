@@ -111,6 +111,9 @@ OPTIONS = {
     # rows is cols (single-process NT-Xent/DCL): one symmetric backward pass (``SYM``) instead of
     # dRows + dCols. FASTSSL_CONTRASTIVE_SYM=0 turns it off (before/after timing, bench --variants).
     "sym_bwd": os.environ.get("FASTSSL_CONTRASTIVE_SYM", "1") != "0",
+    # Every score tile through the masked update, as main before mask-free tiles (``MASK_ALL``):
+    # FASTSSL_CONTRASTIVE_MASK_ALL=1 (before/after timing, bench's triton[masked]).
+    "mask_all": os.environ.get("FASTSSL_CONTRASTIVE_MASK_ALL", "0") == "1",
 }
 
 
@@ -174,6 +177,21 @@ def _as_operand(x, ELEM: tl.constexpr, UPCAST: tl.constexpr, ROUND: tl.constexpr
 
 
 @triton.jit
+def _span(idx):
+    """(lo, hi) of the non-negative entries of an index vector; (2³⁰, -1) when there are none: a
+    range no tile meets. -1 marks "no column" (and the rows past the end load as -1)."""
+    lo = tl.min(tl.where(idx >= 0, idx, 1 << 30), axis=0)
+    hi = tl.max(idx, axis=0)
+    return lo, hi
+
+
+@triton.jit
+def _meets(start, BLOCK: tl.constexpr, lo, hi):
+    """Whether the tile [start, start + BLOCK) meets the range [lo, hi]."""
+    return (start <= hi) & (start + BLOCK > lo)
+
+
+@triton.jit
 def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, stride_b, stride_bd, D,
               BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
               UPCAST: tl.constexpr, PRECISION: tl.constexpr):
@@ -190,13 +208,27 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 # Forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
+def _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale):
+    """The online (max, sum) update of a tile whose scores may be excluded or past the end."""
+    t = t * qk_scale
+    c = offs_n[None, :]
+    allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
+    t = tl.where(allowed, t, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(t, axis=1))
+    # A row whose columns so far are all excluded keeps m = -inf; shift by 0 then, not -inf (NaN).
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t - m_safe[:, None]), axis=1)
+    return m_new, l_i
+
+
+@triton.jit
 def _contrastive_fwd_kernel(
     rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, pdot_ptr, loss_ptr, lse_ptr, part_ptr,
     M, C, D, chunk, n_splits,
     stride_rm, stride_rd, stride_cm, stride_cd,
     qk_scale,  # log2(e) / τ
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr, SPLIT: tl.constexpr,
-    POS_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    POS_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, MASK_ALL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Grid (row blocks, column splits). Program (i, s) covers columns [s·chunk, (s+1)·chunk).
@@ -243,6 +275,10 @@ def _contrastive_fwd_kernel(
         l_i = tl.where(first, 1.0, l_i)
     c_lo = pid_s * chunk
     c_hi = tl.minimum(C, c_lo + chunk)
+    # Only the tiles that meet this row block's excluded columns, or the ragged end of the chunk,
+    # need the masked update; the others take the plain one (``MASK_ALL``: every tile masked).
+    e_lo, e_hi = _span(excl)
+    b_lo, b_hi = _span(excl_b)
     for start_n in range(c_lo, c_hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < c_hi
@@ -252,15 +288,16 @@ def _contrastive_fwd_kernel(
         else:
             t = _dot_loop(rows_ptr, cols_ptr, offs_m, offs_n, row_ok, col_ok, stride_rm, stride_rd,
                           stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
-        t = t * qk_scale
-        c = offs_n[None, :]
-        allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
-        t = tl.where(allowed, t, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(t, axis=1))
-        # A row whose columns so far are all excluded keeps m = -inf; shift by 0 then, not -inf (NaN).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t - m_safe[:, None]), axis=1)
-        m_i = m_new
+        if MASK_ALL:
+            m_i, l_i = _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale)
+        elif ((start_n + BLOCK_N > c_hi) | _meets(start_n, BLOCK_N, e_lo, e_hi)
+              | _meets(start_n, BLOCK_N, b_lo, b_hi)):
+            m_i, l_i = _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale)
+        else:
+            # Every score allowed: m stays finite, and the scale folds into the exponent's FMA.
+            m_new = tl.maximum(m_i, tl.max(t, axis=1) * qk_scale)
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t * qk_scale - m_new[:, None]), axis=1)
+            m_i = m_new
 
     if HAS_W:
         w = tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)
@@ -309,7 +346,7 @@ def _contrastive_bwd_rows_kernel(
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, SYM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASK_ALL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dRows[a, d-block] = (1/τ) Σ_c dS[a, c] cols[c, d-block].
 
@@ -346,6 +383,13 @@ def _contrastive_bwd_rows_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     c_lo = pid_s * chunk
     c_hi = tl.minimum(C, c_lo + chunk)
+    # Mask-free tiles, as in the forward: only tiles that meet this row block's excluded or positive
+    # columns, or the chunk's ragged end, take the masked dS (``MASK_ALL``: every tile). The ragged
+    # end: a column past it has a zero operand, but its unmasked P = 2^(-LSE₂) overflows for a row
+    # with LSE₂ < -128 (τ below ~0.011 with unit rows, or no allowed column) and inf·0 is NaN.
+    e_lo, e_hi = _span(excl)
+    p_lo, p_hi = _span(pos)
+    a0 = pid_m * BLOCK_M
     for start_n in range(c_lo, c_hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < c_hi
@@ -356,27 +400,40 @@ def _contrastive_bwd_rows_kernel(
             t = _dot_loop(rows_ptr, cols_ptr, offs_m, offs_n, row_ok, col_ok, stride_rm, stride_rd,
                           stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
         t = t * qk_scale
-        c = offs_n[None, :]
-        allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
-        p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
-        ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
+        special = ((start_n + BLOCK_N > c_hi) | _meets(start_n, BLOCK_N, e_lo, e_hi)
+                   | _meets(start_n, BLOCK_N, p_lo, p_hi))
+        if MASK_ALL or special:
+            c = offs_n[None, :]
+            allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
+            p = tl.where(allowed, tl.exp2(t - lse2[:, None]), 0.0)
+            ds = g[:, None] * p - tl.where(c == pos[:, None], gw[:, None], 0.0)
+        else:
+            ds = g[:, None] * tl.exp2(t - lse2[:, None])
         if SYM:  # + dS[c, a]: column c as an anchor row (its LSE, g, pos, excl), row a as its column
             pos_c = tl.load(pos_ptr + offs_n, mask=col_ok, other=-1)
             excl_c = tl.load(excl_ptr + offs_n, mask=col_ok, other=-1)
-            if EXCLUDE_POS:
-                excl_bc = pos_c
-            else:
-                excl_bc = excl_c
             lse_c = tl.load(lse_ptr + offs_n, mask=col_ok, other=0.0)
             g_c = tl.load(dloss_ptr + offs_n * stride_dl, mask=col_ok, other=0.0)
-            gw_c = g_c
-            if HAS_W:
-                gw_c = g_c * tl.load(w_ptr + offs_n, mask=col_ok, other=0.0)
-            a = offs_m[:, None]
-            allowed_t = (col_ok[None, :] & row_ok[:, None] & (a != excl_c[None, :])
-                         & (a != excl_bc[None, :]))
-            p_t = tl.where(allowed_t, tl.exp2(t - lse_c[None, :]), 0.0)
-            ds += g_c[None, :] * p_t - tl.where(a == pos_c[None, :], gw_c[None, :], 0.0)
+            # Masked where a column's excluded or positive row lies in this row block (the index
+            # maps need not be involutions). Rows past M need no mask: their dZ is never stored.
+            ec_lo, ec_hi = _span(excl_c)
+            pc_lo, pc_hi = _span(pos_c)
+            special_t = special | _meets(a0, BLOCK_M, ec_lo, ec_hi) | _meets(a0, BLOCK_M, pc_lo, pc_hi)
+            if MASK_ALL or special_t:
+                if EXCLUDE_POS:
+                    excl_bc = pos_c
+                else:
+                    excl_bc = excl_c
+                gw_c = g_c
+                if HAS_W:
+                    gw_c = g_c * tl.load(w_ptr + offs_n, mask=col_ok, other=0.0)
+                a = offs_m[:, None]
+                allowed_t = (col_ok[None, :] & row_ok[:, None] & (a != excl_c[None, :])
+                             & (a != excl_bc[None, :]))
+                p_t = tl.where(allowed_t, tl.exp2(t - lse_c[None, :]), 0.0)
+                ds += g_c[None, :] * p_t - tl.where(a == pos_c[None, :], gw_c[None, :], 0.0)
+            else:
+                ds += g_c[None, :] * tl.exp2(t - lse_c[None, :])
         ds = _as_operand(ds, rows_ptr.dtype.element_ty, UPCAST, ROUND)
         acc = tl.dot(ds, tl.trans(ct), acc, input_precision=PRECISION)
 
@@ -397,7 +454,7 @@ def _contrastive_bwd_cols_kernel(
     qk_scale, inv_temp,
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
     UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASK_ALL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dCols[c, d-block] = (1/τ) Σ_a dS[a, c] rows[a, d-block].
 
@@ -409,7 +466,8 @@ def _contrastive_bwd_cols_kernel(
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     col_ok = offs_n < C
     d0_out = pid_d * BLOCK_D
     if ONE_D:
@@ -439,10 +497,20 @@ def _contrastive_bwd_cols_kernel(
             tt = _dot_loop(cols_ptr, rows_ptr, offs_n, offs_m, col_ok, row_ok, stride_cm, stride_cd,
                            stride_rm, stride_rd, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PRECISION)
         tt = tt * qk_scale
-        c = offs_n[:, None]
-        allowed = col_ok[:, None] & (c != excl[None, :]) & (c != excl_b[None, :])
-        pt = tl.where(allowed, tl.exp2(tt - lse2[None, :]), 0.0)
-        dst = g[None, :] * pt - tl.where(c == pos[None, :], gw[None, :], 0.0)
+        # Mask-free tiles: masked only where a row of this tile excludes or has its positive in this
+        # column block, and in the ragged last column block (its columns past C are never stored,
+        # but their unmasked 2^(-LSE₂) can overflow: no inf into the tensor cores). Rows past the
+        # chunk need no mask: g = 0 and a zero operand.
+        e_lo, e_hi = _span(excl)
+        p_lo, p_hi = _span(pos)
+        special = (n0 + BLOCK_N > C) | _meets(n0, BLOCK_N, e_lo, e_hi) | _meets(n0, BLOCK_N, p_lo, p_hi)
+        if MASK_ALL or special:
+            c = offs_n[:, None]
+            allowed = col_ok[:, None] & (c != excl[None, :]) & (c != excl_b[None, :])
+            pt = tl.where(allowed, tl.exp2(tt - lse2[None, :]), 0.0)
+            dst = g[None, :] * pt - tl.where(c == pos[None, :], gw[None, :], 0.0)
+        else:
+            dst = g[None, :] * tl.exp2(tt - lse2[None, :])
         dst = _as_operand(dst, rows_ptr.dtype.element_ty, UPCAST, ROUND)
         acc = tl.dot(dst, tl.trans(rt), acc, input_precision=PRECISION)
 
@@ -556,9 +624,9 @@ def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: 
     own = "BLOCK_N" if kernel == "bwd_cols" else "BLOCK_M"
     if OPTIONS["autotune"] and not _INTERPRET:
         rest = geo.grid[1:]
-        _autotuned(kernel)[lambda meta: (cdiv(out_rows, meta[own]),) + rest](*args, **consts)
+        _autotuned(kernel)[lambda meta: (cdiv(out_rows, meta[own]),) + rest](*args, **consts, MASK_ALL=OPTIONS["mask_all"])
         return
-    launch(jit, geo.grid, *args, **consts, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
+    launch(jit, geo.grid, *args, **consts, MASK_ALL=OPTIONS["mask_all"], BLOCK_M=geo.block_m, BLOCK_N=geo.block_n,
            num_warps=geo.warps, num_stages=geo.stages)
 
 

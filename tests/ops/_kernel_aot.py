@@ -83,7 +83,8 @@ def _contrastive_variants():
                 types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
                 for cfg in tiles.launch_configs(kname, dt, d):
-                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs}
+                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs,
+                              "MASK_ALL": os.environ.get("FASTSSL_AOT_MASK_ALL", "0") == "1"}
                     if "POS_DOT" in fn.arg_names:
                         consts["POS_DOT"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows

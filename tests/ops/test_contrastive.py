@@ -237,6 +237,68 @@ def test_core_rows_low_precision_triton(dtype, m, c, d, exclude_pos, weighted):
     _compare(f"core {dtype} seed={seed}", dtype, got, ref, eager, scales=(gscale, [gscale, gscale]))
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["rows_is_cols", "two_tensors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("exclude_pos,weighted,tau", [(False, False, 0.1), (True, True, 0.1), (False, True, 0.01)])
+def test_core_rows_rotated_indices(dtype, exclude_pos, weighted, tau, same):
+    """Block-structured index maps, so that most tiles take the kernels' unmasked path and a few the
+    masked one (each of the masked tiles' reasons is needed: dropping one fails here). With the
+    interpreter's 64-row tiles and M = C = 512 (two splits of four tiles) row block I has its
+    positives in column tile I + 2 and its excluded columns in I + 5. ``rows_is_cols`` (the symmetric
+    backward): the maps are not involutions, as a caller of the core may pass, so block I is also
+    the positive / excluded row of the columns in tiles I - 2 and I - 5, which the masking must see
+    from the columns' side. ``two_tensors``: the same values as separate rows and cols (dRows and the
+    column-parallel dCols). τ = 0.01: the small-temperature end (logits up to ±144 in base 2)."""
+    seed, dev = _seed(), _device("triton")
+    m, d = 512, 32
+    z = F.normalize(torch.randn(m, d, dtype=torch.float64), dim=1)
+    a = torch.arange(m)
+    pos, excl = (a + 128) % m, (a + 320) % m
+    excl[a % 7 == 0] = -1
+    w = 0.2 + 1.6 * torch.rand(m, dtype=torch.float64) if weighted else None
+    g = torch.randn(m, dtype=torch.float64)
+    impl = contrastive_ops._core("triton", dev)
+    wd = None if w is None else w.float().to(dev)
+    fn = _core_fn(impl, pos.to(dev), excl.to(dev), tau, wd, exclude_pos, g.float().to(dev))
+    zl = _cast(z, dtype)
+    ref_fn = _core_fn(rows_loop, pos, excl, tau, w, exclude_pos, g)
+    eager_fn = _core_fn(reference.contrastive_rows, pos, excl, tau, None if w is None else w.float(), exclude_pos, g.float())
+    gscale = g.abs().max().item() / tau
+    if same:
+        got = _value_and_grads(lambda x: fn(x, x), _cast(zl, device=dev))
+        ref = _value_and_grads(lambda x: ref_fn(x, x), zl.double())
+        eager = lambda: _value_and_grads(lambda x: eager_fn(x, x), zl)  # noqa: E731
+    else:
+        got = _value_and_grads(fn, _cast(zl, device=dev), _cast(zl, device=dev))
+        ref = _value_and_grads(ref_fn, zl.double(), zl.double())
+        eager = lambda: _value_and_grads(eager_fn, zl, zl)  # noqa: E731
+    _compare(f"core rotated same={same} {dtype} seed={seed}", dtype, got, ref, eager, scales=(gscale, [gscale] * len(got[1])))
+
+
+@pytest.mark.filterwarnings("error:invalid value encountered in matmul")  # no inf or NaN into a matmul
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2")  # masked scores: computed, then selected away
+def test_core_rows_far_apart_with_ragged_tiles():
+    """Rows far from every column at a small τ: LSE₂ ≈ -137, so 2^(-LSE₂) overflows fp32. The
+    ragged column tiles (C = 200 in two chunks of 100, 64-column tiles) must stay masked in the
+    backward even where they hold no excluded or positive column: unmasked, a column past the
+    chunk's end would give inf·0 = NaN in dRows (and an inf in the unstored rows of dCols)."""
+    seed, dev = _seed(), _device("triton")
+    m, c, d, tau = 64, 200, 32, 0.01
+    u = F.normalize(torch.randn(d, dtype=torch.float64), dim=0)
+    rows = F.normalize(u + 0.01 * torch.randn(m, d, dtype=torch.float64), dim=1)
+    cols = F.normalize(-u + 0.01 * torch.randn(c, d, dtype=torch.float64), dim=1)
+    pos, excl = torch.randint(0, m, (m,)), torch.full((m,), -1)
+    g = torch.randn(m, dtype=torch.float64)
+    impl = contrastive_ops._core("triton", dev)
+    got = _value_and_grads(_core_fn(impl, pos.to(dev), excl.to(dev), tau, None, False, g.float().to(dev)),
+                           _cast(rows, torch.float32, dev), _cast(cols, torch.float32, dev))
+    ref = _value_and_grads(_core_fn(rows_loop, pos, excl, tau, None, False, g), rows.float().double(), cols.float().double())
+    # Tightly clustered vectors: the gradients are small differences of terms of size |g|/τ, and
+    # each softmax weight carries the fp32 rounding of a logit of size 1/τ: scale (|g|/τ)·(1/τ).
+    gscale = g.abs().max().item() / tau / tau
+    _compare(f"core far apart seed={seed}", torch.float32, got, ref, scales=(1 / tau, [gscale, gscale]))
+
+
 def test_triton_backward_is_deterministic():
     """Column-parallel dCols, no atomics: two backward passes agree bit for bit."""
     dev = _device("triton")
