@@ -12,12 +12,13 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old|nosplit|twopass|unfused|tuned|jit]: the kernels with the launch path of main before
-           issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without loop
-           splits, without the symmetric backward, with the normalisation in torch instead of one
+  triton[old|nosplit|twopass|unfused|tuned|jit|masked]: the kernels with the launch path of main
+           before issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without
+           loop splits, without the symmetric backward, with the normalisation in torch instead of one
            launch each way, with the autotuner over the tile configs, with every launch through
-           Triton's JITFunction.run instead of fastssl.kernels.launch; --variants adds them all at
-           every case, --quick adds jit and unfused at the two target cases.
+           Triton's JITFunction.run instead of fastssl.kernels.launch, with every score tile through
+           the masked update (before mask-free tiles); --variants adds them all at every case,
+           --quick adds jit and masked at the two target cases.
   eager[graph], triton[graph] (CUDA, the two target shapes, last): forward + backward replayed from a
            CUDA graph, i.e. with the host out of the way (what torch.compile's "reduce-overhead" gives a step).
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
@@ -205,9 +206,10 @@ def _build(case: Case, dev):
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS and
 # fastssl.ops.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit")
+VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit", "masked")
 TARGET_SHAPES = {"square 8192x8192", "dist 1024x32768"}  # issue 21's two named shapes
-QUICK_VARIANTS = ("jit", "unfused")  # call 1 measured triton[old] already (2.90 ms at 2N = 8192)
+# call 1 measured triton[old] already (2.90 ms at 2N = 8192), a later call triton[unfused] (1.35 ms)
+QUICK_VARIANTS = ("jit", "masked")
 _VARIANT_OPTIONS = {
     # main before issue 21 (but for the index cache and the one normalisation of both views)
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
@@ -218,6 +220,9 @@ _VARIANT_OPTIONS = {
     # every launch through Triton's JITFunction.run instead of fastssl.kernels.launch's direct path (the
     # host cost per launch; bench/host_path.py measures it without a GPU)
     "jit": {"direct": False},
+    # every score tile through the masked update, as before mask-free tiles (bench/kernel_mix.py counts
+    # the instructions per tile of both paths)
+    "masked": {"mask_all": True},
 }
 
 

@@ -204,6 +204,43 @@ def loop_mix(sass: str) -> dict:
     return ops
 
 
+def loop_paths(sass: str) -> list[dict]:
+    """Opcode counts of each path through one iteration of the largest loop (``loop_mix``'s loop):
+    a loop body with branches (the contrastive kernels' masked and unmasked tile updates) issues
+    one path per iteration, so the mix of the whole body overstates each. Paths follow the
+    branches inside the loop from its head to its back edge; sorted by length, shortest first."""
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    target = {a: int(b.group(1), 16) for a, t in ins if (b := re.search(r"BRA (?:`\(\.L_x_\d+\) )?(?:U?P\d, )?0x([0-9a-f]+)", t))}
+    loops = [(t, a) for a, t in target.items() if t < a]
+    if not loops:
+        return []
+    lo, hi = max(loops, key=lambda p: p[1] - p[0])
+    body = [(a, t) for a, t in ins if lo <= a <= hi]
+    index = {a: i for i, (a, _) in enumerate(body)}
+    paths, stack = [], [(0, {})]
+    while stack and len(paths) < 64:
+        i, ops = stack.pop()
+        while i < len(body):
+            a, t = body[i]
+            op = re.sub(r"^@!?U?P\w+\s+", "", t).split()[0]
+            ops = {**ops, op: ops.get(op, 0) + 1}
+            if a == hi:  # the back edge: one iteration
+                paths.append(ops)
+                break
+            if a in target:
+                dest = index.get(target[a])
+                if t.startswith("@"):  # conditional: both ways
+                    if dest is not None and dest > i:
+                        stack.append((dest, ops))
+                elif dest is not None and dest > i:
+                    i = dest
+                    continue
+                else:
+                    break
+            i += 1
+    return sorted(({"instructions": sum(p.values()), "ops": p} for p in paths), key=lambda p: p["instructions"])
+
+
 def _sass(cubin: bytes) -> str:
     from triton import knobs
 
@@ -244,7 +281,9 @@ def _compile(index: int, mix: bool = False) -> dict:
     rec["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
     rec["mma_sync"] = len(re.findall(r"\bmma\.sync", ptx))
     if mix:
-        rec["loop_mix"] = loop_mix(_sass(k.asm["cubin"]))
+        sass = _sass(k.asm["cubin"])
+        rec["loop_mix"] = loop_mix(sass)
+        rec["loop_paths"] = loop_paths(sass)
     return rec
 
 
