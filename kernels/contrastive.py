@@ -223,12 +223,12 @@ def _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale):
 
 @triton.jit
 def _contrastive_fwd_kernel(
-    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, pdot_ptr, loss_ptr, lse_ptr, part_ptr,
+    rows_ptr, cols_ptr, keys_ptr, pos_ptr, excl_ptr, w_ptr, loss_ptr, lse_ptr, part_ptr,
     M, C, D, chunk, n_splits,
-    stride_rm, stride_rd, stride_cm, stride_cd,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_km, stride_kd,
     qk_scale,  # log2(e) / τ
     HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr, SPLIT: tl.constexpr,
-    POS_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, MASK_ALL: tl.constexpr,
+    QUEUE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, MASK_ALL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Grid (row blocks, column splits). Program (i, s) covers columns [s·chunk, (s+1)·chunk).
@@ -236,9 +236,10 @@ def _contrastive_fwd_kernel(
     One split: stores loss and LSE₂. Several (``SPLIT``): stores its partial (m, l) in
     part[0, s], part[1, s] and, from split 0, the weighted positive w·t_pos in loss_ptr; the
     launcher merges them (LSE₂ = max_s m_s + log2 Σ_s l_s·2^(m_s - max)).
-    ``POS_DOT`` (MoCo v2's queue): the positive is not among the columns (the queue); its dot
-    product <rows[a], key[a]> is given in pdot[a] and its logit enters the LSE as one extra term,
-    seeded into split 0's running (max, sum) before the column loop; pos/excl are all -1 then.
+    The positive of row a is keys[pos[a]]: the columns themselves (keys_ptr = cols_ptr) except in
+    ``QUEUE`` mode (MoCo v2): there the positive is a key outside the columns (the queue), and its
+    logit enters the LSE as one extra term, seeded into split 0's running (max, sum) before the
+    column loop; excl is all -1 then (pos is not masked: EXCLUDE_POS is off).
     """
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -252,24 +253,22 @@ def _contrastive_fwd_kernel(
         excl_b = excl
     if ONE_D:
         r = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, 0, D, BLOCK_D, UPCAST)
-    # The positive logit t[a, pos[a]], as an O(BLOCK_M·D) row-wise dot with the gathered cols[pos[a]]
+    # The positive logit t[a, pos[a]], as an O(BLOCK_M·D) row-wise dot with the gathered keys[pos[a]]
     # rather than a compare-select-sum over every tile of the main loop.
-    if POS_DOT:
-        t_pos = tl.load(pdot_ptr + offs_m, mask=row_ok, other=0.0)
-    elif ONE_D:
-        cp = _load_tile(cols_ptr, pos, row_ok, stride_cm, stride_cd, 0, D, BLOCK_D, UPCAST)
+    if ONE_D:
+        cp = _load_tile(keys_ptr, pos, row_ok, stride_km, stride_kd, 0, D, BLOCK_D, UPCAST)
         t_pos = tl.sum(r.to(tl.float32) * cp.to(tl.float32), axis=1)
     else:
         t_pos = tl.zeros([BLOCK_M], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             rd = _load_tile(rows_ptr, offs_m, row_ok, stride_rm, stride_rd, d0, D, BLOCK_D, UPCAST)
-            cp = _load_tile(cols_ptr, pos, row_ok, stride_cm, stride_cd, d0, D, BLOCK_D, UPCAST)
+            cp = _load_tile(keys_ptr, pos, row_ok, stride_km, stride_kd, d0, D, BLOCK_D, UPCAST)
             t_pos += tl.sum(rd.to(tl.float32) * cp.to(tl.float32), axis=1)
     t_pos = t_pos * qk_scale
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of t = s·log2(e)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ exp2(t - m_i)
-    if POS_DOT:  # the positive's term exp2(t_pos - m) = 1 at m = t_pos, counted once (split 0)
+    if QUEUE:  # the positive's term exp2(t_pos - m) = 1 at m = t_pos, counted once (split 0)
         first = (offs_m * 0 + pid_s) == 0
         m_i = tl.where(first, t_pos, m_i)
         l_i = tl.where(first, 1.0, l_i)
@@ -340,11 +339,11 @@ def _contrastive_lse_merge_kernel(part_ptr, loss_ptr, lse_ptr, M, n_splits, BLOC
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _contrastive_bwd_rows_kernel(
-    rows_ptr, cols_ptr, pos_ptr, excl_ptr, w_ptr, lse_ptr, dloss_ptr, drows_ptr,
+    rows_ptr, cols_ptr, keys_ptr, pos_ptr, kpos_ptr, excl_ptr, w_ptr, lse_ptr, loss_ptr, dloss_ptr, drows_ptr,
     M, C, D, chunk,
-    stride_rm, stride_rd, stride_cm, stride_cd, stride_gs, stride_gm, stride_gd, stride_dl,
+    stride_rm, stride_rd, stride_cm, stride_cd, stride_km, stride_kd, stride_gs, stride_gm, stride_gd, stride_dl,
     qk_scale, inv_temp,
-    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr,
+    HAS_W: tl.constexpr, EXCLUDE_POS: tl.constexpr, ONE_D: tl.constexpr, QUEUE: tl.constexpr,
     UPCAST: tl.constexpr, ROUND: tl.constexpr, PRECISION: tl.constexpr, SYM: tl.constexpr,
     MASK_ALL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -359,6 +358,9 @@ def _contrastive_bwd_rows_kernel(
     c's own pos/excl/g read as column vectors); their sum is the operand of the second matmul.
     Two matmuls per tile instead of the four of the dRows + dCols passes.
     ``stride_dl``: dloss's stride (0 for the expanded gradient of ``.mean()``: no copy).
+    ``QUEUE`` (MoCo v2): pos is all -1 (no positive among the columns); the positive keys[kpos[a]]
+    adds g·(P_pos − 1)·keys[kpos[a]] (split 0 only), with P_pos = 2^(t_pos − LSE₂) = e^(−loss[a]) read
+    from the forward's loss (no second dot product, and no row tile held beside the accumulator).
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -436,6 +438,13 @@ def _contrastive_bwd_rows_kernel(
                 ds += g_c[None, :] * tl.exp2(t - lse_c[None, :])
         ds = _as_operand(ds, rows_ptr.dtype.element_ty, UPCAST, ROUND)
         acc = tl.dot(ds, tl.trans(ct), acc, input_precision=PRECISION)
+
+    if QUEUE:  # the positive key, outside the columns: once per row (split 0), in fp32 before the cast
+        kpos = tl.load(kpos_ptr + offs_m, mask=row_ok, other=0)
+        p_pos = tl.exp(-tl.load(loss_ptr + offs_m, mask=row_ok, other=0.0))
+        coef = tl.where(row_ok & (pid_s == 0), g * (p_pos - 1.0), 0.0)
+        kp = _load_tile(keys_ptr, kpos, row_ok, stride_km, stride_kd, d0_out, D, BLOCK_D, UPCAST)
+        acc += coef[:, None] * kp.to(tl.float32)
 
     offs_d = d0_out + tl.arange(0, BLOCK_D)
     tl.store(drows_ptr + pid_s * stride_gs + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
@@ -630,28 +639,32 @@ def _launch(kernel: str, geo: tiles.Launch, out_rows: int, args: tuple, consts: 
            num_warps=geo.warps, num_stages=geo.stages)
 
 
-def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, pdot=None):
-    """loss [M] fp32 and LSE₂ [M] fp32. ``pdot`` [M] fp32: the positives' dot products (queue mode)."""
+def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, keys=None):
+    """loss [M] fp32 and LSE₂ [M] fp32. ``keys`` (queue mode): row a's positive is keys[pos_idx[a]],
+    outside the columns; otherwise it is cols[pos_idx[a]]."""
     m, d = rows.shape
     c = cols.shape[0]
+    queue = keys is not None
+    keys = keys if queue else cols
     flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
-    geo = plan("fwd", rows, m, c, d, queue=pdot is not None)
+    geo = plan("fwd", rows, m, c, d, queue=queue)
     splits = geo.splits
     loss = torch.empty(m, device=rows.device, dtype=torch.float32)  # holds w·t_pos when split
     lse2 = torch.empty(m, device=rows.device, dtype=torch.float32)
     part = torch.empty((2, splits, m), device=rows.device, dtype=torch.float32) if splits > 1 else lse2
-    args = (rows, cols, pos_idx, excl_idx, w if w is not None else loss, pdot if pdot is not None else loss,
+    args = (rows, cols, keys, pos_idx, excl_idx, w if w is not None else loss,
             loss, lse2, part, m, c, d, geo.chunk, splits, rows.stride(0), rows.stride(1), cols.stride(0),
-            cols.stride(1), _LOG2E / temperature)
+            cols.stride(1), keys.stride(0), keys.stride(1), _LOG2E / temperature)
     with _device_guard(rows):
-        _launch("fwd", geo, m, args, dict(SPLIT=splits > 1, POS_DOT=pdot is not None, **flags))
+        _launch("fwd", geo, m, args, dict(SPLIT=splits > 1, QUEUE=queue, **flags))
         if splits > 1:
             launch(_contrastive_lse_merge_kernel, (cdiv(m, 1024),), part, loss, lse2, m, splits, BLOCK=1024)
     return loss, lse2
 
 
 def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
-         onto: torch.Tensor | None = None, queue: bool = False):
+         onto: torch.Tensor | None = None, keys: torch.Tensor | None = None, kpos: torch.Tensor | None = None,
+         loss: torch.Tensor | None = None):
     """One backward pass, in the input dtype: ``kernel`` 'bwd_rows' (dRows [M, D], row-parallel),
     'bwd_sym' (rows is cols: the whole dZ [M, D]) or 'bwd_cols' (dCols [C, D], column-parallel).
 
@@ -659,10 +672,13 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     return it. One split: the kernel writes (or adds onto) the gradient itself. Several: fp32
     partials [splits, rows, D], then one ``_sum_cast_kernel`` pass sums, casts (and adds).
     ``dloss`` [M] fp32, any stride (the expanded gradient of ``.mean()`` is read with stride 0).
+    ``keys``, ``kpos``, ``loss`` (dRows of the queue mode): row a's positive keys[kpos[a]], outside the
+    columns, and the forward's loss (P_pos = e^(−loss)).
     """
     m, d = rows.shape
     c = cols.shape[0]
     for_cols = kernel == "bwd_cols"
+    queue = keys is not None
     flags = launch_flags(_DTYPE_NAMES[rows.dtype], d, has_w=w is not None, exclude_pos=bool(exclude_pos))
     geo = plan(kernel, rows, m, c, d, queue=queue)
     splits = geo.splits
@@ -670,12 +686,19 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     out = onto if onto is not None else torch.empty((out_rows, d), device=rows.device, dtype=(cols if for_cols else rows).dtype)
     dest = out if splits == 1 else torch.empty((splits, out_rows, d), device=rows.device, dtype=torch.float32)
     stride_s = dest.stride(0) if splits > 1 else 0
-    extra = dict(ACCUMULATE=onto is not None and splits == 1) if for_cols else dict(SYM=kernel == "bwd_sym")
     if dloss.dtype != torch.float32:
         dloss = dloss.float()
-    args = (rows, cols, pos_idx, excl_idx, w if w is not None else lse2, lse2, dloss, dest,
-            m, c, d, geo.chunk, rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1),
-            stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, 1.0 / temperature)
+    w = w if w is not None else lse2
+    tail = (stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, 1.0 / temperature)
+    if for_cols:
+        extra = dict(ACCUMULATE=onto is not None and splits == 1)
+        args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, dest, m, c, d, geo.chunk,
+                rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1), *tail)
+    else:
+        extra = dict(SYM=kernel == "bwd_sym", QUEUE=queue)
+        keys, kpos, loss = (keys, kpos, loss) if queue else (cols, pos_idx, lse2)
+        args = (rows, cols, keys, pos_idx, kpos, excl_idx, w, lse2, loss, dloss, dest, m, c, d, geo.chunk,
+                rows.stride(0), rows.stride(1), cols.stride(0), cols.stride(1), keys.stride(0), keys.stride(1), *tail)
     with _device_guard(rows):
         _launch(kernel, geo, out_rows, args, dict(ROUND=_INTERPRET and ROUND_TILES, **extra, **flags))
         if splits > 1:
@@ -685,8 +708,8 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     return out
 
 
-def _bwd_rows(*args, queue: bool = False):
-    return _bwd("bwd_rows", *args, queue=queue)
+def _bwd_rows(*args, keys=None, kpos=None, loss=None):
+    return _bwd("bwd_rows", *args, keys=keys, kpos=kpos, loss=loss)
 
 
 def _bwd_cols(*args, onto=None):
@@ -869,6 +892,8 @@ def check_queue(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, q
         raise ValueError(f"rows [M, D], keys [N, D] and queue [K, D] must share D, got {tuple(rows.shape)}, "
                          f"{tuple(keys.shape)} and {tuple(queue.shape)}")
     _check_operands(rows, queue, "queue")
+    if keys.device != rows.device or not keys.is_floating_point():
+        raise ValueError(f"keys must be a float tensor on the rows' device {rows.device}, got {keys.dtype} on {keys.device}")
     if pos_idx.shape != (rows.shape[0],):
         raise ValueError(f"pos_idx must be [{rows.shape[0]}], got {tuple(pos_idx.shape)}")
     if not temperature > 0:
@@ -882,17 +907,19 @@ def _no_index(rows: torch.Tensor) -> torch.Tensor:
     return constant(("no_index", m, device), lambda: torch.full((m,), -1, device=device, dtype=torch.int32))
 
 
-def queue_forward(rows: torch.Tensor, queue: torch.Tensor, pdot: torch.Tensor,
+def queue_forward(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, queue: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss [M] fp32, LSE₂ [M] fp32) with loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = pdot/τ
-    (pdot [M] fp32: the positives' dot products): the forward in queue mode (``POS_DOT``)."""
-    none = _no_index(rows)
-    return forward(rows, queue, none, none, None, temperature, False, pdot=pdot)
+    """(loss [M] fp32, LSE₂ [M] fp32) with loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos,
+    t_pos = <rows[a], keys[pos_idx[a]]>/τ (an fp32 row-wise dot in the kernel): the forward in queue
+    mode (``QUEUE``). pos_idx int32 [M]."""
+    return forward(rows, queue, pos_idx, _no_index(rows), None, temperature, False, keys=keys)
 
 
-def queue_backward(rows: torch.Tensor, queue: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
-    """dRows of Σ_a dloss[a]·loss[a] (the unchanged row kernel: P from the LSE₂ that includes the
-    positive). The queue gets no gradient; the positive's, O(M), is the op's (torch)."""
+def queue_backward(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, queue: torch.Tensor,
+                   loss: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor, temperature: float) -> torch.Tensor:
+    """dRows of Σ_a dloss[a]·loss[a]: the row kernel over the queue (P from the LSE₂ that includes
+    the positive; no positive among the columns) plus, in its epilogue, the positive's term
+    g·(P_pos − 1)·keys[pos_idx[a]]/τ, P_pos = e^(−loss[a]) (``loss``: the forward's). The queue gets
+    no gradient; the keys' (O(M·D)) is the op's."""
     none = _no_index(rows)
-    return _bwd_rows(rows, queue, none, none, None, lse2, dloss, temperature, False, queue=True)
+    return _bwd_rows(rows, queue, none, none, None, lse2, dloss, temperature, False, keys=keys, kpos=pos_idx, loss=loss)

@@ -23,7 +23,6 @@ fused normalisation), each with a ``_bwd`` op. Eager calls take the ops' eager d
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -293,7 +292,6 @@ def spherical_mean(keys: torch.Tensor) -> torch.Tensor:
 # The kernels as custom ops: bodies (they call ``fastssl.kernels.contrastive``'s launchers, imported
 # lazily so that CPU-only use never imports Triton), fake functions, autograd, eager doors, wrappers.
 # =============================================================================================
-_LOG2E = 1.0 / math.log(2.0)
 
 
 def _door_open() -> bool:
@@ -405,19 +403,20 @@ def triton_contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_id
     return (_RowsDoor.apply(*args) if door else _rows_op(*args))[0]
 
 
-# --- queue rows (MoCo v2): loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = pdot/τ ----------
-def _queue_body(rows: Tensor, queue: Tensor, pdot: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """-> (loss [M] fp32, LSE₂ [M] fp32); pdot [M] fp32, the positives' dot products."""
+# --- queue rows (MoCo v2): loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = <rows[a], keys[pos[a]]>/τ ---
+def _queue_body(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """-> (loss [M] fp32, LSE₂ [M] fp32); pos_idx int32 [M], row a's positive keys[pos_idx[a]]."""
     from fastssl.kernels.contrastive import queue_forward
 
-    return queue_forward(rows, queue, pdot, temperature)
+    return queue_forward(rows, keys, pos_idx, queue, temperature)
 
 
-def _queue_bwd_body(rows: Tensor, queue: Tensor, lse2: Tensor, dloss: Tensor, temperature: float) -> Tensor:
-    """-> dRows [M, D] (the queue never gets a gradient: no column pass)."""
+def _queue_bwd_body(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, loss: Tensor, lse2: Tensor,
+                    dloss: Tensor, temperature: float) -> Tensor:
+    """-> dRows [M, D], the positive's term included (the queue never gets a gradient: no column pass)."""
     from fastssl.kernels.contrastive import queue_backward
 
-    return queue_backward(rows, queue, lse2, dloss, temperature)
+    return queue_backward(rows, keys, pos_idx, queue, loss, lse2, dloss, temperature)
 
 
 _queue_op = torch.library.custom_op("fastssl::queue_rows", _queue_body, mutates_args=())
@@ -427,22 +426,26 @@ _queue_bwd_op.register_fake(lambda rows, *_: rows.new_empty(rows.shape))
 
 
 def _queue_setup(ctx, inputs, output):
-    rows, queue, pdot, temperature = inputs
-    ctx.save_for_backward(rows, queue, pdot, output[1])
+    rows, keys, pos_idx, queue, temperature = inputs
+    ctx.save_for_backward(rows, keys, pos_idx, queue, output[0], output[1])
     ctx.temperature = temperature
 
 
 def _queue_backward(ctx, dloss, _dlse2):
-    """dRows from the kernels; the positive's gradient is O(M): d loss[a] / d pdot[a] = (P_pos[a] − 1)/τ,
-    P_pos = exp2(t_pos₂ − LSE₂), and autograd carries it through the eager dot into q and k."""
-    rows, queue, pdot, lse2 = ctx.saved_tensors
+    """dRows (the positive's term included) from the kernels. The keys' gradient, O(M·D), only when
+    they need one (MoCo's momentum keys never do): d loss[a] / d keys[pos[a]] = g·(P_pos[a] − 1)·rows[a]/τ,
+    P_pos = 2^(t_pos₂ − LSE₂) = e^(−loss[a]), summed per key."""
+    rows, keys, pos_idx, queue, loss, lse2 = ctx.saved_tensors
     dloss, tau = dloss.float(), ctx.temperature
-    drows = dpdot = None
+    drows = dkeys = None
     if ctx.needs_input_grad[0]:
-        drows = backward_impl(ctx, _queue_bwd_op, _queue_bwd_body)(rows, queue, lse2, dloss, tau)
-    if ctx.needs_input_grad[2]:
-        dpdot = dloss * (torch.exp2(pdot * (_LOG2E / tau) - lse2) - 1.0) / tau
-    return drows, None, dpdot, None
+        drows = backward_impl(ctx, _queue_bwd_op, _queue_bwd_body)(rows, keys, pos_idx, queue, loss, lse2, dloss, tau)
+    if ctx.needs_input_grad[1]:
+        idx = pos_idx.long()
+        coef = dloss * (torch.exp(-loss) - 1.0) / tau
+        dkeys = torch.zeros(keys.shape, device=keys.device, dtype=torch.float32)
+        dkeys = dkeys.index_add_(0, idx, coef[:, None] * rows.float()).to(keys.dtype)
+    return drows, dkeys, None, None, None
 
 
 _queue_op.register_autograd(_queue_backward, setup_context=_queue_setup)
@@ -455,14 +458,14 @@ def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor
     positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
 
     rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
-    float dtype; pos_idx int [M]. The positive dot products are an eager fp32 O(M·D) pass (autograd
-    gives their gradients to rows and keys). Returns loss [M] fp32; no gradient into the queue.
+    float dtype on that device; pos_idx int [M]. The positives' dot products run in the kernels (an
+    fp32 row-wise dot in the forward, again in dRows' epilogue, which adds the positive's gradient):
+    no eager ops or autograd nodes for them. Returns loss [M] fp32; no gradient into the queue.
     """
-    from fastssl.kernels.contrastive import check_queue
+    from fastssl.kernels.contrastive import _as_index, check_queue
 
     check_queue(rows, keys, pos_idx, queue, temperature)
-    pdot = (rows.float() * keys.float()[pos_idx.to(keys.device)]).sum(dim=1)  # [M] fp32, differentiable
-    args = (rows, queue.detach(), pdot, float(temperature))
+    args = (rows, keys, _as_index(pos_idx, rows.device), queue.detach(), float(temperature))
     return (_QueueDoor.apply(*args) if _door_open() else _queue_op(*args))[0]
 
 

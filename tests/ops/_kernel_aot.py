@@ -9,7 +9,7 @@ running ptxas a second time. Shared memory is Triton's own figure (``metadata.sh
 shared memory a launch requests: the number the launch checks against the device limit).
 
 Variants:
-- contrastive (``fastssl.kernels.contrastive``): forward, forward with a queue (``POS_DOT``), dRows,
+- contrastive (``fastssl.kernels.contrastive``): forward, forward with a queue (``QUEUE``), dRows, dRows with a queue,
   the symmetric dRows + dCols pass (``SYM``), dCols × fp32/bf16/fp16 × one D per
   BLOCK_D class the launcher makes (16 … 256, and D > 256 with the D-block loop) × every config the
   autotuner keeps for that (kernel, dtype, D) (``launch_configs``), plus the LSE merge kernel;
@@ -73,20 +73,21 @@ def _contrastive_variants():
 
     for dt, ptr in DTYPES.items():
         for d in CONTRASTIVE_DS:
-            # fwd_queue: the forward with POS_DOT (info_nce with a MoCo v2 queue), same tiles as fwd.
+            # fwd_queue / bwd_queue: the forward and dRows with QUEUE (info_nce with a MoCo v2 queue: the
+            # positive key outside the columns), same tiles as fwd / bwd_rows.
             # bwd_sym: the dRows kernel with SYM (rows is cols: dS + dSᵀ in one pass), its own configs.
             for record, kname, queue in (("fwd", "fwd", False), ("fwd_queue", "fwd", True),
-                                         ("bwd_rows", "bwd_rows", False), ("bwd_sym", "bwd_sym", False),
-                                         ("bwd_cols", "bwd_cols", False)):
+                                         ("bwd_rows", "bwd_rows", False), ("bwd_queue", "bwd_rows", True),
+                                         ("bwd_sym", "bwd_sym", False), ("bwd_cols", "bwd_cols", False)):
                 fn = K._KERNELS[kname]
-                types = {a: ptr for a in ("rows_ptr", "cols_ptr", "drows_ptr", "dcols_ptr")}
-                types.update({"pos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
+                types = {a: ptr for a in ("rows_ptr", "cols_ptr", "keys_ptr", "drows_ptr", "dcols_ptr")}
+                types.update({"pos_ptr": "*i32", "kpos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
                 for cfg in tiles.launch_configs(kname, dt, d):
                     consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs,
                               "MASK_ALL": os.environ.get("FASTSSL_AOT_MASK_ALL", "0") == "1"}
-                    if "POS_DOT" in fn.arg_names:
-                        consts["POS_DOT"] = queue
+                    if "QUEUE" in fn.arg_names:
+                        consts["QUEUE"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows
                     consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True),
                                                      ("SYM", kname == "bwd_sym")) if k in fn.arg_names})

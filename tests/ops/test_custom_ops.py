@@ -41,8 +41,9 @@ def test_contrastive_ops_pass_opcheck():
 def test_queue_and_unit_ops_pass_opcheck():
     rows = torch.nn.functional.normalize(torch.randn(6, 5), dim=1).requires_grad_()
     queue = torch.nn.functional.normalize(torch.randn(11, 5), dim=1)
-    pdot = (torch.rand(6) - 0.5).requires_grad_()
-    _opcheck(contrastive_ops._queue_op, (rows, queue, pdot, 0.2))
+    keys = torch.nn.functional.normalize(torch.randn(4, 5), dim=1).requires_grad_()
+    pos = torch.tensor([0, 1, 2, 3, 0, 1], dtype=torch.int32)
+    _opcheck(contrastive_ops._queue_op, (rows, keys, pos, queue, 0.2))
     x1 = torch.randn(4, 7, requires_grad=True)
     x2 = torch.randn(3, 7, requires_grad=True)
     _opcheck(contrastive_ops._unit_op, (x1, x2))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).with_name("_kernel_aot.py")
-KERNELS = ("fwd", "fwd_queue", "bwd_rows", "bwd_cols")  # fwd_queue: the forward of info_nce with a queue
+KERNELS = ("fwd", "fwd_queue", "bwd_rows", "bwd_queue", "bwd_cols")  # *_queue: info_nce with a queue (QUEUE)
 
 
 _BACKGROUND: dict = {}  # the compile subprocess of this pytest process, once started
