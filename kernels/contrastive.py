@@ -44,12 +44,13 @@ cached ``contrastive_tiles.geometry``, dloss read with its stride (no copy of ``
 expanded gradient), and ``unit_fwd`` / ``unit_bwd``: the ops' L2 normalisation in one launch each
 way (``fastssl.ops.contrastive.OPTIONS["fused_unit"]``).
 
-Queue mode (MoCo v2, ``queue_forward`` / ``queue_backward``): cols is the queue [K, D] and the positive is
-not among them. The op passes pdot[a] = <rows[a], key[a]> (an eager fp32 O(M·D) dot); the
-forward (``POS_DOT``) seeds split 0's running (max, sum) with (t_pos, 1) and streams the queue;
-pos/excl are -1, so dRows is the unchanged row kernel (P from the LSE₂ that includes the
-positive), the positive's gradient (P_pos − 1)/τ per row is O(M) eager, and dCols never runs
-(no gradient into the queue). M is small there (a GPU's share of the batch), so the column loop
+Queue mode (MoCo v2, ``queue_forward`` / ``queue_backward``, ``QUEUE``): cols is the queue [K, D] and
+the positive of row a is keys[pos[a]], not among them. The forward takes t_pos from the same
+row-wise fp32 dot it takes with cols[pos[a]] otherwise (keys_ptr is cols_ptr outside queue mode),
+seeds split 0's running (max, sum) with (t_pos, 1) and streams the queue; excl is -1. dRows is the
+row kernel with pos = -1 (P from the LSE₂ that includes the positive) plus, in its epilogue, the
+positive's term g·(P_pos − 1)·keys[pos[a]] with P_pos = e^(−loss[a]) from the forward's loss; dCols
+never runs (no gradient into the queue). No eager op or autograd node per call for the positives. M is small there (a GPU's share of the batch), so the column loop
 is split like any other loop (``split_plan``: 2 row tiles × 66 splits at M = 256, K = 65,536).
 
 Bytes: when rows and cols are one tensor the symmetric pass writes the whole gradient; with it
