@@ -59,6 +59,9 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         ds["optimizer"]["params"]["fused"] = True
     if autocast:
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
-    if o.clip_grad is not None and loop_clips(e, o.clip_grad) is None:  # (else the loop clips, multi-tensor)
-        ds["gradient_clipping"] = o.clip_grad
+    # Always said: DeepSpeed 0.19 clips at 1.0 when the key is absent (GRADIENT_CLIPPING_DEFAULT), which
+    # would clip runs with optim.clip_grad=null, and clip a second time, at 1.0, where the loop clips
+    # (engine.amp=autocast at ZeRO 0, with a per-parameter norm loop of DeepSpeed's on top). 0 = off.
+    deepspeed_clips = o.clip_grad is not None and loop_clips(e, o.clip_grad) is None  # (else the loop clips, multi-tensor)
+    ds["gradient_clipping"] = float(o.clip_grad) if deepspeed_clips else 0.0
     return _merge(ds, cfg.deepspeed)

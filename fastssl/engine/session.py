@@ -18,7 +18,7 @@ from fastssl import config_pairs as pair_checks
 from fastssl.config import ConfigError, TrainConfig, dump_config
 from fastssl.engine import amp
 from fastssl.engine import checkpoint as ckpt
-from fastssl.engine import disk, layout, peers, preflight, resume_rules, run_dir, world_change
+from fastssl.engine import disk, layout, lone_rank, peers, preflight, resume_rules, run_dir, world_change
 from fastssl.engine.compile import CompileWatch, compile_regions
 from fastssl.engine.distributed import device_for, init_distributed
 from fastssl.engine.ds_config import deepspeed_config
@@ -205,6 +205,7 @@ def setup(cfg: TrainConfig) -> Session:
     amp.forget_autocast_of_earlier_engines()
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
                                            lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
+    lone_rank.skip_lone_allreduce(engine, cfg.engine.zero_stage, ds_cfg)  # one rank, ZeRO 0: nothing to reduce
     if layout.resolve(cfg.engine, cfg.model.arch, device.type == "cuda"):
         # After DeepSpeed's set-up (its broadcast views each weight as bytes) and before the first step
         # (the optimizer's moments are made then, in their weights' layout): fastssl/engine/layout.py.

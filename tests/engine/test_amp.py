@@ -138,7 +138,8 @@ def test_auto_is_autocast_at_zero0_on_cuda_only(tmp_path, monkeypatch):
         ds = deepspeed_config(cfg, plan, 1)
         if want == "autocast":
             assert not ds["bf16"]["enabled"] and ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
-            assert "gradient_clipping" not in ds and ds["data_types"] == {}  # the loop clips; fp32 weights
+            # the loop clips, DeepSpeed must not (0, said: absent means 1.0 in DeepSpeed 0.19); fp32 weights
+            assert ds["gradient_clipping"] == 0.0 and ds["data_types"] == {}
             assert amp.loop_clips(cfg.engine, cfg.optim.clip_grad) == cfg.optim.clip_grad
         else:  # what every CPU run and every ZeRO 1/2 run had before engine.amp
             assert ds["bf16"]["enabled"] and "torch_autocast" not in ds and ds["data_types"] == {"buffer_dtype": "bf16"}
@@ -149,6 +150,36 @@ def test_auto_is_autocast_at_zero0_on_cuda_only(tmp_path, monkeypatch):
     assert ds["torch_autocast"]["enabled"] and ds["gradient_clipping"] == 3.0  # ZeRO 2: DeepSpeed clips
     with pytest.raises(Exception, match="engine.amp=autocast runs bf16 only"):
         _cfg(tmp_path, "engine.precision=fp16", "engine.zero_stage=1", "engine.amp=autocast")
+
+
+@pytest.mark.parametrize("extra, want", [
+    (("engine.precision=fp32", "optim.clip_grad=null"), None),  # nothing clips
+    (("engine.amp=autocast", "optim.clip_grad=1000000"), 1e6),  # the loop clips (here: not at all), DeepSpeed not again
+    (("engine.precision=fp32", "optim.clip_grad=0.5"), 0.5),  # DeepSpeed clips at the configured norm
+])
+def test_the_optimizer_steps_with_the_configured_clipping(tmp_path, one_rank, extra, want):
+    """The gradients the optimizer steps with have norm min(raw, optim.clip_grad) at ZeRO 0, whoever clips.
+    DeepSpeed 0.19 clips at 1.0 when its config has no ``gradient_clipping``: before the config said 0, a
+    run with clip_grad=null was clipped at 1.0, and an autocast run a second time at 1.0 after the loop."""
+    from fastssl.engine.session import setup
+
+    def norm(params):
+        return torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params if p.grad is not None])).item()
+
+    s = setup(_cfg(tmp_path, "engine.zero_stage=0", *extra))
+    seen = []
+    s.engine.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(norm([p for g in opt.param_groups for p in g["params"]])))
+    torch.manual_seed(1)
+    out = s.engine(next(iter(s.loader)), s.context())
+    s.engine.backward(out.loss * 1000)  # a gradient norm far above 1
+    raw = norm(s.method.parameters())
+    assert raw > 10
+    if s.clip_grad is not None:  # what the loop does between backward and step
+        amp.clip_gradients(s.method, s.clip_grad)
+    s.engine.step()
+    assert len(seen) == 1
+    assert seen[0] == pytest.approx(raw if want is None or want > raw else want, rel=1e-4)
 
 
 def test_loop_clipping_has_deepspeeds_maths(one_rank):
