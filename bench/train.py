@@ -177,21 +177,22 @@ def count_flops(method, batch, ctx, amp: bool) -> tuple[float, dict[str, float]]
     return float(counter.get_total_flops()), per_op
 
 
-def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
-    """bench/throughput.py's model step for this method and shape: images/s without DeepSpeed or the loop."""
-    from bench.common import make_train_step, time_fn
+def bare_step_fn(cfg, dev: torch.device, amp: bool, fused: bool | None = None):
+    """(method, step): the bare model step of this method and shape as a closure: forward + backward +
+    torch AdamW (``fused``: default on CUDA) + ``after_step``, bf16 autocast when ``amp``, no DeepSpeed."""
+    from bench.common import make_train_step
+    from fastssl.engine import layout
     from fastssl.engine.compile import compile_regions
     from fastssl.engine.params import optimizer_groups
     from fastssl.methods.base import AfterStep
-
-    from fastssl.engine import layout
 
     method, batch, ctx = _model_and_batch(cfg, dev)
     if layout.resolve(cfg.engine, cfg.model.arch, dev.type == "cuda"):
         layout.apply(method)  # the trainer row's memory layout (engine.channels_last), so the two compare
     if cfg.engine.compile:
         compile_regions(method, cfg.engine.compile_mode, dev, torch.bfloat16 if amp else torch.float32)
-    opt = torch.optim.AdamW(optimizer_groups(method.param_groups(), cfg.optim.weight_decay)[0], lr=1e-5, fused=dev.type == "cuda")
+    fused = dev.type == "cuda" if fused is None else fused
+    opt = torch.optim.AdamW(optimizer_groups(method.param_groups(), cfg.optim.weight_decay)[0], lr=1e-5, fused=fused)
     step = make_train_step(method, batch, ctx, opt, dev.type, amp)
     after = method.after_step if isinstance(method, AfterStep) else None
 
@@ -200,6 +201,14 @@ def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
         if after is not None:
             after(ctx)
 
+    return method, full
+
+
+def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
+    """bench/throughput.py's model step for this method and shape: images/s without DeepSpeed or the loop."""
+    from bench.common import time_fn
+
+    _, full = bare_step_fn(cfg, dev, amp)
     t0 = time.perf_counter()
     full()  # compile (if any), optimizer state, allocator
     first_s = time.perf_counter() - t0

@@ -41,7 +41,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from bench.train import METHODS, RESNET_METHODS, _lean_finish, _model_and_batch, tiny_overrides  # noqa: E402
+from bench.train import METHODS, RESNET_METHODS, _lean_finish, bare_step_fn, tiny_overrides  # noqa: E402
 
 RESULTS = _ROOT / "bench" / "results"
 SYNCS = ("_local_scalar_dense", "nonzero")
@@ -120,24 +120,11 @@ def trainer_ops(method: str, amp: str, smoke: bool) -> dict:
 
 def bare_ops(method: str, smoke: bool) -> dict:
     """Ops per step of the bare model step (bench/train.py's, with torch's fused AdamW)."""
-    from bench.common import make_train_step
     from fastssl.config import load_config
-    from fastssl.engine.params import optimizer_groups
-    from fastssl.methods.base import AfterStep
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(str(_ROOT / "configs" / "imagenet" / f"{method}.yaml"), overrides(method, "autocast", Path(tmp), smoke))
-    dev = torch.device("cpu")
-    model, batch, ctx = _model_and_batch(cfg, dev)
-    opt = torch.optim.AdamW(optimizer_groups(model.param_groups(), cfg.optim.weight_decay)[0], lr=1e-5, fused=True)
-    step = make_train_step(model, batch, ctx, opt, dev.type, True)
-    after = model.after_step if isinstance(model, AfterStep) else None
-
-    def full():
-        step()
-        if after is not None:
-            after(ctx)
-
+    model, full = bare_step_fn(cfg, torch.device("cpu"), True, fused=True)
     full()
     mode = OpCount()
     with mode:
