@@ -4,24 +4,26 @@ The H200 rows of ``bench/train.py`` (DeepSpeed's bf16 at ZeRO 0) put the trainer
 model step where the GPU step is short: MAE +64.5 % (106 vs 64 ms per step), DAC +51 %, SimCLR +5 %.
 A GPU step that short is bound by the host when the host issues more work than the GPU executes,
 and what the host issues is the same on any machine. So this bench counts it on the CPU, for the
-GPU's configuration (bf16, ZeRO 0, torch's fused AdamW as ``fastssl/engine/ds_config.py`` asks for on
-CUDA): every torch op dispatched per optimizer step (a ``TorchDispatchMode``: the ops that reach a
-kernel, autograd's and the optimizer's included; on the GPU each is at least one launch) and the
-host–device syncs among them (``_local_scalar_dense``: ``.item()``, ``bool()`` or ``float()`` of a
+GPU's configuration (bf16, ZeRO 0, 1 and 2, torch's fused AdamW as ``fastssl/engine/ds_config.py`` asks for on
+CUDA): every torch op dispatched per optimizer step (a ``TorchDispatchMode``: autograd's and the
+optimizer's included), the kernel ops among them (all but views and bare allocations: on the GPU each
+is at least one launch) and the host–device syncs (``_local_scalar_dense``: ``.item()``, ``bool()`` or ``float()`` of a
 tensor; ``nonzero``), for
   bare       ``bench/train.py``'s bare step: forward + backward + torch's fused AdamW + ``after_step``
              under bf16 autocast, no DeepSpeed, no loop;
   autocast   ``fastssl/train.py`` with ``engine.amp=autocast`` (fp32 weights, DeepSpeed steps torch's
              AdamW as it is, the loop clips with one multi-tensor norm): the GPU default at ZeRO 0;
   ds-bf16    ``fastssl/train.py`` with ``engine.amp=deepspeed`` (DeepSpeed's bf16 model and its
-             optimizer wrapper): what the H200 rows ran.
+             optimizer wrapper): what the H200 rows ran;
+  *-z1, *-z2 the same at ZeRO 1 (what ``configs/imagenet/*.yaml`` ship) and ZeRO 2, where
+             ``engine.amp=auto`` takes ds-bf16: DeepSpeed's ZeRO optimizer over flat fp32 partitions.
 Real architectures (ViT-B/16, ResNet-50: the parameter count per tensor list is what per-parameter
 loops scale with) on small synthetic batches (B = 2 at 64 px; SwAV's local crops 32 px): the op
 counts do not depend on the batch or the resolution, the step time here does and is not reported.
 Trainer steps 2-4 of 5 are counted (the first allocates optimizer state; the last reads the loss).
 
     python bench/train_host_ops.py            # every method: bench/results/train-host-ops-cpu.{json,md}
-    python bench/train_host_ops.py --methods mae,simclr
+    python bench/train_host_ops.py --methods mae,simclr --variants autocast,ds-bf16-z2
     python bench/train_host_ops.py --smoke    # timm's test models, one method (tests/bench)
 """
 from __future__ import annotations
@@ -46,23 +48,35 @@ from bench.train import METHODS, RESNET_METHODS, _lean_finish, bare_step_fn, tin
 RESULTS = _ROOT / "bench" / "results"
 SYNCS = ("_local_scalar_dense", "nonzero")
 STEPS, COUNTED = 5, (2, 3, 4)  # trainer steps run, and the ones counted
+# trainer variant -> (engine.amp, engine.zero_stage)
+VARIANTS = {"autocast": ("autocast", 0), "ds-bf16": ("deepspeed", 0), "autocast-z1": ("autocast", 1),
+            "ds-bf16-z1": ("deepspeed", 1), "autocast-z2": ("autocast", 2), "ds-bf16-z2": ("deepspeed", 2)}
+
+
+# Ops that allocate without writing: host work, no kernel.
+_ALLOCS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
 class OpCount(TorchDispatchMode):
-    """Counts every torch op dispatched while active, by name."""
+    """Counts every torch op dispatched while active, by name, and which of them launch nothing on a
+    GPU (views and bare allocations: host work only)."""
 
     def __init__(self):
         super().__init__()
         self.ops: Counter = Counter()
+        self.no_kernel: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if func.is_view or name in _ALLOCS:
+            self.no_kernel.add(name)
         return func(*args, **(kwargs or {}))
 
 
-def overrides(method: str, amp: str, out_dir: Path, smoke: bool) -> list[str]:
+def overrides(method: str, amp: str, out_dir: Path, smoke: bool, zero: int = 0) -> list[str]:
     o = ["data.synthetic=true", "eval.enabled=false", f"run.output_dir={out_dir}", "run.resume=never",
-         "engine.progress=false", "engine.precision=bf16", "engine.zero_stage=0", f"engine.amp={amp}",
+         "engine.progress=false", "engine.precision=bf16", f"engine.zero_stage={zero}", f"engine.amp={amp}",
          "engine.compile=false", "optim.batch_size=2", f"optim.max_steps={STEPS}", "engine.log_every_steps=1000",
          "engine.ckpt_every_steps=1000000", "optim.warmup_epochs=0",
          # the optimizer ds_config.py asks for on CUDA (torch's fused AdamW), so the count is the GPU's
@@ -77,17 +91,19 @@ def overrides(method: str, amp: str, out_dir: Path, smoke: bool) -> list[str]:
     return o
 
 
-def per_step(ops: Counter, steps: int) -> dict:
-    total = sum(ops.values())
-    return {"ops": total / steps, "syncs": sum(ops[s] for s in SYNCS) / steps,
-            "by_op": {k: v / steps for k, v in ops.most_common()}}
+def per_step(mode: OpCount, steps: int) -> dict:
+    ops = mode.ops
+    kernels = sum(v for k, v in ops.items() if k not in mode.no_kernel)
+    return {"ops": sum(ops.values()) / steps, "kernel_ops": kernels / steps, "syncs": sum(ops[s] for s in SYNCS) / steps,
+            "by_op": {k: v / steps for k, v in ops.most_common()}, "no_kernel": sorted(mode.no_kernel)}
 
 
-def trainer_ops(method: str, amp: str, smoke: bool) -> dict:
+def trainer_ops(method: str, variant: str, smoke: bool) -> dict:
     """Ops per counted step of ``fastssl.train.main`` (DeepSpeed, the loop, the method)."""
     from fastssl import train as cli
     from fastssl.engine import loop, session
 
+    amp, zero = VARIANTS[variant]
     mode, box, holder = OpCount(), {"done": 0, "on": False}, {}
     orig_done, orig_finish = session.Throughput.step_done, loop.finish
 
@@ -102,7 +118,7 @@ def trainer_ops(method: str, amp: str, smoke: bool) -> dict:
             box["on"] = False
 
     with tempfile.TemporaryDirectory(prefix="fastssl-host-ops-") as tmp:
-        argv = ["--config", str(_ROOT / "configs" / "imagenet" / f"{method}.yaml"), *overrides(method, amp, Path(tmp) / "run", smoke)]
+        argv = ["--config", str(_ROOT / "configs" / "imagenet" / f"{method}.yaml"), *overrides(method, amp, Path(tmp) / "run", smoke, zero)]
         session.Throughput.step_done = step_done
         loop.finish = _lean_finish(holder)
         try:
@@ -112,8 +128,8 @@ def trainer_ops(method: str, amp: str, smoke: bool) -> dict:
                 mode.__exit__(None, None, None)
             session.Throughput.step_done, loop.finish = orig_done, orig_finish
     if code != 0 or box["done"] < COUNTED[-1]:
-        raise RuntimeError(f"{method} {amp}: fastssl/train.py exited with {code} after {box['done']} steps")
-    out = per_step(mode.ops, len(COUNTED))
+        raise RuntimeError(f"{method} {variant}: fastssl/train.py exited with {code} after {box['done']} steps")
+    out = per_step(mode, len(COUNTED))
     out["optimizer"] = holder.get("engine", {}).get("optimizer")
     return out
 
@@ -130,36 +146,46 @@ def bare_ops(method: str, smoke: bool) -> dict:
     with mode:
         for _ in COUNTED:
             full()
-    out = per_step(mode.ops, len(COUNTED))
+    out = per_step(mode, len(COUNTED))
     out["param_tensors"] = sum(1 for p in model.parameters() if p.requires_grad)
     return out
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], variants: list[str]) -> str:
+    head = " | ".join(f"{v} kernel ops (vs bare) | {v} syncs" for v in variants)
     lines = ["# Host work per optimizer step: the trainer vs the bare model step (`python bench/train_host_ops.py`)", "",
-             "torch ops dispatched per step (each at least one launch on a GPU) and host-device syncs among them;",
-             "bf16, ZeRO 0, torch's fused AdamW, real architectures on small synthetic batches, counted on CPU.", "",
-             "| method | trainable tensors | bare ops | autocast ops (vs bare) | autocast syncs | ds-bf16 ops (vs bare) | ds-bf16 syncs | ds-bf16's largest extra ops |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Kernel ops (torch ops dispatched per step but views and bare allocations: each at least one launch on a GPU)",
+             "and host-device syncs; bf16, torch's fused AdamW, one rank, real architectures on small synthetic batches,",
+             "counted on CPU. All ops (views included) per variant are in the JSON.", "",
+             f"| method | trainable tensors | bare kernel ops | {head} | largest extra ops of the last variant |",
+             "|---|---|---|" + "---|---|" * len(variants) + "---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | error: {r['error'][:120]} |||||||")
+            lines.append(f"| {r['method']} | error: {r['error'][:120]} |" + "|" * (2 * len(variants) + 2))
             continue
-        b, a, d = r["bare"], r["autocast"], r["ds-bf16"]
-        extra = Counter({k: v - b["by_op"].get(k, 0) for k, v in d["by_op"].items()})
-        top = ", ".join(f"{k} +{v:.0f}" for k, v in extra.most_common(3) if v > 0)
-        lines.append(f"| {r['method']} | {b['param_tensors']} | {b['ops']:.0f} | {a['ops']:.0f} ({a['ops'] - b['ops']:+.0f}) "
-                     f"| {a['syncs']:.0f} | {d['ops']:.0f} ({d['ops'] - b['ops']:+.0f}) | {d['syncs']:.0f} | {top} |")
+        b = r["bare"]
+        cells = []
+        for v in variants:
+            t = r[v]
+            cells.append(f"{t['kernel_ops']:.0f} ({t['kernel_ops'] - b['kernel_ops']:+.0f}) | {t['syncs']:.0f}")
+        last = r[variants[-1]]
+        extra = Counter({k: n - b["by_op"].get(k, 0) for k, n in last["by_op"].items() if k not in last["no_kernel"]})
+        top = ", ".join(f"{k} +{n:.0f}" for k, n in extra.most_common(3) if n > 0)
+        lines.append(f"| {r['method']} | {b['param_tensors']} | {b['kernel_ops']:.0f} | {' | '.join(cells)} | {top} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"trainer variants among {', '.join(VARIANTS)}")
     p.add_argument("--smoke", action="store_true", help="timm's test models, MAE only (tests/bench): the script works")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     methods = ["mae"] if args.smoke else args.methods.split(",")
+    variants = args.variants.split(",")
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        p.error(f"unknown variants {unknown}; choose among {', '.join(VARIANTS)}")
     stem = args.out_dir / ("train-host-ops-smoke" if args.smoke else "train-host-ops-cpu")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -168,17 +194,17 @@ def main(argv=None) -> int:
         row = {"method": m, "arch": "resnet50" if m in RESNET_METHODS else "vit_base_patch16_224"}
         try:
             row["bare"] = bare_ops(m, args.smoke)
-            row["autocast"] = trainer_ops(m, "autocast", args.smoke)
-            row["ds-bf16"] = trainer_ops(m, "deepspeed", args.smoke)
+            for v in variants:
+                row[v] = trainer_ops(m, v, args.smoke)
         except Exception as err:  # noqa: BLE001 - a method that fails is a row, the others go on
             row["error"] = f"{type(err).__name__}: {err}"[:800]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         doc = {"benchmark": "train_host_ops", "device": "cpu", "torch": torch.__version__, "smoke": args.smoke,
-               "counted_steps": list(COUNTED), "rows": rows}
+               "counted_steps": list(COUNTED), "variants": variants, "rows": rows}
         stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        stem.with_suffix(".md").write_text(markdown(rows))
-        print(markdown(rows).splitlines()[-1], flush=True)
+        stem.with_suffix(".md").write_text(markdown(rows, variants))
+        print(markdown(rows, variants).splitlines()[-1], flush=True)
     print(f"wrote {stem}.{{json,md}}")
     return 0
 

@@ -107,15 +107,18 @@ def finish(s: Session, eval_init: list[Score]) -> RunSummary:
 def run(cfg: TrainConfig) -> RunSummary:
     signals.phase[0] = "set-up"
     s = setup(cfg)
-    eval_init = evaluate_at_init(s)
-    every = cfg.eval.knn_every_epochs
-    with StopSignals() as stop, _ProgressBar(s) as bar:  # SIGTERM, Ctrl-C, launcher gone: save at the step boundary
-        while s.state.global_step < s.plan.total_steps:
-            epoch_done = train_one_epoch(s, stop, bar)
-            if epoch_done and every and s.state.epoch % every == 0 and s.state.global_step < s.plan.total_steps:
-                evaluate(s)
-    signals.phase[0] = "the final evaluation and export"
-    summary = finish(s, eval_init)
-    if s.is_main:
-        run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"
-    return summary
+    try:
+        eval_init = evaluate_at_init(s)
+        every = cfg.eval.knn_every_epochs
+        with StopSignals() as stop, _ProgressBar(s) as bar:  # SIGTERM, Ctrl-C, launcher gone: save at the step boundary
+            while s.state.global_step < s.plan.total_steps:
+                epoch_done = train_one_epoch(s, stop, bar)
+                if epoch_done and every and s.state.epoch % every == 0 and s.state.global_step < s.plan.total_steps:
+                    evaluate(s)
+        signals.phase[0] = "the final evaluation and export"
+        summary = finish(s, eval_init)
+        if s.is_main:
+            run_dir.mark_finished(cfg, s.state.global_step, s.plan.steps_per_epoch)  # a re-run of this config now says "finished"
+        return summary
+    finally:
+        s.release()
