@@ -6,7 +6,8 @@ Cases (each a loss a user calls, inputs raw projector outputs that require grad)
            against the gathered columns, unit vectors already (their ranks normalised them), both
            with grad (the gathered columns' gradients go back to their ranks)
   mmoco    M-MoCo InfoNCE: q [8, N, D] (8 query chunks), keys k [N, D] from the momentum encoder (no grad)
-  queue    MoCo v2 InfoNCE: q [N, D] against its key k [N, D] and a queue [65536, D] (neither gets a grad)
+  queue    MoCo v2 InfoNCE: q [N, D] against its key k [N, D] and a queue of unit keys [65536, D] (neither
+           gets a grad; ``unit_queue=True`` as MoCo v2 calls it, the eager row uses the keys as they are)
 Providers:
   eager    what a user writes: normalise, the full logits, mask, cross-entropy
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
@@ -167,9 +168,10 @@ def eager_mmoco(q, k):
 
 
 def eager_queue(q, k, queue):
-    qn, kn, neg = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)  # the op's contract
+    # The queue holds unit keys, as MoCo v2's official code keeps it (and uses it unnormalised in the loss)
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
     l_pos = (qn * kn).sum(dim=1, keepdim=True)
-    logits = torch.cat([l_pos, qn @ neg.t()], dim=1) / TAU
+    logits = torch.cat([l_pos, qn @ queue.t()], dim=1) / TAU
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
@@ -196,9 +198,10 @@ def _build(case: Case, dev):
         fns = {"eager": lambda: eager_mmoco(q, k)}
         fns.update({b: (lambda b=b: info_nce(q, k, TAU, backend=b)) for b in ("triton", "auto")})
         return (q,), fns, eager_mmoco, lambda f: (lambda: f(q, k))
-    q, k, queue = r(case.m, case.d), r(case.m, case.d, grad=False), r(case.c, case.d, grad=False)
+    q, k = r(case.m, case.d), r(case.m, case.d, grad=False)
+    queue = F.normalize(torch.randn(case.c, case.d, device=dev), dim=1).to(dtype)  # unit keys, as MoCo v2's queue
     fns = {"eager": lambda: eager_queue(q, k, queue)}
-    fns.update({b: (lambda b=b: info_nce(q, k, TAU, queue=queue, backend=b)) for b in ("triton", "auto")})
+    fns.update({b: (lambda b=b: info_nce(q, k, TAU, queue=queue, unit_queue=True, backend=b)) for b in ("triton", "auto")})
     return (q,), fns, eager_queue, lambda f: (lambda: f(q, k, queue))
 
 

@@ -84,8 +84,9 @@ def _cases(smoke: bool) -> dict:
         # N = 256 (a GPU bench shape too): the positives' dot products are an eager O(N·D) pass that
         # computes for real on CPU tensors, and at N = 1024 it outweighed the host work measured here
         q, k = leaf(256, 256), torch.randn(256, 256, dtype=bf16)
-        bank = torch.randn(65536, 256, dtype=bf16)
-        return run(lambda: C.info_nce(q, k, 0.2, queue=bank, backend="triton"), (q,))
+        # a queue of unit keys, called as MoCo v2 calls it (no renormalisation: ``unit_queue``)
+        bank = torch.nn.functional.normalize(torch.randn(65536, 256), dim=1).to(bf16)
+        return run(lambda: C.info_nce(q, k, 0.2, queue=bank, unit_queue=True, backend="triton"), (q,))
 
     def ids(b, l=196, keep=49):
         return torch.rand(b, l).argsort(dim=1)[:, :keep].contiguous()

@@ -73,7 +73,9 @@ class MoCoV2(MethodModule):
     def loss(self, q: torch.Tensor, k: torch.Tensor, queue: KeyQueue) -> torch.Tensor:
         """q ``[B, D]`` queries, k ``[B, D]`` keys (no gradient); negatives: the queue's keys."""
         c = self.cfg
-        return ops.info_nce(q, k.detach(), c.temperature, queue=queue.keys, gather_distributed=c.gather_distributed, backend=c.backend)
+        # unit_queue: every key enters the queue normalised (``after_step``) and it starts as unit vectors
+        return ops.info_nce(q, k.detach(), c.temperature, queue=queue.keys, unit_queue=True,
+                            gather_distributed=c.gather_distributed, backend=c.backend)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """batch["views"]: [2, B, 3, S, S]; view 1 → queries, view 2 → keys."""

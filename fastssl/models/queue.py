@@ -20,7 +20,9 @@ class KeyQueue(nn.Module):
     only rounds negatives the bf16 matmul would round anyway), ``ptr`` (the slot the next batch
     starts at) and ``filled`` (how many slots hold enqueued keys, saturating at K), both int64.
     ``keys`` starts as random unit vectors, as MoCo's official queue does, drawn from a generator
-    seeded with ``seed``: every rank builds the same queue without communication. Slots are
+    seeded with ``seed``: every rank builds the same queue without communication. MoCo v2 enqueues
+    unit keys only, so its queue holds unit vectors throughout and its loss does not renormalise them
+    (``info_nce(..., unit_queue=True)``). Slots are
     overwritten oldest first; ``keys`` is in slot order, not age order (InfoNCE's negatives and
     SwAV's scores are a set, so the order never matters to a loss).
     """

@@ -67,6 +67,36 @@ def test_queue_info_nce_matches_loop_reference(backend, dtype, chunks, n, kq, d,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unit_queue_is_not_renormalised(backend, dtype):
+    """``unit_queue=True`` (MoCo v2's queue of unit keys): the same loss and gradients as the reference
+    that normalises the queue, in fp32 and in bf16 (where the stored keys are unit only to rounding);
+    and the op does use the keys as given: a queue scaled by 2 changes the loss."""
+    import torch.nn.functional as F
+
+    seed, dev = _seed(), _device(backend)
+    q, k = _rand(33, 64), _rand(33, 64)
+    queue = F.normalize(_rand(300, 64), dim=1)
+    ql, kl, qul = q.to(dtype), k.to(dtype), queue.to(dtype)
+    run = lambda a, b, c: info_nce(a, b, 0.1, queue=c, unit_queue=True, backend=backend)  # noqa: E731
+    got = _value_and_grads(run, ql.to(dev), kl.to(dev), qul.to(dev))
+    ref = _value_and_grads(lambda a, b, c: info_nce_queue_loop(a, b, c, 0.1), ql.double(), kl.double(), qul.double())
+    name = f"unit queue/{backend} seed={seed}"
+    scales = [1 / (0.1 * 33 * x.double().norm(dim=-1).min().item()) for x in (ql, kl)]
+    if dtype == torch.float32:
+        check_fp32(f"{name} loss", got[0].cpu(), ref[0], scale=10.0)
+        for which, g, rg, sc in zip("qk", got[1], ref[1], scales):
+            check_fp32(f"{name} d{which}", g.cpu(), rg, scale=sc)
+    else:
+        eager = _value_and_grads(lambda a, b, c: eager_info_nce_queue(a, b, c, 0.1), ql, kl, qul)
+        check_lowp(f"{name} loss", got[0].cpu(), eager[0], ref[0], scale=10.0)
+        for which, g, eg, rg, sc in zip("qk", got[1], eager[1], ref[1], scales):
+            check_lowp(f"{name} d{which}", g.cpu(), eg, rg, scale=sc)
+    doubled = info_nce(ql.to(dev), kl.to(dev), 0.1, queue=2 * qul.to(dev), unit_queue=True, backend=backend)
+    assert not torch.allclose(doubled.cpu(), got[0].cpu(), atol=1e-3), "unit_queue must take the keys as they are"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_queue_frozen_keys_and_mixed_dtypes(backend):
     """Momentum keys without grad; an fp32 queue buffer with bf16 queries (the op casts the queue)."""
     seed, dev = _seed(), _device(backend)
