@@ -14,6 +14,11 @@ divides by a world size of 1, its pre-divide factor is 1 unless a user's ``deeps
 which then keeps the reduction), so it is switched off through DeepSpeed's own flag,
 ``engine.enable_backward_allreduce``, the one DeepSpeed clears itself when it runs without a process
 group. ZeRO 1 and 2 keep it: their optimizer's reduction also fills its flat fp32 partitions.
+
+ZeRO 1/2 on one GPU partition nothing, yet cost host work per step (the ZeRO optimizer's flat-buffer
+copies, per-tensor norms and overflow tests, and DeepSpeed's bf16 under ``engine.amp=auto``: about 4×
+the bare step's kernel launches vs 1.02× at ZeRO 0, ``bench/train_host_ops.py``); the shipped ImageNet
+configs run ZeRO 1 for many GPUs. ``zero_hint`` says so once at start-up, in a line.
 """
 from __future__ import annotations
 
@@ -26,3 +31,12 @@ def skip_lone_allreduce(engine, zero_stage: int, ds_cfg: dict) -> bool:
         return False
     engine.enable_backward_allreduce = False
     return True
+
+
+def zero_hint(zero_stage: int, dp_world_size: int, cuda: bool) -> str | None:
+    """The start-up line for a one-GPU run at ZeRO 1/2 (None otherwise: several ranks partition, and
+    on CPU the host work is not what bounds a step)."""
+    if zero_stage == 0 or dp_world_size != 1 or not cuda:
+        return None
+    return (f"ZeRO {zero_stage} on one GPU partitions nothing but adds host work to every step "
+            f"(DeepSpeed's partition copies, norms and overflow tests); engine.zero_stage=0 takes the shortest step")

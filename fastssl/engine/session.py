@@ -220,6 +220,8 @@ def setup(cfg: TrainConfig) -> Session:
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=groups, config=ds_cfg,
                                            lr_scheduler=lr_scheduler(plan, o.min_lr_ratio, origin))
     lone_rank.skip_lone_allreduce(engine, cfg.engine.zero_stage, ds_cfg)  # one rank, ZeRO 0: nothing to reduce
+    if rank == 0 and (hint := lone_rank.zero_hint(cfg.engine.zero_stage, engine.dp_world_size, device.type == "cuda")):
+        log.info(hint)
     if layout.resolve(cfg.engine, cfg.model.arch, device.type == "cuda"):
         # After DeepSpeed's set-up (its broadcast views each weight as bytes) and before the first step
         # (the optimizer's moments are made then, in their weights' layout): fastssl/engine/layout.py.

@@ -77,3 +77,14 @@ def test_the_step_without_it_is_the_step_with_it(tmp_path, one_rank):
     # DeepSpeed's reduction copies every gradient into its bucket and back: one rank saves that work
     assert copies_b - copies_a >= len(grads_a)
     assert lone_rank.skip_lone_allreduce(s.engine, 0, {}) is True
+
+
+def test_the_zero_hint_is_for_one_gpu_at_zero_1_or_2_only():
+    from fastssl.engine.lone_rank import zero_hint
+
+    for stage in (1, 2):
+        line = zero_hint(stage, 1, cuda=True)
+        assert line is not None and f"ZeRO {stage}" in line and "engine.zero_stage=0" in line and "\n" not in line
+    assert zero_hint(0, 1, cuda=True) is None  # already the short step
+    assert zero_hint(1, 8, cuda=True) is None  # eight ranks: ZeRO partitions
+    assert zero_hint(1, 1, cuda=False) is None  # CPU: host work is not what bounds a step
