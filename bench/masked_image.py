@@ -135,6 +135,8 @@ def run(args) -> None:
     rounds = 2 if args.smoke else args.rounds
     records: list[Record] = []
     profiles: dict = {}
+    name_of_run = "throughput-masked-image" + ("-quickstart" if dev.type == "cpu" and not args.smoke else "")
+    ceilings = measure_ceilings(smoke=True)
     for name in methods:
         steps, models = {}, {}
         for prov in providers:
@@ -167,11 +169,11 @@ def run(args) -> None:
                 if prov in steps:
                     profiles[f"{name}/{prov}"] = profile_table(steps[prov])
         del steps, models
-    name = "throughput-masked-image" + ("-quickstart" if dev.type == "cpu" and not args.smoke else "")
-    path = write_results(name, records, measure_ceilings(smoke=True), args, meta={
-        "step": "method forward (masking, encoder, decoder, losses) + backward + AdamW + zero_grad",
-        "rounds": rounds, "threads": torch.get_num_threads(), "profiles": profiles,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None})
+        # after every method: a run cut by a time cap (scripts/gpu_session.sh) keeps the methods it finished
+        path = write_results(name_of_run, records, ceilings, args, meta={
+            "step": "method forward (masking, encoder, decoder, losses) + backward + AdamW + zero_grad",
+            "rounds": rounds, "threads": torch.get_num_threads(), "profiles": profiles,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None})
     print(f"\nwrote {path}")
     for key, rows in profiles.items():
         print(f"\n{key} (top ops by self CPU time, 2 steps)\n| op | calls | self CPU ms/step | % |\n|---|---|---|---|")

@@ -19,6 +19,9 @@
 #   tokens       CAP_TOKENS=55        bench/tokens.py --quick (39 s complete; + the triton_jit rows at B = 256)
 #   attention    CAP_ATTENTION=60     bench/attention.py --quick (packed and padded rows of all cases in 50 s)
 #   throughput   CAP_THROUGHPUT=90    bench/throughput.py --quick (model-only step; not in `all`)
+#   masked       CAP_MASKED=150       bench/throughput.py --mae: MAE / CAN / DAC steps, ViT-B/16 bf16, the eager
+#                                     reference vs fastssl vs compile (issue 22's step rows; not in `all`: a
+#                                     second call right after `all`, `SESSION_CAP=330 bash scripts/gpu_session.sh masked throughput`)
 #   train        CAP_TRAIN=rest       bench/train.py --quick: the rest of the session (~230 s when the parts before
 #                                     it run to their caps), TRAIN_ROW_CAP=75 per row, TRAIN_ARGS adds options
 #                                     (e.g. "--profile 3", "--no-bare"); rows in bench/train.py's quick_rows order
@@ -54,8 +57,8 @@ for a in "$@"; do
     dry-run) MODE=dry ;;
     plan) MODE=plan ;;
     all) PARTS+=(tests contrastive tokens attention train) ;;
-    tests|contrastive|tokens|attention|throughput|train) PARTS+=("$a") ;;
-    *) echo "unknown part: $a (all | plan | dry-run | tests | contrastive | tokens | attention | throughput | train)" >&2; exit 2 ;;
+    tests|contrastive|tokens|attention|throughput|masked|train) PARTS+=("$a") ;;
+    *) echo "unknown part: $a (all | plan | dry-run | tests | contrastive | tokens | attention | throughput | masked | train)" >&2; exit 2 ;;
   esac
 done
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(tests contrastive tokens attention train)
@@ -63,7 +66,8 @@ done
 # ---- the parts ------------------------------------------------------------------------------------
 own_cap() { case "$1" in  # a part's own cap; train's is the rest of the session unless CAP_TRAIN says
   tests) echo "${CAP_TESTS:-100}" ;; contrastive) echo "${CAP_CONTRASTIVE:-50}" ;; tokens) echo "${CAP_TOKENS:-55}" ;;
-  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; train) echo "${CAP_TRAIN:-$SESSION_CAP}" ;;
+  attention) echo "${CAP_ATTENTION:-60}" ;; throughput) echo "${CAP_THROUGHPUT:-90}" ;; masked) echo "${CAP_MASKED:-150}" ;;
+  train) echo "${CAP_TRAIN:-$SESSION_CAP}" ;;
 esac; }
 
 left() { echo $(( START + SESSION_CAP - COLLECT_S - $(date +%s) )); }  # seconds a part may still take
@@ -95,6 +99,8 @@ command_of() {  # the command of a part; $1 part, $2 its cap, $3 "smoke" for the
       else echo "$PY -m pytest $PYTEST_OPTS -q -p no:cacheprovider $XDIST --maxfail=30 $TEST_PATHS --ignore=tests/ops/test_kernel_aot.py -rfE"; fi ;;
     contrastive|tokens|attention|throughput)
       if [ -n "$smoke" ]; then echo "$PY bench/$1.py --smoke"; else echo "$PY bench/$1.py --quick"; fi ;;
+    masked)
+      if [ -n "$smoke" ]; then echo "$PY bench/throughput.py --mae --smoke"; else echo "$PY bench/throughput.py --mae"; fi ;;
     train)
       local budget=$(( cap - 8 ))  # the sweep stops itself first: its table and PNG get written
       # (the smoke rows in bf16 on the CPU: both engine.amp paths through the trainer)
@@ -121,7 +127,12 @@ show_plan() {  # the caps on the GPU machine, worst case: every part runs to its
       "+ ${KILL_AFTER} s), ~$(( c + SETUP_CAP - 20 )) s with the ~20 s set-up measured on the H200 machine, more when parts end early)"
     fixed=$(( fixed + c ))
   fi
-  echo "    total: set-up ${SETUP_CAP} + parts $fixed + collect ${COLLECT_S} = $(( SETUP_CAP + fixed + COLLECT_S )) s <= ${SESSION_CAP} s (9 min = 540 s)"
+  local total=$(( SETUP_CAP + fixed + COLLECT_S ))
+  if [ "$total" -le "$SESSION_CAP" ]; then
+    echo "    total: set-up ${SETUP_CAP} + parts $fixed + collect ${COLLECT_S} = $total s <= ${SESSION_CAP} s (9 min = 540 s)"
+  else  # the caps are cut at the session's end at run time: the last part gets what is left
+    echo "    total: set-up ${SETUP_CAP} + parts $fixed + collect ${COLLECT_S} = $total s > ${SESSION_CAP} s: the last part is cut to what is left"
+  fi
 }
 
 if [ "$MODE" = plan ]; then
