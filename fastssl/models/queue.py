@@ -22,9 +22,9 @@ class KeyQueue(nn.Module):
     ``keys`` starts as random unit vectors, as MoCo's official queue does, drawn from a generator
     seeded with ``seed``: every rank builds the same queue without communication. MoCo v2 enqueues
     unit keys only, so its queue holds unit vectors throughout and its loss does not renormalise them
-    (``info_nce(..., unit_queue=True)``). Slots are
-    overwritten oldest first; ``keys`` is in slot order, not age order (InfoNCE's negatives and
-    SwAV's scores are a set, so the order never matters to a loss).
+    (``info_nce(..., unit_queue=True)``). Slots are overwritten oldest first; ``keys`` is in slot
+    order, not age order (InfoNCE's negatives and SwAV's scores are a set, so the order never
+    matters to a loss).
     """
 
     def __init__(self, size: int, dim: int, *, seed: int = 0):

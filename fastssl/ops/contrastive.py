@@ -238,10 +238,11 @@ def info_nce(
     logits are [q·k[i], q·queue[0..K-1]] / τ with label 0, i.e. positive k[i] and the K queue keys
     as negatives; the batch's other keys are NOT negatives, as in MoCo v2's official code. The
     queue gets no gradient. ``unit_queue=True``: the queue's rows are unit vectors already (MoCo v2's
-    ``KeyQueue``), so they are only cast, not renormalised. ``gather_distributed`` then changes nothing: the positives are local
-    and the queue holds the same keys on every rank (``fastssl.models.queue.KeyQueue`` enqueues the
-    keys of all ranks), so each rank's mean over its local rows, averaged by the engine, is the
-    global-batch loss; N = 1 is allowed (the negatives come from the queue).
+    ``KeyQueue``), so they are only cast, not renormalised. ``gather_distributed`` then changes
+    nothing: the positives are local and the queue holds the same keys on every rank
+    (``fastssl.models.queue.KeyQueue`` enqueues the keys of all ranks), so each rank's mean over its
+    local rows, averaged by the engine, is the global-batch loss; N = 1 is allowed (the negatives
+    come from the queue).
     When k needs no gradient (a momentum encoder's keys) the kernel does no dK work; with a queue
     the kernel never builds the [N, 1+K] logits (tiles over the queue, per-row online logsumexp).
     """
