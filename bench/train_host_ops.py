@@ -24,7 +24,7 @@ Trainer steps 2-4 of 5 are counted (the first allocates optimizer state; the las
 
     python bench/train_host_ops.py            # every method: bench/results/train-host-ops-cpu.{json,md}
     python bench/train_host_ops.py --methods mae,simclr --variants autocast,ds-bf16-z2
-    python bench/train_host_ops.py --smoke    # timm's test models, one method (tests/bench)
+    python bench/train_host_ops.py --smoke    # timm's test models, MAE unless --methods (tests/bench)
 """
 from __future__ import annotations
 
@@ -177,12 +177,12 @@ def markdown(rows: list[dict], variants: list[str]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=None, help="comma-separated (default: every method; --smoke: mae)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"trainer variants among {', '.join(VARIANTS)}")
-    p.add_argument("--smoke", action="store_true", help="timm's test models, MAE only (tests/bench): the script works")
+    p.add_argument("--smoke", action="store_true", help="timm's test models (tests/bench): the script works and the counts hold")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    methods = ["mae"] if args.smoke else args.methods.split(",")
+    methods = args.methods.split(",") if args.methods else ["mae"] if args.smoke else list(METHODS)
     variants = args.variants.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
         p.error(f"unknown variants {unknown}; choose among {', '.join(VARIANTS)}")

@@ -28,3 +28,20 @@ def test_train_host_ops_smoke(tmp_path):
     # the result back (>= 2 copies per tensor); the rows are there for notes/gpu.md's table
     for v in ("autocast-z2", "ds-bf16-z2"):
         assert row[v]["by_op"].get("copy_", 0) >= 2 * bare["param_tensors"], v
+
+
+def test_every_method_s_trainer_step_adds_no_per_tensor_work(tmp_path):
+    """Every method, the GPU default (autocast at ZeRO 0): the trainer adds a fixed handful of kernel
+    ops to the bare step (the loop's multi-tensor clipping, DeepSpeed's step bookkeeping: 18-19 when
+    counted) and no sync, whatever the number of weight tensors: nothing per parameter crept back in
+    (before this wave: ~3 ops per weight tensor, from DeepSpeed's default clipping and a one-rank
+    all-reduce)."""
+    from bench.train import METHODS
+
+    run_script("train_host_ops", "--smoke", "--methods", ",".join(METHODS), "--variants", "autocast", out_dir=tmp_path)
+    rows = json.loads((tmp_path / "train-host-ops-smoke.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == list(METHODS)
+    for r in rows:
+        assert "error" not in r, (r["method"], r.get("error"))
+        extra = r["autocast"]["kernel_ops"] - r["bare"]["kernel_ops"]
+        assert 0 <= extra <= 24 and r["autocast"]["syncs"] == 0, (r["method"], extra, r["autocast"]["syncs"])
