@@ -41,7 +41,13 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": o.batch_size,
         "gradient_accumulation_steps": o.grad_accum,
         "train_batch_size": o.batch_size * o.grad_accum * world_size,
-        "bf16": {"enabled": precision == "bf16"},
+        # check_grad_overflow: DeepSpeed's bf16 tests every gradient for inf/NaN before each step
+        # (amax, amin and two isfinite per weight tensor, ~13 kernel ops, then a host read: about 2000
+        # launches per ViT-B step at ZeRO 1/2, bench/train_host_ops.py) and *skips* the step on a hit.
+        # bf16 needs no loss scaling, and a skipped step is a silent one: a finite loss over non-finite
+        # gradients would "train" without updating. Off, non-finite gradients reach the weights and the
+        # loop's non-finite-loss check stops the run at the next check step (as under autocast).
+        "bf16": {"enabled": True, "check_grad_overflow": False} if precision == "bf16" else {"enabled": False},
         "fp16": {"enabled": precision == "fp16"},
         # DeepSpeed casts parameters to bf16/fp16 but keeps buffers fp32 by default; BatchNorm needs
         # its running statistics in its weight's dtype, so buffers follow the parameters.

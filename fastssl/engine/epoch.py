@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from fastssl.engine.amp import clip_gradients
+from fastssl.engine.amp import clip_gradients, resolve_precision
 from fastssl.engine.session import Session, TrainingStopped
 from fastssl.methods.base import AfterStep
 
@@ -70,6 +70,12 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
     # non-finite loss; the steps in between are at most wasted work. One rank alone also checks as
     # soon as a stop is requested (its flag is host-side, nothing to agree on).
     single = not (dist.is_initialized() and dist.get_world_size() > 1)
+    # DeepSpeed's bf16 wrapper at ZeRO 0 skips a step whose gradients are not finite, silently (and its
+    # LR schedule with it). Without loss scaling (bf16, fp32) a skip means non-finite gradients: the run
+    # stops at once, as for a non-finite loss. DeepSpeed decided the skip on every rank alike, on the
+    # host, so reading its counter is free. fp16 skips are its loss scaler at work and go on.
+    skips_stop = resolve_precision(cfg.engine.precision) != "fp16"
+    skipped = engine.skipped_steps
     bad = torch.zeros((), dtype=torch.bool, device=s.device)
     since = state.global_step + 1  # first step the flag covers
     for batch in s.loader:
@@ -95,6 +101,9 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
         if not boundary:
             micro += 1
             continue
+        if skips_stop and engine.skipped_steps != skipped:
+            raise TrainingStopped(f"non-finite gradients at step {state.global_step + 1} (DeepSpeed skipped its update): "
+                                  f"training stopped; last good checkpoint: {s.last_checkpoint or 'none'}")
         micro = 0
         if after_step is not None:
             after_step(ctx)
