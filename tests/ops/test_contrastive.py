@@ -347,7 +347,10 @@ def test_spherical_mean_matches_paper():
     keys = _rand(4, 11, 16).float()
     got, grads = _value_and_grads(lambda k: (spherical_mean(k) * torch.arange(16.0)).sum(), keys)
     ref, ref_grads = _value_and_grads(lambda k: (spherical_mean_loop(k) * torch.arange(16.0).double()).sum(), keys.double())
-    check_fp32(f"spherical_mean seed={seed}", got, ref)
+    # The weighted sum cancels (terms up to ~15, a total near 0): its fp32 rounding scales with Σ|terms|
+    # (seed 1341983903: 1.3e-6 off on a total of 0.03 from terms summing to 278 in magnitude)
+    terms = (spherical_mean_loop(keys.double()).abs() * torch.arange(16.0).double()).sum().item()
+    check_fp32(f"spherical_mean seed={seed}", got, ref, scale=terms)
     check_fp32(f"spherical_mean grad seed={seed}", grads[0], ref_grads[0])
     out = spherical_mean(keys)
     assert out.shape == (11, 16)
