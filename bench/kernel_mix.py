@@ -66,7 +66,8 @@ def rows_for(d: int, kernels=KERNELS) -> list[dict]:
         bm, bn, warps, stages = tiles.fixed_config(kernel, "bf16", d)
         config = f"{bm}x{bn}w{warps}s{stages}"
         only = f"contrastive/{kernel}/bf16/{d}/{config}"
-        recs = {mask_all: [r for r in _compile(only, mask_all) if r["kernel"] == kernel and r["config"] == config]
+        recs = {mask_all: [r for r in _compile(only, mask_all)
+                           if r["kernel"] == kernel and r["config"] == config and "flags" not in r]
                 for mask_all in (True, False)}
         before, after = recs[True][0], recs[False][0]
         for r in (before, after):

@@ -67,6 +67,17 @@ def _signature(fn, types: dict, consts: dict, d: int | None = None):
     return sig, consts, attrs
 
 
+# MASK_ALL (``OPTIONS["mask_all"]``: every streamed tile takes the masked update, the before of the
+# mask-free tiles) is a choice the launchers can make, so it compiles too: at D = 256, the largest
+# one-block D, where the masked path's extra registers would spill first. FASTSSL_AOT_MASK_ALL=1
+# (bench/kernel_mix.py's "before") compiles every variant with it instead.
+_MASK_ALL_ONLY = os.environ.get("FASTSSL_AOT_MASK_ALL", "0") == "1"
+
+
+def _mask_all_choices(d: int) -> tuple[bool, ...]:
+    return (True,) if _MASK_ALL_ONLY else (False, True) if d == 256 else (False,)
+
+
 def _contrastive_variants():
     import fastssl.kernels.contrastive as K
     import fastssl.kernels.contrastive_tiles as tiles
@@ -83,9 +94,8 @@ def _contrastive_variants():
                 types = {a: ptr for a in ("rows_ptr", "cols_ptr", "keys_ptr", "drows_ptr", "dcols_ptr")}
                 types.update({"pos_ptr": "*i32", "kpos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
-                for cfg in tiles.launch_configs(kname, dt, d):
-                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs,
-                              "MASK_ALL": os.environ.get("FASTSSL_AOT_MASK_ALL", "0") == "1"}
+                for cfg, mask_all in ((c, m) for c in tiles.launch_configs(kname, dt, d) for m in _mask_all_choices(d)):
+                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs, "MASK_ALL": mask_all}
                     if "QUEUE" in fn.arg_names:
                         consts["QUEUE"] = queue
                     # the heavier side of each remaining switch: split partials, dCols added onto dRows
@@ -95,8 +105,9 @@ def _contrastive_variants():
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
+                    flags = {"flags": "mask_all"} if mask_all and not _MASK_ALL_ONLY else {}
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
-                               smem_estimate=need), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
+                               smem_estimate=need, **flags), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
     # the ops' fused row normalisation (``unit_fwd`` / ``unit_bwd``), at the projector widths and the largest D it takes
     for dt, ptr in DTYPES.items():
         for d in (128, 256, 4096):
