@@ -466,9 +466,9 @@ def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor
     positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
 
     rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
-    float dtype on that device; pos_idx int [M]. The positives' dot products run in the kernels (an
-    fp32 row-wise dot in the forward, again in dRows' epilogue, which adds the positive's gradient):
-    no eager ops or autograd nodes for them. Returns loss [M] fp32; no gradient into the queue.
+    float dtype on that device; pos_idx int [M]. The positives run in the kernels (an fp32 row-wise dot
+    in the forward; dRows' epilogue adds their gradient from the saved loss, P_pos = e^(−loss)): no
+    eager ops or autograd nodes for them. Returns loss [M] fp32; no gradient into the queue.
     """
     from fastssl.kernels.contrastive import _as_index, check_queue
 

@@ -8,22 +8,23 @@ its optimizer state alive for good. Both tests fail on the previous main (one op
 from __future__ import annotations
 
 import gc
-import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from fastssl.config import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["data.image_size=16", "model.patch_size=4", "model.arch=test_vit", "method.decoder.embed_dim=32",
-        "method.decoder.depth=1", "method.decoder.num_heads=2"]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench.train import tiny_overrides  # noqa: E402
 
 
 def _cfg(tmp_path, name):
-    return load_config(os.path.join(ROOT, "configs/imagenet/mae.yaml"),
+    return load_config(ROOT / "configs/imagenet/mae.yaml",
                        ["data.synthetic=true", "eval.enabled=false", f"run.output_dir={tmp_path / name}", "run.resume=never",
                         "engine.progress=false", "engine.precision=fp32", "engine.zero_stage=1", "optim.batch_size=4",
-                        "optim.max_steps=2", "optim.warmup_epochs=0", *TINY])
+                        "optim.max_steps=2", "optim.warmup_epochs=0", *tiny_overrides("mae")])
 
 
 def _alive() -> int:
