@@ -665,14 +665,15 @@ def forward(rows, cols, pos_idx, excl_idx, w, temperature, exclude_pos, keys=Non
 
 def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos, *,
          onto: torch.Tensor | None = None, keys: torch.Tensor | None = None, kpos: torch.Tensor | None = None,
-         loss: torch.Tensor | None = None):
+         loss: torch.Tensor | None = None, grad_scale: float = 1.0):
     """One backward pass, in the input dtype: ``kernel`` 'bwd_rows' (dRows [M, D], row-parallel),
     'bwd_sym' (rows is cols: the whole dZ [M, D]) or 'bwd_cols' (dCols [C, D], column-parallel).
 
     ``onto`` (dCols only; rows and cols are one tensor): add dCols onto this dRows in place and
     return it. One split: the kernel writes (or adds onto) the gradient itself. Several: fp32
     partials [splits, rows, D], then one ``_sum_cast_kernel`` pass sums, casts (and adds).
-    ``dloss`` [M] fp32, any stride (the expanded gradient of ``.mean()`` is read with stride 0).
+    ``dloss`` [M] fp32, any stride: the gradient of a mean arrives as its scalar expanded (stride 0)
+    with ``grad_scale`` = 1/M, which the kernels fold into their final 1/τ (no division launch).
     ``keys``, ``kpos``, ``loss`` (dRows of the queue mode): row a's positive keys[kpos[a]], outside the
     columns, and the forward's loss (P_pos = e^(−loss)).
     """
@@ -690,7 +691,7 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     if dloss.dtype != torch.float32:
         dloss = dloss.float()
     w = w if w is not None else lse2
-    tail = (stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, 1.0 / temperature)
+    tail = (stride_s, dest.stride(-2), dest.stride(-1), dloss.stride(0), _LOG2E / temperature, grad_scale / temperature)
     if for_cols:
         extra = dict(ACCUMULATE=onto is not None and splits == 1)
         args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, dest, m, c, d, geo.chunk,
@@ -709,26 +710,26 @@ def _bwd(kernel, rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exc
     return out
 
 
-def _bwd_rows(*args, keys=None, kpos=None, loss=None):
-    return _bwd("bwd_rows", *args, keys=keys, kpos=kpos, loss=loss)
+def _bwd_rows(*args, keys=None, kpos=None, loss=None, grad_scale=1.0):
+    return _bwd("bwd_rows", *args, keys=keys, kpos=kpos, loss=loss, grad_scale=grad_scale)
 
 
-def _bwd_cols(*args, onto=None):
-    return _bwd("bwd_cols", *args, onto=onto)
+def _bwd_cols(*args, onto=None, grad_scale=1.0):
+    return _bwd("bwd_cols", *args, onto=onto, grad_scale=grad_scale)
 
 
 def backward(rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos,
-             need_rows: bool, need_cols: bool, same: bool):
-    """(dRows or None, dCols or None) of Σ_a dloss[a]·loss[a]. ``same`` (rows is cols): the whole
-    gradient in the dRows slot, from the symmetric pass (``OPTIONS["sym_bwd"]``) or from dCols
+             need_rows: bool, need_cols: bool, same: bool, grad_scale: float = 1.0):
+    """(dRows or None, dCols or None) of grad_scale·Σ_a dloss[a]·loss[a]. ``same`` (rows is cols): the
+    whole gradient in the dRows slot, from the symmetric pass (``OPTIONS["sym_bwd"]``) or from dCols
     added onto dRows. The launcher behind the ``fastssl::contrastive_rows_bwd`` op (``fastssl.ops.contrastive``)."""
     args = (rows, cols, pos_idx, excl_idx, w, lse2, dloss, temperature, exclude_pos)
     if same:
         if OPTIONS["sym_bwd"]:
-            return _bwd("bwd_sym", *args), None
-        return _bwd_cols(*args, onto=_bwd_rows(*args)), None
-    drows = _bwd_rows(*args) if need_rows else None
-    dcols = _bwd_cols(*args) if need_cols else None  # no dK work for momentum keys
+            return _bwd("bwd_sym", *args, grad_scale=grad_scale), None
+        return _bwd_cols(*args, onto=_bwd_rows(*args, grad_scale=grad_scale), grad_scale=grad_scale), None
+    drows = _bwd_rows(*args, grad_scale=grad_scale) if need_rows else None
+    dcols = _bwd_cols(*args, grad_scale=grad_scale) if need_cols else None  # no dK work for momentum keys
     return drows, dcols
 
 
@@ -917,10 +918,12 @@ def queue_forward(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor,
 
 
 def queue_backward(rows: torch.Tensor, keys: torch.Tensor, pos_idx: torch.Tensor, queue: torch.Tensor,
-                   loss: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor, temperature: float) -> torch.Tensor:
-    """dRows of Σ_a dloss[a]·loss[a]: the row kernel over the queue (P from the LSE₂ that includes
+                   loss: torch.Tensor, lse2: torch.Tensor, dloss: torch.Tensor, temperature: float,
+                   grad_scale: float = 1.0) -> torch.Tensor:
+    """dRows of grad_scale·Σ_a dloss[a]·loss[a]: the row kernel over the queue (P from the LSE₂ that includes
     the positive; no positive among the columns) plus, in its epilogue, the positive's term
     g·(P_pos − 1)·keys[pos_idx[a]]/τ, P_pos = e^(−loss[a]) (``loss``: the forward's). The queue gets
     no gradient; the keys' (O(M·D)) is the op's."""
     none = _no_index(rows)
-    return _bwd_rows(rows, queue, none, none, None, lse2, dloss, temperature, False, keys=keys, kpos=pos_idx, loss=loss)
+    return _bwd_rows(rows, queue, none, none, None, lse2, dloss, temperature, False, keys=keys, kpos=pos_idx, loss=loss,
+                     grad_scale=grad_scale)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastssl.ops import reference
-from fastssl.ops.dispatch import Backend, auto_size_ok, backward_impl, eager_door, empty_flag, use_triton
+from fastssl.ops.dispatch import (Backend, auto_size_ok, backward_impl, eager_door, empty_flag, grad_scale, mean_door,
+                                  use_triton)
 from fastssl.ops.distributed import gather_rows, world_info
 
 OPTIONS = {
@@ -66,6 +67,15 @@ def _queue_core(backend: Backend, device: torch.device, size: int | None = None,
     if kernel if kernel is not None else _kernel(backend, device, size):
         return triton_queue_rows
     return reference.queue_rows
+
+
+def _mean_loss(core, *args, **kwargs) -> Tensor:
+    """The mean over rows of ``core``'s per-row loss (what every loss here returns). The kernels'
+    cores take the mean inside their one autograd node (``mean=True``): no ``MeanBackward`` node
+    and no division launch per call (``fastssl.ops.dispatch.mean_door``)."""
+    if core is triton_contrastive_rows or core is triton_queue_rows:
+        return core(*args, mean=True, **kwargs)
+    return core(*args, **kwargs).mean()
 
 
 def _unit(z: torch.Tensor, fused: bool = False) -> torch.Tensor:
@@ -105,7 +115,9 @@ def _pair_size(z1: torch.Tensor, gather_distributed: bool) -> int:
 
 
 def _two_view_rows(z1, z2, gather_distributed, fused=False):
-    """Local rows [2n, D], gathered cols [2N, D] and the index arrays of the two-view losses.
+    """Local rows [2n, D], gathered cols [2N, D], the index arrays of the two-view losses and the
+    gathered unit views (g1, g2, offset) — None in a single process, where they are rows[:n] and rows[n:]
+    (two slicing ops per call that only DCLW's weights read).
 
     Row a < n is view 1 of local sample i = a (global g = offset + i): positive col N + g, self col g.
     Row a >= n is view 2 of local sample i = a - n: positive col g, self col N + g.
@@ -119,20 +131,18 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
         rows = unit_rows(z1, z2)
     if rows is None:
         rows = _unit(torch.cat([z1, z2], dim=0), fused)
-    z1, z2 = rows[:n], rows[n:]
-    if gather_distributed:
-        g1, offset = gather_rows(z1)
-        g2, _ = gather_rows(z2)
-    else:
-        g1, g2, offset = z1, z2, 0
+    if not gather_distributed:
+        # Single process: rows and cols hold the same vectors; pass one tensor twice (the kernels' one
+        # backward pass for both, or autograd adds the two gradients) instead of concatenating a copy.
+        pos_idx, self_idx = _two_view_index(n, n, 0, rows.device)
+        return rows, rows, pos_idx, self_idx, None
+    g1, offset = gather_rows(rows[:n])
+    g2, _ = gather_rows(rows[n:])
     total = g1.shape[0]
     if total < 2:
         raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got N={total}")
-    # Single process: rows and cols hold the same vectors; pass one tensor twice (autograd adds the
-    # two gradients) instead of concatenating a second copy.
-    cols = torch.cat([g1, g2], dim=0) if gather_distributed else rows
-    pos_idx, self_idx = _two_view_index(n, total, offset, z1.device)
-    return rows, cols, pos_idx, self_idx, (g1, g2, offset)
+    pos_idx, self_idx = _two_view_index(n, total, offset, rows.device)
+    return rows, torch.cat([g1, g2], dim=0), pos_idx, self_idx, (g1, g2, offset)
 
 
 def _cached_index(key: tuple, build):
@@ -184,7 +194,7 @@ def nt_xent(
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed, kernel)
-    return _core(backend, z1.device, kernel=kernel)(rows, cols, pos_idx, self_idx, temperature).mean()
+    return _mean_loss(_core(backend, z1.device, kernel=kernel), rows, cols, pos_idx, self_idx, temperature)
 
 
 def dcl(
@@ -204,18 +214,20 @@ def dcl(
     """
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
-    rows, cols, pos_idx, self_idx, (g1, g2, offset) = _two_view_rows(z1, z2, gather_distributed, kernel)
+    rows, cols, pos_idx, self_idx, gathered = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:
         if not weight_sigma > 0:
             raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
+        n = z1.shape[0]
+        g1, g2, offset = gathered if gathered is not None else (rows[:n], rows[n:], 0)
         with torch.no_grad():
             cos = (g1.float() * g2.float()).sum(dim=1)  # global positives, [N]
             w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
             local = w[offset : offset + z1.shape[0]]
             pos_weight = torch.cat([local, local])
     core = _core(backend, z1.device, kernel=kernel)
-    return core(rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True).mean()
+    return _mean_loss(core, rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True)
 
 
 def info_nce(
@@ -270,14 +282,14 @@ def info_nce(
         queue = queue.detach()
         negatives = (queue if unit_queue else _unit(queue, kernel)).to(rows.dtype)
         pos_idx, _ = _chunk_index(n, chunks, 0, q.device)
-        return _queue_core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, negatives, temperature).mean()
+        return _mean_loss(_queue_core(backend, q.device, kernel=kernel), rows, cols, pos_idx, negatives, temperature)
     offset = 0
     if gather_distributed:
         cols, offset = gather_rows(cols)
         if cols.shape[0] < 2:
             raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
     pos_idx, no_excl = _chunk_index(n, chunks, offset, q.device)
-    return _core(backend, q.device, kernel=kernel)(rows, cols, pos_idx, no_excl, temperature).mean()
+    return _mean_loss(_core(backend, q.device, kernel=kernel), rows, cols, pos_idx, no_excl, temperature)
 
 
 def spherical_mean(keys: torch.Tensor) -> torch.Tensor:
@@ -331,13 +343,14 @@ def _rows_self_body(rows: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight:
 
 def _rows_bwd_body(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, pos_weight: Optional[Tensor],
                    lse2: Tensor, dloss: Tensor, temperature: float, exclude_pos: bool, need_rows: bool,
-                   need_cols: bool, same: bool) -> tuple[Tensor, Tensor]:
-    """-> (dRows [M, D], dCols [C, D]), empty where not needed; ``same``: the whole gradient in the dRows
-    slot. dloss may be ``.mean()``'s expanded (stride-0) gradient: the kernels read it with its stride."""
+                   need_cols: bool, same: bool, grad_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """-> (dRows [M, D], dCols [C, D]) of grad_scale·Σ dloss·loss, empty where not needed; ``same``: the
+    whole gradient in the dRows slot. dloss may be a mean's expanded (stride-0) gradient: the kernels
+    read it with its stride."""
     from fastssl.kernels.contrastive import backward
 
     drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos,
-                            need_rows, need_cols, same)
+                            need_rows, need_cols, same, grad_scale)
     return (drows if drows is not None else empty_flag(rows)), (dcols if dcols is not None else empty_flag(cols))
 
 
@@ -349,7 +362,8 @@ _rows_self_op.register_fake(_loss_lse_fake)
 
 
 @_rows_bwd_op.register_fake
-def _(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos, need_rows, need_cols, same):
+def _(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, temperature, exclude_pos, need_rows, need_cols, same,
+      grad_scale=1.0):
     drows = rows.new_empty(rows.shape) if (need_rows or same) else empty_flag(rows)
     dcols = cols.new_empty(cols.shape) if (need_cols and not same) else empty_flag(cols)
     return drows, dcols
@@ -368,7 +382,7 @@ def _rows_backward(ctx, dloss, _dlse2):
         return None, None, None, None, None, None, None
     bwd = backward_impl(ctx, _rows_bwd_op, _rows_bwd_body)
     drows, dcols = bwd(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature, ctx.exclude_pos,
-                       need_rows, need_cols, False)  # no dK work for momentum keys (need_cols False)
+                       need_rows, need_cols, False, grad_scale(ctx))  # no dK work for momentum keys (need_cols False)
     return (drows if need_rows else None), (dcols if need_cols else None), None, None, None, None, None
 
 
@@ -386,7 +400,7 @@ def _rows_self_backward(ctx, dloss, _dlse2):
         return None, None, None, None, None, None
     bwd = backward_impl(ctx, _rows_bwd_op, _rows_bwd_body)
     drows, _ = bwd(rows, rows, pos_idx, excl_idx, pos_weight, lse2, dloss, ctx.temperature, ctx.exclude_pos,
-                   True, True, True)
+                   True, True, True, grad_scale(ctx))
     return drows, None, None, None, None, None
 
 
@@ -394,21 +408,33 @@ _rows_op.register_autograd(_rows_backward, setup_context=_rows_setup)
 _rows_self_op.register_autograd(_rows_self_backward, setup_context=_rows_self_setup)
 _RowsDoor = eager_door(_rows_body, _rows_setup, _rows_backward)
 _RowsSelfDoor = eager_door(_rows_self_body, _rows_self_setup, _rows_self_backward)
+_RowsMeanDoor = mean_door(_rows_body, _rows_setup, _rows_backward)
+_RowsSelfMeanDoor = mean_door(_rows_self_body, _rows_self_setup, _rows_self_backward)
+
+
+def _enter(door, mean_door_, op, args: tuple, mean: bool) -> Tensor:
+    """Run a loss op through its eager door (``mean``: the door that returns the mean, one autograd
+    node for loss and mean) or, under torch.compile, through the custom op (the compiler fuses the
+    mean): the per-row loss [M] fp32, or its mean."""
+    if _door_open():
+        return mean_door_.apply(*args) if mean else door.apply(*args)[0]
+    loss = op(*args)[0]
+    return loss.mean() if mean else loss
 
 
 def triton_contrastive_rows(rows: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor, temperature: float,
-                            pos_weight: Tensor | None = None, exclude_pos: bool = False) -> Tensor:
+                            pos_weight: Tensor | None = None, exclude_pos: bool = False, *, mean: bool = False) -> Tensor:
     """The kernels' twin of ``fastssl.ops.reference.contrastive_rows`` (same contract, same maths):
-    loss [M] fp32. rows [M, D], cols [C, D]: one dtype of fp32/bf16/fp16 and one device, any strides."""
+    loss [M] fp32, or its mean with ``mean=True`` (what every loss of this module returns; see
+    ``fastssl.ops.dispatch.mean_door``). rows [M, D], cols [C, D]: one dtype of fp32/bf16/fp16 and
+    one device, any strides."""
     from fastssl.kernels.contrastive import prepare
 
     pos_idx, excl_idx, pos_weight = prepare(rows, cols, pos_idx, excl_idx, temperature, pos_weight)
-    t, excl, door = float(temperature), bool(exclude_pos), _door_open()
+    t, excl = float(temperature), bool(exclude_pos)
     if rows is cols:
-        args = (rows, pos_idx, excl_idx, pos_weight, t, excl)
-        return (_RowsSelfDoor.apply(*args) if door else _rows_self_op(*args))[0]
-    args = (rows, cols, pos_idx, excl_idx, pos_weight, t, excl)
-    return (_RowsDoor.apply(*args) if door else _rows_op(*args))[0]
+        return _enter(_RowsSelfDoor, _RowsSelfMeanDoor, _rows_self_op, (rows, pos_idx, excl_idx, pos_weight, t, excl), mean)
+    return _enter(_RowsDoor, _RowsMeanDoor, _rows_op, (rows, cols, pos_idx, excl_idx, pos_weight, t, excl), mean)
 
 
 # --- queue rows (MoCo v2): loss[a] = LSE(t_pos, rows·queueᵀ/τ) − t_pos, t_pos = <rows[a], keys[pos[a]]>/τ ---
@@ -420,11 +446,12 @@ def _queue_body(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, temp
 
 
 def _queue_bwd_body(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, loss: Tensor, lse2: Tensor,
-                    dloss: Tensor, temperature: float) -> Tensor:
-    """-> dRows [M, D], the positive's term included (the queue never gets a gradient: no column pass)."""
+                    dloss: Tensor, temperature: float, grad_scale: float = 1.0) -> Tensor:
+    """-> dRows [M, D] of grad_scale·Σ dloss·loss, the positive's term included (the queue never gets a
+    gradient: no column pass)."""
     from fastssl.kernels.contrastive import queue_backward
 
-    return queue_backward(rows, keys, pos_idx, queue, loss, lse2, dloss, temperature)
+    return queue_backward(rows, keys, pos_idx, queue, loss, lse2, dloss, temperature, grad_scale)
 
 
 _queue_op = torch.library.custom_op("fastssl::queue_rows", _queue_body, mutates_args=())
@@ -444,13 +471,14 @@ def _queue_backward(ctx, dloss, _dlse2):
     they need one (MoCo's momentum keys never do): d loss[a] / d keys[pos[a]] = g·(P_pos[a] − 1)·rows[a]/τ,
     P_pos = 2^(t_pos₂ − LSE₂) = e^(−loss[a]), summed per key."""
     rows, keys, pos_idx, queue, loss, lse2 = ctx.saved_tensors
-    dloss, tau = dloss.float(), ctx.temperature
+    dloss, tau, scale = dloss.float(), ctx.temperature, grad_scale(ctx)
     drows = dkeys = None
     if ctx.needs_input_grad[0]:
-        drows = backward_impl(ctx, _queue_bwd_op, _queue_bwd_body)(rows, keys, pos_idx, queue, loss, lse2, dloss, tau)
+        drows = backward_impl(ctx, _queue_bwd_op, _queue_bwd_body)(rows, keys, pos_idx, queue, loss, lse2, dloss, tau,
+                                                                    scale)
     if ctx.needs_input_grad[1]:
         idx = pos_idx.long()
-        coef = dloss * (torch.exp(-loss) - 1.0) / tau
+        coef = dloss * (torch.exp(-loss) - 1.0) * (scale / tau)
         dkeys = torch.zeros(keys.shape, device=keys.device, dtype=torch.float32)
         dkeys = dkeys.index_add_(0, idx, coef[:, None] * rows.float()).to(keys.dtype)
     return drows, dkeys, None, None, None
@@ -458,9 +486,11 @@ def _queue_backward(ctx, dloss, _dlse2):
 
 _queue_op.register_autograd(_queue_backward, setup_context=_queue_setup)
 _QueueDoor = eager_door(_queue_body, _queue_setup, _queue_backward)
+_QueueMeanDoor = mean_door(_queue_body, _queue_setup, _queue_backward)
 
 
-def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, temperature: float) -> Tensor:
+def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor, temperature: float, *,
+                      mean: bool = False) -> Tensor:
     """The kernels' twin of ``fastssl.ops.reference.queue_rows`` (MoCo v2: positive keys[pos_idx[a]], the
     queue as negatives), without the [M, 1+K] logits: the forward streams the queue in tiles with the
     positive seeded into the running logsumexp, dRows recomputes the tiles from LSE₂.
@@ -468,13 +498,14 @@ def triton_queue_rows(rows: Tensor, keys: Tensor, pos_idx: Tensor, queue: Tensor
     rows [M, D] and queue [K, D] share one dtype (fp32, bf16 or fp16) and device; keys [N, D] any
     float dtype on that device; pos_idx int [M]. The positives run in the kernels (an fp32 row-wise dot
     in the forward; dRows' epilogue adds their gradient from the saved loss, P_pos = e^(−loss)): no
-    eager ops or autograd nodes for them. Returns loss [M] fp32; no gradient into the queue.
+    eager ops or autograd nodes for them. Returns loss [M] fp32 (its mean with ``mean=True``); no
+    gradient into the queue.
     """
     from fastssl.kernels.contrastive import _as_index, check_queue
 
     check_queue(rows, keys, pos_idx, queue, temperature)
     args = (rows, keys, _as_index(pos_idx, rows.device), queue.detach(), float(temperature))
-    return (_QueueDoor.apply(*args) if _door_open() else _queue_op(*args))[0]
+    return _enter(_QueueDoor, _QueueMeanDoor, _queue_op, args, mean)
 
 
 # --- unit rows: [x1; x2] / max(‖row‖, 1e-12), the ops' ``_unit`` in one launch each way ----------

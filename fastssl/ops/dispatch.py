@@ -19,6 +19,8 @@ minus the 39 µs that ``(rows * 1).sum().backward()`` takes): 136-161 µs throug
 28-35 µs through the door (two runs on a shared machine). A door whose backward still called the
 backward op paid ~40 µs more, hence ``backward_impl``: the door runs the backward op's body
 directly. Issue 21 measured ~0.8 ms per eager NT-Xent on an H200's host through the custom ops.
+A loss whose caller averages the per-row output enters through a ``mean_door`` instead: the mean is
+taken in the same node, and its gradient reaches the kernels as a scale (notes/host_path.md).
 
 Size rules (``AUTO_SIZE_RULES``, ``auto_size_ok``): an op family whose kernel cannot win at tiny
 sizes (a fixed cost per call against little arithmetic) names one threshold here, with the device
@@ -97,6 +99,38 @@ def eager_door(forward: Callable, setup_context: Callable, backward: Callable) -
 
     EagerDoor.__name__ = EagerDoor.__qualname__ = f"EagerDoor_{forward.__name__.strip('_')}"
     return EagerDoor
+
+
+def mean_door(forward: Callable, setup_context: Callable, backward: Callable) -> type[torch.autograd.Function]:
+    """The eager door of a custom op whose first output is a per-row loss that the caller averages:
+    ``apply`` returns that mean as its only output, so the mean takes no autograd node of its own.
+    Its backward hands the op's backward the scalar gradient expanded to the rows (stride 0, no
+    copy) with ``ctx.grad_scale`` = 1/M, which the kernels fold into their final scale: torch's
+    ``MeanBackward`` (an expand and a division launch per call) is gone, and the forward's mean runs
+    without autograd bookkeeping. The registered backwards read ``grad_scale(ctx)``."""
+
+    class MeanDoor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = forward(*inputs)
+            setup_context(ctx, inputs, output)
+            ctx.eager_door = True
+            rows = output[0].shape[0]
+            ctx.rows, ctx.grad_scale = rows, 1.0 / rows
+            return output[0].mean()
+
+        @staticmethod
+        def backward(ctx, dmean):
+            return backward(ctx, dmean.expand(ctx.rows), None)
+
+    MeanDoor.__name__ = MeanDoor.__qualname__ = f"MeanDoor_{forward.__name__.strip('_')}"
+    return MeanDoor
+
+
+def grad_scale(ctx) -> float:
+    """The factor a registered backward applies to its incoming per-row gradient: 1/M behind a
+    ``mean_door``, 1 otherwise (the custom op's own autograd, under torch.compile)."""
+    return getattr(ctx, "grad_scale", 1.0)
 
 
 def backward_impl(ctx, op: Callable, body: Callable) -> Callable:

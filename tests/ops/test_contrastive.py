@@ -161,9 +161,9 @@ def test_info_nce_partial_grad(backend, which, monkeypatch):
         for part in ("rows", "cols"):
             real = getattr(kern, f"_bwd_{part}")
 
-            def counted(*args, _real=real, _part=part):
+            def counted(*args, _real=real, _part=part, **kwargs):
                 calls[_part] += 1
-                return _real(*args)
+                return _real(*args, **kwargs)
 
             monkeypatch.setattr(kern, f"_bwd_{part}", counted)
     qd = q.to(dev).requires_grad_(which == "q_only")

@@ -85,6 +85,22 @@ def _queue(q, k):  # fastssl::queue_rows
     return contrastive_ops.triton_queue_rows(q, k, torch.arange(q.shape[0], device=DEV), queue, 0.2).mean()
 
 
+def _rows_mean(a, b):  # the mean door eagerly; the op and a mean under compile
+    pos = torch.arange(a.shape[0], device=DEV) % b.shape[0]
+    return 1.3 * contrastive_ops.triton_contrastive_rows(a, b, pos, torch.full_like(pos, -1), 0.2, mean=True)
+
+
+def _rows_self_mean(a):
+    pos = (torch.arange(a.shape[0], device=DEV) + 1) % a.shape[0]
+    excl = torch.arange(a.shape[0], device=DEV)
+    return 1.3 * contrastive_ops.triton_contrastive_rows(a, a, pos, excl, 0.1, exclude_pos=True, mean=True)
+
+
+def _queue_mean(q, k):
+    queue = torch.nn.functional.normalize(torch.arange(40.0, device=DEV).reshape(8, 5).sin(), dim=1)
+    return 1.3 * contrastive_ops.triton_queue_rows(q, k, torch.arange(q.shape[0], device=DEV), queue, 0.2, mean=True)
+
+
 def _unit_rows(x1, x2):  # fastssl::unit_rows
     return (contrastive_ops.fused_unit_rows(x1, x2) * torch.arange(5.0, device=DEV)).sum()
 
@@ -103,6 +119,9 @@ OPS = {
     "contrastive_rows": (_rows, lambda: (_unit(6, 5), _unit(9, 5))),
     "contrastive_rows_self": (_rows_self, lambda: (_unit(7, 5),)),
     "queue_rows": (_queue, lambda: (_unit(6, 5), _unit(6, 5))),
+    "contrastive_rows mean": (_rows_mean, lambda: (_unit(6, 5), _unit(9, 5))),
+    "contrastive_rows_self mean": (_rows_self_mean, lambda: (_unit(7, 5),)),
+    "queue_rows mean": (_queue_mean, lambda: (_unit(6, 5), _unit(6, 5))),
     "unit_rows": (_unit_rows, lambda: (torch.randn(4, 5, device=DEV, requires_grad=True),
                                        torch.randn(3, 5, device=DEV, requires_grad=True))),
     "gather_scatter_tokens": (_gather_scatter, lambda: (torch.randn(2, 8, 6, device=DEV, requires_grad=True),
