@@ -14,12 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 from _contrastive_loop_ref import check_fp32, rows_loop
-from _helpers import fresh_seed as _seed, rand_rows as _rand
+from _helpers import backend_device, fresh_seed as _seed, rand_rows as _rand
 
 import fastssl.ops.contrastive as C
 from fastssl.ops import dcl, info_nce, nt_xent
 
 UPSTREAM = 2.5  # d(outer)/d(loss): a gradient of 1 would hide a scale applied twice or not at all
+DEV = backend_device("triton")  # CUDA where there is a GPU, the interpreter on CPU otherwise
 
 
 def _grads(fn, *inputs):
@@ -27,11 +28,15 @@ def _grads(fn, *inputs):
     leaves = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
     out = fn(*leaves)
     (out * UPSTREAM).backward()
-    return [out.detach()] + [x.grad for x in leaves if x.requires_grad]
+    return [out.detach().cpu()] + [x.grad.cpu() for x in leaves if x.requires_grad]
 
 
 def _unit(x: torch.Tensor, dtype: torch.dtype, grad: bool = True) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1).to(dtype).requires_grad_(grad)
+
+
+def _dev(*xs: torch.Tensor) -> list:
+    return [x.to(DEV) for x in xs]
 
 
 def _same(name: str, got: list, want: list, dtype: torch.dtype) -> None:
@@ -54,9 +59,9 @@ def test_mean_door_equals_the_mean_of_the_rows(case, dtype):
 
         def run(mean):
             def fn(r, k):
-                out = C.triton_contrastive_rows(r, k, pos, excl, tau, mean=mean)
+                out = C.triton_contrastive_rows(r, k, pos.to(DEV), excl.to(DEV), tau, mean=mean)
                 return out if mean else out.mean()
-            return _grads(fn, rows, cols)
+            return _grads(fn, *_dev(rows, cols))
 
         def ref(r, k):
             return rows_loop(r, k, pos, excl, tau).mean()
@@ -70,9 +75,9 @@ def test_mean_door_equals_the_mean_of_the_rows(case, dtype):
 
         def run(mean):
             def fn(r):
-                out = C.triton_contrastive_rows(r, r, pos, excl, tau, w, exclude_pos=True, mean=mean)
+                out = C.triton_contrastive_rows(r, r, *_dev(pos, excl), tau, w.to(DEV), exclude_pos=True, mean=mean)
                 return out if mean else out.mean()
-            return _grads(fn, rows)
+            return _grads(fn, *_dev(rows))
 
         def ref(r):
             return rows_loop(r, r, pos, excl, tau, w.double(), exclude_pos=True).mean()
@@ -107,9 +112,9 @@ def test_queue_mean_door_equals_the_mean_of_the_rows(dtype):
 
     def run(mean):
         def fn(r, kk):
-            out = C.triton_queue_rows(r, kk, pos, queue, tau, mean=mean)
+            out = C.triton_queue_rows(r, kk, *_dev(pos, queue), tau, mean=mean)
             return out if mean else out.mean()
-        return _grads(fn, rows, keys)
+        return _grads(fn, *_dev(rows, keys))
 
     door, per_row = run(True), run(False)
     name = f"queue {dtype} seed={seed}"
@@ -124,13 +129,13 @@ LOSSES = {
     "nt_xent": lambda a, b: nt_xent(a, b, 0.1, backend="triton"),
     "dclw": lambda a, b: dcl(a, b, 0.1, weight_sigma=0.5, backend="triton"),
     "info_nce_chunks": lambda a, b: info_nce(torch.stack([a, 2 * a]), b, 0.2, backend="triton"),
-    "info_nce_queue": lambda a, b: info_nce(a, b, 0.2, queue=torch.randn(29, a.shape[1]), backend="triton"),
+    "info_nce_queue": lambda a, b: info_nce(a, b, 0.2, queue=torch.randn(29, a.shape[1], device=a.device), backend="triton"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_the_losses_have_no_mean_node_of_their_own(name):
-    a, b = torch.randn(9, 16, requires_grad=True), torch.randn(9, 16, requires_grad=True)
+    a, b = (torch.randn(9, 16, device=DEV, requires_grad=True) for _ in range(2))
     loss = LOSSES[name](a, b)
     assert loss.ndim == 0 and loss.dtype == torch.float32
     assert type(loss.grad_fn).__name__.startswith("MeanDoor"), type(loss.grad_fn).__name__
