@@ -13,13 +13,14 @@ Providers:
   compile  torch.compile(eager, dynamic=False), one compile per shape (--quick: a few shapes only)
   triton   fastssl.ops with backend="triton" (the fused kernels)
   auto     fastssl.ops with backend="auto" (the size rule of fastssl.ops.dispatch picks)
-  triton[old|nosplit|twopass|unfused|tuned|jit|masked]: the kernels with the launch path of main
+  triton[old|nosplit|twopass|unfused|tuned|jit|masked|nodes]: the kernels with the launch path of main
            before issue 21 (custom op in eager, autotuner, old split rule, two-pass backward), without
            loop splits, without the symmetric backward, with the normalisation in torch instead of one
            launch each way, with the autotuner over the tile configs, with every launch through
            Triton's JITFunction.run instead of fastssl.kernels.launch, with every score tile through
-           the masked update (before mask-free tiles); --variants adds them all at every case,
-           --quick adds jit and masked at the two target cases.
+           the masked update (before mask-free tiles), with NT-Xent as three autograd nodes instead of
+           one (square rows only); --variants adds them all at every case, --quick adds jit, masked and
+           nodes at the two target cases.
   eager[graph], triton[graph] (CUDA, the two target shapes, last): forward + backward replayed from a
            CUDA graph, i.e. with the host out of the way (what torch.compile's "reduce-overhead" gives a step).
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
@@ -114,6 +115,7 @@ def _cases(args) -> list[Case]:
                 key = f"{kind} {m}x{c}"
                 comp = not args.quick or key in quick_compile
                 var = VARIANTS if args.variants else QUICK_VARIANTS if args.quick and key in targets else ()
+                var = tuple(v for v in var if kind == "square" or v not in ONE_PROCESS_VARIANTS)
                 auto = not args.quick or kind != "dist" or key in targets
                 out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var, auto=auto))
     if args.quick:  # the two target shapes first, then the rest in sweep order
@@ -209,10 +211,11 @@ def _build(case: Case, dev):
 # Variants of the kernels' launch path (fastssl.kernels.contrastive.OPTIONS and
 # fastssl.ops.contrastive.OPTIONS), timed side by side
 # --------------------------------------------------------------------------------------------
-VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit", "masked")
+VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit", "masked", "nodes")
 TARGET_SHAPES = {"square 8192x8192", "dist 1024x32768"}  # issue 21's two named shapes
 # call 1 measured triton[old] already (2.90 ms at 2N = 8192), a later call triton[unfused] (1.35 ms)
-QUICK_VARIANTS = ("jit", "masked")
+QUICK_VARIANTS = ("jit", "masked", "nodes")
+ONE_PROCESS_VARIANTS = {"nodes"}  # variants of the single-process two-view path: square rows only
 _VARIANT_OPTIONS = {
     # main before issue 21 (but for the index cache and the one normalisation of both views)
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
@@ -226,6 +229,8 @@ _VARIANT_OPTIONS = {
     # every score tile through the masked update, as before mask-free tiles (bench/kernel_mix.py counts
     # the instructions per tile of both paths)
     "masked": {"mask_all": True},
+    # NT-Xent as three autograd nodes (unit rows, loss, mean) instead of one (notes/host_path.md)
+    "nodes": {"one_node": False},
 }
 
 

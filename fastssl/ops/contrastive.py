@@ -44,6 +44,9 @@ OPTIONS = {
     # call host-bound (1.5 ms to issue vs 0.43 ms of kernels at 2N = 8192, tens of µs per launch).
     # FASTSSL_CONTRASTIVE_FUSED_UNIT=0 (or bench's triton[unfused]) goes back to torch.
     "fused_unit": os.environ.get("FASTSSL_CONTRASTIVE_FUSED_UNIT", "1") != "0",
+    # NT-Xent / DCL in one process, eagerly: normalisation, loss and mean as one autograd node
+    # (``_TwoViewDoor``) instead of three; False (bench's triton[nodes]) keeps the three.
+    "one_node": True,
 }
 
 
@@ -193,6 +196,8 @@ def nt_xent(
     """
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
+    if kernel and not gather_distributed and (loss := _one_node(z1, z2, temperature, False)) is not None:
+        return loss
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed, kernel)
     return _mean_loss(_core(backend, z1.device, kernel=kernel), rows, cols, pos_idx, self_idx, temperature)
 
@@ -214,6 +219,9 @@ def dcl(
     """
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
+    if (kernel and not gather_distributed and weight_sigma is None
+            and (loss := _one_node(z1, z2, temperature, True)) is not None):
+        return loss
     rows, cols, pos_idx, self_idx, gathered = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:
@@ -410,6 +418,47 @@ _RowsDoor = eager_door(_rows_body, _rows_setup, _rows_backward)
 _RowsSelfDoor = eager_door(_rows_self_body, _rows_self_setup, _rows_self_backward)
 _RowsMeanDoor = mean_door(_rows_body, _rows_setup, _rows_backward)
 _RowsSelfMeanDoor = mean_door(_rows_self_body, _rows_self_setup, _rows_self_backward)
+
+
+class _TwoViewDoor(torch.autograd.Function):
+    """NT-Xent / DCL in one process, eagerly, as one autograd node: [z1; z2] normalised by the unit
+    kernel, the loss of those rows against themselves, its mean. The ops' path makes three nodes of it
+    (unit rows, the loss, its mean door), and each node is host time a small loss pays per call
+    (notes/host_path.md). The same bodies and launchers as the ops, in the same order; under
+    torch.compile, with gathered columns or DCLW's weights the ops' path runs."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos):
+        rows, rn = _unit_body(z1, z2)
+        loss, lse2 = _rows_self_body(rows, pos_idx, excl_idx, None, temperature, exclude_pos)
+        ctx.save_for_backward(z1, z2, rn, rows, pos_idx, excl_idx, lse2)
+        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, dmean):
+        from fastssl.kernels.contrastive import backward, unit_bwd
+
+        z1, z2, rn, rows, pos_idx, excl_idx, lse2 = ctx.saved_tensors
+        m = rows.shape[0]
+        drows, _ = backward(rows, rows, pos_idx, excl_idx, None, lse2, dmean.expand(m), ctx.temperature,
+                            ctx.exclude_pos, True, True, True, 1.0 / m)  # mean_door's scale: no division launch
+        dz1, dz2 = unit_bwd(z1, z2, rn, drows)
+        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), None, None, None, None
+
+
+def _one_node(z1: Tensor, z2: Tensor, temperature: float, exclude_pos: bool) -> Tensor | None:
+    """The two-view loss's mean through ``_TwoViewDoor`` where it applies (the caller checked: kernels,
+    one process, no weights): eager, both switches on, the unit kernel taking both views; else None."""
+    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
+        return None
+    from fastssl.kernels.contrastive import unit_takes
+
+    if not unit_takes(z1, z2) or z1.stride(1) != 1 or z2.stride(1) != 1:
+        return None
+    n = z1.shape[0]
+    pos_idx, self_idx = _two_view_index(n, n, 0, z1.device)
+    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos)
 
 
 def _enter(door, mean_door_, op, args: tuple, mean: bool) -> Tensor:

@@ -1,0 +1,65 @@
+"""NT-Xent and DCL in one process, eagerly: normalisation, loss and mean as one autograd node
+(``fastssl.ops.contrastive._TwoViewDoor``), the three nodes of the ops' path folded into one.
+
+The door calls the same bodies and launchers as the ops' path in the same order, so its loss and
+gradients must equal that path's bit for bit (``OPTIONS["one_node"] = False``), here under an
+upstream gradient of 2.5, odd sizes, fp32 and bf16, both views or one of them requiring a gradient.
+Its values against the float64 loop references are the nt_xent / dcl cases of test_contrastive.py,
+which now run through it. The cases the door leaves to the ops' path are checked to do so.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from _contrastive_loop_ref import check_fp32, dcl_loop, nt_xent_loop
+from _helpers import backend_device, fresh_seed as _seed, rand_rows as _rand
+
+import fastssl.ops.contrastive as C
+from fastssl.ops import dcl, nt_xent
+
+DEV = backend_device("triton")
+LOSSES = {"nt_xent": (nt_xent, nt_xent_loop), "dcl": (dcl, dcl_loop)}
+
+
+def _run(loss, z1, z2, which: str, one_node: bool, monkeypatch):
+    monkeypatch.setitem(C.OPTIONS, "one_node", one_node)
+    a = z1.detach().clone().requires_grad_(which in ("both", "z1"))
+    b = z2.detach().clone().requires_grad_(which == "both")
+    out = loss(a, b, 0.2, backend="triton")
+    (2.5 * out).backward()
+    return out, [out.detach()] + [x.grad for x in (a, b) if x.requires_grad]
+
+
+@pytest.mark.parametrize("which", ["both", "z1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_one_node_equals_the_ops_path_bit_for_bit(name, dtype, which, monkeypatch):
+    seed = _seed()
+    z1, z2 = (_rand(13, 40).to(dtype).to(DEV) for _ in range(2))
+    loss = LOSSES[name][0]
+    out, got = _run(loss, z1, z2, which, True, monkeypatch)
+    assert type(out.grad_fn).__name__ == "_TwoViewDoorBackward", type(out.grad_fn).__name__
+    # one node, straight to the leaves
+    assert all(type(n).__name__ == "AccumulateGrad" for n, _ in out.grad_fn.next_functions if n is not None)
+    _, want = _run(loss, z1, z2, which, False, monkeypatch)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"{name} {dtype} {which} seed={seed}: output {i} differs from the ops' path"
+    if dtype == torch.float32:  # and the independent reference, in float64
+        ref = LOSSES[name][1]
+        a, b = z1.double().cpu().requires_grad_(), z2.double().cpu().requires_grad_()
+        r = ref(a, b, 0.2)
+        (2.5 * r).backward()
+        for i, (g, rv) in enumerate(zip(got, [r.detach(), a.grad, b.grad])):
+            check_fp32(f"{name} seed={seed} output {i} vs float64 loop", g.cpu(), rv, scale=1 / (0.2 * 0.5))
+
+
+def test_the_ops_path_where_the_door_does_not_apply():
+    """Strided views (the unit kernel wants unit stride along D) and DCLW's weights take the ops' path;
+    without a GPU or the interpreter's ``backend="triton"`` nothing changes either."""
+    big = _rand(9, 32).float().to(DEV)
+    strided = big[:, ::2].requires_grad_()
+    other = _rand(9, 16).float().to(DEV).requires_grad_()
+    assert type(nt_xent(strided, other, 0.2, backend="triton").grad_fn).__name__.startswith("MeanDoor")
+    weighted = dcl(other, other * 2, 0.2, weight_sigma=0.5, backend="triton")
+    assert type(weighted.grad_fn).__name__.startswith("MeanDoor")
+    assert type(nt_xent(other.cpu(), other.cpu() * 2, 0.2, backend="reference").grad_fn).__name__ == "MeanBackward0"
