@@ -111,6 +111,15 @@ def _check_pair(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_d
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+def _gathers(gather_distributed: bool) -> bool:
+    """Whether a two-view loss gathers its columns: ``gather_distributed`` on more than one rank. On
+    one rank (a one-GPU DeepSpeed run initialises a process group of one; every method asks to
+    gather by default) it is the single-process loss: the rows are the columns, so no concatenated
+    copy of them, the one-pass symmetric backward and the one-node path instead of a backward per
+    operand and autograd's add of the two gradients."""
+    return gather_distributed and world_info()[1] > 1
+
+
 def _pair_size(z1: torch.Tensor, gather_distributed: bool) -> int:
     """rows × cols of the two-view losses' similarity matrix: 2n local rows against 2n·world columns."""
     n = z1.shape[0]
@@ -194,6 +203,7 @@ def nt_xent(
     z1, z2: [N, D] projector outputs of the two views. Anchor z1[i] has positive z2[i] and the other
     2N-2 embeddings as negatives (itself excluded); likewise for z2[i]. Returns a scalar.
     """
+    gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
     if kernel and not gather_distributed and (loss := _one_node(z1, z2, temperature, False)) is not None:
@@ -217,6 +227,7 @@ def dcl(
     DCLW scales the positive term by w_i = 2 - N·softmax_i(<z_i^1, z_i^2>/σ) (so E[w] = 1), computed
     over the (global) batch and carrying no gradient; the paper uses σ = 0.5.
     """
+    gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
     if (kernel and not gather_distributed and weight_sigma is None

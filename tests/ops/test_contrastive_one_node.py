@@ -63,3 +63,28 @@ def test_the_ops_path_where_the_door_does_not_apply():
     weighted = dcl(other, other * 2, 0.2, weight_sigma=0.5, backend="triton")
     assert type(weighted.grad_fn).__name__.startswith("MeanDoor")
     assert type(nt_xent(other.cpu(), other.cpu() * 2, 0.2, backend="reference").grad_fn).__name__ == "MeanBackward0"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gather_on_one_rank_is_the_single_process_loss(name, backend, monkeypatch):
+    """Every method asks to gather by default, and a one-GPU run has one rank: that must be the
+    single-process loss (no concatenated copy of the rows, the symmetric backward, the one-node
+    door), the same values bit for bit. Before, gather_distributed=True on one rank concatenated
+    the views into separate columns and ran a backward per operand."""
+    seed = _seed()
+    dev = backend_device(backend)
+    z1, z2 = (_rand(11, 24).float().to(dev) for _ in range(2))
+    loss = LOSSES[name][0]
+    results = []
+    for gather in (True, False):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        out = loss(a, b, 0.2, gather_distributed=gather, backend=backend)
+        (2.5 * out).backward()
+        results.append((type(out.grad_fn).__name__, [out.detach(), a.grad, b.grad]))
+    (node, got), (node_single, want) = results
+    assert node == node_single, (node, node_single)
+    if backend == "triton":
+        assert node == "_TwoViewDoorBackward"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"{name} {backend} seed={seed}: output {i}"
