@@ -18,9 +18,9 @@ Providers:
            loop splits, without the symmetric backward, with the normalisation in torch instead of one
            launch each way, with the autotuner over the tile configs, with every launch through
            Triton's JITFunction.run instead of fastssl.kernels.launch, with every score tile through
-           the masked update (before mask-free tiles), with NT-Xent as three autograd nodes instead of
-           one (square rows only); --variants adds them all at every case, --quick adds jit, masked and
-           nodes at the two target cases.
+           the masked update (before mask-free tiles), with each loss as two or three autograd nodes
+           instead of one (not the dist rows); --variants adds them all at every case, --quick adds jit,
+           masked and nodes at the two target cases.
   eager[graph], triton[graph] (CUDA, the two target shapes, last): forward + backward replayed from a
            CUDA graph, i.e. with the host out of the way (what torch.compile's "reduce-overhead" gives a step).
 Per row: forward, backward and forward+backward wall time (median of triton.testing.do_bench, which
@@ -115,7 +115,7 @@ def _cases(args) -> list[Case]:
                 key = f"{kind} {m}x{c}"
                 comp = not args.quick or key in quick_compile
                 var = VARIANTS if args.variants else QUICK_VARIANTS if args.quick and key in targets else ()
-                var = tuple(v for v in var if kind == "square" or v not in ONE_PROCESS_VARIANTS)
+                var = tuple(v for v in var if v != "nodes" or kind in NODE_KINDS)
                 auto = not args.quick or kind != "dist" or key in targets
                 out.append(Case(kind, m, c, d, dtype, compile=comp, variants=var, auto=auto))
     if args.quick:  # the two target shapes first, then the rest in sweep order
@@ -159,7 +159,7 @@ def fastssl_dist(a, b, pos, self_idx, backend):
     vectors with grad; both go to the core the backend picks (the size rule included)."""
     kernel = contrastive_ops._kernel(backend, a.device, a.shape[0] * b.shape[0])
     rows = contrastive_ops._unit(a, kernel)
-    return contrastive_ops._core(backend, a.device, kernel=kernel)(rows, b, pos, self_idx, TAU).mean()
+    return contrastive_ops._mean_loss(contrastive_ops._core(backend, a.device, kernel=kernel), rows, b, pos, self_idx, TAU)
 
 
 def eager_mmoco(q, k):
@@ -215,7 +215,7 @@ VARIANTS = ("old", "nosplit", "twopass", "unfused", "tuned", "jit", "masked", "n
 TARGET_SHAPES = {"square 8192x8192", "dist 1024x32768"}  # issue 21's two named shapes
 # call 1 measured triton[old] already (2.90 ms at 2N = 8192), a later call triton[unfused] (1.35 ms)
 QUICK_VARIANTS = ("jit", "masked", "nodes")
-ONE_PROCESS_VARIANTS = {"nodes"}  # variants of the single-process two-view path: square rows only
+NODE_KINDS = {"square", "mmoco", "queue"}  # where triton[nodes] differs (the dist rows call the core directly)
 _VARIANT_OPTIONS = {
     # main before issue 21 (but for the index cache and the one normalisation of both views)
     "old": {"autotune": True, "split": "legacy", "sym_bwd": False, "direct_eager": False, "fused_unit": False},
@@ -229,7 +229,8 @@ _VARIANT_OPTIONS = {
     # every score tile through the masked update, as before mask-free tiles (bench/kernel_mix.py counts
     # the instructions per tile of both paths)
     "masked": {"mask_all": True},
-    # NT-Xent as three autograd nodes (unit rows, loss, mean) instead of one (notes/host_path.md)
+    # NT-Xent as three autograd nodes (unit rows, loss, mean) and InfoNCE as two instead of one each
+    # (notes/host_path.md)
     "nodes": {"one_node": False},
 }
 

@@ -290,7 +290,9 @@ def info_nce(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     width = queue.shape[0] if queue is not None else n * (world_info()[1] if gather_distributed else 1)
     kernel = _kernel(backend, q.device, chunks * n * width)
-    rows = _unit(q.reshape(chunks * n, d), kernel)
+    q = q.reshape(chunks * n, d)
+    one = kernel and _query_node_applies(q, k)  # then normalisation, loss and mean are one autograd node
+    rows = None if one else _unit(q, kernel)
     cols = _unit(k, kernel)
     if queue is not None:
         # No gather: the negatives are the queue (identical on every rank), the positives local.
@@ -299,8 +301,10 @@ def info_nce(
         # wrote all 65,536 keys (a fused launch of 22 µs on the H200, five torch ops eagerly) to change
         # them by rounding only.
         queue = queue.detach()
-        negatives = (queue if unit_queue else _unit(queue, kernel)).to(rows.dtype)
+        negatives = (queue if unit_queue else _unit(queue, kernel)).to(q.dtype)
         pos_idx, _ = _chunk_index(n, chunks, 0, q.device)
+        if one:
+            return _query_node(q, cols, pos_idx, None, negatives, temperature)
         return _mean_loss(_queue_core(backend, q.device, kernel=kernel), rows, cols, pos_idx, negatives, temperature)
     offset = 0
     if gather_distributed:
@@ -308,6 +312,8 @@ def info_nce(
         if cols.shape[0] < 2:
             raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got {cols.shape[0]}")
     pos_idx, no_excl = _chunk_index(n, chunks, offset, q.device)
+    if one:
+        return _query_node(q, cols, pos_idx, no_excl, None, temperature)
     return _mean_loss(_core(backend, q.device, kernel=kernel), rows, cols, pos_idx, no_excl, temperature)
 
 
@@ -470,6 +476,62 @@ def _one_node(z1: Tensor, z2: Tensor, temperature: float, exclude_pos: bool) -> 
     n = z1.shape[0]
     pos_idx, self_idx = _two_view_index(n, n, 0, z1.device)
     return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos)
+
+
+class _QueryDoor(torch.autograd.Function):
+    """InfoNCE eagerly as one autograd node when only the queries need a gradient (MoCo's momentum
+    keys): the query rows normalised by the unit kernel, their loss against the unit key columns
+    (MoCo v3, M-MoCo) or against the queue with the keys as outside positives (MoCo v2), the mean.
+    Two nodes on the ops' path (unit rows, the loss's mean door); same bodies and launchers."""
+
+    @staticmethod
+    def forward(ctx, q, cols, pos_idx, excl_idx, queue, temperature):
+        rows, rn = _unit_body(q, None)
+        if queue is None:
+            loss, lse2 = _rows_body(rows, cols, pos_idx, excl_idx, None, temperature, False)
+        else:
+            loss, lse2 = _queue_body(rows, cols, pos_idx, queue, temperature)
+        ctx.save_for_backward(q, rn, rows, cols, pos_idx, excl_idx, queue, loss if queue is not None else None, lse2)
+        ctx.temperature = temperature
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, dmean):
+        from fastssl.kernels.contrastive import backward, queue_backward, unit_bwd
+
+        q, rn, rows, cols, pos_idx, excl_idx, queue, loss, lse2 = ctx.saved_tensors
+        m, t = rows.shape[0], ctx.temperature
+        dloss = dmean.expand(m)  # with the mean's 1/M as the kernels' scale (mean_door)
+        if queue is None:
+            drows, _ = backward(rows, cols, pos_idx, excl_idx, None, lse2, dloss, t, False, True, False, False, 1.0 / m)
+        else:
+            drows = queue_backward(rows, cols, pos_idx, queue, loss, lse2, dloss, t, 1.0 / m)
+        return unit_bwd(q, None, rn, drows)[0], None, None, None, None, None
+
+
+def _query_node_applies(q: Tensor, k: Tensor) -> bool:
+    """Whether InfoNCE on the kernels takes ``_QueryDoor``: eager, both switches on, the queries [M, D]
+    needing a gradient and the keys none, the unit kernel taking the queries."""
+    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
+        return False
+    if not (torch.is_grad_enabled() and q.requires_grad) or k.requires_grad or q.stride(1) != 1:
+        return False
+    from fastssl.kernels.contrastive import unit_takes
+
+    return unit_takes(q)
+
+
+def _query_node(q: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor | None, queue: Tensor | None,
+                temperature: float) -> Tensor:
+    """``_QueryDoor`` after the checks the ops' path makes (``prepare`` / ``check_queue`` on the queries,
+    which the unit rows match in shape, dtype and device)."""
+    from fastssl.kernels.contrastive import check_queue, prepare
+
+    if queue is None:
+        pos_idx, excl_idx, _ = prepare(q, cols, pos_idx, excl_idx, temperature, None)
+    else:
+        check_queue(q, cols, pos_idx, queue, temperature)
+    return _QueryDoor.apply(q, cols, pos_idx, excl_idx, queue, float(temperature))
 
 
 def _enter(door, mean_door_, op, args: tuple, mean: bool) -> Tensor:

@@ -1,11 +1,13 @@
-"""NT-Xent and DCL in one process, eagerly: normalisation, loss and mean as one autograd node
-(``fastssl.ops.contrastive._TwoViewDoor``), the three nodes of the ops' path folded into one.
+"""The contrastive losses eagerly as one autograd node each: NT-Xent and DCL in one process
+(``fastssl.ops.contrastive._TwoViewDoor``: normalisation, loss and mean, three nodes on the ops' path)
+and InfoNCE whose keys need no gradient (``_QueryDoor``: the queries' normalisation, the loss against
+the keys or MoCo v2's queue, the mean; two nodes on the ops' path).
 
 The door calls the same bodies and launchers as the ops' path in the same order, so its loss and
 gradients must equal that path's bit for bit (``OPTIONS["one_node"] = False``), here under an
 upstream gradient of 2.5, odd sizes, fp32 and bf16, both views or one of them requiring a gradient.
-Its values against the float64 loop references are the nt_xent / dcl cases of test_contrastive.py,
-which now run through it. The cases the door leaves to the ops' path are checked to do so.
+Its values against the float64 loop references are the nt_xent / dcl / info_nce cases of
+test_contrastive.py and test_info_nce_queue.py, which now run through them (frozen keys). The cases the door leaves to the ops' path are checked to do so.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from _contrastive_loop_ref import check_fp32, dcl_loop, nt_xent_loop
 from _helpers import backend_device, fresh_seed as _seed, rand_rows as _rand
 
 import fastssl.ops.contrastive as C
-from fastssl.ops import dcl, nt_xent
+from fastssl.ops import dcl, info_nce, nt_xent
 
 DEV = backend_device("triton")
 LOSSES = {"nt_xent": (nt_xent, nt_xent_loop), "dcl": (dcl, dcl_loop)}
@@ -88,3 +90,43 @@ def test_gather_on_one_rank_is_the_single_process_loss(name, backend, monkeypatc
         assert node == "_TwoViewDoorBackward"
     for i, (g, w) in enumerate(zip(got, want)):
         assert torch.equal(g, w), f"{name} {backend} seed={seed}: output {i}"
+
+
+QUERY_CASES = {  # (q shape, queue length or None): M-MoCo's chunks, MoCo v3, MoCo v2's queue
+    "chunks": ((3, 7, 40), None),
+    "in_batch": ((9, 40), None),
+    "queue": ((9, 40), 37),
+}
+
+
+def _run_query(q, k, queue, one_node: bool, monkeypatch):
+    monkeypatch.setitem(C.OPTIONS, "one_node", one_node)
+    leaf = q.detach().clone().requires_grad_()
+    out = info_nce(leaf, k, 0.2, queue=queue, unit_queue=queue is not None, backend="triton")
+    (2.5 * out).backward()
+    return out, [out.detach(), leaf.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", sorted(QUERY_CASES))
+def test_query_node_equals_the_ops_path_bit_for_bit(case, dtype, monkeypatch):
+    seed = _seed()
+    shape, kq = QUERY_CASES[case]
+    q = _rand(*shape).to(dtype).to(DEV)
+    k = _rand(shape[-2], shape[-1]).to(dtype).to(DEV)  # momentum keys: no gradient
+    queue = torch.nn.functional.normalize(_rand(kq, shape[-1]), dim=1).to(dtype).to(DEV) if kq else None
+    out, got = _run_query(q, k, queue, True, monkeypatch)
+    assert type(out.grad_fn).__name__ == "_QueryDoorBackward", type(out.grad_fn).__name__
+    _, want = _run_query(q, k, queue, False, monkeypatch)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"{case} {dtype} seed={seed}: output {i} differs from the ops' path"
+
+
+def test_query_node_leaves_keys_with_a_gradient_to_the_ops_path():
+    q, k = (_rand(9, 16).float().to(DEV).requires_grad_() for _ in range(2))
+    out = info_nce(q, k, 0.2, backend="triton")
+    assert type(out.grad_fn).__name__.startswith("MeanDoor")
+    out.backward()
+    assert k.grad is not None
+    with torch.no_grad():  # nothing to differentiate: no node at all
+        assert info_nce(q, k.detach(), 0.2, backend="triton").grad_fn is None
