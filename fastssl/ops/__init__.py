@@ -4,7 +4,10 @@ Every op takes ``backend="auto" | "reference" | "triton"`` (``dispatch.py``). An
 kernel file and one op file: ``kernels/<family>.py`` (installed as ``fastssl.kernels.<family>``) holds
 the Triton kernels and their launchers only; ``fastssl/ops/<family>.py`` holds the public ops, the
 choice between the reference (``reference.py``, the one page of maths) and the kernels, and the
-kernels' custom ops, each with its fake function and its autograd registered once.
+kernels' custom ops, each with its fake function and its autograd registered once. A family that
+outgrows one file splits its op file by concept, as ``contrastive`` does: the losses
+(``contrastive.py``), the custom ops with their eager doors (``contrastive_doors.py``) and the losses
+as one autograd node each (``contrastive_nodes.py``).
 
 Why custom ops: to ``torch.compile`` a Triton launcher is opaque Python (an autotuner, the CPU
 interpreter's numpy code) that breaks the graph; a ``torch.library.custom_op`` is one graph node whose

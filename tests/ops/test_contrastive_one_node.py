@@ -1,5 +1,5 @@
 """The contrastive losses eagerly as one autograd node each: NT-Xent and DCL in one process
-(``fastssl.ops.contrastive._TwoViewDoor``: normalisation, loss and mean, three nodes on the ops' path)
+(``fastssl.ops.contrastive_nodes._TwoViewDoor``: normalisation, loss and mean, three nodes on the ops' path)
 and InfoNCE whose keys need no gradient (``_QueryDoor``: the queries' normalisation, the loss against
 the keys or MoCo v2's queue, the mean; two nodes on the ops' path).
 

@@ -1,4 +1,4 @@
-"""The fused row normalisation (``fastssl.ops.contrastive.fused_unit_rows``, behind
+"""The fused row normalisation (``fastssl.ops.contrastive_doors.fused_unit_rows``, behind
 ``OPTIONS["fused_unit"]``) against ``F.normalize`` in float64: values and gradients, fp32 and bf16,
 odd D, a zero row (the clamped branch), a strided input; and the ops with it switched on against
 the reference backend."""

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import fastssl.ops.contrastive as contrastive_ops
+import fastssl.ops.contrastive_doors as contrastive_doors
 import fastssl.ops.tokens as token_ops
 
 patchify_ops = importlib.import_module("fastssl.ops.patchify")  # the package's ``patchify`` is the function
@@ -34,8 +35,8 @@ def test_contrastive_ops_pass_opcheck():
     pos = torch.randint(0, 9, (7,), dtype=torch.int32)
     excl = torch.full((7,), -1, dtype=torch.int32)
     w = torch.rand(7)
-    _opcheck(contrastive_ops._rows_op, (rows, cols, pos, excl, w, 0.2, True))
-    _opcheck(contrastive_ops._rows_self_op, (rows, pos % 7, excl, None, 0.1, False))
+    _opcheck(contrastive_doors._rows_op, (rows, cols, pos, excl, w, 0.2, True))
+    _opcheck(contrastive_doors._rows_self_op, (rows, pos % 7, excl, None, 0.1, False))
 
 
 def test_queue_and_unit_ops_pass_opcheck():
@@ -43,11 +44,11 @@ def test_queue_and_unit_ops_pass_opcheck():
     queue = torch.nn.functional.normalize(torch.randn(11, 5), dim=1)
     keys = torch.nn.functional.normalize(torch.randn(4, 5), dim=1).requires_grad_()
     pos = torch.tensor([0, 1, 2, 3, 0, 1], dtype=torch.int32)
-    _opcheck(contrastive_ops._queue_op, (rows, keys, pos, queue, 0.2))
+    _opcheck(contrastive_doors._queue_op, (rows, keys, pos, queue, 0.2))
     x1 = torch.randn(4, 7, requires_grad=True)
     x2 = torch.randn(3, 7, requires_grad=True)
-    _opcheck(contrastive_ops._unit_op, (x1, x2))
-    _opcheck(contrastive_ops._unit_op, (x1, None))
+    _opcheck(contrastive_doors._unit_op, (x1, x2))
+    _opcheck(contrastive_doors._unit_op, (x1, None))
 
 
 def test_token_and_patchify_ops_pass_opcheck():

@@ -1,0 +1,116 @@
+"""The contrastive losses as one autograd node each, eagerly (notes/host_path.md).
+
+On the ops' path a loss is a chain of nodes: the unit kernel's door for the normalisation, the loss's
+mean door (and for NT-Xent / DCL the views as one tensor between them). Each node is Python and
+autograd-engine time that a small loss pays on the host every call, and a small loss's call is
+bound by its host (issue 21). These doors run the same bodies and launchers as the ops
+(``fastssl.ops.contrastive_doors``), in the same order, inside one node:
+- ``two_view_node``: NT-Xent / DCL in one process (rows are the columns; no DCLW weights);
+- ``query_node``: InfoNCE whose keys need no gradient (MoCo's momentum keys), against the keys
+  (MoCo v3, M-MoCo) or MoCo v2's queue.
+They apply eagerly only (torch.compile takes the custom ops) and with ``OPTIONS["one_node"]`` and
+``OPTIONS["fused_unit"]`` on; bench/contrastive.py's ``triton[nodes]`` times the ops' path beside them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastssl.ops.contrastive_doors import OPTIONS, _door_open, _queue_body, _rows_body, _rows_self_body, _unit_body
+
+
+class _TwoViewDoor(torch.autograd.Function):
+    """NT-Xent / DCL in one process, eagerly, as one autograd node: [z1; z2] normalised by the unit
+    kernel, the loss of those rows against themselves, its mean. The ops' path makes three nodes of it
+    (unit rows, the loss, its mean door), and each node is host time a small loss pays per call
+    (notes/host_path.md). The same bodies and launchers as the ops, in the same order; under
+    torch.compile, with gathered columns or DCLW's weights the ops' path runs."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos):
+        rows, rn = _unit_body(z1, z2)
+        loss, lse2 = _rows_self_body(rows, pos_idx, excl_idx, None, temperature, exclude_pos)
+        ctx.save_for_backward(z1, z2, rn, rows, pos_idx, excl_idx, lse2)
+        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, dmean):
+        from fastssl.kernels.contrastive import backward, unit_bwd
+
+        z1, z2, rn, rows, pos_idx, excl_idx, lse2 = ctx.saved_tensors
+        m = rows.shape[0]
+        drows, _ = backward(rows, rows, pos_idx, excl_idx, None, lse2, dmean.expand(m), ctx.temperature,
+                            ctx.exclude_pos, True, True, True, 1.0 / m)  # mean_door's scale: no division launch
+        dz1, dz2 = unit_bwd(z1, z2, rn, drows)
+        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), None, None, None, None
+
+
+def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
+                  exclude_pos: bool) -> Tensor | None:
+    """The two-view loss's mean through ``_TwoViewDoor`` where it applies (the caller checked: kernels,
+    one process, no weights; ``pos_idx`` / ``self_idx`` its index arrays): eager, both switches on, the
+    unit kernel taking both views; else None."""
+    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
+        return None
+    from fastssl.kernels.contrastive import unit_takes
+
+    if not unit_takes(z1, z2) or z1.stride(1) != 1 or z2.stride(1) != 1:
+        return None
+    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos)
+
+
+class _QueryDoor(torch.autograd.Function):
+    """InfoNCE eagerly as one autograd node when only the queries need a gradient (MoCo's momentum
+    keys): the query rows normalised by the unit kernel, their loss against the unit key columns
+    (MoCo v3, M-MoCo) or against the queue with the keys as outside positives (MoCo v2), the mean.
+    Two nodes on the ops' path (unit rows, the loss's mean door); same bodies and launchers."""
+
+    @staticmethod
+    def forward(ctx, q, cols, pos_idx, excl_idx, queue, temperature):
+        rows, rn = _unit_body(q, None)
+        if queue is None:
+            loss, lse2 = _rows_body(rows, cols, pos_idx, excl_idx, None, temperature, False)
+        else:
+            loss, lse2 = _queue_body(rows, cols, pos_idx, queue, temperature)
+        ctx.save_for_backward(q, rn, rows, cols, pos_idx, excl_idx, queue, loss if queue is not None else None, lse2)
+        ctx.temperature = temperature
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, dmean):
+        from fastssl.kernels.contrastive import backward, queue_backward, unit_bwd
+
+        q, rn, rows, cols, pos_idx, excl_idx, queue, loss, lse2 = ctx.saved_tensors
+        m, t = rows.shape[0], ctx.temperature
+        dloss = dmean.expand(m)  # with the mean's 1/M as the kernels' scale (mean_door)
+        if queue is None:
+            drows, _ = backward(rows, cols, pos_idx, excl_idx, None, lse2, dloss, t, False, True, False, False, 1.0 / m)
+        else:
+            drows = queue_backward(rows, cols, pos_idx, queue, loss, lse2, dloss, t, 1.0 / m)
+        return unit_bwd(q, None, rn, drows)[0], None, None, None, None, None
+
+
+def query_node_applies(q: Tensor, k: Tensor) -> bool:
+    """Whether InfoNCE on the kernels takes ``_QueryDoor``: eager, both switches on, the queries [M, D]
+    needing a gradient and the keys none, the unit kernel taking the queries."""
+    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
+        return False
+    if not (torch.is_grad_enabled() and q.requires_grad) or k.requires_grad or q.stride(1) != 1:
+        return False
+    from fastssl.kernels.contrastive import unit_takes
+
+    return unit_takes(q)
+
+
+def query_node(q: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor | None, queue: Tensor | None,
+                temperature: float) -> Tensor:
+    """``_QueryDoor`` after the checks the ops' path makes (``prepare`` / ``check_queue`` on the queries,
+    which the unit rows match in shape, dtype and device)."""
+    from fastssl.kernels.contrastive import check_queue, prepare
+
+    if queue is None:
+        pos_idx, excl_idx, _ = prepare(q, cols, pos_idx, excl_idx, temperature, None)
+    else:
+        check_queue(q, cols, pos_idx, queue, temperature)
+    return _QueryDoor.apply(q, cols, pos_idx, excl_idx, queue, float(temperature))
