@@ -28,7 +28,7 @@ from torch import Tensor
 from fastssl.ops import reference
 from fastssl.ops.contrastive_doors import (  # noqa: F401  (OPTIONS, fused_unit_rows: re-exported)
     OPTIONS, fused_unit_rows, triton_contrastive_rows, triton_queue_rows, unit_rows)
-from fastssl.ops.contrastive_nodes import query_node, query_node_applies, two_view_node
+from fastssl.ops.contrastive_nodes import query_node, query_node_applies, two_view_node, two_view_node_applies
 from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
 from fastssl.ops.distributed import gather_rows, world_info
 
@@ -190,10 +190,9 @@ def nt_xent(
     gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
-    if kernel and not gather_distributed:
+    if kernel and not gather_distributed and two_view_node_applies(z1, z2):  # one autograd node
         pos_idx, self_idx = _two_view_index(z1.shape[0], z1.shape[0], 0, z1.device)
-        if (loss := two_view_node(z1, z2, pos_idx, self_idx, temperature, False)) is not None:
-            return loss
+        return two_view_node(z1, z2, pos_idx, self_idx, temperature, False)
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed, kernel)
     return _mean_loss(_core(backend, z1.device, kernel=kernel), rows, cols, pos_idx, self_idx, temperature)
 
@@ -216,10 +215,9 @@ def dcl(
     gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
-    if kernel and not gather_distributed and weight_sigma is None:
+    if kernel and not gather_distributed and weight_sigma is None and two_view_node_applies(z1, z2):
         pos_idx, self_idx = _two_view_index(z1.shape[0], z1.shape[0], 0, z1.device)
-        if (loss := two_view_node(z1, z2, pos_idx, self_idx, temperature, True)) is not None:
-            return loss
+        return two_view_node(z1, z2, pos_idx, self_idx, temperature, True)
     rows, cols, pos_idx, self_idx, gathered = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:

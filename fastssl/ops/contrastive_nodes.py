@@ -46,17 +46,20 @@ class _TwoViewDoor(torch.autograd.Function):
         return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), None, None, None, None
 
 
-def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
-                  exclude_pos: bool) -> Tensor | None:
-    """The two-view loss's mean through ``_TwoViewDoor`` where it applies (the caller checked: kernels,
-    one process, no weights; ``pos_idx`` / ``self_idx`` its index arrays): eager, both switches on, the
-    unit kernel taking both views; else None."""
+def two_view_node_applies(z1: Tensor, z2: Tensor) -> bool:
+    """Whether NT-Xent / DCL on the kernels takes ``_TwoViewDoor`` (the caller checked: one process, no
+    weights): eager, both switches on, the unit kernel taking both views."""
     if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
-        return None
+        return False
     from fastssl.kernels.contrastive import unit_takes
 
-    if not unit_takes(z1, z2) or z1.stride(1) != 1 or z2.stride(1) != 1:
-        return None
+    return unit_takes(z1, z2) and z1.stride(1) == 1 and z2.stride(1) == 1
+
+
+def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
+                  exclude_pos: bool) -> Tensor:
+    """The two-view loss's mean through ``_TwoViewDoor`` (``two_view_node_applies``; ``pos_idx`` /
+    ``self_idx``: the loss's index arrays)."""
     return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos)
 
 
