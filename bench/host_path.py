@@ -10,7 +10,9 @@ hand the kernel to the driver. Tensors are CPU tensors: no values, and nothing o
 Rows: one op call, forward + backward (``.backward()`` of the loss, or of the token op's output with a
 gradient made once; input gradients reset to None each call, so no accumulation kernel runs), at the GPU benches' shapes, under each launch mode:
 - ``jit``: every launch through ``jit[grid](...)`` (Triton's ``JITFunction.run``), as before;
-- ``direct``: ``fastssl.kernels.launch`` (the compiled kernel's launcher, once its launch class is known).
+- ``direct``: ``fastssl.kernels.launch`` (the compiled kernel's launcher, once its launch class is known);
+- ``nodes`` (the contrastive losses): ``direct`` with each loss as the chain of autograd nodes it was
+  before ``fastssl.ops.contrastive_nodes`` made it one node (normalisation, loss, mean).
 Plus Triton's launch path alone (one contrastive forward launch, ``jit`` vs ``direct``), a torch floor
 (``(x * 1).sum().backward()`` on a small tensor: the cheapest autograd round trip) and launches per call.
 
@@ -45,7 +47,22 @@ import torch  # noqa: E402
 from bench.host_driver import cpu_as_device, stand_in_driver  # noqa: E402
 
 RESULTS = _ROOT / "bench" / "results"
-MODES = ("jit", "direct")
+MODES = ("jit", "direct", "nodes")
+# nodes: direct launches with each contrastive loss as the ops' chain of autograd nodes (unit rows, loss,
+# mean) instead of one node (fastssl.ops.contrastive_nodes); the token ops have no such chain.
+NODE_CASES = ("nt_xent", "dcl", "info_nce")
+
+
+def _set_mode(mode: str) -> None:
+    from fastssl.kernels import launch as L
+    from fastssl.ops import contrastive_doors as D
+
+    L.OPTIONS["direct"] = mode != "jit"
+    D.OPTIONS["one_node"] = mode != "nodes"
+
+
+def _modes(case: str) -> tuple:
+    return MODES if case.startswith(NODE_CASES) else MODES[:2]
 
 
 def _cases(smoke: bool) -> dict:
@@ -147,7 +164,7 @@ def _launch_alone(number: int) -> dict:
     consts = dict(SPLIT=geo.splits > 1, QUEUE=False, MASK_ALL=False, **K.launch_flags("bf16", d, has_w=False, exclude_pos=False),
                   BLOCK_M=geo.block_m, BLOCK_N=geo.block_n, num_warps=geo.warps, num_stages=geo.stages)
     out = {}
-    for mode in MODES:
+    for mode in MODES[:2]:
         L.OPTIONS["direct"] = mode == "direct"
         call = lambda: L.launch(K._contrastive_fwd_kernel, geo.grid, *args, **consts)  # noqa: E731
         call()
@@ -175,8 +192,6 @@ def _cpu_name() -> str:
 
 
 def measure(smoke: bool = False) -> dict:
-    from fastssl.kernels import launch as L
-
     number, repeats = (5, 2) if smoke else (100, 15)
     torch.manual_seed(0)
     rows = []
@@ -184,24 +199,26 @@ def measure(smoke: bool = False) -> dict:
         for name, make in _cases(smoke).items():
             call = make()
             row = {"case": name}
-            times: dict = {mode: [] for mode in MODES}
-            for mode in MODES:
-                L.OPTIONS["direct"] = mode == "direct"
+            modes = _modes(name)
+            times: dict = {mode: [] for mode in modes}
+            for mode in modes:
+                _set_mode(mode)
                 for _ in range(3):  # compile (first time), then the launch classes are known
                     call()
             launches.clear()
-            for _ in range(repeats):  # the modes alternate, so that a drift of the machine hits both alike
-                for mode in MODES:
-                    L.OPTIONS["direct"] = mode == "direct"
+            for _ in range(repeats):  # the modes alternate, so that a drift of the machine hits all alike
+                for mode in modes:
+                    _set_mode(mode)
                     times[mode].append(_time(call, 1, number))
-            L.OPTIONS["direct"] = True
-            for mode in MODES:
+            _set_mode("direct")
+            for mode in modes:
                 row[f"{mode}_us"] = statistics.median(times[mode])
-            row["launches"] = len(launches.calls) / (repeats * number * len(MODES))
+            row["launches"] = len(launches.calls) / (repeats * number * len(modes))
             row["saved_us"] = row["jit_us"] - row["direct_us"]
             rows.append(row)
+            nodes = f"  chain of nodes {row['nodes_us']:7.1f} µs" if "nodes_us" in row else ""
             print(f"  {name:36s} jit {row['jit_us']:7.1f} µs  direct {row['direct_us']:7.1f} µs  "
-                  f"({row['launches']:.0f} launches, {row['saved_us']:5.1f} µs less)", flush=True)
+                  f"({row['launches']:.0f} launches, {row['saved_us']:5.1f} µs less){nodes}", flush=True)
         alone = _launch_alone(number * 10)
     floor = _floor(number * 10)
     print(f"  one launch (contrastive fwd, 25 args): jit {alone['jit']:.2f} µs, direct {alone['direct']:.2f} µs; "
@@ -223,13 +240,16 @@ def plot(result: dict, path: Path) -> None:
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
     y = range(len(rows))
-    ax.barh([i + 0.2 for i in y], [r["jit_us"] for r in rows], height=0.4, label="Triton's launch path (jit)")
-    ax.barh([i - 0.2 for i in y], [r["direct_us"] for r in rows], height=0.4, label="fastssl.kernels.launch (direct)")
+    ax.barh([i + 0.27 for i in y], [r["jit_us"] for r in rows], height=0.27, label="Triton's launch path (jit)")
+    ax.barh([i for i in y], [r.get("nodes_us", float("nan")) for r in rows], height=0.27,
+            label="direct, the loss as a chain of autograd nodes")
+    ax.barh([i - 0.27 for i in y], [r["direct_us"] for r in rows], height=0.27,
+            label="fastssl.kernels.launch (direct), one node per loss")
     ax.set_yticks(list(y), [f"{r['case']} ({r['launches']:.0f} launches)" for r in rows])
     ax.invert_yaxis()
     ax.axvline(result["autograd_floor_us"], color="gray", ls=":", label="autograd floor")
     ax.set_xlabel("host µs per call, forward + backward (this CPU; no device time)")
-    ax.set_title(f"Host time per call of the fused ops: {result['cpu']} (stand-in sm_90 driver)", fontsize=9)
+    ax.set_title(f"Host time per call of the fused ops\n{result['cpu']} (stand-in sm_90 driver)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
