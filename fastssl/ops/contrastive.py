@@ -111,12 +111,14 @@ def _pair_size(z1: torch.Tensor, gather_distributed: bool) -> int:
 
 
 def _two_view_rows(z1, z2, gather_distributed, fused=False):
-    """Local rows [2n, D], gathered cols [2N, D], the index arrays of the two-view losses and the
-    gathered unit views (g1, g2, offset) — None in a single process, where they are rows[:n] and rows[n:]
-    (two slicing ops per call that only DCLW's weights read).
+    """Local rows [2n, D], gathered cols [2N, D], the index arrays of the two-view losses and, gathered,
+    the global unit views as a [world, 2, n, D] view without gradient with our first sample's global
+    index (what DCLW's weights read) — None in a single process, where they are rows as [1, 2, n, D].
 
-    Row a < n is view 1 of local sample i = a (global g = offset + i): positive col N + g, self col g.
-    Row a >= n is view 2 of local sample i = a - n: positive col g, self col N + g.
+    One process: row a < n is view 1 of sample i = a, positive col n + i, self col i; row a >= n is
+    view 2 of sample i = a - n, positive col i, self col n + i (rows are the columns). Gathered: the
+    columns are rank-major (rank r's rows [z1_r; z2_r] at 2n·r), so row a's own column is 2n·rank + a
+    and its positive 2n·rank + (a + n) mod 2n.
     """
     n = z1.shape[0]
     # One normalisation of the concatenated views (row-wise: the same maths as two), so the rows
@@ -132,13 +134,15 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
         # backward pass for both, or autograd adds the two gradients) instead of concatenating a copy.
         pos_idx, self_idx = _two_view_index(n, n, 0, rows.device)
         return rows, rows, pos_idx, self_idx, None
-    g1, offset = gather_rows(rows[:n])
-    g2, _ = gather_rows(rows[n:])
-    total = g1.shape[0]
-    if total < 2:
-        raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got N={total}")
-    pos_idx, self_idx = _two_view_index(n, total, offset, rows.device)
-    return rows, torch.cat([g1, g2], dim=0), pos_idx, self_idx, (g1, g2, offset)
+    # One gather of both views (one size check and one all-gather per call instead of two, and no
+    # concatenated copy): the columns are rank-major, rank r's block being its rows [z1_r; z2_r], so
+    # our row a sits at column offset + a and its positive at offset + (a + n) mod 2n.
+    cols, offset = gather_rows(rows)
+    world = cols.shape[0] // (2 * n)
+    if world * n < 2:
+        raise ValueError(f"a contrastive loss needs N >= 2 samples (negatives) over all ranks, got N={world * n}")
+    pos_idx, self_idx = _rank_major_index(n, offset, rows.device)
+    return rows, cols, pos_idx, self_idx, (cols.detach().view(world, 2, n, -1), offset // 2)
 
 
 def _cached_index(key: tuple, build):
@@ -162,6 +166,17 @@ def _two_view_index(n: int, total: int, offset: int, device: torch.device) -> tu
         return pos_idx, pos_idx.roll(n)  # self_idx = [g, total + g]
 
     return _cached_index(("two_view", n, total, offset, device), build)
+
+
+def _rank_major_index(n: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_idx, self_idx) int32 [2n] of the gathered two-view losses, whose columns are every rank's
+    rows [z1_r; z2_r] in rank order and ours start at column ``offset``: row a's own column is
+    offset + a, its positive offset + (a + n) mod 2n. Cached (``_cached_index``)."""
+    def build():
+        self_idx = torch.arange(offset, offset + 2 * n, device=device, dtype=torch.int32)
+        return self_idx.roll(n), self_idx
+
+    return _cached_index(("rank_major", n, offset, device), build)
 
 
 def _chunk_index(n: int, chunks: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,9 +239,9 @@ def dcl(
         if not weight_sigma > 0:
             raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
         n = z1.shape[0]
-        g1, g2, offset = gathered if gathered is not None else (rows[:n], rows[n:], 0)
-        with torch.no_grad():
-            cos = (g1.float() * g2.float()).sum(dim=1)  # global positives, [N]
+        views, offset = gathered if gathered is not None else (rows.detach().view(1, 2, n, -1), 0)
+        with torch.no_grad():  # global positives [N], sample g = r·n + i
+            cos = (views[:, 0].float() * views[:, 1].float()).sum(dim=-1).reshape(-1)
             w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
             local = w[offset : offset + z1.shape[0]]
             pos_weight = torch.cat([local, local])

@@ -20,20 +20,34 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
+# The single-tensor collectives under their current names (torch >= 2.13 deprecates the older ones,
+# which the GPU machine's torch 2.11 still has alone).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """[world·n, ...]: every rank's ``x`` in rank order, gathered straight into one tensor (no list of
+    parts and no concatenated copy)."""
+    x = x.contiguous()
+    out = x.new_empty((dist.get_world_size() * x.shape[0],) + tuple(x.shape[1:]))
+    _all_gather_single(out, x)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        return torch.cat(parts, dim=0)
+        return _all_gather(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+        # Sum every rank's gradient of the gathered tensor and keep our block: a reduce-scatter, which
+        # moves half the bytes of an all-reduce followed by a slice.
+        world = dist.get_world_size()
+        out = grad.new_empty((grad.shape[0] // world,) + tuple(grad.shape[1:]))
+        _reduce_scatter_single(out, grad.contiguous())
+        return out
 
 
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -51,6 +65,4 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         raise ValueError(f"gather_distributed needs the same batch size on every rank, got {[int(s) for s in sizes]}")
     if x.requires_grad:
         return _GatherWithGrad.apply(x), rank * x.shape[0]
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0), rank * x.shape[0]
+    return _all_gather(x), rank * x.shape[0]
