@@ -59,9 +59,36 @@ def _run_case(case: str, backend: str, data: dict, lo: int, hi: int, gather: boo
             "gw": grab(proj.weight.grad), "gbias": grab(proj.bias.grad)}
 
 
+def _count_collectives(case: str, backend: str, data: dict, lo: int, hi: int) -> dict:
+    """The collectives one forward + backward of ``case`` issues on this rank, by kind."""
+    import torch.distributed as dist
+
+    import fastssl.ops.distributed as D
+
+    counts = {"size_gather": 0, "gather": 0, "reduce_scatter": 0}
+    real = (dist.all_gather, D._all_gather_single, D._reduce_scatter_single)
+
+    def counted(kind, fn):
+        def wrapper(*args, **kwargs):
+            counts[kind] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    dist.all_gather = counted("size_gather", real[0])
+    D._all_gather_single, D._reduce_scatter_single = counted("gather", real[1]), counted("reduce_scatter", real[2])
+    try:
+        _run_case(case, backend, data, lo, hi, gather=True)
+    finally:
+        dist.all_gather, D._all_gather_single, D._reduce_scatter_single = real
+    return counts
+
+
 def _rank_results(rank: int, data: dict) -> dict:
     n = N // WORLD
-    return {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
+    out = {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
+    out.update({("collectives", c, b): _count_collectives(c, b, data, rank * n, (rank + 1) * n)
+                for c in ("nt_xent", "dclw") for b in BACKENDS})
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +126,14 @@ def test_two_ranks_match_single_process(runs, case, backend):
     # (c) the rank-averaged projector gradient (DDP's all-reduce mean) is the single-process one
     for key in ("gw", "gbias"):
         check_fp32(f"{name} {key}", sum(r[key] for r in per_rank) / WORLD, single[key].double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["nt_xent", "dclw"])
+def test_two_view_losses_gather_once(runs, case, backend):
+    """Both views in one gather: one size check, one all-gather forward, one reduce-scatter backward
+    per call (two of each before, and an all-reduce of the whole gathered gradient)."""
+    _, ranks = runs
+    for rank, r in enumerate(ranks):
+        got = r[("collectives", case, backend)]
+        assert got == {"size_gather": 1, "gather": 1, "reduce_scatter": 1}, (rank, got)
