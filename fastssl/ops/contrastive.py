@@ -230,21 +230,18 @@ def dcl(
     gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
-    if kernel and not gather_distributed and weight_sigma is None and two_view_node_applies(z1, z2):
+    if weight_sigma is not None and not weight_sigma > 0:
+        raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
+    if kernel and not gather_distributed and two_view_node_applies(z1, z2):
         pos_idx, self_idx = _two_view_index(z1.shape[0], z1.shape[0], 0, z1.device)
-        return two_view_node(z1, z2, pos_idx, self_idx, temperature, True)
+        return two_view_node(z1, z2, pos_idx, self_idx, temperature, True, weight_sigma)
     rows, cols, pos_idx, self_idx, gathered = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:
-        if not weight_sigma > 0:
-            raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
         n = z1.shape[0]
         views, offset = gathered if gathered is not None else (rows.detach().view(1, 2, n, -1), 0)
-        with torch.no_grad():  # global positives [N], sample g = r·n + i
-            cos = (views[:, 0].float() * views[:, 1].float()).sum(dim=-1).reshape(-1)
-            w = 2.0 - cos.shape[0] * torch.softmax(cos / weight_sigma, dim=0)
-            local = w[offset : offset + z1.shape[0]]
-            pos_weight = torch.cat([local, local])
+        local = reference.dclw_weights(views, weight_sigma)[offset : offset + n]
+        pos_weight = torch.cat([local, local])
     core = _core(backend, z1.device, kernel=kernel)
     return _mean_loss(core, rows, cols, pos_idx, self_idx, temperature, pos_weight, exclude_pos=True)
 

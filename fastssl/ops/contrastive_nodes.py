@@ -5,7 +5,7 @@ mean door (and for NT-Xent / DCL the views as one tensor between them). Each nod
 autograd-engine time that a small loss pays on the host every call, and a small loss's call is
 bound by its host (issue 21). These doors run the same bodies and launchers as the ops
 (``fastssl.ops.contrastive_doors``), in the same order, inside one node:
-- ``two_view_node``: NT-Xent / DCL in one process (rows are the columns; no DCLW weights);
+- ``two_view_node``: NT-Xent / DCL / DCLW in one process (rows are the columns);
 - ``query_node``: InfoNCE whose keys need no gradient (MoCo's momentum keys), against the keys
   (MoCo v3, M-MoCo) or MoCo v2's queue.
 They apply eagerly only (torch.compile takes the custom ops) and with ``OPTIONS["one_node"]`` and
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastssl.ops import reference
 from fastssl.ops.contrastive_doors import OPTIONS, _door_open, _queue_body, _rows_body, _rows_self_body, _unit_body
 
 
@@ -23,14 +24,18 @@ class _TwoViewDoor(torch.autograd.Function):
     """NT-Xent / DCL in one process, eagerly, as one autograd node: [z1; z2] normalised by the unit
     kernel, the loss of those rows against themselves, its mean. The ops' path makes three nodes of it
     (unit rows, the loss, its mean door), and each node is host time a small loss pays per call
-    (notes/host_path.md). The same bodies and launchers as the ops, in the same order; under
-    torch.compile, with gathered columns or DCLW's weights the ops' path runs."""
+    (notes/host_path.md). The same bodies and launchers as the ops, in the same order (DCLW's weights
+    from the same reference function); under torch.compile or with gathered columns the ops' path runs."""
 
     @staticmethod
-    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos):
+    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos, weight_sigma):
         rows, rn = _unit_body(z1, z2)
-        loss, lse2 = _rows_self_body(rows, pos_idx, excl_idx, None, temperature, exclude_pos)
-        ctx.save_for_backward(z1, z2, rn, rows, pos_idx, excl_idx, lse2)
+        pos_weight = None
+        if weight_sigma is not None:  # DCLW: the weights from the unit rows, without gradient
+            w = reference.dclw_weights(rows.view(1, 2, z1.shape[0], -1), weight_sigma)
+            pos_weight = torch.cat([w, w])
+        loss, lse2 = _rows_self_body(rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
+        ctx.save_for_backward(z1, z2, rn, rows, pos_idx, excl_idx, pos_weight, lse2)
         ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
         return loss.mean()
 
@@ -38,17 +43,17 @@ class _TwoViewDoor(torch.autograd.Function):
     def backward(ctx, dmean):
         from fastssl.kernels.contrastive import backward, unit_bwd
 
-        z1, z2, rn, rows, pos_idx, excl_idx, lse2 = ctx.saved_tensors
+        z1, z2, rn, rows, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
         m = rows.shape[0]
-        drows, _ = backward(rows, rows, pos_idx, excl_idx, None, lse2, dmean.expand(m), ctx.temperature,
+        drows, _ = backward(rows, rows, pos_idx, excl_idx, pos_weight, lse2, dmean.expand(m), ctx.temperature,
                             ctx.exclude_pos, True, True, True, 1.0 / m)  # mean_door's scale: no division launch
         dz1, dz2 = unit_bwd(z1, z2, rn, drows)
-        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), None, None, None, None
+        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), *([None] * 5)
 
 
 def two_view_node_applies(z1: Tensor, z2: Tensor) -> bool:
-    """Whether NT-Xent / DCL on the kernels takes ``_TwoViewDoor`` (the caller checked: one process, no
-    weights): eager, both switches on, the unit kernel taking both views."""
+    """Whether NT-Xent / DCL on the kernels takes ``_TwoViewDoor`` (the caller checked: one process):
+    eager, both switches on, the unit kernel taking both views."""
     if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
         return False
     from fastssl.kernels.contrastive import unit_takes
@@ -57,10 +62,10 @@ def two_view_node_applies(z1: Tensor, z2: Tensor) -> bool:
 
 
 def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
-                  exclude_pos: bool) -> Tensor:
+                  exclude_pos: bool, weight_sigma: float | None = None) -> Tensor:
     """The two-view loss's mean through ``_TwoViewDoor`` (``two_view_node_applies``; ``pos_idx`` /
-    ``self_idx``: the loss's index arrays)."""
-    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos)
+    ``self_idx``: the loss's index arrays; ``weight_sigma``: DCLW's σ)."""
+    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos, weight_sigma)
 
 
 class _QueryDoor(torch.autograd.Function):

@@ -44,6 +44,15 @@ def contrastive_rows(
     return lse - positive
 
 
+def dclw_weights(views: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DCLW's positive weights (DCL eq. 6): w_i = 2 − N·softmax_i(<z_i¹, z_i²>/σ) over the global batch,
+    so E[w] = 1. ``views`` [ranks, 2, n, D]: the unit views of every rank (sample g = r·n + i), no
+    gradient. Returns fp32 [N = ranks·n]."""
+    with torch.no_grad():
+        cos = (views[:, 0].float() * views[:, 1].float()).sum(dim=-1).reshape(-1)
+        return 2.0 - cos.shape[0] * torch.softmax(cos / sigma, dim=0)
+
+
 
 def queue_rows(
     rows: torch.Tensor,
