@@ -112,7 +112,7 @@ def query_node_applies(q: Tensor, k: Tensor) -> bool:
 
 
 def query_node(q: Tensor, cols: Tensor, pos_idx: Tensor, excl_idx: Tensor | None, queue: Tensor | None,
-                temperature: float) -> Tensor:
+               temperature: float) -> Tensor:
     """``_QueryDoor`` after the checks the ops' path makes (``prepare`` / ``check_queue`` on the queries,
     which the unit rows match in shape, dtype and device)."""
     from fastssl.kernels.contrastive import check_queue, prepare
