@@ -137,3 +137,18 @@ def test_two_view_losses_gather_once(runs, case, backend):
     for rank, r in enumerate(ranks):
         got = r[("collectives", case, backend)]
         assert got == {"size_gather": 1, "gather": 1, "reduce_scatter": 1}, (rank, got)
+
+
+@pytest.mark.parametrize("world,rank", [(3, 0), (3, 2), (4, 1)])
+def test_rank_major_index_points_at_the_right_views(world, rank):
+    """The gathered columns are every rank's rows [z1_r; z2_r] in rank order; for any rank, row a's
+    self index must land on row a itself and its positive index on the other view of its sample."""
+    from fastssl.ops.contrastive import _rank_major_index
+
+    n, d = 5, 3
+    ranks = [torch.randn(2 * n, d) for _ in range(world)]  # each rank's [z1; z2]
+    cols = torch.cat(ranks)
+    rows = ranks[rank]
+    pos, self_idx = _rank_major_index(n, rank * 2 * n, torch.device("cpu"))
+    assert torch.equal(cols[self_idx.long()], rows)
+    assert torch.equal(cols[pos.long()], torch.cat([rows[n:], rows[:n]]))
