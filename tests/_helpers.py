@@ -94,3 +94,35 @@ def forget_deepspeed_groups() -> None:
             setattr(groups, name, None)
         elif name.startswith("_") and isinstance(value, dict) and any(isinstance(v, dist.ProcessGroup) for v in value.values()):
             value.clear()
+
+
+def tiny_method(tmp_path: Path, method: dict, *, arch: str = "test_vit", batch_size: int | None = None):
+    """A method (``method``: its config section) on one of timm's test models at 16 px (test_vit with
+    patch 4, its attention resolved for CPU fp32; or test_resnet), over a layout-only folder, built
+    seeded: a whole method step in milliseconds."""
+    from fastssl.config import TrainConfig
+    from fastssl.engine.compile import resolve_attention
+    from fastssl.methods.registry import build_method
+
+    layout_only_folder(tmp_path, "a")
+    vit = "vit" in arch
+    cfg = TrainConfig.model_validate({
+        "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
+        "model": {"arch": arch, **({"patch_size": 4} if vit else {})},
+        "method": method,
+        **({"optim": {"batch_size": batch_size}} if batch_size else {}),
+    })
+    torch.manual_seed(0)
+    built = build_method(cfg)
+    if vit:
+        resolve_attention(built, torch.device("cpu"), torch.float32)  # before tracing (compile_regions does this too)
+    return built
+
+
+def two_view_batch(b: int, seed: int, size: int = 16):
+    """A seeded batch of two [b, 3, size, size] views."""
+    from fastssl.data.batch import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch({"views": torch.randn(2, b, 3, size, size, generator=g)}, torch.zeros(b, dtype=torch.long), torch.arange(b))
+

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import layout_only_folder
+from _helpers import tiny_method, two_view_batch
 
-from fastssl.config import TrainConfig
-from fastssl.data.batch import Batch
-from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats, resolve_attention
+from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats
 from fastssl.eval.export import encoder_state_dict
 from fastssl.methods.base import StepContext
-from fastssl.methods.registry import build_method
 
 HEAD = {"hidden_dim": 32, "out_dim": 16}
 METHODS = {
@@ -28,21 +25,11 @@ METHODS = {
 
 
 def tiny(name: str, tmp_path, **fields):
-    layout_only_folder(tmp_path, "a")
-    cfg = TrainConfig.model_validate({
-        "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
-        "model": {"arch": "test_vit", "patch_size": 4},
-        "method": {"name": name, **METHODS[name], **fields},
-    })
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    resolve_attention(method, torch.device("cpu"), torch.float32)  # before tracing (compile_regions does this too)
-    return method
+    return tiny_method(tmp_path, {"name": name, **METHODS[name], **fields})
 
 
-def batch_of(b: int, seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch({"views": torch.randn(2, b, 3, 16, 16, generator=g)}, torch.zeros(b, dtype=torch.long), torch.arange(b))
+def batch_of(b: int, seed: int):
+    return two_view_batch(b, seed)
 
 
 def _grads(m) -> dict[str, torch.Tensor]:
@@ -217,16 +204,8 @@ def test_packed_step_on_a_device_has_no_host_sync_or_host_copy(backend):
 
 
 def _tiny_resnet(name: str, tmp_path):
-    layout_only_folder(tmp_path, "a")
     method_cfg = {"mocov2": {"head": HEAD, "queue_size": 12, "gather_distributed": False}}[name]
-    cfg = TrainConfig.model_validate({
-        "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 16},
-        "optim": {"batch_size": 6},
-        "model": {"arch": "test_resnet"},
-        "method": {"name": name, **method_cfg},
-    })
-    torch.manual_seed(0)
-    return build_method(cfg)
+    return tiny_method(tmp_path, {"name": name, **method_cfg}, arch="test_resnet", batch_size=6)
 
 
 def test_a_resnet_compiles_its_stem_and_stages_as_one_region_and_trains_like_eager(tmp_path):
