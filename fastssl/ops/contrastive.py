@@ -6,14 +6,14 @@ differentiable w.r.t. every input that requires grad. Each one reduces to
 anchor rows against (optionally all-gathered) candidate columns, so the same core serves one GPU
 and many, the eager reference and the Triton kernel.
 
-Normalisation stays a separate eager pass: it is O(N·D), a rounding error next to the O(N²·D)
-similarity work, and autograd gets its backward right for free. It runs in fp32 and casts the unit
-vectors back to the input dtype (``_unit``): the backward of a normalisation subtracts the radial
-component, a cancellation that bf16 would turn into percent-level gradient error.
+Normalisation is a pass of its own before the similarity kernels: it is O(N·D), a rounding error next
+to the O(N²·D) similarity work. It runs in fp32 and casts the unit vectors back to the input dtype
+(``_unit``; with the kernels, one launch each way, ``unit_rows``): the backward of a normalisation
+subtracts the radial component, a cancellation that bf16 would turn into percent-level gradient error.
 
 ``gather_distributed=True``: negatives come from every rank; each rank's value is the mean over its
 local anchors, so the engine's gradient averaging reproduces the single-process global-batch
-gradient (see ``fastssl.ops.distributed``).
+gradient (see ``fastssl.ops.distributed``). On one rank it is the single-process loss (``_gathers``).
 
 The kernels (``fastssl.kernels.contrastive``) enter as custom ops with eager doors
 (``fastssl.ops.contrastive_doors``); eagerly, each loss on the kernels is one autograd node where it
