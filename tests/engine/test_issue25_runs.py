@@ -74,8 +74,8 @@ def test_resume_rules_and_a_finished_run_end_to_end(tmp_path, tiny_folder):
     assert "(96 images in 4 classes there, 97 in 4 now)" in changed.stderr
 
 
-def _rank_pids(launcher_pid: int) -> dict[int, int]:
-    """{local rank: pid} of the train.py processes below a deepspeed launcher."""
+def _rank_pids(port: int) -> dict[int, int]:
+    """{local rank: pid} of the train.py processes of the deepspeed run on master ``port``."""
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -85,7 +85,7 @@ def _rank_pids(launcher_pid: int) -> dict[int, int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(c.endswith(b"train.py") for c in cmd) and b"MASTER_PORT=" + str(_port()).encode() in environ:
+        if any(c.endswith(b"train.py") for c in cmd) and b"MASTER_PORT=" + str(port).encode() in environ:
             for item in environ:
                 if item.startswith(b"LOCAL_RANK="):
                     found[int(item[11:])] = int(proc.name)
@@ -100,16 +100,17 @@ def test_two_ranks_sigterm_to_one_then_kill_9_of_the_other(tmp_path, tiny_folder
     """SIGTERM to rank 1 only: rank 0 names it (no empty field); after the resume, kill -9 of rank 1: rank 0
     names the dead rank and the last complete checkpoint in one line, no traceback."""
     run = tmp_path / "run"
-    cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 60, "batch_size": 8, "warmup_epochs": 0},
+    cfg = tiny_config(tmp_path, tiny_folder, optim={"max_steps": 200, "batch_size": 8, "warmup_epochs": 0},
                       engine={"ckpt_every_steps": 2}, eval={"knn_at_init": False, "linear_probe": False})
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), str(TRAIN), "--config", str(cfg)]
+    port = _port()  # one port for the run and for finding its ranks (a fresh one per call would match no rank)
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), str(TRAIN), "--config", str(cfg)]
     for round_, (signum, step) in enumerate(((signal.SIGTERM, 3), (signal.SIGKILL, None))):
         log_path = tmp_path / f"ranks{round_}.log"
         with open(log_path, "w") as log:
             launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
             start = max(losses(run), default=0) if (run / "metrics.jsonl").exists() else 0
             _wait_for_step(run, start + 3, launcher, timeout=400)
-            os.kill(_rank_pids(launcher.pid)[1], signum)
+            os.kill(_rank_pids(port)[1], signum)
             launcher.wait(timeout=240)
         text = log_path.read_text()
         lines = [line for line in text.splitlines() if "fastssl:" in line]
