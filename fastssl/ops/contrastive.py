@@ -28,9 +28,10 @@ from torch import Tensor
 from fastssl.ops import reference
 from fastssl.ops.contrastive_doors import (  # noqa: F401  (OPTIONS, fused_unit_rows: re-exported)
     OPTIONS, fused_unit_rows, triton_contrastive_rows, triton_queue_rows, unit_rows)
-from fastssl.ops.contrastive_nodes import query_node, query_node_applies, two_view_node, two_view_node_applies
+from fastssl.ops.contrastive_nodes import (gathered_two_view_node, query_node, query_node_applies, two_view_node,
+                                          two_view_node_applies)
 from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
-from fastssl.ops.distributed import gather_rows, world_info
+from fastssl.ops.distributed import check_equal_rows, gather_rows, world_info
 
 
 
@@ -145,6 +146,18 @@ def _two_view_rows(z1, z2, gather_distributed, fused=False):
     return rows, cols, pos_idx, self_idx, (cols.detach().view(world, 2, n, -1), offset // 2)
 
 
+def _two_view_node(z1, z2, temperature, exclude_pos, weight_sigma, gathered: bool) -> Tensor:
+    """A two-view loss through its one-node door (``fastssl.ops.contrastive_nodes``): in one process,
+    or gathered after the ranks' sizes are checked, with the index arrays each layout needs."""
+    n = z1.shape[0]
+    if not gathered:
+        pos_idx, self_idx = _two_view_index(n, n, 0, z1.device)
+        return two_view_node(z1, z2, pos_idx, self_idx, temperature, exclude_pos, weight_sigma)
+    check_equal_rows(z1)
+    pos_idx, self_idx = _rank_major_index(n, world_info()[0] * 2 * n, z1.device)
+    return gathered_two_view_node(z1, z2, pos_idx, self_idx, temperature, exclude_pos, weight_sigma)
+
+
 def _cached_index(key: tuple, build):
     """The index arrays ``build()`` makes, reused per ``key`` by eager calls (``fastssl.kernels.launch.constant``):
     a few small launches per step that a training loop would repeat with the same values. The cached
@@ -205,9 +218,8 @@ def nt_xent(
     gather_distributed = _gathers(gather_distributed)
     _check_pair(z1, z2, temperature, gather_distributed)
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
-    if kernel and not gather_distributed and two_view_node_applies(z1, z2):  # one autograd node
-        pos_idx, self_idx = _two_view_index(z1.shape[0], z1.shape[0], 0, z1.device)
-        return two_view_node(z1, z2, pos_idx, self_idx, temperature, False)
+    if kernel and two_view_node_applies(z1, z2):  # one autograd node
+        return _two_view_node(z1, z2, temperature, False, None, gather_distributed)
     rows, cols, pos_idx, self_idx, _ = _two_view_rows(z1, z2, gather_distributed, kernel)
     return _mean_loss(_core(backend, z1.device, kernel=kernel), rows, cols, pos_idx, self_idx, temperature)
 
@@ -232,9 +244,8 @@ def dcl(
     kernel = _kernel(backend, z1.device, _pair_size(z1, gather_distributed))
     if weight_sigma is not None and not weight_sigma > 0:
         raise ValueError(f"weight_sigma must be > 0, got {weight_sigma}")
-    if kernel and not gather_distributed and two_view_node_applies(z1, z2):
-        pos_idx, self_idx = _two_view_index(z1.shape[0], z1.shape[0], 0, z1.device)
-        return two_view_node(z1, z2, pos_idx, self_idx, temperature, True, weight_sigma)
+    if kernel and two_view_node_applies(z1, z2):  # one autograd node
+        return _two_view_node(z1, z2, temperature, True, weight_sigma, gather_distributed)
     rows, cols, pos_idx, self_idx, gathered = _two_view_rows(z1, z2, gather_distributed, kernel)
     pos_weight = None
     if weight_sigma is not None:

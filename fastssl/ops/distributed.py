@@ -26,7 +26,7 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def _all_gather(x: torch.Tensor) -> torch.Tensor:
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """[world·n, ...]: every rank's ``x`` in rank order, gathered straight into one tensor (no list of
     parts and no concatenated copy)."""
     x = x.contiguous()
@@ -38,16 +38,31 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _all_gather(x)
+        return all_gather_rows(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         # Sum every rank's gradient of the gathered tensor and keep our block: a reduce-scatter, which
         # moves half the bytes of an all-reduce followed by a slice.
-        world = dist.get_world_size()
-        out = grad.new_empty((grad.shape[0] // world,) + tuple(grad.shape[1:]))
-        _reduce_scatter_single(out, grad.contiguous())
-        return out
+        return reduce_scatter_rows(grad)
+
+
+def reduce_scatter_rows(grad: torch.Tensor) -> torch.Tensor:
+    """Our block of Σ over ranks of ``grad`` [world·n, ...] (the backward of ``all_gather_rows``)."""
+    world = dist.get_world_size()
+    out = grad.new_empty((grad.shape[0] // world,) + tuple(grad.shape[1:]))
+    _reduce_scatter_single(out, grad.contiguous())
+    return out
+
+
+def check_equal_rows(x: torch.Tensor) -> None:
+    """Raise in one line unless every rank holds as many rows as ``x`` (a gather of unequal blocks would
+    hang or mix rows). One small all-gather and a host read: the one sync of a gathered loss."""
+    world = dist.get_world_size()
+    sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device))
+    if any(int(s) != x.shape[0] for s in sizes):
+        raise ValueError(f"gather_distributed needs the same batch size on every rank, got {[int(s) for s in sizes]}")
 
 
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -59,10 +74,7 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     rank, world = world_info()
     if world == 1:
         return x, 0
-    sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device))
-    if any(int(s) != x.shape[0] for s in sizes):
-        raise ValueError(f"gather_distributed needs the same batch size on every rank, got {[int(s) for s in sizes]}")
+    check_equal_rows(x)
     if x.requires_grad:
         return _GatherWithGrad.apply(x), rank * x.shape[0]
-    return _all_gather(x), rank * x.shape[0]
+    return all_gather_rows(x), rank * x.shape[0]

@@ -83,9 +83,39 @@ def _count_collectives(case: str, backend: str, data: dict, lo: int, hi: int) ->
     return counts
 
 
+def _one_node_vs_chain(case: str, data: dict, lo: int, hi: int) -> dict:
+    """The gathered loss through its one-node door and through the ops' chain of nodes: the door taken,
+    the values, the gradients and the torch ops each path dispatches per call (forward + backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import fastssl.ops.contrastive as C
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count = getattr(self, "count", 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    out = {}
+    for one_node in (True, False):
+        C.OPTIONS["one_node"] = one_node
+        try:
+            a = data["x1"][lo:hi].clone().requires_grad_()
+            b = data["x2"][lo:hi].clone().requires_grad_()
+            with Ops() as ops:
+                loss = (nt_xent if case == "nt_xent" else dcl)(a, b, TAU, gather_distributed=True, backend="triton",
+                                                               **({"weight_sigma": 0.5} if case == "dclw" else {}))
+                node = type(loss.grad_fn).__name__
+                loss.backward()
+        finally:
+            C.OPTIONS["one_node"] = True
+        out[one_node] = {"node": node, "ops": ops.count, "values": [loss.detach(), a.grad, b.grad]}
+    return out
+
+
 def _rank_results(rank: int, data: dict) -> dict:
     n = N // WORLD
     out = {(c, b): _run_case(c, b, data, rank * n, (rank + 1) * n, gather=True) for c in CASES for b in BACKENDS}
+    out.update({("one_node", c): _one_node_vs_chain(c, data, rank * n, (rank + 1) * n) for c in ("nt_xent", "dcl", "dclw")})
     out.update({("collectives", c, b): _count_collectives(c, b, data, rank * n, (rank + 1) * n)
                 for c in ("nt_xent", "dclw") for b in BACKENDS})
     return out
@@ -152,3 +182,16 @@ def test_rank_major_index_points_at_the_right_views(world, rank):
     pos, self_idx = _rank_major_index(n, rank * 2 * n, torch.device("cpu"))
     assert torch.equal(cols[self_idx.long()], rows)
     assert torch.equal(cols[pos.long()], torch.cat([rows[n:], rows[:n]]))
+
+
+@pytest.mark.parametrize("case", ["nt_xent", "dcl", "dclw"])
+def test_gathered_two_view_loss_is_one_node_bit_for_bit(runs, case):
+    """Over 2 ranks the two-view losses take one autograd node (normalisation, gather, loss, mean) with
+    the values and gradients of the ops' chain of nodes bit for bit, and fewer torch ops per call."""
+    _, ranks = runs
+    for rank, r in enumerate(ranks):
+        one, chain = r[("one_node", case)][True], r[("one_node", case)][False]
+        assert one["node"] == "_GatheredTwoViewDoorBackward" and chain["node"].startswith("MeanDoor"), (one["node"], chain["node"])
+        for i, (g, w) in enumerate(zip(one["values"], chain["values"])):
+            assert torch.equal(g, w), f"{case} rank {rank}: output {i} differs from the chain of nodes"
+        assert one["ops"] < chain["ops"], (one["ops"], chain["ops"])
