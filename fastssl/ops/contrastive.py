@@ -28,8 +28,7 @@ from torch import Tensor
 from fastssl.ops import reference
 from fastssl.ops.contrastive_doors import (  # noqa: F401  (OPTIONS, fused_unit_rows: re-exported)
     OPTIONS, fused_unit_rows, triton_contrastive_rows, triton_queue_rows, unit_rows)
-from fastssl.ops.contrastive_nodes import (gathered_two_view_node, query_node, query_node_applies, two_view_node,
-                                          two_view_node_applies)
+from fastssl.ops.contrastive_nodes import query_node, query_node_applies, two_view_node, two_view_node_applies
 from fastssl.ops.dispatch import Backend, auto_size_ok, use_triton
 from fastssl.ops.distributed import check_equal_rows, gather_rows, world_info
 
@@ -150,12 +149,12 @@ def _two_view_node(z1, z2, temperature, exclude_pos, weight_sigma, gathered: boo
     """A two-view loss through its one-node door (``fastssl.ops.contrastive_nodes``): in one process,
     or gathered after the ranks' sizes are checked, with the index arrays each layout needs."""
     n = z1.shape[0]
-    if not gathered:
+    if gathered:
+        check_equal_rows(z1)
+        pos_idx, self_idx = _rank_major_index(n, world_info()[0] * 2 * n, z1.device)
+    else:
         pos_idx, self_idx = _two_view_index(n, n, 0, z1.device)
-        return two_view_node(z1, z2, pos_idx, self_idx, temperature, exclude_pos, weight_sigma)
-    check_equal_rows(z1)
-    pos_idx, self_idx = _rank_major_index(n, world_info()[0] * 2 * n, z1.device)
-    return gathered_two_view_node(z1, z2, pos_idx, self_idx, temperature, exclude_pos, weight_sigma)
+    return two_view_node(z1, z2, pos_idx, self_idx, temperature, exclude_pos, weight_sigma, gathered)
 
 
 def _cached_index(key: tuple, build):

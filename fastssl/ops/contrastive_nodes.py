@@ -5,8 +5,8 @@ mean door (and for NT-Xent / DCL the views as one tensor between them). Each nod
 autograd-engine time that a small loss pays on the host every call, and a small loss's call is
 bound by its host (issue 21). These doors run the same bodies and launchers as the ops
 (``fastssl.ops.contrastive_doors``), in the same order, inside one node:
-- ``two_view_node``: NT-Xent / DCL / DCLW in one process (rows are the columns);
-- ``gathered_two_view_node``: the same over several ranks (the gather inside the node);
+- ``two_view_node``: NT-Xent / DCL / DCLW, in one process (rows are the columns) or over several ranks
+  (the gather inside the node);
 - ``query_node``: InfoNCE whose keys need no gradient (MoCo's momentum keys), against the keys
   (MoCo v3, M-MoCo) or MoCo v2's queue.
 They apply eagerly only (torch.compile takes the custom ops) and with ``OPTIONS["one_node"]`` and
@@ -19,77 +19,32 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fastssl.ops import reference
-from fastssl.ops.contrastive_doors import OPTIONS, _door_open, _queue_body, _rows_body, _rows_self_body, _unit_body
+from fastssl.ops.contrastive_doors import OPTIONS, _door_open, _queue_body, _rows_body, _unit_body
 from fastssl.ops.distributed import all_gather_rows, reduce_scatter_rows
 
 
 class _TwoViewDoor(torch.autograd.Function):
-    """NT-Xent / DCL in one process, eagerly, as one autograd node: [z1; z2] normalised by the unit
-    kernel, the loss of those rows against themselves, its mean. The ops' path makes three nodes of it
-    (unit rows, the loss, its mean door), and each node is host time a small loss pays per call
-    (notes/host_path.md). The same bodies and launchers as the ops, in the same order (DCLW's weights
-    from the same reference function); under torch.compile the ops' path runs."""
+    """NT-Xent / DCL / DCLW, eagerly, as one autograd node: [z1; z2] normalised by the unit kernel,
+    (``gathered``) all-gathered from every rank into rank-major columns (``_rank_major_index``), the
+    loss of the local rows against the columns, its mean. Backward: in one process the symmetric pass
+    (rows are the columns); gathered, the rows' and the columns' passes, the columns' gradient summed
+    over ranks into our block (a reduce-scatter) and added onto the rows'; then the unit backward.
+    The ops' path makes three nodes of it (unit rows, the gather or nothing, the loss's mean door):
+    the same bodies and launchers in the same order (DCLW's weights from the same reference
+    function); under torch.compile the ops' path runs."""
 
     @staticmethod
-    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos, weight_sigma):
+    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos, weight_sigma, gathered):
         rows, rn = _unit_body(z1, z2)
+        cols = all_gather_rows(rows) if gathered else rows
         pos_weight = None
-        if weight_sigma is not None:  # DCLW: the weights from the unit rows, without gradient
-            w = reference.dclw_weights(rows.view(1, 2, z1.shape[0], -1), weight_sigma)
-            pos_weight = torch.cat([w, w])
-        loss, lse2 = _rows_self_body(rows, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
-        ctx.save_for_backward(z1, z2, rn, rows, pos_idx, excl_idx, pos_weight, lse2)
-        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
-        return loss.mean()
-
-    @staticmethod
-    def backward(ctx, dmean):
-        from fastssl.kernels.contrastive import backward, unit_bwd
-
-        z1, z2, rn, rows, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
-        m = rows.shape[0]
-        drows, _ = backward(rows, rows, pos_idx, excl_idx, pos_weight, lse2, dmean.expand(m), ctx.temperature,
-                            ctx.exclude_pos, True, True, True, 1.0 / m)  # mean_door's scale: no division launch
-        dz1, dz2 = unit_bwd(z1, z2, rn, drows)
-        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), *([None] * 5)
-
-
-def two_view_node_applies(z1: Tensor, z2: Tensor) -> bool:
-    """Whether NT-Xent / DCL on the kernels takes a one-node door (``_TwoViewDoor``, or over several
-    ranks ``_GatheredTwoViewDoor``): eager, both switches on, the unit kernel taking both views."""
-    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
-        return False
-    from fastssl.kernels.contrastive import unit_takes
-
-    return unit_takes(z1, z2) and z1.stride(1) == 1 and z2.stride(1) == 1
-
-
-def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
-                  exclude_pos: bool, weight_sigma: float | None = None) -> Tensor:
-    """The two-view loss's mean through ``_TwoViewDoor`` (``two_view_node_applies``; ``pos_idx`` /
-    ``self_idx``: the loss's index arrays; ``weight_sigma``: DCLW's σ)."""
-    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos, weight_sigma)
-
-
-class _GatheredTwoViewDoor(torch.autograd.Function):
-    """NT-Xent / DCL / DCLW over several ranks, eagerly, as one autograd node: [z1; z2] normalised by
-    the unit kernel, gathered from every rank (rank-major columns: ``_rank_major_index``), the loss of
-    the local rows against them, its mean. Backward: the rows' and the columns' passes, the columns'
-    gradient summed over ranks into our block (a reduce-scatter) and added onto the rows', then the
-    unit backward. The ops' path makes three nodes of it (unit rows, the gather, the loss's mean door)."""
-
-    @staticmethod
-    def forward(ctx, z1, z2, pos_idx, excl_idx, temperature, exclude_pos, weight_sigma):
-        rows, rn = _unit_body(z1, z2)
-        cols = all_gather_rows(rows)
-        pos_weight = None
-        if weight_sigma is not None:  # DCLW: the global weights from the gathered unit rows, ours kept
-            n, rank = z1.shape[0], dist.get_rank()
+        if weight_sigma is not None:  # DCLW: the global weights from the (gathered) unit rows, ours kept
+            n, rank = z1.shape[0], dist.get_rank() if gathered else 0
             local = reference.dclw_weights(cols.view(-1, 2, n, cols.shape[1]), weight_sigma)[rank * n : (rank + 1) * n]
             pos_weight = torch.cat([local, local])
         loss, lse2 = _rows_body(rows, cols, pos_idx, excl_idx, pos_weight, temperature, exclude_pos)
         ctx.save_for_backward(z1, z2, rn, rows, cols, pos_idx, excl_idx, pos_weight, lse2)
-        ctx.temperature, ctx.exclude_pos = temperature, exclude_pos
+        ctx.temperature, ctx.exclude_pos, ctx.gathered = temperature, exclude_pos, gathered
         return loss.mean()
 
     @staticmethod
@@ -99,17 +54,29 @@ class _GatheredTwoViewDoor(torch.autograd.Function):
         z1, z2, rn, rows, cols, pos_idx, excl_idx, pos_weight, lse2 = ctx.saved_tensors
         m = rows.shape[0]
         drows, dcols = backward(rows, cols, pos_idx, excl_idx, pos_weight, lse2, dmean.expand(m), ctx.temperature,
-                                ctx.exclude_pos, True, True, False, 1.0 / m)
-        drows += reduce_scatter_rows(dcols)  # our rows as every rank's columns
+                                ctx.exclude_pos, True, True, not ctx.gathered, 1.0 / m)  # mean_door's scale
+        if ctx.gathered:
+            drows += reduce_scatter_rows(dcols)  # our rows as every rank's columns
         dz1, dz2 = unit_bwd(z1, z2, rn, drows)
-        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), *([None] * 5)
+        return (dz1 if ctx.needs_input_grad[0] else None), (dz2 if ctx.needs_input_grad[1] else None), *([None] * 6)
 
 
-def gathered_two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
-                           exclude_pos: bool, weight_sigma: float | None = None) -> Tensor:
-    """The gathered two-view loss's mean through ``_GatheredTwoViewDoor`` (``two_view_node_applies``;
-    the caller checked the ranks' sizes; ``pos_idx`` / ``self_idx``: the rank-major index arrays)."""
-    return _GatheredTwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos, weight_sigma)
+def two_view_node_applies(z1: Tensor, z2: Tensor) -> bool:
+    """Whether NT-Xent / DCL on the kernels takes ``_TwoViewDoor``: eager, both switches on, the unit
+    kernel taking both views."""
+    if not (OPTIONS["one_node"] and OPTIONS["fused_unit"] and _door_open()):
+        return False
+    from fastssl.kernels.contrastive import unit_takes
+
+    return unit_takes(z1, z2) and z1.stride(1) == 1 and z2.stride(1) == 1
+
+
+def two_view_node(z1: Tensor, z2: Tensor, pos_idx: Tensor, self_idx: Tensor, temperature: float,
+                  exclude_pos: bool, weight_sigma: float | None, gathered: bool) -> Tensor:
+    """The two-view loss's mean through ``_TwoViewDoor`` (``two_view_node_applies``; ``pos_idx`` /
+    ``self_idx``: the layout's index arrays; ``weight_sigma``: DCLW's σ; ``gathered``: over several
+    ranks, whose sizes the caller checked)."""
+    return _TwoViewDoor.apply(z1, z2, pos_idx, self_idx, float(temperature), exclude_pos, weight_sigma, gathered)
 
 
 class _QueryDoor(torch.autograd.Function):
