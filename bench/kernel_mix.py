@@ -6,7 +6,7 @@ kernels' loop body has two paths since mask-free tiles: the masked tile update (
 for excluded, positive and out-of-range columns) and the plain one, which every tile not meeting a row
 block's excluded / positive columns or a ragged end takes (all but a few per row block at training
 sizes). This script compiles the launchers' fixed config of each kernel (bf16, D = 128 and 256) twice:
-as launched now and with ``MASK_ALL`` (every tile masked: main before), and puts the counts side by side
+as launched now and with ``MASK_ALL`` (every tile masked), and puts the counts side by side
 with the loop model of notes/contrastive.md:
   tensor clocks per tile = MACs / 2048 (an H100/H200 SM's dense bf16 rate: 4096 FLOP per clock);
   issue clocks per tile  = SASS instructions per warp × warps / 4 (four schedulers, one issue each);
@@ -16,6 +16,7 @@ These are counts and a model, not GPU times: the GPU run's `triton` vs `triton[m
 (``bench/contrastive.py``) time the same change.
 
     python bench/kernel_mix.py            # bench/results/kernel-mix-sm90.{json,md,png} (~1 min on 2 cores)
+    PYTHONPATH=.venv/gpu-triton python bench/kernel_mix.py --name triton3.6   # the GPU machine's Triton
     python bench/kernel_mix.py --smoke    # the forward at D = 128 only: kernel-mix-smoke.* (tests/bench)
 """
 from __future__ import annotations
@@ -165,12 +166,12 @@ def shape_rows(mix: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], shapes: list[dict] | None = None) -> str:
+def markdown(rows: list[dict], shapes: list[dict] | None = None, triton_version: str = "") -> str:
     lines = [
         "# Contrastive kernels: SASS instructions per streamed tile (sm_90, bf16; `python bench/kernel_mix.py`)",
         "",
-        "Compiled for sm_90 on a CPU (no GPU time). `before`: every tile through the masked update (main",
-        "before mask-free tiles, `FASTSSL_CONTRASTIVE_MASK_ALL=1`); `after`: the masked path (the few tiles",
+        f"Compiled for sm_90 on a CPU by Triton {triton_version} (no GPU time). `before`: every tile through the",
+        "masked update (`FASTSSL_CONTRASTIVE_MASK_ALL=1`, bench's `triton[masked]`); `after`: the masked path (the few tiles",
         "at excluded / positive columns and ragged ends) and the plain path (all other tiles). Loop model",
         "in clocks per tile (tensor = MACs / 2048, issue = instructions × warps / 4): serial = tensor + issue.",
         "",
@@ -225,20 +226,27 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="the forward at D = 128 only (kernel-mix-smoke.*)")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="folder for kernel-mix-{sm90,smoke}.{json,md,png}")
+    p.add_argument("--name", default="", help="suffix of the files: kernel-mix-sm90-NAME.* (e.g. triton3.6)")
     args = p.parse_args(argv)
     rows = rows_for(128, ("fwd",)) if args.smoke else [r for d in (128, 256) for r in rows_for(d)]
     shapes = None if args.smoke else shape_rows(rows)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("kernel-mix-smoke" if args.smoke else "kernel-mix-sm90")
     import triton
+
+    # --name: e.g. the GPU machine's Triton (PYTHONPATH=.venv/gpu-triton) beside the installed one's files
+    stem = out / ("kernel-mix-smoke" if args.smoke else "kernel-mix-sm90" + ("" if args.name == "" else f"-{args.name}"))
 
     doc = {"target": "sm_90 (GPUTarget cuda 90), compiled on CPU", "triton": triton.__version__, "smoke": args.smoke,
            "model": {"macs_per_clock": MACS_PER_CLOCK, "schedulers": SCHEDULERS}, "rows": rows, "shapes": shapes}
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    stem.with_suffix(".md").write_text(markdown(rows, shapes))
-    plot(rows, stem.with_suffix(".png"))
-    print(markdown(rows, shapes))
+
+    def file(ext: str) -> Path:  # not with_suffix: a name such as "triton3.6" has a dot of its own
+        return stem.parent / f"{stem.name}.{ext}"
+
+    file("json").write_text(json.dumps(doc, indent=1))
+    file("md").write_text(markdown(rows, shapes, triton.__version__))
+    plot(rows, file("png"))
+    print(markdown(rows, shapes, triton.__version__))
     print(f"wrote {stem}.{{json,md,png}}")
     return 0
 

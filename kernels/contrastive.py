@@ -209,17 +209,11 @@ def _dot_loop(a_ptr, b_ptr, offs_a, offs_b, a_ok, b_ok, stride_a, stride_ad, str
 # Forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale):
-    """The online (max, sum) update of a tile whose scores may be excluded or past the end."""
-    t = t * qk_scale
+def _mask_scores(t, offs_n, col_ok, excl, excl_b):
+    """The score tile with excluded columns and columns past the end set to -inf."""
     c = offs_n[None, :]
     allowed = col_ok[None, :] & (c != excl[:, None]) & (c != excl_b[:, None])
-    t = tl.where(allowed, t, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(t, axis=1))
-    # A row whose columns so far are all excluded keeps m = -inf; shift by 0 then, not -inf (NaN).
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t - m_safe[:, None]), axis=1)
-    return m_new, l_i
+    return tl.where(allowed, t, float("-inf"))
 
 
 @triton.jit
@@ -288,16 +282,20 @@ def _contrastive_fwd_kernel(
         else:
             t = _dot_loop(rows_ptr, cols_ptr, offs_m, offs_n, row_ok, col_ok, stride_rm, stride_rd,
                           stride_cm, stride_cd, D, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
-        if MASK_ALL:
-            m_i, l_i = _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale)
-        elif ((start_n + BLOCK_N > c_hi) | _meets(start_n, BLOCK_N, e_lo, e_hi)
-              | _meets(start_n, BLOCK_N, b_lo, b_hi)):
-            m_i, l_i = _masked_update(t, m_i, l_i, offs_n, col_ok, excl, excl_b, qk_scale)
-        else:
-            # Every score allowed: m stays finite, and the scale folds into the exponent's FMA.
-            m_new = tl.maximum(m_i, tl.max(t, axis=1) * qk_scale)
-            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t * qk_scale - m_new[:, None]), axis=1)
-            m_i = m_new
+        # The branch yields the masked tile, not the (m, l) update: with the update in both branches
+        # Triton 3.6's software pipeliner fails on this loop for 16-bit tiles (the GPU machine's
+        # Triton; 3.7 compiles both). The plain path's SASS is the same either way (±3 instructions
+        # per tile, bench/kernel_mix.py).
+        if MASK_ALL or ((start_n + BLOCK_N > c_hi) | _meets(start_n, BLOCK_N, e_lo, e_hi)
+                        | _meets(start_n, BLOCK_N, b_lo, b_hi)):
+            t = _mask_scores(t, offs_n, col_ok, excl, excl_b)
+        # The scale folds into the exponent's FMA; max(t)·scale = max(t·scale) exactly (scale > 0).
+        m_new = tl.maximum(m_i, tl.max(t, axis=1) * qk_scale)
+        # A row whose columns so far are all excluded keeps m = -inf; its shift must stay finite
+        # (-inf - -inf is NaN). max with -FLT_MAX is m_new for any finite m_new: one FMNMX per row, no select.
+        m_safe = tl.maximum(m_new, -3.4028234663852886e38)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(t * qk_scale - m_safe[:, None]), axis=1)
+        m_i = m_new
 
     if HAS_W:
         w = tl.load(w_ptr + offs_m, mask=row_ok, other=0.0)

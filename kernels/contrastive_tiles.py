@@ -21,7 +21,10 @@ notes/contrastive.md):
   (32·warps) = 128 registers per thread at BLOCK_D = 256, and the scores of the streamed tile,
   their mask and the per-row vectors come on top: at BLOCK_D = 256 both backward kernels stream
   32 (64 spilled 20–256 bytes in dRows and dCols, 128 more), and they never stream 128 (dCols
-  spilled 300–480 bytes at every D).
+  spilled 300–480 bytes at every D). The symmetric pass (dS + dSᵀ, two sets of per-row vectors)
+  takes 8 warps at 16 bits and 128 <= D <= 256: with one warpgroup it spilled 12–28 bytes at 255
+  registers under Triton 3.6, the GPU machine's (3.7 did not). fp32 and the D-loop path (D > 256),
+  which this rule does not cover (both spill), fit only 4-warp tiles in shared memory.
 The first config that survives pruning is the one the launchers use (``fixed_config``): no
 autotuner on the hot path (issue 21). ``FASTSSL_CONTRASTIVE_AUTOTUNE=1`` puts the autotuner back
 over ``launch_configs``; ``FASTSSL_TRITON_AUTOTUNE=0`` narrows that list to the first config.
@@ -81,6 +84,8 @@ def _allowed(kernel: str, shape: tuple[int, int, int, int], dtype: str, d: int) 
     if smem_need(kernel, own, stream, stages, bd, d <= bd, dtype) > SMEM_LIMIT:
         return False
     if kernel != "fwd" and bd >= 256 and stream > 32:  # see "No spills" above
+        return False
+    if kernel == "bwd_sym" and dtype != "fp32" and 128 <= bd and d <= bd and warps < 8:  # ditto
         return False
     return True
 

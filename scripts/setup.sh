@@ -50,5 +50,14 @@ open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PYEOF
 echo "[setup] installing fastssl and its dependencies (constraints: $(tr '\n' ' ' < "$CONS"))"
 pip_install -c "$CONS" -e ".[test]"
+# 4. The lent GPU machine's Triton (it runs CUDA torch 2.11 with Triton 3.6.0), in a folder beside the
+#    venv's own: tests/ops/test_kernel_aot.py compiles every kernel for sm_90 with it too, since a kernel
+#    the venv's Triton compiles can still fail there. Not imported by anything else.
+GPU_TRITON=3.6.0
+if [ ! -d "$VENV/gpu-triton/triton-$GPU_TRITON.dist-info" ]; then
+  echo "[setup] installing Triton $GPU_TRITON (the GPU machine's) into $VENV/gpu-triton for the sm_90 compile test"
+  rm -rf "$VENV/gpu-triton"
+  pip_install --no-deps --target "$VENV/gpu-triton" "triton==$GPU_TRITON"
+fi
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $VENV"

@@ -34,8 +34,11 @@ class StepOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@runtime_checkable
 class Method(Protocol):
+    """The contract every method meets; ``MethodModule`` is the base they derive from. A static type
+    only: from Python 3.12 an ``isinstance`` check of a protocol reads attributes with
+    ``inspect.getattr_static``, which does not see an ``nn.Module``'s registered submodules (``encoder``)."""
+
     encoder: nn.Module
 
     def crops(self) -> tuple: ...

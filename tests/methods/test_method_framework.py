@@ -11,7 +11,7 @@ from fastssl.data.batch import Batch
 from fastssl.data.crops import check_crops
 from fastssl.engine.params import optimizer_groups
 from fastssl.models.ema import cosine_momentum
-from fastssl.methods.base import AfterStep, Method, StepContext
+from fastssl.methods.base import AfterStep, MethodModule, StepContext
 from fastssl.methods.registry import METHODS, build_method, method_names
 from fastssl.models import PackedViT
 
@@ -55,7 +55,7 @@ def test_registry_covers_every_documented_name_once():
 @pytest.mark.parametrize("name", sorted(SMALL_HEADS))
 def test_groups_crops_and_one_training_step(name, tmp_path):
     method = tiny_method(name, tmp_path)
-    assert isinstance(method, Method) and isinstance(method.encoder, PackedViT)
+    assert isinstance(method, MethodModule) and isinstance(method.encoder, PackedViT)
     check_crops(method.crops())
     # every trainable parameter in exactly one group; nothing of a target network is trained
     trainable = {id(p) for p in method.parameters() if p.requires_grad}

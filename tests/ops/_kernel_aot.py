@@ -310,13 +310,15 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="compile only variants whose name contains this")
     p.add_argument("--mix", action="store_true", help="also record the SASS opcode counts of each main loop")
     args = p.parse_args(argv)
+    import triton  # the build this run compiles with (a folder on PYTHONPATH can stand for the venv's)
+
     todo = [i for i, v in enumerate(variants()) if args.only in "/".join(str(x) for x in v[0].values())]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:  # fresh: a cache hit would skip ptxas and its report
         with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(cache,)) as pool:
             records = list(pool.map(functools.partial(_compile, mix=args.mix), todo, chunksize=1))
     with open(args.out, "w") as f:
-        json.dump({"smem_limit": SM90_SMEM_LIMIT, "variants": len(todo), "contrastive_ds": CONTRASTIVE_DS,
+        json.dump({"triton": triton.__version__, "smem_limit": SM90_SMEM_LIMIT, "variants": len(todo), "contrastive_ds": CONTRASTIVE_DS,
                    "seconds": round(time.perf_counter() - t0, 1), "records": records}, f, indent=1)
     bad = sum("error" in r for r in records)
     print(f"compiled {len(records) - bad} of {len(records)} kernel variants for sm_90 in {time.perf_counter() - t0:.0f} s")
