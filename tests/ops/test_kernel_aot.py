@@ -27,8 +27,16 @@ BUILDS = ("installed", "gpu-machine")
 
 
 def _gpu_triton_version() -> str | None:
+    """The GPU machine's Triton beside the venv, if it is there, built for this Python, and not the
+    installed Triton itself (then the installed build's records are its records)."""
+    import triton
+
     found = sorted(GPU_TRITON.glob("triton-*.dist-info"))
-    return found[0].name[len("triton-"):-len(".dist-info")] if found else None
+    python = f"Tag: cp{sys.version_info.major}{sys.version_info.minor}-"
+    if not found or python not in (found[0] / "WHEEL").read_text():  # its compiled part is per Python
+        return None
+    version = found[0].name[len("triton-"):-len(".dist-info")]
+    return None if version == triton.__version__ else version
 
 
 _BACKGROUND: dict = {}  # build -> the compile subprocess of this pytest process, once started
@@ -74,7 +82,8 @@ def report(request) -> dict:
     """The records of one Triton build: the installed one, and the GPU machine's (both started at once)."""
     build = request.param
     if build == "gpu-machine" and not _gpu_triton_version():
-        pytest.skip(f"no GPU-machine Triton in {GPU_TRITON} (bash scripts/setup.sh installs it)")
+        pytest.skip(f"no GPU-machine Triton for this Python in {GPU_TRITON}, or it is the installed one "
+                    "(bash scripts/setup.sh installs it)")
     _start_all()
     run = _BACKGROUND[build]
     try:
