@@ -20,6 +20,7 @@ from fastssl.config_paths import output_dir_problem, overlap_problem, resume_pro
 from fastssl.data.config import DataConfig
 from fastssl.methods.registry import method_config_union, method_names
 from fastssl.methods.simclr import SimCLRConfig
+from fastssl.models.vit.attention import BackendName  # the names the dispatcher takes, every one forceable
 
 
 class RunConfig(Section):
@@ -44,7 +45,7 @@ class ModelConfig(Section):
     small_stem: bool = Field(False, description="ResNet only: 3×3 stride-1 stem conv and no max-pool, for 28–32 px images.")
     freeze_patch_embed: bool = Field(False, description="ViT only: keep the random patch projection fixed (MoCo v3's stability trick).")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
-    attn_backend: Literal["auto", "xformers", "varlen", "sdpa_grouped", "sdpa_mask", "sdpa_cpu"] = Field(
+    attn_backend: BackendName = Field(
         "auto", description="Packed-attention backend of the ViT (auto: chosen per device, see fastssl/models/vit/attention.py)."
     )
 
