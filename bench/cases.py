@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.common import time_fn
+from bench.common import sync, time_fn
 
 CUDA = torch.cuda.is_available()
 gpu_only = pytest.mark.skipif(not CUDA, reason="GPU-sized case: needs CUDA")
@@ -16,11 +16,6 @@ try:
     HAVE_PLUGIN = True
 except ImportError:
     HAVE_PLUGIN = False
-
-
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
 
 
 def synced(fn):

@@ -114,12 +114,14 @@ def time_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
             fn()
             sync()
             samples[k].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for k, s in samples.items():
-        s.sort()
-        q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
-        out[k] = Timing(q(0.5), q(0.2), q(0.8))
-    return out
+    return {k: quantiles(s) for k, s in samples.items()}
+
+
+def quantiles(samples: list[float]) -> Timing:
+    """Median and 20 / 80 % quantiles (nearest rank) of host-timed samples."""
+    s = sorted(samples)
+    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
+    return Timing(q(0.5), q(0.2), q(0.8))
 
 
 def peak_memory_mib(fn: Callable[[], object]) -> float | None:
@@ -317,16 +319,25 @@ def pick_list(arg: str | None, default: list, cast=int) -> list:
     return [cast(v) for v in arg.split(",") if v.strip()] if arg else default
 
 
-def derive_speedups(records: list[Record], ceiling: float) -> None:
-    """Per case: share of the measured matmul rate, speed-ups over the eager and compile providers."""
-    by_case: dict = {}
+def by_case(records: list[Record]) -> list[dict[str, Record]]:
+    """The records grouped by case (every provider of one shape together), in first-seen order."""
+    groups: dict = {}
     for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
+        groups.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
+    return list(groups.values())
+
+
+def derive_speedups(records: list[Record], ceiling: float, *, rate: str = "tflops_total", pct: str = "pct_matmul") -> None:
+    """Per case: ``extra[pct]``, the share of ``ceiling`` (the rate measured in the same run) that
+    ``extra[rate]`` reaches (and ``extra[pct + "_kernel"]`` from ``extra["kernel_" + rate]`` where a row
+    has kernel-only times), and the speed-ups over the eager and compile providers; idempotent."""
+    for group in by_case(records):
         for r in group.values():
             if r.error is not None:
                 continue
-            r.extra["pct_matmul"] = 100 * r.extra["tflops_total"] / ceiling
+            r.extra[pct] = 100 * r.extra[rate] / ceiling
+            if r.extra.get(f"kernel_{rate}"):
+                r.extra[f"{pct}_kernel"] = 100 * r.extra[f"kernel_{rate}"] / ceiling
             for base in ("eager", "compile"):
                 b = group.get(base)
                 if b is not None and b is not r and b.error is None:

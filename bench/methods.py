@@ -60,7 +60,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # the fastssl ops' Triton code runs in the interpreter on CPU (never by default)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench.common import RESULTS, Record, Timing, _slug, device, device_name, free_memory, is_oom, measure_ceilings, plot, write_results  # noqa: E402
+from bench.common import (RESULTS, Record, Timing, _slug, device, device_name, free_memory, is_oom,  # noqa: E402
+                          measure_ceilings, peak_memory_mib, plot, quantiles, sync, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 # In run order: first the methods no other benchmark compares with eager code (a --budget-s cut drops the tail).
@@ -197,11 +198,6 @@ def build_runner(s: Spec, provider: str, dev: torch.device, amp: bool, shared: d
     return Runner(provider, step, build_s=time.perf_counter() - t0, info=info)
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(fn) -> float:
     """Wall milliseconds of ``fn()`` with the device drained before and after."""
     sync()
@@ -209,23 +205,6 @@ def timed(fn) -> float:
     fn()
     sync()
     return (time.perf_counter() - t0) * 1e3
-
-
-def quantiles(samples: list[float]) -> Timing:
-    s = sorted(samples)
-    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
-    return Timing(q(0.5), q(0.2), q(0.8))
-
-
-def peak_mib(fn) -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    sync()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    sync()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 # Where a step's time goes, by kind of op (first match wins; patterns are substrings of aten op names).
@@ -354,7 +333,7 @@ def run_method(s: Spec, providers: list[str], dev: torch.device, amp: bool, args
     categories: dict = {}
     for prov, r in list(runners.items()):
         try:
-            peak = peak_mib(r.step)
+            peak = peak_memory_mib(r.step)
             if args.profile:
                 trace = traces / f"{s.name}-{prov}.json.gz" if traces is not None else None
                 profiles[f"{s.name}/{prov}"], categories[f"{s.name}/{prov}"] = profile_steps(r.step, args.profile_steps, trace)

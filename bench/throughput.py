@@ -56,7 +56,7 @@ if not torch.cuda.is_available():  # the Triton loss runs in the interpreter on 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import (  # noqa: E402
-    Column, Record, device, free_memory, make_train_step, measure_ceilings, parse_args, peak_memory_mib, plot, print_table, run_guarded, sync,
+    Column, Record, by_case, device, free_memory, make_train_step, measure_ceilings, parse_args, peak_memory_mib, plot, print_table, run_guarded, sync,
     time_fn, write_results,
 )
 from fastssl.data.batch import Batch  # noqa: E402
@@ -148,10 +148,7 @@ def run_case(arch, img, patch, loss, batch, provider, sweep: Sweep, views, first
 
 def _derive(records: list[Record], ceiling_tflops: float) -> None:
     """MFU against the measured matmul rate; speed-up over eager of the same case."""
-    by_case: dict = {}
-    for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
+    for group in by_case(records):
         base = group.get("eager")
         for r in group.values():
             if r.error is not None:

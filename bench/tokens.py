@@ -42,7 +42,7 @@ if not torch.cuda.is_available():  # the kernels run in the interpreter on CPU (
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.common import (  # noqa: E402
-    Column, Record, device, free_memory, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table,
+    Column, Record, derive_speedups, device, free_memory, measure_ceilings, ms, parse_args, peak_memory_mib, plot, print_table,
     run_guarded, time_fn, write_results,
 )
 from fastssl.ops import gather_tokens, patchify_noise, random_masking, scatter_tokens  # noqa: E402
@@ -348,24 +348,6 @@ def _targets(records, ceilings, b_small, b_large) -> list[str]:
     return lines
 
 
-def _derive(records, copy_gbps: float) -> None:
-    """Share of the copy rate and speed-ups over eager / compile (wall fwd+bwd), per case; idempotent."""
-    by_case: dict = {}
-    for r in records:
-        by_case.setdefault(tuple(sorted(r.case.items())), {})[r.provider] = r
-    for group in by_case.values():
-        for r in group.values():
-            if r.error is not None:
-                continue
-            r.extra["pct_copy"] = 100 * r.extra["gbps_total"] / copy_gbps
-            if r.extra.get("kernel_gbps_total"):
-                r.extra["pct_copy_kernel"] = 100 * r.extra["kernel_gbps_total"] / copy_gbps
-            for base in ("eager", "compile"):
-                o = group.get(base)
-                if o is not None and o.error is None:
-                    r.extra[f"speedup_vs_{base}"] = o.total.median / r.total.median
-
-
 def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -416,7 +398,7 @@ def main() -> None:
     meta = {"grid": grid, "patch": p, "dims": dims, "quick": bool(args.quick), "launch_sweep": []}
 
     def save():
-        _derive(records, ceilings.copy_gbps)
+        derive_speedups(records, ceilings.copy_gbps, rate="gbps_total", pct="pct_copy")
         return write_results("tokens", records, ceilings, args, meta=meta)
 
     path = save()
