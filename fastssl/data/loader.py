@@ -20,9 +20,10 @@ import torch
 
 from fastssl.data.batch import Batch
 from fastssl.data.config import DataConfig
-from fastssl.data.crops import TWO_VIEWS, CropSpec, check_crops
+from fastssl.data.crops import TWO_VIEWS, CropSpec
 from fastssl.data.files import ImageList, scan_image_folder
 from fastssl.data.prepare import prepare_fashion_mnist
+from fastssl.data.stream import EpochStream, check_shard
 
 _STATE_VERSION = 2
 
@@ -72,13 +73,6 @@ def _split_list(cfg: DataConfig, split: str, rank: int) -> ImageList:
     return scan_image_folder(Path(cfg.root) / split, warn=rank == 0)
 
 
-def _check_shard(rank: int, world_size: int, batch_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-
 def _build_pipeline(loader, *, crops: tuple[CropSpec, ...] | None, **extra):
     """The DALI pipeline of a TrainLoader (its crops) or EvalLoader (crops=None), from its fields."""
     from fastssl.data.pipeline import make_pipeline
@@ -91,16 +85,14 @@ def _build_pipeline(loader, *, crops: tuple[CropSpec, ...] | None, **extra):
     )
 
 
-class TrainLoader:
+class TrainLoader(EpochStream):
     """Training batches of ``batch_size`` images per rank (the per-rank micro-batch), each image
     augmented into the ``crops`` a method declared (default: two full-size views).
 
     Epoch: ``len(self)`` steps, ``floor(floor(N / world_size) / batch_size)`` unless
     ``steps_per_epoch`` is given, the same on every rank. The underlying stream never drops data:
     the samples that do not fill a last batch start the next epoch (see ``pipeline``'s docstring).
-
-    Iteration: each ``for`` loop yields the rest of the current epoch and then counts it done
-    (``self.epoch`` += 1); ``self.step`` counts the batches yielded in the current epoch.
+    Iteration: ``EpochStream`` (``fastssl.data.stream``).
 
     Resuming: ``state_dict()`` (at a step boundary, i.e. between two batches) captures the DALI
     pipeline state (reader positions, RNG states; prefetched batches are accounted for by DALI) and
@@ -108,6 +100,8 @@ class TrainLoader:
     makes it yield exactly the batches the original loader would have yielded next. The state is
     per rank: save one per rank.
     """
+
+    what = "TrainLoader"
 
     def __init__(
         self,
@@ -121,36 +115,14 @@ class TrainLoader:
         steps_per_epoch: int | None = None,
         crops: Sequence[CropSpec] = TWO_VIEWS,
     ):
-        _check_shard(rank, world_size, batch_size)
-        self.cfg = cfg
-        self.crops = check_crops(crops)
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
-        self.seed = seed
+        super().__init__(cfg, batch_size=batch_size, rank=rank, world_size=world_size, device=device, seed=seed, crops=crops)
         self._device_id, self._decode = resolve_placement(cfg.decode, self.device)
         images = _split_list(cfg, "train", rank)
         self.files, self.class_names = images.files, images.class_names
         self._labels = torch.tensor(images.labels, dtype=torch.int64)
-        full_steps = (len(self.files) // world_size) // batch_size
-        if full_steps == 0:
-            raise ValueError(
-                f"{len(self.files)} training images cannot fill one batch of {batch_size} on each of {world_size} ranks"
-            )
-        self.steps_per_epoch = full_steps if steps_per_epoch is None else int(steps_per_epoch)
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        self.epoch = 0  # epochs completed
-        self.step = 0  # batches yielded in the current epoch
+        self._set_epoch_length(len(self.files), f"{len(self.files)} training images", steps_per_epoch)
         self._pipe = None
         self._checkpoint: bytes | None = None  # state to restore when the pipeline is (re)built
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def _pipeline(self):
         if self._pipe is None:
@@ -168,21 +140,8 @@ class TrainLoader:
             at += spec.count
         return Batch(crops, labels.to(dev, non_blocking=True), idx.to(dev, non_blocking=True))
 
-    def __iter__(self):
-        """The rest of the current epoch: all of it normally, fewer batches after a resume or an
-        interrupted loop, none if the last state was taken after the epoch's last batch."""
-        while self.step < self.steps_per_epoch:
-            batch = self._next_batch()
-            self.step += 1  # counted before yielding: a state saved now is "after this batch"
-            yield batch
-        self.epoch, self.step = self.epoch + 1, 0
-
     def _fingerprint(self) -> dict:
-        return {
-            "num_files": len(self.files), "batch_size": self.batch_size, "rank": self.rank,
-            "world_size": self.world_size, "seed": self.seed, "image_size": self.cfg.image_size,
-            "steps_per_epoch": self.steps_per_epoch, "crops": [repr(c) for c in self.crops],
-        }
+        return {"num_files": len(self.files), **super()._fingerprint()}
 
     def state_dict(self) -> dict:
         """Resumable position (plain dict, torch.save-able). Take it between batches."""
@@ -196,13 +155,9 @@ class TrainLoader:
         """Continue from ``state``; the loader must be built with the arguments that produced it."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported TrainLoader state version {state.get('version')}")
-        mine, theirs = self._fingerprint(), state["fingerprint"]
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if diff:
-            raise ValueError(f"TrainLoader state does not match this loader (saved, now): {diff}")
+        self._restore_counters(state)
         self.close()
         self._checkpoint = state["pipeline"]
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
     def close(self) -> None:
         """Release the DALI pipeline (it is rebuilt on the next iteration)."""
@@ -236,7 +191,7 @@ class EvalLoader:
         subset_seed: int = 0,
         with_index: bool = False,
     ):
-        _check_shard(rank, world_size, batch_size)
+        check_shard(rank, world_size, batch_size)
         self.cfg, self.split = cfg, split
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size

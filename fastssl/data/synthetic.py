@@ -23,7 +23,8 @@ import torch
 
 from fastssl.data.batch import Batch
 from fastssl.data.config import DataConfig
-from fastssl.data.crops import TWO_VIEWS, CropSpec, check_crops
+from fastssl.data.crops import TWO_VIEWS, CropSpec
+from fastssl.data.stream import EpochStream
 
 _STATE_VERSION = 1
 # Mixes (seed, rank, epoch, step) into one 63-bit generator seed (distinct primes: no easy collisions).
@@ -35,13 +36,15 @@ def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     return (seed * _MIX[0] * _MIX[1] * _MIX[2] + rank * _MIX[1] * _MIX[2] + epoch * _MIX[2] + step) % (2**63 - 1)
 
 
-class SyntheticLoader:
+class SyntheticLoader(EpochStream):
     """``TrainLoader``'s interface over seeded random batches (see the module docstring).
 
     Epoch: ``floor(floor(data.synthetic_images / world_size) / batch_size)`` steps, unless
     ``steps_per_epoch`` is given, so epoch-based schedules (warm-up, cosine, EMA) behave as on the
-    data set the synthetic source stands for.
+    data set the synthetic source stands for. Iteration: ``EpochStream`` (``fastssl.data.stream``).
     """
+
+    what = "synthetic loader"
 
     def __init__(
         self,
@@ -55,34 +58,10 @@ class SyntheticLoader:
         steps_per_epoch: int | None = None,
         crops: Sequence[CropSpec] = TWO_VIEWS,
     ):
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg = cfg
-        self.crops = check_crops(crops)
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
-        self.seed = seed
-        full_steps = (cfg.synthetic_images // world_size) // batch_size
-        if full_steps == 0:
-            raise ValueError(f"data.synthetic_images={cfg.synthetic_images} cannot fill one batch of {batch_size} "
-                             f"on each of {world_size} ranks")
-        self.steps_per_epoch = full_steps if steps_per_epoch is None else int(steps_per_epoch)
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        super().__init__(cfg, batch_size=batch_size, rank=rank, world_size=world_size, device=device, seed=seed, crops=crops)
+        self._set_epoch_length(cfg.synthetic_images, f"data.synthetic_images={cfg.synthetic_images}", steps_per_epoch)
         self.class_names = ["synthetic"]
-        self.epoch = 0  # epochs completed
-        self.step = 0  # batches yielded in the current epoch
         self._gen = torch.Generator(device=self.device)
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    @property
-    def num_classes(self) -> int:
-        return 1
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         """crop name -> (count, side in pixels), as the batches carry them."""
@@ -98,17 +77,8 @@ class SyntheticLoader:
         index = torch.arange(first, first + b, device=dev, dtype=torch.int64) % self.cfg.synthetic_images
         return Batch(crops, torch.zeros(b, dtype=torch.int64, device=dev), index)
 
-    def __iter__(self):
-        while self.step < self.steps_per_epoch:
-            batch = self._next_batch()
-            self.step += 1  # counted before yielding: a state saved now is "after this batch"
-            yield batch
-        self.epoch, self.step = self.epoch + 1, 0
-
     def _fingerprint(self) -> dict:
-        return {"synthetic_images": self.cfg.synthetic_images, "batch_size": self.batch_size, "rank": self.rank,
-                "world_size": self.world_size, "seed": self.seed, "image_size": self.cfg.image_size,
-                "steps_per_epoch": self.steps_per_epoch, "crops": [repr(c) for c in self.crops]}
+        return {"synthetic_images": self.cfg.synthetic_images, **super()._fingerprint()}
 
     def state_dict(self) -> dict:
         return {"version": _STATE_VERSION, "synthetic": True, "epoch": self.epoch, "step": self.step,
@@ -118,11 +88,7 @@ class SyntheticLoader:
         if not state.get("synthetic") or state.get("version") != _STATE_VERSION:
             raise ValueError("this checkpoint was written with real data (or another synthetic version); "
                              "resume it with the data settings it was trained with")
-        mine, theirs = self._fingerprint(), state["fingerprint"]
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if diff:
-            raise ValueError(f"synthetic loader state does not match this loader (saved, now): {diff}")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._restore_counters(state)
 
     def close(self) -> None:
         pass
