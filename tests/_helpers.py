@@ -7,10 +7,12 @@ spawned process inherits its parent's ``sys.path``.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
+import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -80,6 +82,22 @@ def layout_only_folder(root: Path, cls: str = "c") -> Path:
         (root / split / cls).mkdir(parents=True, exist_ok=True)
         (root / split / cls / "0.png").write_bytes(b"x")
     return root
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str, why_skip: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "1m") mounted on a new ``folder`` for the block: a real full disk.
+    Mounting needs root; elsewhere the test skips with ``why_skip``. Unmounted lazily if busy."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode:
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs here (not root){why_skip}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def forget_deepspeed_groups() -> None:

@@ -6,11 +6,11 @@ mounted (root), and by substituting torch's own full-disk error elsewhere.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from _helpers import small_tmpfs
 
 from fastssl.engine import checkpoint as ckpt
 from fastssl.engine import disk
@@ -40,12 +40,8 @@ def _save(root: Path, step: int, nbytes: int) -> Path:
 @pytest.fixture
 def small_fs(tmp_path):
     """A 2 MiB tmpfs (root only); skipped where mounting is not permitted."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root); test_disk_full_error_of_torch covers the logic")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+    with small_tmpfs(tmp_path / "small", "2m", "; test_disk_full_error_of_torch covers the logic") as mnt:
+        yield mnt
 
 
 def test_checkpoint_on_a_really_full_disk(small_fs):

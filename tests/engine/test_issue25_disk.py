@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import layout_only_folder
+from _helpers import layout_only_folder, small_tmpfs
 
 from fastssl.engine import disk
 from fastssl.engine.metrics_log import MetricsLog
@@ -22,26 +21,21 @@ from fastssl.engine.metrics_log import MetricsLog
 @pytest.fixture
 def full_fs(tmp_path):
     """A 1 MiB tmpfs with a run folder in it, filled to the last byte (tests write into ``run/``)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    run = mnt / "run"
-    (run / "checkpoints" / "step4").mkdir(parents=True)
-    (run / "encoder.pt").write_bytes(b"old encoder")
-    (run / "curves.png").write_bytes(b"old curves")
-    (run / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 1.0}\n')
+    with small_tmpfs(tmp_path / "small", "1m", "") as mnt:
+        run = mnt / "run"
+        (run / "checkpoints" / "step4").mkdir(parents=True)
+        (run / "encoder.pt").write_bytes(b"old encoder")
+        (run / "curves.png").write_bytes(b"old curves")
+        (run / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 1.0}\n')
 
-    f = open(mnt / "filler", "ab", buffering=0)
-    try:
-        while True:
-            f.write(b"\0" * 4096)
-    except OSError:
-        pass
-    f.close()
-    yield run
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        f = open(mnt / "filler", "ab", buffering=0)
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+        f.close()
+        yield run
 
 
 def _leftovers(run: Path) -> list[str]:
