@@ -43,7 +43,8 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from bench.train import METHODS, RESNET_METHODS, _lean_finish, bare_step_fn, tiny_overrides  # noqa: E402
+from bench.train_measure import lean_finish, bare_step_fn  # noqa: E402
+from bench.train_plan import METHODS, RESNET_METHODS, tiny_overrides  # noqa: E402
 
 RESULTS = _ROOT / "bench" / "results"
 SYNCS = ("_local_scalar_dense", "nonzero")
@@ -120,7 +121,7 @@ def trainer_ops(method: str, variant: str, smoke: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="fastssl-host-ops-") as tmp:
         argv = ["--config", str(_ROOT / "configs" / "imagenet" / f"{method}.yaml"), *overrides(method, amp, Path(tmp) / "run", smoke, zero)]
         session.Throughput.step_done = step_done
-        loop.finish = _lean_finish(holder)
+        loop.finish = lean_finish(holder)
         try:
             code = cli.main(argv)
         finally:

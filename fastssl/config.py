@@ -8,7 +8,7 @@ config only states what differs. Unknown keys are errors, not silently ignored t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator

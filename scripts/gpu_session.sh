@@ -24,7 +24,7 @@
 #                                     second call right after `all`, `SESSION_CAP=330 bash scripts/gpu_session.sh masked throughput`)
 #   train        CAP_TRAIN=rest       bench/train.py --quick: the rest of the session (~230 s when the parts before
 #                                     it run to their caps), TRAIN_ROW_CAP=75 per row, TRAIN_ARGS adds options
-#                                     (e.g. "--profile 3", "--no-bare"); rows in bench/train.py's quick_rows order
+#                                     (e.g. "--profile 3", "--no-bare"); rows in bench/train_plan.py's quick_rows order
 # `all` = tests contrastive tokens attention train.
 #
 # Set-up: the carried wheels in $FASTSSL_WHEELS (default .whl/: pydantic, pydantic-core cp312,

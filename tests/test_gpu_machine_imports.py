@@ -16,7 +16,7 @@ MODULES = (
     "fastssl.kernels.contrastive", "fastssl.kernels.contrastive_tiles", "fastssl.kernels.tokens",
     "fastssl.kernels.patchify", "fastssl.ops", "fastssl.models", "fastssl.engine.sync_bn",
     "bench.common", "bench.contrastive", "bench.tokens", "bench.attention", "bench.throughput", "bench.train",
-    "bench.masked_image",
+    "bench.train_plan", "bench.train_measure", "bench.masked_image",
     "fastssl.data.synthetic",
 )
 

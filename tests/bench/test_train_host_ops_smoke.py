@@ -36,7 +36,7 @@ def test_every_method_s_trainer_step_adds_no_per_tensor_work(tmp_path):
     counted) and no sync, whatever the number of weight tensors: nothing per parameter crept back in
     (before this wave: ~3 ops per weight tensor, from DeepSpeed's default clipping and a one-rank
     all-reduce)."""
-    from bench.train import METHODS
+    from bench.train_plan import METHODS
 
     run_script("train_host_ops", "--smoke", "--methods", ",".join(METHODS), "--variants", "autocast", out_dir=tmp_path)
     rows = json.loads((tmp_path / "train-host-ops-smoke.json").read_text())["rows"]

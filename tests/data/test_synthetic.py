@@ -24,7 +24,7 @@ from fastssl.data.synthetic import SyntheticLoader, step_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.train import METHODS, tiny_overrides  # noqa: E402
+from bench.train_plan import METHODS, tiny_overrides  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CROPS = (CropSpec("global", count=2), CropSpec("local", count=3, size=8), CropSpec("small", size=6, crop=False))

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.train import tiny_overrides  # noqa: E402
+from bench.train_plan import tiny_overrides  # noqa: E402
 
 
 def _argv(tmp_path, *extra):

@@ -6,7 +6,6 @@ directly. ``test_reliability_runs.py`` runs two of them end to end.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -6,8 +6,6 @@ or a prepared Fashion-MNIST folder is checked.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -5,7 +5,6 @@ Through ``fastssl.train.main`` in this process: reaching the train loop fails th
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np

@@ -3,7 +3,6 @@ one forward per chunk (outputs and gradients), spherical-mean keys and the chunk
 against independent references, the κ metrics."""
 from __future__ import annotations
 
-import copy
 import math
 import sys
 from pathlib import Path

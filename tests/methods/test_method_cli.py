@@ -3,7 +3,6 @@ shipped configs validate; two gloo ranks run a method with an EMA target in bf16
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
