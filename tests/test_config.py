@@ -34,8 +34,11 @@ def test_defaults_and_overrides(tmp_path):
 
 
 def test_shipped_configs_validate(folder_data):
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        load_config(path, [f"data.root={folder_data}"] if "dataset: folder" in path.read_text() else [])
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_config(path, [f"data.root={folder_data}"] if "dataset: folder" in path.read_text() else [])
+        assert cfg.method.name and cfg.model.arch, path
 
 
 @pytest.mark.parametrize(

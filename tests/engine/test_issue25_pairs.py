@@ -85,7 +85,14 @@ def test_two_key_mistakes_are_one_line_before_any_work(tmp_path, data, capsys, m
     ({"name": "swav", "queue_length": 8, "queue_start_epoch": 2, "freeze_prototypes_epochs": 0}, []),
 ])
 def test_settings_that_work_pass(tmp_path, data, method, overrides):
-    load_config(write_cfg(tmp_path, data, method), overrides)
+    cfg = load_config(write_cfg(tmp_path, data, method), overrides)  # no ConfigError, and the settings hold
+    assert {k: getattr(cfg.method, k) for k in method} == method
+    for item in overrides:
+        key, value = item.split("=", 1)
+        got = cfg
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert str(got).lower() == value, item
 
 
 def test_a_warm_up_cut_by_max_steps_is_said_in_one_line(tmp_path, data):

@@ -244,13 +244,16 @@ def test_a_finished_run_changes_only_by_continuing(tmp_path, data, sections, ask
     assert _mtimes(out) == before
 
 
-def test_more_steps_continue_a_finished_run(tmp_path, data):
+@pytest.mark.parametrize("optim", [{"epochs": 3}, {"epochs": 2, "max_steps": 9}])  # 12 or 9 > 8 steps
+def test_more_steps_continue_a_finished_run(tmp_path, data, optim):
     out = tmp_path / "run"
     finished_run(out, data, optim={"epochs": 2})
-    run_dir.prepare(make_cfg(out, data, optim={"epochs": 3}), rank=0)  # 12 > 8 steps: on to the resume rules
-    for f in list(run_dir._held):
-        run_dir.release_lock(f)
-    run_dir.prepare(make_cfg(out, data, optim={"epochs": 2, "max_steps": 9}), rank=0)
+    before = _mtimes(out)
+    time.sleep(0.01)
+    # No RunFinished: on to the resume rules, in place. Nothing is moved aside and nothing is written
+    # yet (finished.json goes only once every check has passed, run_dir.unfinish).
+    assert run_dir.prepare(make_cfg(out, data, optim=optim), rank=0) is None
+    assert _mtimes(out) == before and (out / "checkpoints" / "step8" / "rank0.pt").is_file()
 
 
 def test_a_fresh_start_is_still_possible(tmp_path, data):
