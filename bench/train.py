@@ -35,6 +35,8 @@ Per row, in order:
              DeepSpeed, timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions.
              Measured once per method, shape and compile setting in a process: rows that differ only in
              ZeRO stage or ``engine.amp`` share it (``bare_shared``)
+  memory     (CUDA) peak device memory of the trainer run and of the bare step, allocated and reserved (GiB):
+             whether the row's shape fits a smaller GPU
   derived    MFU = flops / trainer step time / matmul rate; trainer overhead = bare rate / trainer rate - 1
 
 Shapes: the imagenet templates at ViT-B/16 224 px (``--arch``; ResNet methods keep ResNet-50), bf16,
@@ -111,6 +113,7 @@ COLUMNS = [
     Column("GFLOP/img", 10, lambda r: r.extra["flops_per_step"] / r.case["batch"] / 1e9 if r.extra.get("flops_per_step") else None, ".1f"),
     Column("MFU %", 7, lambda r: r.extra.get("mfu_pct"), ".1f"),
     Column("bare MFU", 9, lambda r: r.extra.get("bare_mfu_pct"), ".1f"),
+    Column("peak GiB", 9, lambda r: r.extra.get("trainer_peak_allocated_gib"), ".1f"),
     Column("matmul TF", 10, lambda r: r.extra.get("ceilings", {}).get("matmul_tflops"), ".0f"),
 ]
 
@@ -142,6 +145,8 @@ def _line(res: dict) -> str:
         line += f"  MFU {res['mfu_pct']:.1f} %"
     if res.get("trainer_overhead_pct") is not None:
         line += f"  overhead {res['trainer_overhead_pct']:+.1f} %"
+    if res.get("trainer_peak_allocated_gib") is not None:
+        line += f"  peak {res['trainer_peak_allocated_gib']:.1f} GiB"
     if res.get("profile"):
         p = res["profile"]
         line += f"  [profile: device {p['device_ms_per_step']:.1f} ms/step, {p['kernel_launches_per_step']:.0f} launches/step]"

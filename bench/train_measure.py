@@ -102,16 +102,34 @@ def bare_step_fn(cfg, dev: torch.device, amp: bool, fused: bool | None = None):
     return method, full
 
 
+def peak_memory(prefix: str, dev: torch.device) -> dict:
+    """Peak device memory since the last ``reset_peak_memory_stats``, GiB: allocated by tensors and held by
+    the caching allocator (what another process could not have). Empty off CUDA (no allocator statistics).
+    Why: whether a row's shape fits a smaller GPU (an H100's ~78 GiB against the H200's ~139) is read here
+    rather than found by an out-of-memory error in a later session."""
+    if dev.type != "cuda":
+        return {}
+    return {f"{prefix}_peak_allocated_gib": torch.cuda.max_memory_allocated(dev) / 2**30,
+            f"{prefix}_peak_reserved_gib": torch.cuda.max_memory_reserved(dev) / 2**30}
+
+
+def reset_peak_memory(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
 def bare_step(cfg, dev: torch.device, amp: bool, smoke: bool) -> dict:
     """bench/throughput.py's model step for this method and shape: images/s without DeepSpeed or the loop."""
     from bench.common import time_fn
 
+    reset_peak_memory(dev)
     _, full = bare_step_fn(cfg, dev, amp)
     t0 = time.perf_counter()
     full()  # compile (if any), optimizer state, allocator
     first_s = time.perf_counter() - t0
     t = time_fn(full, smoke=smoke, rep_ms=1000)
-    return {"bare_images_per_s": cfg.optim.batch_size / (t.median / 1e3), "bare_step_ms": asdict(t), "bare_first_step_s": first_s}
+    return {"bare_images_per_s": cfg.optim.batch_size / (t.median / 1e3), "bare_step_ms": asdict(t), "bare_first_step_s": first_s,
+            **peak_memory("bare", dev)}
 
 
 def lean_finish(holder: dict):
@@ -229,12 +247,14 @@ def run_row(row: dict, shared: dict) -> dict:
             if row.get("lean", True):
                 loop.finish = lean_finish(holder)
             report = _profiled_steps(res, row["profile"]) if row.get("profile") else None
+            reset_peak_memory(dev)  # the whole run: engine set-up, steps, checkpoint (if any)
             try:
                 code = cli.main(argv)
             finally:
                 loop.finish = full_finish
                 if report is not None:
                     report()
+                res.update(peak_memory("trainer", dev))
             res["exit_code"] = code
             res.update(holder.get("engine", {}))
             if "summary" in holder:

@@ -89,3 +89,20 @@ def test_quick_plan_puts_the_amp_lever_first():
     assert all(n.endswith(" eager z0 autocast") for n in plain) and len({n.split()[0] for n in plain}) == 10
     assert "simclr" not in {n.split()[0] for n in others}
     assert all(" z2 " in n or " compile " in n for n in names[20:]) and len(names) == 49
+
+
+def test_peak_memory_is_read_on_cuda_only_and_in_gib(monkeypatch):
+    """The row's memory columns: nothing off CUDA (no allocator statistics there), GiB of the device's
+    peak allocated / reserved bytes on it (the allocator's calls stand in for a GPU here)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench.train_measure import peak_memory
+
+    assert peak_memory("trainer", torch.device("cpu")) == {}
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: asked.append(d) or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: asked.append(d) or 5 * 2**29)
+    dev = torch.device("cuda", 0)
+    assert peak_memory("bare", dev) == {"bare_peak_allocated_gib": 3.0, "bare_peak_reserved_gib": 2.5}
+    assert asked == [dev, dev]
