@@ -75,6 +75,25 @@ def _rank_main(rank: int, fn, world: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+def bar_image_folder(root: Path, seed: int = 0) -> Path:
+    """``root/{train,test}/c0..c3/<i>.png``: 4 classes × (24 train, 8 test) 16×16 grey images, noise under
+    a bright bar whose orientation and position is the class (rows 2-5, rows 10-13, columns 2-5,
+    columns 10-13), so a few steps of training separate them. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    bars = ((slice(2, 6), slice(None)), (slice(10, 14), slice(None)), (slice(None), slice(2, 6)), (slice(None), slice(10, 14)))
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", 24), ("test", 8)):
+        for c, bar in enumerate(bars):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
+                img[bar] = 250
+                Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
 def layout_only_folder(root: Path, cls: str = "c") -> Path:
     """``root/{train,test}/<cls>/0.png``: the layout the config checks (a class folder holding an image
     name) and no more; nothing may decode the file. Returns ``root``."""

@@ -20,25 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from _corrupt_images import corrupt_jpeg, corrupt_png
 from test_train_run import REPO, TRAIN, VENV_BIN, _wait_for_step, env, losses, tiny_config, train
-from _helpers import free_port  # noqa: E402
+from _helpers import bar_image_folder, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def folder_with_bad_images(tmp_path_factory) -> Path:
     """4 classes × (24 train, 8 test) 16×16 PNGs, plus a corrupt PNG and JPEG in train/ and a corrupt PNG in test/."""
-    root = tmp_path_factory.mktemp("tiny_bad")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for c in range(4):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
-                img[4 * c:4 * c + 4, :] = 250
-                Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
+    root = bar_image_folder(tmp_path_factory.mktemp("tiny_bad"))
+    rng = np.random.default_rng(1)
     (root / "train" / "c0" / "bad_data.png").write_bytes(corrupt_png(rng))
     (root / "train" / "c1" / "bad_scan.jpg").write_bytes(corrupt_jpeg(rng))
     (root / "test" / "c2" / "bad_data.png").write_bytes(corrupt_png(rng))

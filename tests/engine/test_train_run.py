@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from _helpers import free_port  # noqa: E402
+from _helpers import bar_image_folder, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "fastssl" / "train.py"
@@ -27,23 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """4 classes × (24 train, 8 test) 16×16 grey PNGs: a bright bar whose orientation/position is the class."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for c in range(4):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
-                if c == 0:
-                    img[2:6, :] = 250
-                elif c == 1:
-                    img[10:14, :] = 250
-                elif c == 2:
-                    img[:, 2:6] = 250
-                else:
-                    img[:, 10:14] = 250
-                Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
-    return root
+    return bar_image_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
