@@ -2,6 +2,7 @@
 
     deepspeed [--num_gpus N] fastssl/train.py --config configs/<name>.yaml [dotted.key=value ...]
     python fastssl/train.py --config configs/<name>.yaml [dotted.key=value ...]   # one process
+    python fastssl/train.py --config configs/<name>.yaml [dotted.key=value ...] --print-config   # the resolved config
 
 Config mistakes end before any work with one line naming the key or path and exit code 2.
 Exit codes: 0 done (or already finished), 2 config error, 3 non-finite loss, 4 disk full,
@@ -32,8 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fastssl/train.py", description="Self-supervised pre-training with fastssl.")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (every default spelled out, overrides applied) as YAML and exit; "
+                        "nothing is trained or written")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.epochs=5")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags before or after the overrides
 
 
 class _SigtermOutsideLoop(BaseException):
@@ -75,6 +79,11 @@ def _main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"fastssl: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.print_config:  # what a run of this command would train with, and what it writes as config.yaml
+        from fastssl.config import dump_config
+
+        print(dump_config(cfg), end="")
+        return 0
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="[fastssl] %(message)s")
