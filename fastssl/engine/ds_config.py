@@ -60,6 +60,11 @@ def deepspeed_config(cfg, plan: StepPlan, world_size: int) -> dict[str, Any]:
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer is on and synchronised by default: from its second step on, the
+        # engine's forward and step each call the accelerator's synchronize (torch.cuda.synchronize), two
+        # host waits per optimizer step that keep the host from queuing the next step's launches. fastssl
+        # measures its own images/s (fastssl.engine.session.Throughput, synced at log steps only).
+        "timers": {"throughput": {"enabled": False}},
     }
     if torch.cuda.is_available():  # torch's fused (one multi-tensor kernel) AdamW: no per-parameter launches
         ds["optimizer"]["params"]["fused"] = True
