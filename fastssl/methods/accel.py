@@ -38,6 +38,7 @@ from fastssl.methods.base import ParamGroup, StepOutput, trainable
 from fastssl.methods.parts import pair_metrics
 from fastssl.models.heads import MLPHead
 from fastssl.models.resnet import ResNetTaps
+from fastssl.ops.host_copy import to_device
 
 
 def draw_stage(cfg: AccelConfig, n_stages: int, g: torch.Generator) -> int:
@@ -52,8 +53,9 @@ def region_crops(x: torch.Tensor, m: int, scale: float, g: torch.Generator) -> t
     offsets drawn per region and image from ``g``."""
     b, _, hh, ww = x.shape
     h, w = max(1, int(scale * hh)), max(1, int(scale * ww))
-    y0 = torch.randint(0, hh - h + 1, (m, b), generator=g).to(x.device)
-    x0 = torch.randint(0, ww - w + 1, (m, b), generator=g).to(x.device)
+    y0 = torch.randint(0, hh - h + 1, (m, b), generator=g)
+    x0 = torch.randint(0, ww - w + 1, (m, b), generator=g)
+    y0, x0 = to_device(torch.stack([y0, x0]), x.device)  # one non-blocking copy (fastssl.ops.host_copy)
     rows = (y0[..., None] + torch.arange(h, device=x.device))[..., :, None]  # [m, B, h, 1]
     cols = (x0[..., None] + torch.arange(w, device=x.device))[..., None, :]  # [m, B, 1, w]
     img = torch.arange(b, device=x.device)[None, :, None, None]

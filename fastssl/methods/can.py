@@ -36,6 +36,7 @@ from fastssl.models.heads import HeadConfig, MLPHead
 from fastssl.models.sigma_embed import SigmaEmbedding
 from fastssl.models.vit.views import PatchesView
 from fastssl.ops import gather_tokens, masked_patch_loss, nt_xent, patchify_noise
+from fastssl.ops.host_copy import to_device
 
 
 def _projector() -> HeadConfig:
@@ -98,7 +99,7 @@ class CAN(MethodModule):
         num_patches = self.encoder.grid[0] * self.encoder.grid[1]
         gen = ctx.generator()
         ids_keep, mask = draw_masks(gen, v, b, num_patches, c.mask_ratio, images.device)
-        sigma = rank_rows(torch.rand(v * world_size() * b, generator=gen) * c.sigma_max, v, b).to(images.device)
+        sigma = to_device(rank_rows(torch.rand(v * world_size() * b, generator=gen) * c.sigma_max, v, b), images.device)
         pooled, l_rec, l_den = self._encode_decode(images, sigma, ids_keep, mask, gen)
         u = self.projector(pooled)
         z1, z2 = u.chunk(2)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from fastssl.ops.host_copy import to_device
+
 
 def contrastive_rows(
     rows: torch.Tensor,
@@ -33,8 +35,10 @@ def contrastive_rows(
     arange = torch.arange(rows.shape[0], device=rows.device)
     positive = logits[arange, pos_idx]
     drop = torch.zeros_like(logits, dtype=torch.bool)
-    has_excl = excl_idx >= 0
-    drop[arange[has_excl], excl_idx[has_excl]] = True
+    # Integer indices only: selecting the rows that have an exclusion by a boolean mask is a nonzero,
+    # which makes the host wait for the device (this path is what "auto" runs on CUDA below the size
+    # rule, i.e. every trainer step at B = 256 per GPU). Rows without one write False into column 0.
+    drop[arange, excl_idx.clamp(min=0)] = excl_idx >= 0
     if exclude_pos:
         drop[arange, pos_idx] = True
     masked = logits.masked_fill(drop, float("-inf"))
@@ -163,7 +167,7 @@ def patchify_noise(
     patches = patchify(imgs, patch_size)
     kept = patches if ids_keep is None else torch.gather(patches, 1, ids_keep.long().unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
     gen_device = generator.device if generator is not None else imgs.device
-    eps = torch.randn(kept.shape, generator=generator, device=gen_device, dtype=torch.float32).to(imgs.device)
+    eps = to_device(torch.randn(kept.shape, generator=generator, device=gen_device, dtype=torch.float32), imgs.device)
     noise = sigma.float().reshape(-1, 1, 1) * eps
     inputs = (kept.float() + noise).to(imgs.dtype)
     target = normalize_patches(patches.float()).to(imgs.dtype) if norm_target else patches

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fastssl.ops import reference
 from fastssl.ops.dispatch import Backend, backward_impl, eager_door, empty_flag, use_triton
+from fastssl.ops.host_copy import to_device
 
 
 def random_masking(
@@ -56,7 +57,7 @@ def random_masking(
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
     # Draw on the generator's device (a CPU generator cannot fill a CUDA tensor), then move.
     noise_device = generator.device if generator is not None else device
-    noise = torch.rand(batch_size, num_patches, generator=generator, device=noise_device).to(device)
+    noise = to_device(torch.rand(batch_size, num_patches, generator=generator, device=noise_device), device)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :keep]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from fastssl.ops.host_copy import to_device
+
 
 def chunk_sizes(num_patches: int, n_chunks: int, *, equal: bool = False) -> tuple[int, ...]:
     """Patches per chunk, in chunk order (non-increasing)."""
@@ -29,7 +31,7 @@ def random_permutation(batch: int, num_patches: int, *, device: torch.device | s
     """``[B, N]`` int64, an independent uniformly random permutation of ``range(N)`` per row."""
     noise_device = generator.device if generator is not None else device
     noise = torch.rand(batch, num_patches, generator=generator, device=noise_device)
-    return torch.argsort(noise, dim=1).to(device)
+    return to_device(torch.argsort(noise, dim=1), device)  # sorted where drawn, then one non-blocking copy
 
 
 def split_chunks(perm: torch.Tensor, n_chunks: int, *, equal: bool = False) -> list[torch.Tensor]:
