@@ -268,7 +268,8 @@ def info_nce(
 ) -> torch.Tensor:
     """InfoNCE: mean cross-entropy of every query row against the keys (MoCo v3) or a queue (MoCo v2).
 
-    q: [N, D] or [n, N, D] (n query chunks per image, as M-MoCo); k: [N, D].
+    q: [N, D] or [n, N, D] (n query chunks per image, as M-MoCo); k: [N, D] (cast to q's dtype where
+    they differ).
     Without ``queue`` (MoCo v3): row i of each chunk has positive k[i] and negatives k[j != i]
     (from every rank with ``gather_distributed``). MoCo v3's official code multiplies this by 2τ;
     that scale is the method's choice, not the op's.
@@ -300,7 +301,11 @@ def info_nce(
     q = q.reshape(chunks * n, d)
     one = kernel and query_node_applies(q, k)  # then normalisation, loss and mean are one autograd node
     rows = None if one else _unit(q, kernel)
-    cols = _unit(k, kernel)
+    # One dtype for both operands (the kernels take one; so does the reference's matmul outside
+    # autocast). Under CUDA autocast M-MoCo's keys are fp32 (its target projector ends in a LayerNorm,
+    # which autocast runs in fp32) and its queries bf16 (a Linear): the unit keys are cast to the
+    # queries' dtype, the one autocast's own matmul would use (normalised first, in their own dtype).
+    cols = _unit(k, kernel).to(q.dtype)
     if queue is not None:
         # No gather: the negatives are the queue (identical on every rank), the positives local.
         # A queue of unit keys (MoCo v2 normalises keys before enqueueing them and starts the queue

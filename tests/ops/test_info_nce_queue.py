@@ -140,3 +140,32 @@ def test_queue_argument_errors():
 
     with pytest.raises(TypeError, match="dtype"):
         triton_queue_rows(q, k, torch.arange(4), torch.randn(3, 8, dtype=torch.bfloat16), 0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keys_grad", [False, True])
+def test_in_batch_keys_of_another_dtype(backend, keys_grad):
+    """bf16 query chunks against fp32 keys, in-batch (no queue): what M-MoCo hands the op under CUDA
+    autocast (its target projector ends in a LayerNorm, run in fp32). The kernels take one dtype; the
+    op casts the keys to the queries' (before 2026-12-05 the Triton path raised a TypeError)."""
+    from _contrastive_loop_ref import eager_info_nce, info_nce_loop
+
+    seed, dev = _seed(), _device(backend)
+    q, k = _rand(3, 7, 32), _rand(7, 32)
+    qb = q.to(torch.bfloat16).to(dev).requires_grad_()
+    kf = k.float().to(dev).requires_grad_(keys_grad)
+    loss = info_nce(qb, kf, 0.2, backend=backend)
+    loss.backward()
+    assert loss.dtype == torch.float32 and qb.grad.dtype == torch.bfloat16
+    ref_q = q.to(torch.bfloat16).double().requires_grad_()
+    ref_k = k.float().to(torch.bfloat16).double().requires_grad_()  # the keys as the kernels see them
+    ref = info_nce_loop(ref_q, ref_k, 0.2)
+    ref.backward()
+    eager_q, eager_k = q.to(torch.bfloat16).requires_grad_(), k.float().to(torch.bfloat16).requires_grad_()
+    eager = eager_info_nce(eager_q, eager_k, 0.2)
+    eager.backward()
+    check_lowp(f"mixed k/{backend} seed={seed} loss", loss.detach().cpu(), eager.detach(), ref.detach(), scale=5.0)
+    check_lowp(f"mixed k/{backend} seed={seed} dq", qb.grad.cpu(), eager_q.grad, ref_q.grad, scale=5.0 / 21)
+    if keys_grad:
+        assert kf.grad.dtype == torch.float32
+        check_lowp(f"mixed k/{backend} seed={seed} dk", kf.grad.cpu(), eager_k.grad, ref_k.grad, scale=5.0 / 7)
