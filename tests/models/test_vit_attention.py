@@ -211,3 +211,16 @@ def test_auto_drops_flex_when_it_fails_at_run_time(monkeypatch, caplog):
         assert d(q, q, q, layout) == "tiles"
     assert "flex" not in d._available[key] and layout.backend is None
     assert any("flex failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode"])
+def test_the_probe_does_not_depend_on_the_callers_grad_mode(mode):
+    """A backend's availability is probed with a backward; an EMA target's first forward (its dispatch
+    is its own, a deep copy's) runs under no_grad, where that backward failed and dropped the backend
+    (on CUDA: varlen, for the target's whole run). The probe runs with gradients on in every mode."""
+    from fastssl.models.vit.attention import _probe
+
+    ctx = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[mode]
+    with ctx():
+        assert all(_probe(name, torch.device("cpu"), torch.float32) for name in ("sdpa_grouped", "sdpa_mask", "sdpa_cpu"))
+        assert torch.is_grad_enabled() == (mode == "grad")

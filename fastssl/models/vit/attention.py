@@ -291,13 +291,17 @@ _IMPLS = {
 
 # ---------------------------------------------------------------- availability
 def _probe(name: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Does ``name`` run forward and backward here? A tiny two-sequence pack, lengths 3 and 5."""
+    """Does ``name`` run forward and backward here? A tiny two-sequence pack, lengths 3 and 5.
+
+    With gradients on whatever the caller's mode: an EMA target's first forward (its own dispatch, a
+    deep copy's) runs under ``no_grad``, where the backward would fail and drop the backend silently."""
     try:
-        layout = AttnLayout.build((3, 5), None, device)
-        q, k, v = (torch.randn(8, 2, 16, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-        out = _IMPLS[name](q, k, v, layout)
-        out.float().sum().backward()
-        return bool(torch.isfinite(q.grad).all())
+        with torch.inference_mode(False), torch.enable_grad():
+            layout = AttnLayout.build((3, 5), None, device)
+            q, k, v = (torch.randn(8, 2, 16, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            out = _IMPLS[name](q, k, v, layout)
+            out.float().sum().backward()
+            return bool(torch.isfinite(q.grad).all())
     except Exception as e:  # noqa: BLE001  (any failure means: not usable here)
         log.info("attention backend %s unavailable on %s/%s: %s", name, device.type, dtype, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return False
