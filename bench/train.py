@@ -34,7 +34,7 @@ Per row, in order:
              this method: forward + backward + torch fused AdamW + ``after_step``, bf16 autocast, no
              DeepSpeed, timed with ``triton.testing.do_bench``; with ``engine.compile`` the same regions.
              Measured once per method, shape and compile setting in a process: rows that differ only in
-             ZeRO stage or ``engine.amp`` share it (``bare_shared``)
+             ZeRO stage or ``engine.amp`` share it (``bare_shared``), unless their memory layout differs
   memory     (CUDA) peak device memory of the trainer run and of the bare step, allocated and reserved (GiB):
              whether the row's shape fits a smaller GPU
   derived    MFU = flops / trainer step time / matmul rate; trainer overhead = bare rate / trainer rate - 1

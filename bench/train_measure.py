@@ -217,6 +217,7 @@ def run_row(row: dict, shared: dict) -> dict:
 
     smoke = row["tiny"]
     torch._dynamo.reset()  # every row compiles from scratch: no graphs or recompile counts from the last one
+    torch._dynamo.utils.counters.clear()  # (reset keeps them: a row's compile_graphs would count the rows before)
     with tempfile.TemporaryDirectory(prefix="fastssl-bench-train-") as tmp:
         out_dir = Path(tmp) / "run"
         argv = ["--config", str(ROOT / "configs" / "imagenet" / f"{row['method']}.yaml"), *row_overrides(row, out_dir)]
@@ -276,7 +277,9 @@ def run_row(row: dict, shared: dict) -> dict:
                 raise RuntimeError(f"fastssl/train.py exited with {code}")
 
         def bare():  # no DeepSpeed in it: one measurement serves every ZeRO stage and amp mode
-            key = ("bare", shape, row["compile"], row.get("nchw", False))
+            # its memory layout and precision too: a ResNet's ZeRO 2 row runs NCHW where its ZeRO 0 autocast
+            # row runs channels-last (engine.layout), so the two may not share a bare step
+            key = ("bare", shape, row["compile"], row.get("channels_last", False), row["precision"])
             if key in shared:
                 res.update(shared[key], bare_shared=True)
             else:

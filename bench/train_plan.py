@@ -85,7 +85,8 @@ def quick_rows(row) -> list[dict]:
     """--quick, in priority order (a cap cuts the tail): the amp lever on SimCLR/DCL, the issue's target
     (ZeRO 0 autocast against DeepSpeed's bf16 wrapper; the bare step measured once serves both), ZeRO 2
     both ways, compile at ZeRO 0 and 2; then every other method at ZeRO 0 with autocast; then their
-    ZeRO 2 rows (the bare step is shared: no extra cost) and compile rows without the bare step.
+    ZeRO 2 rows (the bare step is shared: no extra cost, but for the ResNets, whose ZeRO 2 rows run NCHW) and
+    compile rows without the bare step.
     MAE, the shortest step, also runs ZeRO 2 both ways right after its ZeRO 0 row: whether ``auto``
     should take autocast at ZeRO 1/2 too (where the shipped configs run; ZeRO 1 and 2 issue the same
     host work on one rank, ``bench/train_host_ops.py``) is decided where the host matters most."""
