@@ -58,8 +58,9 @@ def _model(tile_macs: int, instructions: int, warps: int) -> dict:
 
 
 def rows_for(d: int, kernels=KERNELS) -> list[dict]:
-    """One row per kernel at bf16 and feature size ``d``: the fixed config, before (every tile masked) and
-    after (its masked and unmasked paths)."""
+    """One row per kernel at bf16 and feature size ``d``: the fixed config with NT-Xent's switches (the AOT
+    script's "light" variant: no weights, positives kept), before (every tile masked) and after (its
+    masked and unmasked paths)."""
     from fastssl.kernels import contrastive_tiles as tiles
 
     out = []
@@ -68,7 +69,7 @@ def rows_for(d: int, kernels=KERNELS) -> list[dict]:
         config = f"{bm}x{bn}w{warps}s{stages}"
         only = f"contrastive/{kernel}/bf16/{d}/{config}"
         recs = {mask_all: [r for r in _compile(only, mask_all)
-                           if r["kernel"] == kernel and r["config"] == config and "flags" not in r]
+                           if r["kernel"] == kernel and r["config"] == config and r.get("flags") == "light"]
                 for mask_all in (True, False)}
         before, after = recs[True][0], recs[False][0]
         for r in (before, after):

@@ -94,18 +94,31 @@ def _contrastive_variants():
                 types = {a: ptr for a in ("rows_ptr", "cols_ptr", "keys_ptr", "drows_ptr", "dcols_ptr")}
                 types.update({"pos_ptr": "*i32", "kpos_ptr": "*i32", "excl_ptr": "*i32", "qk_scale": "fp32", "inv_temp": "fp32"})
                 types.update({a: F32 for a in fn.arg_names if a.endswith("_ptr") and a not in types})
-                for cfg, mask_all in ((c, m) for c in tiles.launch_configs(kname, dt, d) for m in _mask_all_choices(d)):
-                    consts = {**K.launch_flags(dt, d, has_w=not queue, exclude_pos=False), **cfg.kwargs, "MASK_ALL": mask_all}
+                # Every config with the heavier side of each switch (DCLW's weights and excluded positives,
+                # split partials, dCols added onto dRows); the fixed config once more with the lighter side
+                # (NT-Xent / InfoNCE: no weights, positives kept, one split, dCols written), so that each
+                # side of each switch a launcher can pick compiles. (The queue has neither weights nor an
+                # excluded positive.) Every tile masked (MASK_ALL, the opt-in "before" of mask-free tiles
+                # that bench/contrastive.py's triton[masked] rows time on NT-Xent) with the lighter side.
+                configs = tiles.launch_configs(kname, dt, d)
+                light_side = not queue
+                variants = [(c, m, False) for c in configs for m in _mask_all_choices(d)
+                            if m == _MASK_ALL_ONLY or not light_side]
+                if light_side:
+                    variants += [(configs[0], m, True) for m in _mask_all_choices(d)]
+                for cfg, mask_all, light in variants:
+                    heavy = not queue and not light
+                    consts = {**K.launch_flags(dt, d, has_w=heavy, exclude_pos=heavy), **cfg.kwargs, "MASK_ALL": mask_all}
                     if "QUEUE" in fn.arg_names:
                         consts["QUEUE"] = queue
-                    # the heavier side of each remaining switch: split partials, dCols added onto dRows
-                    consts.update({k: v for k, v in (("SPLIT", True), ("ROUND", False), ("ACCUMULATE", True),
+                    consts.update({k: v for k, v in (("SPLIT", not light), ("ROUND", False), ("ACCUMULATE", not light),
                                                      ("SYM", kname == "bwd_sym")) if k in fn.arg_names})
                     sig, consts, attrs = _signature(fn, types, consts, d)
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
-                    flags = {"flags": "mask_all"} if mask_all and not _MASK_ALL_ONLY else {}
+                    flags = ("light" if light else "") + ("/mask_all" if mask_all and not _MASK_ALL_ONLY else "")
+                    flags = {"flags": flags.strip("/")} if flags else {}
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need, **flags), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
     # the ops' fused row normalisation (``unit_fwd`` / ``unit_bwd``), at the projector widths and the largest D it takes
