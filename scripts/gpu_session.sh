@@ -13,7 +13,7 @@
 # kept; the benches write their JSON after every case or row), and no part's cap reaches past the
 # session's end less COLLECT_S=15 s. Caps (seconds, overridable):
 #   set-up       SETUP_CAP=60         install the carried wheels (~12 s on the H200 machine)
-#   tests        CAP_TESTS=100        pytest -n 16: the amp and channels-last levers' engine tests, synthetic data + the CLI on CUDA,
+#   tests        CAP_TESTS=100        pytest -n 16: the amp, channels-last and no-sync levers' engine tests, synthetic data + the CLI on CUDA,
 #                                     tests/models, tests/ops (without the AOT compile check)
 #   contrastive  CAP_CONTRASTIVE=50   bench/contrastive.py --quick (33 s complete on the H200; + the triton[jit] rows)
 #   tokens       CAP_TOKENS=55        bench/tokens.py --quick (39 s complete; + the triton_jit rows at B = 256)
@@ -89,7 +89,7 @@ PYTEST_OPTS=""
 # torch_autocast over fused AdamW), the trainer on CUDA (tests/data/test_synthetic.py), the models
 # (tests/models/test_resnet.py held a CUDA-only failure), the ops. tests/ops/test_kernel_aot.py is the CPU
 # machines' stand-in for a GPU compile: every kernel compiles and launches on the device itself here.
-TEST_PATHS="tests/engine/test_amp.py tests/engine/test_layout.py tests/data/test_synthetic.py tests/models tests/ops"
+TEST_PATHS="tests/engine/test_amp.py tests/engine/test_layout.py tests/engine/test_step_levers.py tests/methods/test_step_host_syncs.py tests/data/test_synthetic.py tests/models tests/ops"
 
 command_of() {  # the command of a part; $1 part, $2 its cap, $3 "smoke" for the dry-run's CPU path
   local cap=$2 smoke=${3:-}
