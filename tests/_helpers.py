@@ -163,3 +163,38 @@ def two_view_batch(b: int, seed: int, size: int = 16):
     g = torch.Generator().manual_seed(seed)
     return Batch({"views": torch.randn(2, b, 3, size, size, generator=g)}, torch.zeros(b, dtype=torch.long), torch.arange(b))
 
+
+class HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records, while active, the ops that make the host wait for a CUDA device (run the code on the
+    meta device, which stands for it): reads of device values (``item``, ``nonzero`` of a boolean index,
+    ...) and host-to-device copies; from pageable memory PyTorch's blocking copy synchronises the
+    stream. ``non_blocking_ok``: a ``non_blocking=True`` copy is not a wait (a pinned copy); off, every
+    host <-> device copy is recorded (code traced by torch.compile may not pin: no fake kernel)."""
+
+    SYNC_OPS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default", "aten._assert_async.msg",
+                "aten.is_nonzero.default", "aten.equal.default"}
+    PIN_OPS = {"aten._pin_memory.default", "aten.is_pinned.default"}
+    COPY_OPS = {"aten._to_copy.default", "aten.copy_.default", "aten.copy.default"}
+
+    def __init__(self, non_blocking_ok: bool = True) -> None:
+        super().__init__()
+        self.non_blocking_ok = non_blocking_ok
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if name in self.PIN_OPS and not self.non_blocking_ok:
+            self.seen.append(name)
+        elif name in self.SYNC_OPS:
+            if any(t.device.type != "cpu" for t in tensors):  # (a host tensor's value is read without a wait)
+                self.seen.append(name)
+        elif name in self.COPY_OPS:
+            non_blocking = kwargs.get("non_blocking", False) or (name == "aten.copy_.default" and len(args) > 2 and args[2])
+            devs = {t.device.type for t in tensors}
+            if kwargs.get("device") is not None:
+                devs.add(torch.device(kwargs["device"]).type)
+            if "cpu" in devs and len(devs) > 1 and not (non_blocking and self.non_blocking_ok):
+                self.seen.append(f"{'non-blocking' if non_blocking else 'blocking'} {name} {sorted(devs)}")
+        return func(*args, **kwargs)

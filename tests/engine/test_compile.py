@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import tiny_method, two_view_batch
+from _helpers import HostWaits, tiny_method, two_view_batch
 
 from fastssl.engine.compile import CompileWatch, compile_regions, compile_stats
 from fastssl.eval.export import encoder_state_dict
@@ -127,34 +127,9 @@ def test_a_changing_batch_size_recompiles_once_not_every_step(tmp_path):
 #   Dynamo builds it while tracing on a GPU: today's main fails here with the GPU's error;
 # - a whole packed forward + backward of every view kind (class attention and the MAE decoder
 #   included) runs on the meta device (an accelerator without data: slicing works there, which fake
-#   CUDA does not allow on a CPU-only torch) under a dispatch mode that records every op that makes
+#   CUDA does not allow on a CPU-only torch) under a dispatch mode (`_helpers.HostWaits`) that records every op that makes
 #   the host wait or copies host memory to the device: offsets computed on the host and copied
 #   over (main's route on any device) show up as a cpu -> meta copy.
-_SYNC_OPS = {"aten._pin_memory.default", "aten.is_pinned.default", "aten._local_scalar_dense.default",
-             "aten.item.default", "aten.nonzero.default", "aten._assert_async.msg"}
-
-
-class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records host syncs and host<->device copies (a pageable copy synchronises the stream)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
-        if name in _SYNC_OPS:
-            self.seen.append(name)
-        elif name in ("aten._to_copy.default", "aten.copy_.default", "aten.copy.default"):
-            devs = {t.device.type for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-            if kwargs.get("device") is not None:
-                devs.add(torch.device(kwargs["device"]).type)
-            if len(devs) > 1:
-                self.seen.append(f"{name} {sorted(devs)}")
-        return func(*args, **kwargs)
-
-
 def test_layouts_build_on_fake_cuda_without_host_copies():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -162,7 +137,7 @@ def test_layouts_build_on_fake_cuda_without_host_copies():
 
     with FakeTensorMode():
         dev = torch.device("cuda")
-        syncs = _HostSyncs()
+        syncs = HostWaits(non_blocking_ok=False)
         with syncs:
             lay = AttnLayout.build((197,) * 128 + (37,) * 384, None, dev)  # multi-crop: 2 × 197 + 6 × 37, B = 64
             cross = AttnLayout.build((1,) * 5, (26, 26, 25, 25, 197), dev)  # class attention
@@ -193,7 +168,7 @@ def test_packed_step_on_a_device_has_no_host_sync_or_host_copy(backend):
     ids = torch.randn(3, 16, device="meta").argsort(dim=1)[:, :5]
     views = [ImageView(img(16)), ImageView(img(8)), MaskedView(img(16), ids),
              ChunkedView(img(16), n_chunks=3), ChunkedView(img(16), n_chunks=4, equal=True)]
-    syncs = _HostSyncs()
+    syncs = HostWaits(non_blocking_ok=False)
     with syncs:
         out = vit.encode(views, taps=(0,))
         cls = head(out.hidden, out.pack)

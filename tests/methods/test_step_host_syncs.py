@@ -13,7 +13,8 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from _helpers import HostWaits
 
 from bench.train_plan import tiny_overrides
 from fastssl.config import load_config
@@ -21,34 +22,6 @@ from fastssl.data.synthetic import SyntheticLoader
 from fastssl.methods.base import AfterStep, StepContext
 from fastssl.methods.registry import build_method, method_names
 from fastssl.ops import host_copy
-
-SYNC_OPS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default", "aten._assert_async.msg",
-            "aten.is_nonzero.default", "aten.equal.default"}
-COPY_OPS = {"aten._to_copy.default", "aten.copy_.default", "aten.copy.default"}
-
-
-class HostWaits(TorchDispatchMode):
-    """Ops that would make the host wait for a CUDA device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
-        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if name in SYNC_OPS:
-            if any(t.device.type != "cpu" for t in tensors):  # (a host tensor's value is read without a wait)
-                self.seen.append(name)
-        elif name in COPY_OPS and not kwargs.get("non_blocking", False) and not (len(args) > 2 and args[2]):
-            devs = {t.device.type for t in tensors}
-            if kwargs.get("device") is not None:
-                devs.add(torch.device(kwargs["device"]).type)
-            if "cpu" in devs and len(devs) > 1:
-                self.seen.append(f"blocking {name} {sorted(devs)}")
-        return func(*args, **kwargs)
-
 
 def _to_meta(x):
     if isinstance(x, torch.Tensor):
