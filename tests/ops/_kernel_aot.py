@@ -101,11 +101,10 @@ def _contrastive_variants():
                 # excluded positive.) Every tile masked (MASK_ALL, the opt-in "before" of mask-free tiles
                 # that bench/contrastive.py's triton[masked] rows time on NT-Xent) with the lighter side.
                 configs = tiles.launch_configs(kname, dt, d)
-                light_side = not queue
-                variants = [(c, m, False) for c in configs for m in _mask_all_choices(d)
-                            if m == _MASK_ALL_ONLY or not light_side]
-                if light_side:
-                    variants += [(configs[0], m, True) for m in _mask_all_choices(d)]
+                if queue:  # one side only: (config, MASK_ALL, light)
+                    variants = [(c, m, False) for c in configs for m in _mask_all_choices(d)]
+                else:
+                    variants = [(c, _MASK_ALL_ONLY, False) for c in configs] + [(configs[0], m, True) for m in _mask_all_choices(d)]
                 for cfg, mask_all, light in variants:
                     heavy = not queue and not light
                     consts = {**K.launch_flags(dt, d, has_w=heavy, exclude_pos=heavy), **cfg.kwargs, "MASK_ALL": mask_all}
@@ -117,8 +116,8 @@ def _contrastive_variants():
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                     own, stream = (bn, bm) if kname == "bwd_cols" else (bm, bn)
                     need = tiles.smem_need(kname, own, stream, cfg.num_stages, consts["BLOCK_D"], consts["ONE_D"], dt)
-                    flags = ("light" if light else "") + ("/mask_all" if mask_all and not _MASK_ALL_ONLY else "")
-                    flags = {"flags": flags.strip("/")} if flags else {}
+                    tags = (["light"] if light else []) + (["mask_all"] if mask_all and not _MASK_ALL_ONLY else [])
+                    flags = {"flags": "/".join(tags)} if tags else {}
                     yield dict(family="contrastive", kernel=record, dtype=dt, D=d, config=f"{bm}x{bn}w{cfg.num_warps}s{cfg.num_stages}",
                                smem_estimate=need, **flags), fn, sig, consts, attrs, cfg.num_warps, cfg.num_stages
     # the ops' fused row normalisation (``unit_fwd`` / ``unit_bwd``), at the projector widths and the largest D it takes
