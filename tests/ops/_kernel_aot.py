@@ -20,7 +20,7 @@ Launch-time specialisation is mimicked for a contiguous launch of round sizes: p
 arguments divisible by 16, unit strides folded to constants (what Triton's JIT does).
 
 Run as a script (it must run with TRITON_INTERPRET unset, hence a separate process):
-    python tests/ops/_kernel_aot.py OUT.json [--jobs N] [--only SUBSTRING]
+    python tests/ops/_kernel_aot.py OUT.json [--jobs N] [--only SUBSTRING] [--dtypes fp32,bf16]
 Each variant is compiled once per run, in a fresh Triton cache (so ptxas always runs and reports),
 on ``--jobs`` processes; the JSON holds one record per variant. tests/ops/test_kernel_aot.py runs
 it once per pytest session and asserts on the records.
@@ -320,17 +320,20 @@ def main(argv=None) -> int:
     p.add_argument("out", help="JSON file for the records")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--only", default="", help="compile only variants whose name contains this")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help="compile only the variants of these dtypes (comma-separated)")
     p.add_argument("--mix", action="store_true", help="also record the SASS opcode counts of each main loop")
     args = p.parse_args(argv)
     import triton  # the build this run compiles with (a folder on PYTHONPATH can stand for the venv's)
 
-    todo = [i for i, v in enumerate(variants()) if args.only in "/".join(str(x) for x in v[0].values())]
+    dtypes = args.dtypes.split(",")
+    todo = [i for i, v in enumerate(variants()) if args.only in "/".join(str(x) for x in v[0].values()) and v[0]["dtype"] in dtypes]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:  # fresh: a cache hit would skip ptxas and its report
         with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(cache,)) as pool:
             records = list(pool.map(functools.partial(_compile, mix=args.mix), todo, chunksize=1))
     with open(args.out, "w") as f:
-        json.dump({"triton": triton.__version__, "smem_limit": SM90_SMEM_LIMIT, "variants": len(todo), "contrastive_ds": CONTRASTIVE_DS,
+        json.dump({"triton": triton.__version__, "smem_limit": SM90_SMEM_LIMIT, "variants": len(todo), "dtypes": dtypes,
+                   "contrastive_ds": CONTRASTIVE_DS,
                    "seconds": round(time.perf_counter() - t0, 1), "records": records}, f, indent=1)
     bad = sum("error" in r for r in records)
     print(f"compiled {len(records) - bad} of {len(records)} kernel variants for sm_90 in {time.perf_counter() - t0:.0f} s")
