@@ -72,3 +72,21 @@ def test_the_trainer_runs_on_synthetic_data_without_dali_xformers(tmp_path):
     done = subprocess.run([sys.executable, "-c", _TRAIN_NO_DALI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "encoder.pt").is_file()
+
+
+def test_real_data_without_dali_is_one_line_before_any_write(tmp_path):
+    """The same machine, data.synthetic forgotten: one config-error line naming DALI and the way out
+    (exit 2), not a traceback from the pipeline's import; the run directory is not created."""
+    from _helpers import bar_image_folder
+
+    data = bar_image_folder(tmp_path / "data")
+    args = ["--config", str(ROOT / "configs/fmnist/simclr.yaml"), "data.dataset=folder", f"data.root={data}",
+            f"run.output_dir={tmp_path / 'run'}", "engine.progress=false", "optim.batch_size=4", "optim.max_steps=2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-c", _TRAIN_NO_DALI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in done.stderr.splitlines() if x.startswith("fastssl:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1 and "config error: data.synthetic=false reads the images through NVIDIA DALI" in lines[0], lines
+    assert "data.synthetic=true" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -65,6 +65,19 @@ def _stack_to_torch(dali_outs, device: torch.device) -> torch.Tensor:
     return dest
 
 
+def dali_problem() -> str | None:
+    """Why the DALI pipelines cannot run on this machine (DALI does not import), else None. The set-up
+    says it in one line before the run directory is touched: a machine without DALI (such as a lent GPU
+    machine with no package index) can still train on ``data.synthetic``."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as err:
+        return (f"data.synthetic=false reads the images through NVIDIA DALI, which does not import here ({err}); "
+                "install it (`pip install -e .` installs nvidia-dali-cuda130), or set data.synthetic=true to train "
+                "on synthetic batches")
+    return None
+
+
 def _split_list(cfg: DataConfig, split: str, rank: int) -> ImageList:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

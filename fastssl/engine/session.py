@@ -164,7 +164,7 @@ def _resume_folder(cfg: TrainConfig, root: Path) -> Path | None:
 def setup(cfg: TrainConfig) -> Session:
     import deepspeed
 
-    from fastssl.data.loader import EvalLoader, TrainLoader
+    from fastssl.data.loader import EvalLoader, TrainLoader, dali_problem
     from fastssl.data.synthetic import SyntheticLoader
 
     rank, local_rank, world = init_distributed()
@@ -172,6 +172,8 @@ def setup(cfg: TrainConfig) -> Session:
     device = device_for(local_rank)
     if (why := layout.problem(cfg.engine, cfg.model.arch, device.type == "cuda")) is not None:
         raise ConfigError(why)  # depends on this machine: refused once the device is known, before any write
+    if not cfg.data.synthetic and (why := dali_problem()) is not None:
+        raise ConfigError(why)  # likewise: this machine has no DALI
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")
