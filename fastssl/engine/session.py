@@ -166,6 +166,8 @@ def setup(cfg: TrainConfig) -> Session:
 
     from fastssl.data.loader import EvalLoader, TrainLoader, dali_problem
     from fastssl.data.synthetic import SyntheticLoader
+    from fastssl.models.encoder import encoder_family
+    from fastssl.models.vit.attention import forced_problem
 
     rank, local_rank, world = init_distributed()
     peers.record(rank)  # who is who, so that a rank that dies later can be named
@@ -174,6 +176,8 @@ def setup(cfg: TrainConfig) -> Session:
         raise ConfigError(why)  # depends on this machine: refused once the device is known, before any write
     if not cfg.data.synthetic and (why := dali_problem()) is not None:
         raise ConfigError(why)  # likewise: this machine has no DALI
+    if encoder_family(cfg.model.arch) == "vit" and (why := forced_problem(cfg.model.attn_backend, device, amp.dtypes(cfg.engine)[1])):
+        raise ConfigError(why)  # likewise: a forced attention backend that does not run here
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")

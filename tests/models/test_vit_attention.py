@@ -224,3 +224,19 @@ def test_the_probe_does_not_depend_on_the_callers_grad_mode(mode):
     with ctx():
         assert all(_probe(name, torch.device("cpu"), torch.float32) for name in ("sdpa_grouped", "sdpa_mask", "sdpa_cpu"))
         assert torch.is_grad_enabled() == (mode == "grad")
+
+
+def test_a_forced_backend_that_cannot_run_here_is_named_with_its_reason():
+    """On CPU: the CPU backends pass in fp32 and bf16, auto is never refused; varlen (flash, CUDA only)
+    and flex (no CPU backward) are refused with the probe's own reason and the backends that do run."""
+    from fastssl.models.vit.attention import forced_problem
+
+    cpu = torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16):
+        assert forced_problem("auto", cpu, dtype) is None
+        assert all(forced_problem(b, cpu, dtype) is None for b in CPU_BACKENDS)
+    why = forced_problem("varlen", cpu, torch.bfloat16)
+    assert why.startswith("model.attn_backend=varlen does not run on cpu in bfloat16 (NotImplementedError:")
+    assert why.endswith("use auto or one that runs here: sdpa_cpu, sdpa_grouped, sdpa_mask, sdpa_tiles")
+    assert len(why.splitlines()) == 1 and len(why) < 400
+    assert "backward on CPU" in forced_problem("flex", cpu, torch.float32)

@@ -290,8 +290,9 @@ _IMPLS = {
 
 
 # ---------------------------------------------------------------- availability
-def _probe(name: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Does ``name`` run forward and backward here? A tiny two-sequence pack, lengths 3 and 5.
+def _probe_error(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when ``name`` runs forward and backward here, else why not (one line). A tiny two-sequence
+    pack, lengths 3 and 5.
 
     With gradients on whatever the caller's mode: an EMA target's first forward (its own dispatch, a
     deep copy's) runs under ``no_grad``, where the backward would fail and drop the backend silently."""
@@ -301,10 +302,29 @@ def _probe(name: str, device: torch.device, dtype: torch.dtype) -> bool:
             q, k, v = (torch.randn(8, 2, 16, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
             out = _IMPLS[name](q, k, v, layout)
             out.float().sum().backward()
-            return bool(torch.isfinite(q.grad).all())
+            return None if bool(torch.isfinite(q.grad).all()) else "non-finite gradients"
     except Exception as e:  # noqa: BLE001  (any failure means: not usable here)
-        log.info("attention backend %s unavailable on %s/%s: %s", name, device.type, dtype, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return False
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""  # the first sentence: torch's can run long
+        return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+
+
+def _probe(name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Does ``name`` run forward and backward here? (``_probe_error``; the reason is logged.)"""
+    why = _probe_error(name, device, dtype)
+    if why is not None:
+        log.info("attention backend %s unavailable on %s/%s: %s", name, device.type, dtype, why)
+    return why is None
+
+
+def forced_problem(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why a forced ``model.attn_backend`` cannot run on this device in this dtype (its probe fails), or
+    None (always for ``auto``). Asked once at set-up: a forced backend that cannot run here ends the run
+    in one line before any step, not with a traceback from the first forward."""
+    if backend == "auto" or (why := _probe_error(backend, device, dtype)) is None:
+        return None
+    here = ", ".join(sorted(available(device, dtype)))
+    return (f"model.attn_backend={backend} does not run on {device.type} in {str(dtype).removeprefix('torch.')} ({why}); "
+            f"use auto or one that runs here: {here}")
 
 
 def _has_varlen() -> bool:

@@ -1,0 +1,41 @@
+"""A forced ``model.attn_backend`` that does not run on this machine ends the run at set-up in one line.
+
+Before, the run prepared its directory and built its engine, then stopped with a traceback from its
+first forward (the kNN at random init, or the first step; varlen on CPU: flash's kernel has no CPU
+backend). The check probes the forced backend once on the run's device in its compute dtype
+(``forced_problem``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench.train_plan import tiny_overrides  # noqa: E402
+
+
+def _argv(tmp_path, *extra):
+    return ["--config", str(ROOT / "configs/imagenet/mmoco.yaml"), "data.synthetic=true", "eval.enabled=false",
+            f"run.output_dir={tmp_path / 'run'}", "engine.progress=false", "optim.batch_size=4", "optim.max_steps=2",
+            "optim.warmup_epochs=0", *tiny_overrides("mmoco"), *extra]
+
+
+def test_varlen_on_cpu_is_one_line_before_any_write(tmp_path, one_rank, capsys):
+    from fastssl import train
+
+    code = train.main(_argv(tmp_path, "model.attn_backend=varlen"))
+    err = capsys.readouterr().err.strip()
+    assert code == train.EXIT_CONFIG and "Traceback" not in err, err[-2000:]
+    assert err.splitlines()[-1].startswith("fastssl: config error: model.attn_backend=varlen does not run on cpu in bfloat16 ("), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("backend", ["sdpa_tiles", "auto"])
+def test_a_backend_that_runs_here_trains(tmp_path, one_rank, backend):
+    from fastssl import train
+
+    assert train.main(_argv(tmp_path, f"model.attn_backend={backend}")) == 0
+    assert (tmp_path / "run" / "finished.json").exists()
