@@ -168,6 +168,7 @@ def setup(cfg: TrainConfig) -> Session:
     from fastssl.data.synthetic import SyntheticLoader
     from fastssl.models.encoder import encoder_family
     from fastssl.models.vit.attention import forced_problem
+    from fastssl.ops.dispatch import triton_problem
 
     rank, local_rank, world = init_distributed()
     peers.record(rank)  # who is who, so that a rank that dies later can be named
@@ -178,6 +179,8 @@ def setup(cfg: TrainConfig) -> Session:
         raise ConfigError(why)  # likewise: this machine has no DALI
     if encoder_family(cfg.model.arch) == "vit" and (why := forced_problem(cfg.model.attn_backend, device, amp.dtypes(cfg.engine)[1])):
         raise ConfigError(why)  # likewise: a forced attention backend that does not run here
+    if (why := triton_problem(getattr(cfg.method, "backend", "auto"), device)) is not None:
+        raise ConfigError(why)  # likewise: the Triton kernels forced off CUDA
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
     folder = _resume_folder(cfg, out / "checkpoints")

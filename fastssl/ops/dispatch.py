@@ -29,6 +29,7 @@ thresholds are set in one place from a benchmark run.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -43,6 +44,16 @@ def use_triton(backend: Backend, device: torch.device) -> bool:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be 'auto', 'reference' or 'triton', got {backend!r}")
     return backend == "triton" or (backend == "auto" and device.type == "cuda")
+
+
+def triton_problem(backend: Backend, device: torch.device) -> str | None:
+    """Why ``backend="triton"`` cannot run on ``device`` (one line, for the set-up to refuse the run
+    before it starts), or None. The kernels take CUDA tensors, or any tensor under Triton's interpreter
+    (``TRITON_INTERPRET=1`` in the environment before the kernels import)."""
+    if backend != "triton" or device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return None
+    return (f"method.backend=triton runs the Triton kernels, which need a CUDA device (this run is on {device.type}); "
+            "use method.backend=auto (the reference off CUDA), or set TRITON_INTERPRET=1 to run them in Triton's interpreter")
 
 
 @dataclass(frozen=True)
