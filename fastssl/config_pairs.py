@@ -10,12 +10,25 @@ case failed after start-up with a rank traceback, or trained on something else t
 - a key queue that does not take whole batches (MoCo v2, SwAV; again with the rank count at set-up);
 - a warm-up (or SwAV's prototype freeze or queue start) not shorter than the run, in epochs. With
   ``optim.max_steps`` the run's length in epochs needs the data set; ``session.setup`` then says
-  in one line that the warm-up is shortened to fit.
+  in one line that the warm-up is shortened to fit;
+- ZeRO 3 with a method that reads weights outside their own module's forward (``ZERO3_BLOCKERS``).
 """
 from __future__ import annotations
 
 #: Methods whose loss takes its negatives from the other images of the batch.
 IN_BATCH_CONTRASTIVE = ("simclr", "mocov3", "mmoco", "can")
+
+# ZeRO 3 keeps every weight partitioned (an empty tensor on each rank) except while its own module runs
+# forward or backward, where DeepSpeed gathers it (weights under ``stage3_param_persistence_threshold``,
+# 1e5 elements by default, stay whole: a tiny model hides this, ViT-B's and ResNet-50's large weights do
+# not). A method that reads a weight anywhere else cannot train on it. Checked on CPU with every weight
+# partitioned (threshold 0; tests/engine/test_zero3.py): SimCLR / DCL (Accel too) and SimSiam give ZeRO 0's
+# losses; the methods below raise at their first step, SwAV trains on unnormalised prototypes unsaid.
+_EMA = "its momentum (EMA) target is updated from the online weights after every step"
+_PATCH_VIEWS = "the packed ViT embeds its patch views with the patch convolution's weight outside that convolution's forward"
+ZERO3_BLOCKERS = {"byol": _EMA, "mocov2": _EMA, "mocov3": _EMA, "mmoco": _EMA, "mbyol": _EMA,
+                  "mae": _PATCH_VIEWS, "can": _PATCH_VIEWS, "dac": _PATCH_VIEWS,
+                  "swav": "it normalises its prototypes' weights in place before their forward, every step"}
 
 
 def _num_patches(cfg) -> int | None:
@@ -136,9 +149,19 @@ def _layout_problem(cfg) -> str | None:
     return None
 
 
+def _zero3_problem(cfg) -> str | None:
+    name = cfg.method.name
+    why = ZERO3_BLOCKERS.get(name) if cfg.engine.zero_stage == 3 else None
+    if why is None:
+        return None
+    return (f"engine.zero_stage=3 keeps every weight partitioned outside its own module's forward, and method {name} "
+            f"reads weights there ({why}); use engine.zero_stage=2 (gradients and optimizer state partitioned; "
+            "the weights of these models fit on one GPU)")
+
+
 def problem(cfg) -> str | None:
     """The first two-key mistake in ``cfg`` (a ``TrainConfig``), as one line, or None."""
-    layout = _layout_problem(cfg)
+    layout = _layout_problem(cfg) or _zero3_problem(cfg)
     if layout:
         return layout
     n = _num_patches(cfg)
