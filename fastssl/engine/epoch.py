@@ -7,7 +7,8 @@ import torch.distributed as dist
 
 from fastssl.engine.amp import clip_gradients, resolve_precision
 from fastssl.engine.session import Session, TrainingStopped
-from fastssl.methods.base import AfterStep
+from fastssl.engine.unit_rows import normalize_rows_
+from fastssl.methods.base import AfterStep, UnitRows
 
 
 class Terminated(Exception):
@@ -61,6 +62,7 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
     """
     engine, state, plan, cfg = s.engine, s.state, s.plan, s.cfg
     after_step = s.method.after_step if isinstance(s.method, AfterStep) else None
+    unit_rows = s.method.unit_rows() if isinstance(s.method, UnitRows) else []
     micro = 0
     watch = s.compile_watch
     s.speed.restart()
@@ -105,6 +107,8 @@ def train_one_epoch(s: Session, stop, bar=None) -> bool:
             raise TrainingStopped(f"non-finite gradients at step {state.global_step + 1} (DeepSpeed skipped its update): "
                                   f"training stopped; last good checkpoint: {s.last_checkpoint or 'none'}")
         micro = 0
+        if unit_rows:
+            normalize_rows_(engine.optimizer, unit_rows)
         if after_step is not None:
             after_step(ctx)
         state.global_step += 1

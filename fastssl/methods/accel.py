@@ -201,6 +201,11 @@ class Accel(nn.Module):
         if hook is not None:
             hook(ctx)
 
+    def unit_rows(self) -> list[nn.Parameter]:
+        """The method's unit-row weights, its stage parts' included (``methods/base.UnitRows``)."""
+        own = getattr(self.method, "unit_rows", None)
+        return own(self.accel) if own is not None else []
+
     def pair_loss(self, i: int, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
         own = getattr(self.method, "pair_loss", None)
         return cosine_pair_loss(za, zb) if own is None else own(i, za, zb, self.accel)

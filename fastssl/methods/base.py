@@ -10,6 +10,9 @@ A method is one file holding its pydantic config and a ``MethodModule`` (an ``nn
                                              ``ctx``: ``StepContext`` below
     param_groups() -> list[ParamGroup]       which parameters, and how their LR moves (below)
     after_step(ctx)                          optional: EMA targets, queues; after every optimizer step
+    unit_rows() -> list[Parameter]           optional: weights the trainer keeps at unit-L2 rows after
+                                             every optimizer step, in the optimizer's fp32 copy
+                                             (SwAV's prototypes; ``engine/unit_rows.py``)
 
 Adding one: its file, a line in ``registry.METHODS`` (the config's ``method:`` union and
 ``build_method`` come from that list), its configs. The engine never names a method; it talks to
@@ -56,6 +59,15 @@ class MethodModule(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
+
+
+@runtime_checkable
+class UnitRows(Protocol):
+    """Optional: weights to be kept at unit-L2 rows after every optimizer step (SwAV's prototypes). The
+    trainer normalises the optimizer's fp32 copy, which an in-place write in the forward does not reach
+    under DeepSpeed's bf16 or ZeRO 1 / 2 (``fastssl/engine/unit_rows.py``)."""
+
+    def unit_rows(self) -> list: ...
 
 
 @runtime_checkable

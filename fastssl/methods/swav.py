@@ -72,6 +72,9 @@ class SwAV(MethodModule):
         super().__init__(cfg, encoder)
         self.projector = MLPHead(encoder.num_features, cfg.head)
         self.prototypes = nn.Linear(cfg.head.out_dim, cfg.n_prototypes, bias=False)
+        # On the sphere from the start: the first step too is taken from a unit point where an optimizer
+        # keeps its own fp32 copy (made from these values; the forward's normalisation does not reach it).
+        self.normalize_prototypes_()
         self.queues = nn.ModuleList(KeyQueue(cfg.queue_length, cfg.head.out_dim, seed=i) for i in range(2)) if cfg.queue_length else None
 
     def crops(self) -> tuple[CropSpec, ...]:
@@ -95,6 +98,12 @@ class SwAV(MethodModule):
     def normalize_prototypes_(self, *more: nn.Linear) -> None:
         for p in (self.prototypes, *more):
             p.weight.copy_(F.normalize(p.weight.float(), dim=1).to(p.weight.dtype))
+
+    def unit_rows(self, stages=None) -> list[nn.Parameter]:
+        """The prototypes (with Accel, every stage's): the trainer keeps them on the sphere in the
+        optimizer's fp32 copy after each step; the forward's in-place normalisation serves the steps
+        taken outside the trainer (benches, tests) and is a no-op after the trainer's."""
+        return [self.prototypes.weight, *(p.weight for p in (getattr(stages, "prototypes", None) or ()))]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[n·B, 3, s, s]`` → L2-normalised projections ``[n·B, D]``."""
@@ -135,6 +144,7 @@ class SwAV(MethodModule):
     def extend_to_stages(self, stages) -> dict[str, nn.Module]:
         d = stages.cfg.stage_head.out_dim
         stages.prototypes = nn.ModuleList(nn.Linear(d, self.cfg.n_prototypes, bias=False) for _ in range(len(stages.heads)))
+        self.normalize_prototypes_(*stages.prototypes)  # on the sphere from the start, as the method's own
         return {"online": stages.heads, "prototypes": stages.prototypes}
 
     def stage_prototypes(self, i: int, stages) -> nn.Linear:
