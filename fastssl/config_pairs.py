@@ -22,7 +22,7 @@ IN_BATCH_CONTRASTIVE = ("simclr", "mocov3", "mmoco", "can")
 # forward or backward, where DeepSpeed gathers it (weights under ``stage3_param_persistence_threshold``,
 # 1e5 elements by default, stay whole: a tiny model hides this, ViT-B's and ResNet-50's large weights do
 # not). A method that reads a weight anywhere else cannot train on it. Checked on CPU with every weight
-# partitioned (threshold 0; tests/engine/test_zero3.py): SimCLR / DCL (Accel too) and SimSiam give ZeRO 0's
+# partitioned (threshold 0; tests/engine/test_zero3.py): SimCLR / DCL (Accel's hard pairs too) and SimSiam give ZeRO 0's
 # losses; the methods below raise at their first step, SwAV trains on unnormalised prototypes unsaid.
 _EMA = "its momentum (EMA) target is updated from the online weights after every step"
 _PATCH_VIEWS = "the packed ViT embeds its patch views with the patch convolution's weight outside that convolution's forward"

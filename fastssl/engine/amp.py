@@ -31,6 +31,13 @@ def resolve_precision(precision: str, cuda: bool | None = None) -> str:
     return precision
 
 
+def own_weights(engine_cfg, cuda: bool | None = None) -> bool:
+    """Whether the optimizer steps the model's own weights (ZeRO 0 in fp32 or under autocast: torch's
+    AdamW as it is). Elsewhere DeepSpeed steps an fp32 copy (its bf16 wrapper, the ZeRO partitions),
+    and gives a weight without a gradient a zero one instead of skipping it."""
+    return engine_cfg.zero_stage == 0 and resolve_amp(engine_cfg, cuda) != DEEPSPEED
+
+
 def resolve_amp(engine_cfg, cuda: bool | None = None) -> str:
     """``autocast``, ``deepspeed`` or ``none`` (fp32) for an ``EngineConfig``, on this machine (or, with
     ``cuda``, on one with / without CUDA)."""
