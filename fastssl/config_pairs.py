@@ -159,6 +159,24 @@ def _zero3_problem(cfg) -> str | None:
             "the weights of these models fit on one GPU)")
 
 
+def accel_problem(cfg, own_weights: bool) -> str | None:
+    """Accel's partial back-prop leaves the stages after the drawn one without a gradient, so that they
+    stay as they are that step (torch's optimizers skip a weight whose gradient is None). DeepSpeed's
+    bf16 wrapper and its ZeRO 1 / 2 optimizer give such a weight a zero gradient instead, and AdamW's
+    momentum and weight decay then move every stage on every step (seen on CPU: all four stages moved
+    at ZeRO 2, only the drawn ones at ZeRO 0). ``own_weights``: whether this run's optimizer steps the
+    model's own weights (``engine.amp.own_weights``, which resolves ``engine.amp=auto`` on the machine:
+    so ``session.setup`` asks, once the device is known)."""
+    accel = getattr(cfg.method, "accel", None)
+    if accel is None or not accel.partial_backprop or own_weights:
+        return None
+    e = cfg.engine
+    which = f"engine.zero_stage={e.zero_stage}" if e.zero_stage else "DeepSpeed's bf16 wrapper (engine.amp resolves to deepspeed)"
+    return (f"method.accel.partial_backprop needs an optimizer that skips the stages a step does not reach, i.e. ZeRO 0 in "
+            f"fp32 or with engine.amp=autocast; with {which} DeepSpeed gives them a zero gradient and AdamW still moves "
+            "them; use engine.zero_stage=0 with engine.amp=autocast (or fp32)")
+
+
 def problem(cfg) -> str | None:
     """The first two-key mistake in ``cfg`` (a ``TrainConfig``), as one line, or None."""
     layout = _layout_problem(cfg) or _zero3_problem(cfg)

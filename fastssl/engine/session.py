@@ -161,22 +161,6 @@ def _resume_folder(cfg: TrainConfig, root: Path) -> Path | None:
     return folder
 
 
-def _accel_problem(cfg: TrainConfig, cuda: bool) -> str | None:
-    """Accel's partial back-prop leaves the stages after the drawn one without a gradient, so that they
-    stay as they are that step (torch's optimizers skip a weight whose gradient is None). DeepSpeed's
-    bf16 wrapper and its ZeRO 1 / 2 optimizer give such a weight a zero gradient instead, and AdamW's
-    momentum and weight decay then move every stage on every step (seen on CPU: all four stages moved
-    at ZeRO 2, only the drawn ones at ZeRO 0)."""
-    accel = getattr(cfg.method, "accel", None)
-    if accel is None or not accel.partial_backprop or amp.own_weights(cfg.engine, cuda):
-        return None
-    e = cfg.engine
-    which = f"engine.zero_stage={e.zero_stage}" if e.zero_stage else "DeepSpeed's bf16 wrapper (engine.amp resolves to deepspeed)"
-    return (f"method.accel.partial_backprop needs an optimizer that skips the stages a step does not reach, i.e. ZeRO 0 in "
-            f"fp32 or with engine.amp=autocast; with {which} DeepSpeed gives them a zero gradient and AdamW still moves "
-            "them; use engine.zero_stage=0 with engine.amp=autocast (or fp32)")
-
-
 def setup(cfg: TrainConfig) -> Session:
     import deepspeed
 
@@ -197,7 +181,7 @@ def setup(cfg: TrainConfig) -> Session:
         raise ConfigError(why)  # likewise: a forced attention backend that does not run here
     if (why := triton_problem(getattr(cfg.method, "backend", "auto"), device)) is not None:
         raise ConfigError(why)  # likewise: the Triton kernels forced off CUDA
-    if (why := _accel_problem(cfg, device.type == "cuda")) is not None:
+    if (why := pair_checks.accel_problem(cfg, amp.own_weights(cfg.engine, device.type == "cuda"))) is not None:
         raise ConfigError(why)  # depends on amp=auto's resolution on this machine
     out = Path(cfg.run.output_dir)
     run_dir.prepare(cfg, rank)  # lock; move an old run aside (resume=never); stop if finished
