@@ -9,7 +9,6 @@ method's step alone: tests/methods/test_cuda_autocast_dtypes.py.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import warnings
@@ -21,6 +20,7 @@ from _cuda_autocast import cuda_policy
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench.train_plan import tiny_overrides  # noqa: E402
+from test_train_run import losses  # noqa: E402
 
 
 @pytest.mark.parametrize("zero", [0, 2])
@@ -38,7 +38,6 @@ def test_the_trainer_under_cuda_autocast(tmp_path, one_rank, method, backend, ze
         with cuda_policy():
             code = train.main(argv)
     assert code == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if r.get("kind") == "train"]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    seen = list(losses(out).values())
+    assert len(seen) == 3 and all(math.isfinite(x) for x in seen)
     assert (out / "finished.json").exists()

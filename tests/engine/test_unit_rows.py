@@ -8,7 +8,6 @@ under DeepSpeed's bf16 the master's rows have unit norm after every step, the mo
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench.train_plan import tiny_overrides  # noqa: E402
+from test_train_run import losses  # noqa: E402
 
 BASE = ["data.synthetic=true", "eval.enabled=false", "run.resume=never", "engine.progress=false", "optim.batch_size=4",
         "optim.warmup_epochs=0", "optim.base_lr=0.5", "method.freeze_prototypes_epochs=0", *tiny_overrides("swav")]
@@ -26,15 +26,15 @@ BASE = ["data.synthetic=true", "eval.enabled=false", "run.resume=never", "engine
 def test_swav_trains_alike_at_zero_0_1_and_2(tmp_path, one_rank):
     from fastssl import train
 
-    losses = {}
+    seen = {}
     for zero in (0, 1, 2):
         out = tmp_path / f"zero{zero}"
         argv = ["--config", str(ROOT / "configs/imagenet/swav.yaml"), *BASE, f"run.output_dir={out}", "engine.precision=fp32",
                 f"engine.zero_stage={zero}", "optim.max_steps=4", "engine.log_every_steps=1"]
         assert train.main(argv) == 0
-        losses[zero] = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    assert len(losses[0]) == 4
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+        seen[zero] = list(losses(out).values())
+    assert len(seen[0]) == 4
+    assert seen[1] == pytest.approx(seen[0], rel=1e-5) and seen[2] == pytest.approx(seen[0], rel=1e-5)
 
 
 @pytest.mark.parametrize("zero", [0, 2])

@@ -9,7 +9,6 @@ normalisation never reached (other losses than ZeRO 0 from step 1 with Accel). f
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench.train_plan import tiny_overrides  # noqa: E402
+from test_train_run import losses  # noqa: E402
 
 from fastssl.config import ConfigError, load_config  # noqa: E402
 from fastssl.config_pairs import ZERO3_BLOCKERS  # noqa: E402
@@ -35,7 +35,7 @@ def _run(tmp_path, config: str, overrides: list[str], zero: int) -> list[float]:
             "optim.batch_size=4", "optim.max_steps=3", "optim.warmup_epochs=0", "engine.log_every_steps=1",
             "optim.base_lr=0.5", *overrides, *([EVERY_WEIGHT_PARTITIONED] if zero == 3 else [])]
     assert train.main(argv) == 0
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    return list(losses(out).values())
 
 
 @pytest.mark.parametrize("config, overrides", [
